@@ -1,0 +1,165 @@
+//! The context switch for x86_64, System V ABI (Linux).
+//!
+//! # The contract (the same in every file of `arch/`)
+//!
+//! A suspended context is one word: its saved stack pointer `sp`. At `sp`
+//! lies a *switch frame* of three words that [`switch`] pushed when it left:
+//!
+//! ```text
+//!   sp + 16  return address   (where the context continues: label 2 in `switch`)
+//!   sp +  8  rbp              (pushed by hand: LLVM reserves it as the frame pointer)
+//!   sp +  0  rbx              (pushed by hand: LLVM reserves it, so asm! cannot name it)
+//! ```
+//!
+//! Every other callee-saved register is handed to the compiler through the
+//! clobber list of the `asm!` block (`clobber_abi("sysv64")` plus r12 to r15),
+//! so the compiler saves only those that are live across the switch, once
+//! per function rather than once per switch.
+//!
+//! A fresh context is laid out by [`init_stack`] so that switching to it
+//! looks exactly like resuming one that was suspended: its switch frame
+//! "returns" into [`trampoline`], which calls the entry function:
+//!
+//! ```text
+//!   top                          (16-aligned; what the caller gave init_stack)
+//!   top -  8  link               the sp of whoever last switched in (see below)
+//!   top - 16  entry              the Rust function the trampoline calls
+//!   top - 24  return address  -> trampoline
+//!   top - 32  rbp = 0            ends frame-pointer walks
+//!   top - 40  rbx = data         the trampoline passes it to entry
+//!             <- initial sp = top - 40
+//! ```
+//!
+//! # Unwinding across the boundary
+//!
+//! The *link* word at `top - 8` holds the saved `sp` of the context that
+//! last entered this one through [`switch`] with this stack's link slot;
+//! that sp points at the resumer's switch frame. The trampoline's CFI says:
+//! "my caller's CFA is `*link + 24`, its return address is at CFA - 8, its
+//! rbp at CFA - 16 and its rbx at CFA - 24", so an unwinder (Rust's
+//! `Backtrace`, gdb's `bt`, a panic) walks from the coroutine's frames into
+//! the frames of the code that resumed it.
+//!
+//! # MXCSR and the x87 control word
+//!
+//! The System V ABI makes the control bits of MXCSR and the x87 control word
+//! callee-saved. [`switch`] does not keep them per context: Rust offers no
+//! stable way to change the rounding mode or exception masks, so they never
+//! differ between contexts in Rust code, and saving them (`stmxcsr`/`ldmxcsr`,
+//! `fnstcw`/`fldcw`) would add a serialising load of MXCSR to every switch.
+//! A body that changes them through foreign code must restore them before it
+//! suspends. This is the choice corosensei makes too; boost.context keeps
+//! them. The cost we measured is in the README.
+
+use core::arch::{asm, naked_asm};
+
+/// The alignment the ABI requires of the stack pointer at a `call`.
+pub const STACK_ALIGNMENT: usize = 16;
+
+/// Bytes that [`init_stack`] writes below `top`.
+pub const INIT_FRAME_SIZE: usize = 40;
+
+/// The offset below `top` of the link word (see the module docs).
+pub const LINK_OFFSET: usize = 8;
+
+/// Writes the first frame of a new context below `top` and returns the
+/// stack pointer to [`switch`] to. The first switch into it calls
+/// `entry(arg, from, data)` on this stack, where `arg` is the word passed to
+/// that switch and `from` the sp of the context that switched.
+///
+/// # Safety
+/// `top` must be 16-aligned and the [`INIT_FRAME_SIZE`] bytes below it must
+/// be writable memory of a stack that nothing else uses.
+#[inline]
+pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usize {
+    debug_assert_eq!(top % STACK_ALIGNMENT, 0);
+    let sp = top - INIT_FRAME_SIZE;
+    let words: [usize; 5] = [data, 0, trampoline as *const () as usize, entry as *const () as usize, 0];
+    // SAFETY: the caller promises that [top - 40, top) is writable stack
+    // memory; `sp` is 8-aligned because `top` is 16-aligned.
+    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 5) };
+    sp
+}
+
+/// Enters a fresh context: reached by the `jmp` at the end of [`switch`]
+/// with rsp = top - 16, rdi = arg, rsi = the sp that was left, rbx = data.
+///
+/// Its CFI sends unwinders through the link word to the resumer's frames.
+#[unsafe(naked)]
+unsafe extern "C" fn trampoline() {
+    naked_asm!(
+        ".cfi_startproc simple",
+        // gdb checks that frame addresses grow towards the caller; the
+        // resumer's stack may lie anywhere, so call this a signal frame,
+        // which that check skips.
+        ".cfi_signal_frame",
+        // CFA = *(rsp + 8) + 24, that is the link word plus the size of the
+        // switch frame it points at:
+        // DW_CFA_def_cfa_expression, 5 bytes:
+        //   DW_OP_breg7 (rsp) 8; DW_OP_deref; DW_OP_plus_uconst 24
+        ".cfi_escape 0x0f, 5, 0x77, 0x08, 0x06, 0x23, 0x18",
+        // The resumer's switch frame: return address, rbp, rbx.
+        ".cfi_offset rip, -8",
+        ".cfi_offset rbp, -16",
+        ".cfi_offset rbx, -24",
+        // entry(arg = rdi, from = rsi, data = rdx); rsp is 16-aligned here,
+        // as the ABI requires at a call.
+        "mov rdx, rbx",
+        "call qword ptr [rsp]",
+        // entry never returns; if it did, trap rather than run garbage.
+        "ud2",
+        ".cfi_endproc",
+    )
+}
+
+/// Switches from the running context to the suspended context `to`,
+/// passing `arg`; stores the running context's saved sp into `*link`.
+///
+/// Returns when some context switches back here: the word it passed and
+/// the sp of the context it left.
+///
+/// # Safety
+/// `to` must be the sp of a suspended context (from [`init_stack`] or from
+/// a return of this function) that is resumed nowhere else, on a stack that
+/// is still alive; `link` must be valid for a write of one word.
+#[inline(always)]
+pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) {
+    let (ret_arg, from): (usize, usize);
+    // SAFETY: the caller vouches for `to` and `link`. Every register the
+    // other context may change is an output or clobber below, except rbx,
+    // rbp and rsp, which the block saves and restores itself.
+    unsafe {
+        asm!(
+            // Push our switch frame: return address, then the two registers
+            // LLVM reserves (rbp: frame pointer; rbx: base pointer).
+            "lea rax, [rip + 2f]",
+            "push rax",
+            "push rbp",
+            "push rbx",
+            // Publish our sp: in the target's link word, and in rsi for it.
+            "mov [rdx], rsp",
+            "mov rax, rsp",
+            // Load the target's stack and pop its switch frame.
+            "mov rsp, rsi",
+            "pop rbx",
+            "pop rbp",
+            "pop rdx",
+            "mov rsi, rax",
+            // Continue the target. A jmp, not a ret: no call pushed this
+            // address, so a ret would unbalance the return predictor.
+            "jmp rdx",
+            "2:",
+            inout("rdi") arg => ret_arg,
+            inout("rsi") to => from,
+            in("rdx") link,
+            // System V: r12 to r15 are callee-saved, so the other context
+            // may have changed them; declaring them clobbered makes the
+            // compiler save those that are live.
+            lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
+            // Everything the ABI lets a call clobber (rax, rcx, rdx, r8 to
+            // r11, xmm0 to xmm15, the x87 stack, flags) is clobbered here.
+            clobber_abi("sysv64"),
+        );
+    }
+    (ret_arg, from)
+}

@@ -1,0 +1,27 @@
+//! Stops the build early, with a clear message, on a target whose context
+//! switch `arch/` does not provide.
+
+use std::env;
+
+/// The targets whose `arch/` module exists, and how each is tested.
+const SUPPORTED: &[(&str, &str, &str)] = &[
+    ("x86_64", "linux", "tested natively"),
+    ("aarch64", "linux", "tested under QEMU (qemu-aarch64)"),
+];
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if !SUPPORTED.iter().any(|&(a, o, _)| a == arch && o == os) {
+        let list: Vec<String> = SUPPORTED
+            .iter()
+            .map(|(a, o, how)| format!("{a}-unknown-{o}-gnu ({how})"))
+            .collect();
+        panic!(
+            "stackful does not support the target {arch}-{os}: its context switch is written \
+             by hand for each architecture, and exists only for: {}",
+            list.join(", ")
+        );
+    }
+}

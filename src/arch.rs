@@ -1,0 +1,33 @@
+//! The one place that picks the per-architecture context switch.
+//!
+//! Each file of `arch/` (at the crate's top level) provides the same small
+//! contract, documented in full at the top of each file:
+//!
+//! - `STACK_ALIGNMENT`: the stack pointer's alignment at a call;
+//! - `INIT_FRAME_SIZE`: the bytes `init_stack` writes below a stack's top;
+//! - `LINK_OFFSET`: where, below the top, the link word lives that unwinders
+//!   follow from a coroutine into the code that resumed it;
+//! - `unsafe fn init_stack(top, entry, data) -> sp`: lay out a new context;
+//! - `unsafe fn switch(arg, to, link) -> (arg, from)`: the symmetric switch.
+//!
+//! Everything above this module is architecture-free.
+
+/// The function a fresh context runs first: `entry(arg, from, data)`, where
+/// `arg` is the word passed to the first switch into it, `from` the sp of
+/// the context that made that switch, and `data` the word given to
+/// `init_stack`. It must never return.
+pub(crate) type EntryFn = unsafe extern "C" fn(arg: usize, from: usize, data: usize) -> !;
+
+cfg_if::cfg_if! {
+    if #[cfg(target_arch = "x86_64")] {
+        #[path = "../arch/x86_64.rs"]
+        mod imp;
+    } else if #[cfg(target_arch = "aarch64")] {
+        #[path = "../arch/aarch64.rs"]
+        mod imp;
+    } else {
+        compile_error!("stackful supports x86_64 and aarch64 (Linux) only; see build.rs");
+    }
+}
+
+pub(crate) use imp::{INIT_FRAME_SIZE, LINK_OFFSET, STACK_ALIGNMENT, init_stack, switch};

@@ -1,0 +1,451 @@
+//! The safe asymmetric coroutine: [`Coroutine`], its [`Yielder`], and the
+//! [`CoroutineResult`] that `resume` returns.
+//!
+//! # How values cross
+//!
+//! Both directions pass one machine word through [`arch::switch`]: the
+//! address of a message on the sender's stack. The receiver moves the
+//! message out with `ptr::read` while the sender is suspended, so the
+//! sender wraps it in `ManuallyDrop` and never drops it itself.
+//! - The resumer sends an [`In`]: a value to resume with, or "unwind".
+//! - The coroutine sends an [`Out`]: a yielded value, or the address of
+//!   its [`Ending`] (returned, panicked, or unwound), when it finishes.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::{self, ManuallyDrop};
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+
+use crate::arch;
+use crate::stack::{DefaultStack, Stack};
+
+/// What [`Coroutine::resume`] returns: the body either suspended with a
+/// value or returned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CoroutineResult<Yield, Return> {
+    /// The body called [`Yielder::suspend`] with this value.
+    Yield(Yield),
+    /// The body returned this value; the coroutine is done.
+    Return(Return),
+}
+
+impl<Yield, Return> CoroutineResult<Yield, Return> {
+    /// The yielded value, if the body suspended.
+    pub fn as_yield(self) -> Option<Yield> {
+        match self {
+            CoroutineResult::Yield(y) => Some(y),
+            CoroutineResult::Return(_) => None,
+        }
+    }
+
+    /// The returned value, if the body finished.
+    pub fn as_return(self) -> Option<Return> {
+        match self {
+            CoroutineResult::Yield(_) => None,
+            CoroutineResult::Return(r) => Some(r),
+        }
+    }
+}
+
+/// The resumer's message to the coroutine.
+enum In<I> {
+    /// Continue with this value.
+    Resume(I),
+    /// Unwind the coroutine's stack and finish (drop, `into_stack`).
+    Unwind,
+}
+
+/// The coroutine's message to its resumer.
+enum Out<Y> {
+    /// The body suspended with this value.
+    Yield(Y),
+    /// The body finished; the address of its [`Ending`] on its stack.
+    Finished(usize),
+}
+
+/// How a body finished.
+enum Ending<R> {
+    Returned(R),
+    Panicked(Box<dyn Any + Send>),
+    /// A forced unwind (drop, `into_stack`) reached the top of the stack,
+    /// or the body was dropped before it started.
+    Unwound,
+}
+
+/// The panic payload that unwinds a suspended coroutine being dropped.
+struct ForcedUnwind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    NotStarted,
+    Suspended,
+    Done,
+}
+
+/// A stackful coroutine: a function running on its own [`Stack`], which
+/// can suspend itself anywhere in its call tree with
+/// [`Yielder::suspend`] and is continued with [`Coroutine::resume`].
+///
+/// ```
+/// use stackful::{Coroutine, CoroutineResult};
+///
+/// let mut co = Coroutine::new(|yielder, first: i32| {
+///     let second = yielder.suspend(first * 10);
+///     first + second
+/// });
+/// assert_eq!(co.resume(4), CoroutineResult::Yield(40));
+/// assert_eq!(co.resume(5), CoroutineResult::Return(9));
+/// assert!(co.done());
+/// ```
+///
+/// A `Coroutine<(), Y, (), S>` is an [`Iterator`] over what it yields, the
+/// Python generator:
+///
+/// ```
+/// let squares = stackful::Coroutine::new(|y, ()| (1..=4).for_each(|i| y.suspend(i * i)));
+/// assert_eq!(squares.collect::<Vec<_>>(), [1, 4, 9, 16]);
+/// ```
+///
+/// # Panics, drops and unwinding
+/// A panic in the body reaches the caller of `resume`, with its payload,
+/// and the coroutine is then done. Resuming a done coroutine panics.
+///
+/// Dropping a coroutine that has started and not finished unwinds its
+/// stack, so every destructor on it runs: its pending `suspend` panics
+/// with a private payload, which the coroutine's first frame catches. A
+/// body that catches that panic itself (with `catch_unwind`) may run
+/// code, but every `suspend` it calls afterwards panics again at once; if
+/// it then returns normally, its return value is dropped. A panic that
+/// escapes while the stack unwinds reaches the code that dropped the
+/// coroutine (unless that code is itself unwinding). With
+/// `panic = "abort"` no unwinding is possible: dropping a suspended
+/// coroutine leaks its stack (nothing on it is freed or reused).
+///
+/// # Threads
+/// `Coroutine` is neither `Send` nor `Sync`. A body may read a
+/// thread-local's address, or hold an `Rc` or a `MutexGuard`, across a
+/// `suspend`; if the coroutine were resumed on another thread, that address
+/// would name the first thread's variable and the guard would be released
+/// by the wrong thread, and the compiler cannot see this inside the body.
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>(_: T) {}
+/// assert_send(stackful::Coroutine::<(), (), ()>::new(|_, ()| ()));
+/// ```
+pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
+    /// The saved stack pointer while suspended (or before the first
+    /// resume); meaningless once done.
+    sp: usize,
+    /// The link word on the coroutine's stack (see `arch/`).
+    link: *mut usize,
+    state: State,
+    stack: ManuallyDrop<S>,
+    /// `fn(Input) -> ..`: the coroutine consumes inputs and produces
+    /// yields and a return; `*mut ()`: neither `Send` nor `Sync`.
+    _marker: PhantomData<(fn(Input) -> CoroutineResult<Yield, Return>, *mut ())>,
+}
+
+/// The handle a coroutine's body uses to suspend itself.
+///
+/// The body receives it by reference for the coroutine's whole life and
+/// cannot move it out: the closure is `'static`, so no other coroutine or
+/// thread can capture the reference, and `Yielder` is neither `Send` nor
+/// `Sync`.
+pub struct Yielder<Input, Yield> {
+    /// The link word of this coroutine's stack: the resumer's saved sp.
+    link: *const usize,
+    /// Set once a forced unwind has started: every later `suspend` panics.
+    unwinding: Cell<bool>,
+    _marker: PhantomData<(fn(Yield) -> Input, *mut ())>,
+}
+
+impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
+    /// Creates a coroutine that will run `f` on a [`DefaultStack`] of the
+    /// default size, taken from the thread's pool of free stacks.
+    ///
+    /// `f` does not run until the first [`resume`](Coroutine::resume), whose
+    /// input becomes `f`'s second argument.
+    ///
+    /// # Panics
+    /// When no stack can be mapped (the message says why).
+    pub fn new<F>(f: F) -> Self
+    where
+        F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
+    {
+        Self::with_stack(DefaultStack::default(), f)
+    }
+}
+
+impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
+    /// Creates a coroutine that will run `f` on `stack`.
+    ///
+    /// The closure itself is stored at the top of the stack, so creating a
+    /// coroutine allocates nothing besides the stack.
+    ///
+    /// # Panics
+    /// When `stack` leaves less than [`MIN_STACK_SIZE`] bytes below the
+    /// closure (the closure is too large for this stack).
+    ///
+    /// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
+    pub fn with_stack<F>(stack: S, f: F) -> Self
+    where
+        F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
+    {
+        crate::overflow::install();
+        let (top, limit) = (stack.top(), stack.limit());
+        let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
+        let closure = top
+            .checked_sub(mem::size_of::<F>())
+            .map(|a| a & !(align - 1))
+            .filter(|&a| {
+                a.checked_sub(arch::INIT_FRAME_SIZE + crate::stack::MIN_STACK_SIZE)
+                    .is_some_and(|low| low >= limit)
+            });
+        let Some(closure) = closure else {
+            panic!(
+                "stackful: a stack of {} bytes is too small for a closure of {} bytes: \
+                 at least {} bytes must remain below it",
+                top.saturating_sub(limit),
+                mem::size_of::<F>(),
+                crate::stack::MIN_STACK_SIZE
+            );
+        };
+        let ptr = ptr::with_exposed_provenance_mut::<F>(closure);
+        // SAFETY: `Stack` promises [limit, top) is writable memory of this
+        // stack alone; `closure` lies inside it, aligned for F, with
+        // size_of::<F>() bytes up to `top` (checked above).
+        unsafe { ptr.write(f) };
+        // SAFETY: `closure` is 16-aligned and the INIT_FRAME_SIZE bytes
+        // below it are inside the stack (checked above).
+        let sp = unsafe { arch::init_stack(closure, entry::<Input, Yield, Return, F>, closure) };
+        Coroutine {
+            sp,
+            link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
+            state: State::NotStarted,
+            stack: ManuallyDrop::new(stack),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Runs the coroutine until it suspends or returns.
+    ///
+    /// The first call's `input` is the body's second argument; each later
+    /// call's `input` is what the pending [`Yielder::suspend`] returns.
+    ///
+    /// # Panics
+    /// If the body panics, with the body's payload (the coroutine is then
+    /// done); and with "resumed a coroutine that has already finished"
+    /// when the coroutine is done.
+    #[inline]
+    pub fn resume(&mut self, input: Input) -> CoroutineResult<Yield, Return> {
+        if self.state == State::Done {
+            panic!("stackful: resumed a coroutine that has already finished");
+        }
+        self.state = State::Suspended;
+        match self.switch_in(In::Resume(input)) {
+            Out::Yield(y) => CoroutineResult::Yield(y),
+            Out::Finished(ending) => {
+                self.state = State::Done;
+                // SAFETY: the body sent the address of its Ending as its
+                // last act; its stack is not reused until we return.
+                match unsafe { take::<Ending<Return>>(ending) } {
+                    Ending::Returned(r) => CoroutineResult::Return(r),
+                    Ending::Panicked(payload) => panic::resume_unwind(payload),
+                    Ending::Unwound => unreachable!("stackful: unwound without a request"),
+                }
+            }
+        }
+    }
+
+    /// Whether the first `resume` has happened.
+    pub fn started(&self) -> bool {
+        self.state != State::NotStarted
+    }
+
+    /// Whether the body has returned or panicked (or was unwound).
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Unwinds the coroutine if it has started and not finished (see
+    /// [Panics, drops and unwinding](Coroutine#panics-drops-and-unwinding)),
+    /// then gives the stack back for reuse.
+    ///
+    /// # Panics
+    /// With `panic = "abort"`, when the coroutine is suspended: its stack
+    /// cannot be unwound, so it cannot be reused safely.
+    pub fn into_stack(mut self) -> S {
+        if self.state == State::Suspended && cfg!(panic = "abort") {
+            panic!("stackful: cannot unwind a suspended coroutine under panic = \"abort\"");
+        }
+        self.finish();
+        // SAFETY: `self` is forgotten right after, so the stack is taken
+        // out exactly once and never dropped in place.
+        let stack = unsafe { ManuallyDrop::take(&mut self.stack) };
+        mem::forget(self);
+        stack
+    }
+
+    /// Switches into the coroutine with `input`; returns what it sent back.
+    #[inline(always)]
+    fn switch_in(&mut self, input: In<Input>) -> Out<Yield> {
+        let input = ManuallyDrop::new(input);
+        // SAFETY: `self.sp` is the sp of our suspended coroutine (state is
+        // not Done), which only this `Coroutine` resumes; `self.link` is a
+        // word of its stack, which `self.stack` keeps alive.
+        let (msg, sp) = unsafe { arch::switch(addr(&input), self.sp, self.link) };
+        self.sp = sp;
+        // SAFETY: the coroutine sent the address of an Out<Yield> on its
+        // stack, which stays put while it is suspended; we move it out once.
+        unsafe { take::<Out<Yield>>(msg) }
+    }
+
+    /// Drives a started or unstarted coroutine to its end by unwinding.
+    fn finish(&mut self) {
+        if self.state == State::Done {
+            return;
+        }
+        let Out::Finished(ending) = self.switch_in(In::Unwind) else {
+            unreachable!("stackful: a coroutine yielded while being unwound");
+        };
+        self.state = State::Done;
+        // SAFETY: as in `resume`, the address of the body's Ending.
+        match unsafe { take::<Ending<Return>>(ending) } {
+            Ending::Unwound | Ending::Returned(_) => {}
+            Ending::Panicked(payload) if std::thread::panicking() => drop(payload),
+            Ending::Panicked(payload) => panic::resume_unwind(payload),
+        }
+    }
+}
+
+impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
+    fn drop(&mut self) {
+        if self.state == State::Suspended && cfg!(panic = "abort") {
+            // Nothing can unwind the stack: leak it rather than free memory
+            // that live (possibly pinned) values still occupy.
+            return;
+        }
+        self.finish();
+        // SAFETY: `drop` runs once; the stack is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.stack) };
+    }
+}
+
+impl<Yield, S: Stack> Iterator for Coroutine<(), Yield, (), S> {
+    type Item = Yield;
+
+    /// Resumes the generator; `None` once it has returned.
+    fn next(&mut self) -> Option<Yield> {
+        if self.done() {
+            return None;
+        }
+        self.resume(()).as_yield()
+    }
+}
+
+impl<Input, Yield, Return, S: Stack> fmt::Debug for Coroutine<Input, Yield, Return, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coroutine")
+            .field("state", &self.state)
+            .field("stack_top", &format_args!("{:#x}", self.stack.top()))
+            .finish()
+    }
+}
+
+impl<Input, Yield> Yielder<Input, Yield> {
+    /// Suspends the coroutine, handing `value` to the caller of
+    /// [`Coroutine::resume`], and returns the input of the next `resume`.
+    ///
+    /// # Panics
+    /// While the coroutine is being dropped (see
+    /// [`Coroutine`](Coroutine#panics-drops-and-unwinding)): the panic
+    /// unwinds the stack so that its destructors run.
+    #[inline]
+    pub fn suspend(&self, value: Yield) -> Input {
+        if self.unwinding.get() {
+            panic::resume_unwind(Box::new(ForcedUnwind));
+        }
+        let out = ManuallyDrop::new(Out::Yield(value));
+        let mut scratch = 0usize;
+        // SAFETY: the link word holds the sp of the resumer, which is
+        // suspended inside `resume` (a Yielder is only reachable from its
+        // body, which runs only while resumed). The link of a switch back
+        // is not followed by anyone: `scratch` receives it.
+        let (msg, _) = unsafe { arch::switch(addr(&out), *self.link, &mut scratch) };
+        // SAFETY: the resumer sent the address of an In<Input> on its stack
+        // and is suspended until we switch back; we move it out once.
+        match unsafe { take::<In<Input>>(msg) } {
+            In::Resume(input) => input,
+            In::Unwind => {
+                self.unwinding.set(true);
+                panic::resume_unwind(Box::new(ForcedUnwind))
+            }
+        }
+    }
+}
+
+impl<Input, Yield> fmt::Debug for Yielder<Input, Yield> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Yielder").field("unwinding", &self.unwinding.get()).finish()
+    }
+}
+
+/// The first function on a new coroutine's stack, called by the arch
+/// trampoline with the first resume's message, the resumer's sp, and the
+/// address of the closure that `with_stack` stored at the stack's top.
+///
+/// # Safety
+/// Only the trampoline calls it, as `Coroutine::with_stack` arranged.
+unsafe extern "C" fn entry<I, Y, R, F>(msg: usize, _from: usize, closure: usize) -> !
+where
+    F: FnOnce(&Yielder<I, Y>, I) -> R,
+{
+    // SAFETY: `with_stack` wrote an F at `closure`; it is read once, here.
+    let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(closure)) };
+    let yielder = Yielder {
+        link: ptr::with_exposed_provenance(closure - arch::LINK_OFFSET),
+        unwinding: Cell::new(false),
+        _marker: PhantomData,
+    };
+    // SAFETY: the first resume sent the address of an In<I>, as every
+    // resume does.
+    let ending = match unsafe { take::<In<I>>(msg) } {
+        In::Resume(input) => match panic::catch_unwind(AssertUnwindSafe(|| f(&yielder, input))) {
+            Ok(r) => Ending::Returned(r),
+            Err(p) if p.is::<ForcedUnwind>() => Ending::Unwound,
+            Err(p) => Ending::Panicked(p),
+        },
+        In::Unwind => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
+            Ok(()) => Ending::Unwound,
+            Err(p) => Ending::Panicked(p),
+        },
+    };
+    let ending = ManuallyDrop::new(ending);
+    let out = ManuallyDrop::new(Out::<Y>::Finished(addr(&ending)));
+    let mut scratch = 0usize;
+    // SAFETY: as in `suspend`: the link word holds the resumer's sp. Nothing
+    // resumes this context again (the coroutine is done), so this call
+    // does not return and the stack may be reused.
+    unsafe { arch::switch(addr(&out), *yielder.link, &mut scratch) };
+    unreachable!("stackful: a finished coroutine was resumed");
+}
+
+/// The address of a message, exposed so that the receiver can read it.
+#[inline(always)]
+fn addr<T>(msg: &T) -> usize {
+    ptr::from_ref(msg).expose_provenance()
+}
+
+/// Moves a message out of the address a switch delivered.
+///
+/// # Safety
+/// `addr` must be the exposed address of a live, initialised `T` that its
+/// owner will neither use nor drop again.
+#[inline(always)]
+unsafe fn take<T>(addr: usize) -> T {
+    // SAFETY: as the caller promises.
+    unsafe { ptr::read(ptr::with_exposed_provenance::<T>(addr)) }
+}

@@ -1,0 +1,39 @@
+//! Stackful coroutines for Rust, with a context switch written by hand in
+//! `core::arch::asm!` for x86_64 and aarch64 (Linux).
+//!
+//! A [`Coroutine`] runs a closure on its own guard-paged, pooled stack
+//! ([`DefaultStack`], or any [`Stack`]). The closure can suspend itself
+//! from any depth of its call tree with [`Yielder::suspend`], handing a
+//! value out and receiving the next [`Coroutine::resume`]'s value in.
+//!
+//! ```
+//! use stackful::{Coroutine, CoroutineResult};
+//!
+//! // A running total: each resume sends a number in, each suspend hands
+//! // the sum so far out.
+//! let mut total = Coroutine::new(|yielder, mut n: u64| {
+//!     let mut sum = 0;
+//!     while n != 0 {
+//!         sum += n;
+//!         n = yielder.suspend(sum);
+//!     }
+//!     sum
+//! });
+//! assert_eq!(total.resume(3), CoroutineResult::Yield(3));
+//! assert_eq!(total.resume(4), CoroutineResult::Yield(7));
+//! assert_eq!(total.resume(0), CoroutineResult::Return(7));
+//! ```
+//!
+//! The layers: `arch/` holds the per-architecture switch (the only asm);
+//! [`stack`] the stacks; [`coroutine`] the safe API on top of them.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations, clippy::undocumented_unsafe_blocks)]
+
+mod arch;
+pub mod coroutine;
+mod overflow;
+pub mod stack;
+
+pub use coroutine::{Coroutine, CoroutineResult, Yielder};
+pub use stack::{DefaultStack, Stack};
