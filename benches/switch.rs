@@ -100,7 +100,7 @@ fn round_trip(c: &mut Criterion) {
 }
 
 /// stackful: one coroutine's whole life on `stack`; yields once, returns.
-fn stackful_once<S: stackful::Stack>(stack: S) -> S {
+fn stackful_once<S: stackful::Stack + 'static>(stack: S) -> S {
     use stackful::{Coroutine, CoroutineResult};
     let mut co = Coroutine::<u64, u64, u64, S>::with_stack(stack, |y, x| y.suspend(x) + 1);
     assert_eq!(co.resume(black_box(1)), CoroutineResult::Yield(1));
@@ -109,7 +109,7 @@ fn stackful_once<S: stackful::Stack>(stack: S) -> S {
 }
 
 /// corosensei: the same life as [`stackful_once`].
-fn corosensei_once<S: corosensei::stack::Stack>(stack: S) -> S {
+fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
     use corosensei::{Coroutine, CoroutineResult};
     let mut co = Coroutine::<u64, u64, u64, S>::with_stack(stack, |y, x| y.suspend(x) + 1);
     assert_eq!(co.resume(black_box(1)), CoroutineResult::Yield(1));
@@ -189,12 +189,12 @@ fn lifecycle_fresh(c: &mut Criterion) {
     // bottom page of every fresh stack.
     g.bench_function("generator", |b| {
         b.iter(|| {
-            let mut gen = generator::Gn::<u64>::new_scoped_opt(
+            let mut gener = generator::Gn::<u64>::new_scoped_opt(
                 STACK_SIZE / size_of::<usize>(),
                 generator_body,
             );
-            generator_run(&mut gen);
-            drop(gen);
+            generator_run(&mut gener);
+            drop(gener);
         })
     });
 
@@ -227,15 +227,15 @@ fn lifecycle_pooled(c: &mut Criterion) {
     g.bench_function("context", |b| b.iter(|| context_once(&stack)));
 
     // generator has no stack pool, but a finished generator can be
-    // re-initialised in place on its own stack with `scoped_init` (what the
-    // `may` runtime does): that is its reuse path.
-    let mut gen =
+    // re-initialised in place on its own stack with `scoped_init` (its doc says
+    // so): that is its reuse path.
+    let mut gener =
         generator::Gn::<u64>::new_scoped_opt(STACK_SIZE / size_of::<usize>(), generator_body);
-    generator_run(&mut gen);
+    generator_run(&mut gener);
     g.bench_function("generator", |b| {
         b.iter(|| {
-            gen.scoped_init(generator_body);
-            generator_run(&mut gen);
+            gener.scoped_init(generator_body);
+            generator_run(&mut gener);
         })
     });
 

@@ -1,0 +1,234 @@
+//! What the hand-written switch in `arch/` must guarantee: every
+//! callee-saved register survives, unwind info reaches the resumer, and an
+//! overflow hits the guard page and is reported.
+
+mod util;
+
+use std::backtrace::Backtrace;
+use std::hint::black_box;
+
+use stackful::{Coroutine, CoroutineResult, DefaultStack, Yielder};
+
+/// Calls `f(arg)` with every callee-saved register set to a known pattern
+/// derived from `seed`, and returns a bit mask of the registers that did
+/// not hold their pattern after `f` returned (0 when all survived).
+///
+/// `f` is an ordinary `extern "C"` function, so the ABI obliges it to
+/// preserve these registers: if a context switch inside it lost one, the
+/// mask shows which.
+fn call_with_patterns(seed: u64, f: extern "C" fn(*mut ()), arg: *mut ()) -> u64 {
+    let mask: u64;
+    // SAFETY: the block saves every callee-saved register it overwrites on
+    // the stack and restores it before it ends, keeps the stack 16-aligned
+    // at the call, and declares everything the call may clobber.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::asm!(
+            // Save the callee-saved registers we are about to overwrite
+            // (six pushes keep rsp 16-aligned for the call).
+            "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+            // Load the pattern: seed + 1 .. seed + 6.
+            "lea rbx, [rax + 1]", "lea rbp, [rax + 2]", "lea r12, [rax + 3]",
+            "lea r13, [rax + 4]", "lea r14, [rax + 5]", "lea r15, [rax + 6]",
+            // Keep the seed where the callee must preserve it too: on our stack.
+            "push rax", "sub rsp, 8",
+            "call rcx",
+            "add rsp, 8", "pop rax",
+            // Compare, setting bit i when register i lost its pattern.
+            "xor ecx, ecx",
+            "lea rdx, [rax + 1]", "cmp rbx, rdx", "setne dl", "movzx edx, dl", "or rcx, rdx",
+            "lea rdx, [rax + 2]", "cmp rbp, rdx", "setne dl", "movzx edx, dl", "shl edx, 1", "or rcx, rdx",
+            "lea rdx, [rax + 3]", "cmp r12, rdx", "setne dl", "movzx edx, dl", "shl edx, 2", "or rcx, rdx",
+            "lea rdx, [rax + 4]", "cmp r13, rdx", "setne dl", "movzx edx, dl", "shl edx, 3", "or rcx, rdx",
+            "lea rdx, [rax + 5]", "cmp r14, rdx", "setne dl", "movzx edx, dl", "shl edx, 4", "or rcx, rdx",
+            "lea rdx, [rax + 6]", "cmp r15, rdx", "setne dl", "movzx edx, dl", "shl edx, 5", "or rcx, rdx",
+            "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+            inout("rax") seed => _,
+            inout("rcx") f => mask,
+            in("rdi") arg,
+            clobber_abi("C"),
+        );
+    }
+    // SAFETY: as above: x19 to x29 and d8 to d15 are stored on the stack
+    // (160 bytes keep sp 16-aligned) and reloaded before the block ends.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!(
+            // Save the callee-saved registers we are about to overwrite.
+            "sub sp, sp, #192",
+            "stp x19, x20, [sp, #0]", "stp x21, x22, [sp, #16]", "stp x23, x24, [sp, #32]",
+            "stp x25, x26, [sp, #48]", "stp x27, x28, [sp, #64]", "stp x29, x30, [sp, #80]",
+            "stp d8, d9, [sp, #96]", "stp d10, d11, [sp, #112]",
+            "stp d12, d13, [sp, #128]", "stp d14, d15, [sp, #144]",
+            "str x9, [sp, #160]",
+            // Load the pattern: seed + 1 .. seed + 11 into x19..x29,
+            // seed + 12 .. seed + 19 into d8..d15 (as raw bits).
+            "add x19, x9, #1", "add x20, x9, #2", "add x21, x9, #3", "add x22, x9, #4",
+            "add x23, x9, #5", "add x24, x9, #6", "add x25, x9, #7", "add x26, x9, #8",
+            "add x27, x9, #9", "add x28, x9, #10", "add x29, x9, #11",
+            "add x10, x9, #12", "fmov d8, x10", "add x10, x9, #13", "fmov d9, x10",
+            "add x10, x9, #14", "fmov d10, x10", "add x10, x9, #15", "fmov d11, x10",
+            "add x10, x9, #16", "fmov d12, x10", "add x10, x9, #17", "fmov d13, x10",
+            "add x10, x9, #18", "fmov d14, x10", "add x10, x9, #19", "fmov d15, x10",
+            "blr x11",
+            "ldr x9, [sp, #160]",
+            // Compare, setting bit i when register i lost its pattern.
+            "mov x11, #0",
+            "add x10, x9, #1", "cmp x19, x10", "cset x12, ne", "orr x11, x11, x12",
+            "add x10, x9, #2", "cmp x20, x10", "cset x12, ne", "orr x11, x11, x12, lsl #1",
+            "add x10, x9, #3", "cmp x21, x10", "cset x12, ne", "orr x11, x11, x12, lsl #2",
+            "add x10, x9, #4", "cmp x22, x10", "cset x12, ne", "orr x11, x11, x12, lsl #3",
+            "add x10, x9, #5", "cmp x23, x10", "cset x12, ne", "orr x11, x11, x12, lsl #4",
+            "add x10, x9, #6", "cmp x24, x10", "cset x12, ne", "orr x11, x11, x12, lsl #5",
+            "add x10, x9, #7", "cmp x25, x10", "cset x12, ne", "orr x11, x11, x12, lsl #6",
+            "add x10, x9, #8", "cmp x26, x10", "cset x12, ne", "orr x11, x11, x12, lsl #7",
+            "add x10, x9, #9", "cmp x27, x10", "cset x12, ne", "orr x11, x11, x12, lsl #8",
+            "add x10, x9, #10", "cmp x28, x10", "cset x12, ne", "orr x11, x11, x12, lsl #9",
+            "add x10, x9, #11", "cmp x29, x10", "cset x12, ne", "orr x11, x11, x12, lsl #10",
+            "add x10, x9, #12", "fmov x13, d8", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #11",
+            "add x10, x9, #13", "fmov x13, d9", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #12",
+            "add x10, x9, #14", "fmov x13, d10", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #13",
+            "add x10, x9, #15", "fmov x13, d11", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #14",
+            "add x10, x9, #16", "fmov x13, d12", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #15",
+            "add x10, x9, #17", "fmov x13, d13", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #16",
+            "add x10, x9, #18", "fmov x13, d14", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #17",
+            "add x10, x9, #19", "fmov x13, d15", "cmp x13, x10", "cset x12, ne", "orr x11, x11, x12, lsl #18",
+            // Restore what we saved.
+            "ldp x19, x20, [sp, #0]", "ldp x21, x22, [sp, #16]", "ldp x23, x24, [sp, #32]",
+            "ldp x25, x26, [sp, #48]", "ldp x27, x28, [sp, #64]", "ldp x29, x30, [sp, #80]",
+            "ldp d8, d9, [sp, #96]", "ldp d10, d11, [sp, #112]",
+            "ldp d12, d13, [sp, #128]", "ldp d14, d15, [sp, #144]",
+            "add sp, sp, #192",
+            inout("x9") seed => _,
+            inout("x11") f => mask,
+            in("x0") arg,
+            clobber_abi("C"),
+        );
+    }
+    mask
+}
+
+type Regs = Coroutine<(), u64, u64>;
+
+extern "C" fn resume_it(co: *mut ()) {
+    // SAFETY: the test passes a live `&mut Regs` as `co`.
+    let co = unsafe { &mut *(co as *mut Regs) };
+    black_box(co.resume(()));
+}
+
+extern "C" fn suspend_it(y: *mut ()) {
+    // SAFETY: the body passes its live `&Yielder` as `y`.
+    let y = unsafe { &*(y as *const Yielder<(), u64>) };
+    y.suspend(0);
+}
+
+#[test]
+fn every_callee_saved_register_survives_a_switch() {
+    // The body holds one pattern in every callee-saved register while it
+    // suspends; the resumer holds another while it resumes. Each checks
+    // its own after the switch back.
+    let mut co: Regs = Coroutine::new(|y, ()| {
+        let mask = call_with_patterns(0x5eed_0000_0000_0100, suspend_it, y as *const _ as *mut ());
+        y.suspend(mask);
+        mask
+    });
+    let co_ptr = &mut co as *mut Regs as *mut ();
+    // First resume: the body starts, loads its pattern, and suspends.
+    let resumer_mask = call_with_patterns(0x0ddb_a11_0000_0200, resume_it, co_ptr);
+    assert_eq!(resumer_mask, 0, "the resumer lost callee-saved registers (bit mask)");
+    // Second resume: the body's suspend returns and it checks its pattern.
+    match co.resume(()) {
+        CoroutineResult::Yield(body_mask) => {
+            assert_eq!(body_mask, 0, "the body lost callee-saved registers (bit mask)")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[inline(never)]
+fn resumer_marker_for_backtrace() -> String {
+    let mut co = Coroutine::<(), (), String>::new(|_, ()| {
+        black_box(captured_inside_the_coroutine())
+    });
+    black_box(co.resume(()).as_return().unwrap())
+}
+
+#[inline(never)]
+fn captured_inside_the_coroutine() -> String {
+    Backtrace::force_capture().to_string()
+}
+
+#[test]
+fn a_backtrace_inside_a_coroutine_reaches_the_resumer() {
+    let bt = resumer_marker_for_backtrace();
+    // The index of the first frame line whose function name ends in `name`.
+    let frame = |name: &str| bt.lines().position(|l| l.trim_end().ends_with(name));
+    let inside = frame("captured_inside_the_coroutine");
+    let trampoline = frame("trampoline");
+    let resumer = frame("resumer_marker_for_backtrace");
+    let test_fn = frame("a_backtrace_inside_a_coroutine_reaches_the_resumer");
+    assert!(
+        inside.is_some() && trampoline.is_some() && resumer.is_some() && test_fn.is_some(),
+        "backtrace does not cross into the resumer:\n{bt}"
+    );
+    assert!(inside < trampoline && trampoline < resumer && resumer < test_fn, "{bt}");
+}
+
+#[test]
+fn a_backtrace_through_nested_coroutines_reaches_the_thread() {
+    let mut outer = Coroutine::<(), (), String>::new(|_, ()| {
+        let mut inner = Coroutine::<(), (), String>::new(|_, ()| captured_inside_the_coroutine());
+        inner.resume(()).as_return().unwrap()
+    });
+    let bt = outer.resume(()).as_return().unwrap();
+    assert_eq!(bt.matches("trampoline").count(), 2, "{bt}");
+    assert!(bt.contains("a_backtrace_through_nested_coroutines_reaches_the_thread"), "{bt}");
+}
+
+/// Recurses until the stack runs out.
+#[inline(never)]
+fn overflow(depth: u64) -> u64 {
+    let buf = black_box([depth; 64]);
+    overflow(depth + 1) + buf[63]
+}
+
+#[test]
+fn overflowing_a_coroutine_stack_is_reported_and_aborts() {
+    const ROLE: &str = "overflow";
+    if util::child_role().as_deref() == Some(ROLE) {
+        let stack = DefaultStack::new(64 * 1024).unwrap();
+        let mut co = Coroutine::<(), (), u64>::with_stack(stack, |_, ()| overflow(0));
+        co.resume(());
+        unreachable!("the overflow must abort the process");
+    }
+    let out = util::run_child("overflowing_a_coroutine_stack_is_reported_and_aborts", ROLE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}\n{stderr}", out.status);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("coroutine stack overflow"))
+        .unwrap_or_else(|| panic!("no overflow message in:\n{stderr}"));
+    assert!(line.contains("65536"), "the message should name the stack size: {line}");
+}
+
+#[test]
+fn a_thread_stack_overflow_is_still_reported_by_std() {
+    const ROLE: &str = "thread-overflow";
+    if util::child_role().as_deref() == Some(ROLE) {
+        // Make sure our handler is installed, then overflow the thread.
+        drop(Coroutine::<(), (), ()>::new(|_, ()| ()));
+        let t = std::thread::Builder::new().stack_size(256 * 1024).spawn(|| overflow(0));
+        let _ = t.unwrap().join();
+        unreachable!("the overflow must abort the process");
+    }
+    let out = util::run_child("a_thread_stack_overflow_is_still_reported_by_std", ROLE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert!(out.status.signal().is_some(), "{:?}\n{stderr}", out.status);
+    assert!(!stderr.contains("coroutine stack overflow"), "{stderr}");
+    if !util::emulated() {
+        // qemu-user reports the thread's overflow as a plain SIGSEGV.
+        assert!(stderr.contains("has overflowed its stack"), "{stderr}");
+    }
+}
