@@ -74,7 +74,13 @@ pub const LINK_OFFSET: usize = 8;
 pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usize {
     debug_assert_eq!(top % STACK_ALIGNMENT, 0);
     let sp = top - INIT_FRAME_SIZE;
-    let words: [usize; 5] = [data, 0, trampoline as *const () as usize, entry as *const () as usize, 0];
+    let words: [usize; 5] = [
+        data,
+        0,
+        trampoline as *const () as usize,
+        entry as *const () as usize,
+        0,
+    ];
     // SAFETY: the caller promises that [top - 40, top) is writable stack
     // memory; `sp` is 8-aligned because `top` is 16-aligned.
     unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 5) };

@@ -75,6 +75,11 @@ enum Ending<R> {
     Unwound,
 }
 
+/// The marker of a handle that consumes `A`s and produces `B`s: `fn(A) -> B`
+/// gives it that variance, and the raw pointer makes it neither `Send` nor
+/// `Sync`.
+type Marker<A, B> = PhantomData<(fn(A) -> B, *mut ())>;
+
 /// The panic payload that unwinds a suspended coroutine being dropped.
 struct ForcedUnwind;
 
@@ -145,7 +150,7 @@ pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
     stack: ManuallyDrop<S>,
     /// `fn(Input) -> ..`: the coroutine consumes inputs and produces
     /// yields and a return; `*mut ()`: neither `Send` nor `Sync`.
-    _marker: PhantomData<(fn(Input) -> CoroutineResult<Yield, Return>, *mut ())>,
+    _marker: Marker<Input, (Yield, Return)>,
 }
 
 /// The handle a coroutine's body uses to suspend itself.
@@ -159,7 +164,7 @@ pub struct Yielder<Input, Yield> {
     link: *const usize,
     /// Set once a forced unwind has started: every later `suspend` panics.
     unwinding: Cell<bool>,
-    _marker: PhantomData<(fn(Yield) -> Input, *mut ())>,
+    _marker: Marker<Yield, Input>,
 }
 
 impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
@@ -389,7 +394,9 @@ impl<Input, Yield> Yielder<Input, Yield> {
 
 impl<Input, Yield> fmt::Debug for Yielder<Input, Yield> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Yielder").field("unwinding", &self.unwinding.get()).finish()
+        f.debug_struct("Yielder")
+            .field("unwinding", &self.unwinding.get())
+            .finish()
     }
 }
 

@@ -28,7 +28,11 @@
 //! [`stack`] the stacks; [`coroutine`] the safe API on top of them.
 
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs, missing_debug_implementations, clippy::undocumented_unsafe_blocks)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::undocumented_unsafe_blocks
+)]
 
 mod arch;
 pub mod coroutine;

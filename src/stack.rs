@@ -143,7 +143,9 @@ impl DefaultStack {
     }
 
     fn map(&self) -> &MmapMut {
-        self.map.as_ref().expect("DefaultStack always holds its mapping until dropped")
+        self.map
+            .as_ref()
+            .expect("DefaultStack always holds its mapping until dropped")
     }
 }
 
@@ -301,7 +303,10 @@ mod tests {
     #[test]
     fn size_is_rounded_to_pages_and_guarded() {
         let stack = DefaultStack::new(MIN_STACK_SIZE + 1).unwrap();
-        assert_eq!(stack.size(), (MIN_STACK_SIZE + 1).next_multiple_of(page_size()));
+        assert_eq!(
+            stack.size(),
+            (MIN_STACK_SIZE + 1).next_multiple_of(page_size())
+        );
         assert_eq!(stack.guard_size(), page_size());
         assert_eq!(stack.top() % 16, 0);
         // The guard must really fault: the kernel reports EFAULT for a read

@@ -83,7 +83,11 @@ fn resuming_a_returned_coroutine_panics_clearly() {
     let mut co = Coroutine::<(), (), ()>::new(|_, ()| ());
     assert_eq!(co.resume(()), CoroutineResult::Return(()));
     let err = panic::catch_unwind(AssertUnwindSafe(|| co.resume(()))).unwrap_err();
-    assert!(err.downcast_ref::<&str>().unwrap().contains("already finished"));
+    assert!(
+        err.downcast_ref::<&str>()
+            .unwrap()
+            .contains("already finished")
+    );
 }
 
 #[test]
@@ -150,7 +154,8 @@ fn a_body_that_catches_the_forced_unwind_cannot_suspend_again() {
         }));
         l.borrow_mut().push(format!("caught: {}", caught.is_err()));
         let again = panic::catch_unwind(AssertUnwindSafe(|| y.suspend(2)));
-        l.borrow_mut().push(format!("second suspend panicked: {}", again.is_err()));
+        l.borrow_mut()
+            .push(format!("second suspend panicked: {}", again.is_err()));
         99
     });
     assert_eq!(co.resume(()), CoroutineResult::Yield(1));
@@ -291,11 +296,17 @@ fn deep_recursion_within_the_stack_size() {
     // builds use several times the array's size per frame).
     let depth = DEFAULT_STACK_SIZE / 2 / 4096;
     let mut co = Coroutine::<usize, (), usize>::new(|_, d| recurse(d));
-    assert_eq!(co.resume(depth), CoroutineResult::Return(recurse_result(depth)));
+    assert_eq!(
+        co.resume(depth),
+        CoroutineResult::Return(recurse_result(depth))
+    );
     let stack = DefaultStack::new(8 << 20).unwrap();
     let mut big = Coroutine::<usize, (), usize>::with_stack(stack, |_, d| recurse(d));
     let depth = (8 << 20) / 2 / 4096;
-    assert_eq!(big.resume(depth), CoroutineResult::Return(recurse_result(depth)));
+    assert_eq!(
+        big.resume(depth),
+        CoroutineResult::Return(recurse_result(depth))
+    );
 }
 
 #[test]
@@ -370,7 +381,10 @@ fn floating_point_values_survive_switches() {
     // snprintf-like formatting of floats inside a coroutine needs an
     // aligned stack for SSE.
     let mut fmt = Coroutine::<f64, (), String>::new(|_, v| format!("{v:.3}"));
-    assert_eq!(fmt.resume(2.0f64.sqrt()), CoroutineResult::Return("1.414".into()));
+    assert_eq!(
+        fmt.resume(2.0f64.sqrt()),
+        CoroutineResult::Return("1.414".into())
+    );
 }
 
 /// A step of a scripted conversation with an echo-and-accumulate body.

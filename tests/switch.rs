@@ -134,12 +134,18 @@ fn every_callee_saved_register_survives_a_switch() {
     });
     let co_ptr = &mut co as *mut Regs as *mut ();
     // First resume: the body starts, loads its pattern, and suspends.
-    let resumer_mask = call_with_patterns(0x0ddb_a11_0000_0200, resume_it, co_ptr);
-    assert_eq!(resumer_mask, 0, "the resumer lost callee-saved registers (bit mask)");
+    let resumer_mask = call_with_patterns(0x00dd_ba11_0000_0200, resume_it, co_ptr);
+    assert_eq!(
+        resumer_mask, 0,
+        "the resumer lost callee-saved registers (bit mask)"
+    );
     // Second resume: the body's suspend returns and it checks its pattern.
     match co.resume(()) {
         CoroutineResult::Yield(body_mask) => {
-            assert_eq!(body_mask, 0, "the body lost callee-saved registers (bit mask)")
+            assert_eq!(
+                body_mask, 0,
+                "the body lost callee-saved registers (bit mask)"
+            )
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -147,9 +153,8 @@ fn every_callee_saved_register_survives_a_switch() {
 
 #[inline(never)]
 fn resumer_marker_for_backtrace() -> String {
-    let mut co = Coroutine::<(), (), String>::new(|_, ()| {
-        black_box(captured_inside_the_coroutine())
-    });
+    let mut co =
+        Coroutine::<(), (), String>::new(|_, ()| black_box(captured_inside_the_coroutine()));
     black_box(co.resume(()).as_return().unwrap())
 }
 
@@ -171,7 +176,10 @@ fn a_backtrace_inside_a_coroutine_reaches_the_resumer() {
         inside.is_some() && trampoline.is_some() && resumer.is_some() && test_fn.is_some(),
         "backtrace does not cross into the resumer:\n{bt}"
     );
-    assert!(inside < trampoline && trampoline < resumer && resumer < test_fn, "{bt}");
+    assert!(
+        inside < trampoline && trampoline < resumer && resumer < test_fn,
+        "{bt}"
+    );
 }
 
 #[test]
@@ -182,10 +190,14 @@ fn a_backtrace_through_nested_coroutines_reaches_the_thread() {
     });
     let bt = outer.resume(()).as_return().unwrap();
     assert_eq!(bt.matches("trampoline").count(), 2, "{bt}");
-    assert!(bt.contains("a_backtrace_through_nested_coroutines_reaches_the_thread"), "{bt}");
+    assert!(
+        bt.contains("a_backtrace_through_nested_coroutines_reaches_the_thread"),
+        "{bt}"
+    );
 }
 
 /// Recurses until the stack runs out.
+#[allow(unconditional_recursion)]
 #[inline(never)]
 fn overflow(depth: u64) -> u64 {
     let buf = black_box([depth; 64]);
@@ -204,12 +216,20 @@ fn overflowing_a_coroutine_stack_is_reported_and_aborts() {
     let out = util::run_child("overflowing_a_coroutine_stack_is_reported_and_aborts", ROLE);
     let stderr = String::from_utf8_lossy(&out.stderr);
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}\n{stderr}", out.status);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{:?}\n{stderr}",
+        out.status
+    );
     let line = stderr
         .lines()
         .find(|l| l.contains("coroutine stack overflow"))
         .unwrap_or_else(|| panic!("no overflow message in:\n{stderr}"));
-    assert!(line.contains("65536"), "the message should name the stack size: {line}");
+    assert!(
+        line.contains("65536"),
+        "the message should name the stack size: {line}"
+    );
 }
 
 #[test]
@@ -218,7 +238,9 @@ fn a_thread_stack_overflow_is_still_reported_by_std() {
     if util::child_role().as_deref() == Some(ROLE) {
         // Make sure our handler is installed, then overflow the thread.
         drop(Coroutine::<(), (), ()>::new(|_, ()| ()));
-        let t = std::thread::Builder::new().stack_size(256 * 1024).spawn(|| overflow(0));
+        let t = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| overflow(0));
         let _ = t.unwrap().join();
         unreachable!("the overflow must abort the process");
     }
