@@ -24,7 +24,7 @@
 //!
 //! ```text
 //!   top                          (16-aligned; what the caller gave init_stack)
-//!   top -  8  link               the sp of whoever last switched in (see below)
+//!   top -  8  link               the sp of the side that is suspended (see below)
 //!   top - 16  entry              the Rust function the trampoline calls
 //!   top - 24  (padding)
 //!   top - 32  x19 = data         the trampoline passes it to entry
@@ -35,9 +35,11 @@
 //!
 //! # Unwinding across the boundary
 //!
-//! The *link* word at `top - 8` holds the saved `sp` of the context that
-//! last entered this one through [`switch`] with this stack's link slot;
-//! that sp points at the resumer's switch frame. The trampoline's CFI says:
+//! [`switch`] stores the sp it leaves into a word the caller names. The
+//! coroutine layer names the *link* word at `top - 8` of the coroutine's
+//! stack in both directions, so while the coroutine runs that word holds
+//! its resumer's sp, which points at the resumer's switch frame (and while
+//! it is suspended, its own sp, which the next resume reads). The trampoline's CFI says:
 //! "my caller's CFA is `*link + 32`, its x29 is at CFA - 32, its return
 //! address (x30) at CFA - 24 and its x19 at CFA - 16", so an unwinder walks
 //! from the coroutine's frames into the frames of the code that resumed it.

@@ -22,7 +22,7 @@
 //!
 //! ```text
 //!   top                          (16-aligned; what the caller gave init_stack)
-//!   top -  8  link               the sp of whoever last switched in (see below)
+//!   top -  8  link               the sp of the side that is suspended (see below)
 //!   top - 16  entry              the Rust function the trampoline calls
 //!   top - 24  return address  -> trampoline
 //!   top - 32  rbp = 0            ends frame-pointer walks
@@ -32,9 +32,11 @@
 //!
 //! # Unwinding across the boundary
 //!
-//! The *link* word at `top - 8` holds the saved `sp` of the context that
-//! last entered this one through [`switch`] with this stack's link slot;
-//! that sp points at the resumer's switch frame. The trampoline's CFI says:
+//! [`switch`] stores the sp it leaves into a word the caller names. The
+//! coroutine layer names the *link* word at `top - 8` of the coroutine's
+//! stack in both directions, so while the coroutine runs that word holds
+//! its resumer's sp, which points at the resumer's switch frame (and while
+//! it is suspended, its own sp, which the next resume reads). The trampoline's CFI says:
 //! "my caller's CFA is `*link + 24`, its return address is at CFA - 8, its
 //! rbp at CFA - 16 and its rbx at CFA - 24", so an unwinder (Rust's
 //! `Backtrace`, gdb's `bt`, a panic) walks from the coroutine's frames into

@@ -141,10 +141,11 @@ enum State {
 /// assert_send(stackful::Coroutine::<(), (), ()>::new(|_, ()| ()));
 /// ```
 pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
-    /// The saved stack pointer while suspended (or before the first
-    /// resume); meaningless once done.
-    sp: usize,
-    /// The link word on the coroutine's stack (see `arch/`).
+    /// The link word on the coroutine's stack (see `arch/`). It holds the
+    /// sp of whichever side is suspended: the coroutine's own while it is
+    /// suspended, the resumer's while it runs (which is what unwinders
+    /// follow). So each switch reads the other side's sp from it and
+    /// leaves its own there: one word, no other bookkeeping.
     link: *mut usize,
     state: State,
     stack: ManuallyDrop<S>,
@@ -161,7 +162,7 @@ pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
 /// `Sync`.
 pub struct Yielder<Input, Yield> {
     /// The link word of this coroutine's stack: the resumer's saved sp.
-    link: *const usize,
+    link: *mut usize,
     /// Set once a forced unwind has started: every later `suspend` panics.
     unwinding: Cell<bool>,
     _marker: Marker<Yield, Input>,
@@ -226,9 +227,11 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         // SAFETY: `closure` is 16-aligned and the INIT_FRAME_SIZE bytes
         // below it are inside the stack (checked above).
         let sp = unsafe { arch::init_stack(closure, entry::<Input, Yield, Return, F>, closure) };
+        let link = ptr::with_exposed_provenance_mut::<usize>(closure - arch::LINK_OFFSET);
+        // SAFETY: the link word lies inside the frame init_stack just wrote.
+        unsafe { link.write(sp) };
         Coroutine {
-            sp,
-            link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
+            link,
             state: State::NotStarted,
             stack: ManuallyDrop::new(stack),
             _marker: PhantomData,
@@ -246,10 +249,12 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// when the coroutine is done.
     #[inline]
     pub fn resume(&mut self, input: Input) -> CoroutineResult<Yield, Return> {
-        if self.state == State::Done {
-            panic!("stackful: resumed a coroutine that has already finished");
+        if self.state != State::Suspended {
+            if self.state == State::Done {
+                panic!("stackful: resumed a coroutine that has already finished");
+            }
+            self.state = State::Suspended;
         }
-        self.state = State::Suspended;
         match self.switch_in(In::Resume(input)) {
             Out::Yield(y) => CoroutineResult::Yield(y),
             Out::Finished(ending) => {
@@ -298,11 +303,11 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     #[inline(always)]
     fn switch_in(&mut self, input: In<Input>) -> Out<Yield> {
         let input = ManuallyDrop::new(input);
-        // SAFETY: `self.sp` is the sp of our suspended coroutine (state is
-        // not Done), which only this `Coroutine` resumes; `self.link` is a
-        // word of its stack, which `self.stack` keeps alive.
-        let (msg, sp) = unsafe { arch::switch(addr(&input), self.sp, self.link) };
-        self.sp = sp;
+        // SAFETY: `self.link` is a word of our coroutine's stack, which
+        // `self.stack` keeps alive; while the coroutine is suspended (state
+        // is not Done) it holds the coroutine's sp, which only this
+        // `Coroutine` resumes. The switch leaves our sp there.
+        let (msg, _) = unsafe { arch::switch(addr(&input), *self.link, self.link) };
         // SAFETY: the coroutine sent the address of an Out<Yield> on its
         // stack, which stays put while it is suspended; we move it out once.
         unsafe { take::<Out<Yield>>(msg) }
@@ -374,12 +379,11 @@ impl<Input, Yield> Yielder<Input, Yield> {
             panic::resume_unwind(Box::new(ForcedUnwind));
         }
         let out = ManuallyDrop::new(Out::Yield(value));
-        let mut scratch = 0usize;
         // SAFETY: the link word holds the sp of the resumer, which is
         // suspended inside `resume` (a Yielder is only reachable from its
-        // body, which runs only while resumed). The link of a switch back
-        // is not followed by anyone: `scratch` receives it.
-        let (msg, _) = unsafe { arch::switch(addr(&out), *self.link, &mut scratch) };
+        // body, which runs only while resumed); the switch leaves our sp
+        // there for the next resume.
+        let (msg, _) = unsafe { arch::switch(addr(&out), *self.link, self.link) };
         // SAFETY: the resumer sent the address of an In<Input> on its stack
         // and is suspended until we switch back; we move it out once.
         match unsafe { take::<In<Input>>(msg) } {
@@ -413,7 +417,7 @@ where
     // SAFETY: `with_stack` wrote an F at `closure`; it is read once, here.
     let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(closure)) };
     let yielder = Yielder {
-        link: ptr::with_exposed_provenance(closure - arch::LINK_OFFSET),
+        link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
         unwinding: Cell::new(false),
         _marker: PhantomData,
     };
@@ -432,11 +436,10 @@ where
     };
     let ending = ManuallyDrop::new(ending);
     let out = ManuallyDrop::new(Out::<Y>::Finished(addr(&ending)));
-    let mut scratch = 0usize;
     // SAFETY: as in `suspend`: the link word holds the resumer's sp. Nothing
     // resumes this context again (the coroutine is done), so this call
     // does not return and the stack may be reused.
-    unsafe { arch::switch(addr(&out), *yielder.link, &mut scratch) };
+    unsafe { arch::switch(addr(&out), *yielder.link, yielder.link) };
     unreachable!("stackful: a finished coroutine was resumed");
 }
 
