@@ -78,7 +78,7 @@ enum Ending<R> {
 /// The marker of a handle that consumes `A`s and produces `B`s: `fn(A) -> B`
 /// gives it that variance, and the raw pointer makes it neither `Send` nor
 /// `Sync`.
-type Marker<A, B> = PhantomData<(fn(A) -> B, *mut ())>;
+pub(crate) type Marker<A, B> = PhantomData<(fn(A) -> B, *mut ())>;
 
 /// The panic payload that unwinds a suspended coroutine being dropped.
 struct ForcedUnwind;
@@ -201,32 +201,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
     {
         crate::overflow::install();
-        let (top, limit) = (stack.top(), stack.limit());
-        let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
-        let closure = top
-            .checked_sub(mem::size_of::<F>())
-            .map(|a| a & !(align - 1))
-            .filter(|&a| {
-                a.checked_sub(arch::INIT_FRAME_SIZE + crate::stack::MIN_STACK_SIZE)
-                    .is_some_and(|low| low >= limit)
-            });
-        let Some(closure) = closure else {
-            panic!(
-                "stackful: a stack of {} bytes is too small for a closure of {} bytes: \
-                 at least {} bytes must remain below it",
-                top.saturating_sub(limit),
-                mem::size_of::<F>(),
-                crate::stack::MIN_STACK_SIZE
-            );
-        };
-        let ptr = ptr::with_exposed_provenance_mut::<F>(closure);
-        // SAFETY: `Stack` promises [limit, top) is writable memory of this
-        // stack alone; `closure` lies inside it, aligned for F, with
-        // size_of::<F>() bytes up to `top` (checked above).
-        unsafe { ptr.write(f) };
-        // SAFETY: `closure` is 16-aligned and the INIT_FRAME_SIZE bytes
-        // below it are inside the stack (checked above).
-        let sp = unsafe { arch::init_stack(closure, entry::<Input, Yield, Return, F>, closure) };
+        let (closure, sp) = place_closure(&stack, f, entry::<Input, Yield, Return, F>);
         let link = ptr::with_exposed_provenance_mut::<usize>(closure - arch::LINK_OFFSET);
         // SAFETY: the link word lies inside the frame init_stack just wrote.
         unsafe { link.write(sp) };
@@ -441,6 +416,42 @@ where
     // does not return and the stack may be reused.
     unsafe { arch::switch(addr(&out), *yielder.link, yielder.link) };
     unreachable!("stackful: a finished coroutine was resumed");
+}
+
+/// Moves `f` to the top of `stack` and lays out below it a first frame
+/// that will call `entry` with the closure's address; returns that address
+/// (16-aligned, the top of the frames) and the new context's sp.
+///
+/// # Panics
+/// When less than `MIN_STACK_SIZE` would remain below the closure.
+pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) -> (usize, usize) {
+    let (top, limit) = (stack.top(), stack.limit());
+    let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
+    let closure = top
+        .checked_sub(mem::size_of::<F>())
+        .map(|a| a & !(align - 1))
+        .filter(|&a| {
+            a.checked_sub(arch::INIT_FRAME_SIZE + crate::stack::MIN_STACK_SIZE)
+                .is_some_and(|low| low >= limit)
+        });
+    let Some(closure) = closure else {
+        panic!(
+            "stackful: a stack of {} bytes is too small for a closure of {} bytes: \
+             at least {} bytes must remain below it",
+            top.saturating_sub(limit),
+            mem::size_of::<F>(),
+            crate::stack::MIN_STACK_SIZE
+        );
+    };
+    let ptr = ptr::with_exposed_provenance_mut::<F>(closure);
+    // SAFETY: `Stack` promises [limit, top) is writable memory of this
+    // stack alone; `closure` lies inside it, aligned for F, with
+    // size_of::<F>() bytes up to `top` (checked above).
+    unsafe { ptr.write(f) };
+    // SAFETY: `closure` is 16-aligned and the INIT_FRAME_SIZE bytes below
+    // it are inside the stack (checked above).
+    let sp = unsafe { arch::init_stack(closure, entry, closure) };
+    (closure, sp)
 }
 
 /// The address of a message, exposed so that the receiver can read it.

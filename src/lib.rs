@@ -36,8 +36,11 @@
 
 mod arch;
 pub mod coroutine;
+pub mod generator;
+pub mod greenlet;
 mod overflow;
 pub mod stack;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};
+pub use generator::Generator;
 pub use stack::{DefaultStack, Stack};

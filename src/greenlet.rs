@@ -1,0 +1,606 @@
+//! Greenlets: coroutines that switch explicitly to any other, passing a
+//! value, as Python's `greenlet` does.
+//!
+//! ```
+//! use stackful::greenlet::{Greenlet, current};
+//!
+//! let main = current::<String>();
+//! let echo = Greenlet::new(move |first: String| {
+//!     let second = main.switch(format!("{first}!"));
+//!     format!("{second}?")
+//! });
+//! assert_eq!(echo.switch("hi".into()), "hi!");
+//! // The body returns: its value goes to its parent, the main greenlet.
+//! assert_eq!(echo.switch("so".into()), "so?");
+//! assert!(echo.is_dead());
+//! ```
+//!
+//! # The model
+//!
+//! Every thread has an implicit *main* greenlet: whatever runs outside any
+//! greenlet. [`Greenlet::new`] creates one, suspended and not started,
+//! whose *parent* is the greenlet that created it. [`Greenlet::switch`]
+//! transfers control to a greenlet at once, with one context switch and
+//! no scheduler in between: an unstarted one starts with `f(value)`, a
+//! suspended one sees its own pending `switch` return `value`. When `f`
+//! returns, its value goes to its parent as if the parent had been switched
+//! to (a dead parent hands it on to its own parent); when `f` panics, the
+//! parent's pending `switch` panics with the same payload.
+//!
+//! # Types
+//!
+//! A greenlet is suspended inside a `switch::<T>` (or, before it starts,
+//! waits for its body's input `T`); a switch into it must carry that `T`.
+//! The handle's type says what its body takes; [`current`] and
+//! [`Greenlet::parent`] give handles of the type the caller names. Any
+//! mismatch is found before the switch and reported as a [`SwitchError`]
+//! (or, when a body's return value cannot go to its parent, as a panic
+//! there), never undefined behaviour.
+//!
+//! # Killing
+//!
+//! [`Greenlet::kill`] unwinds a greenlet's stack, so every destructor on it
+//! runs, and comes back. Dropping the last handle of a started, suspended
+//! greenlet (or of one never started: its closure is dropped) does the
+//! same, as Python does with `GreenletExit`. A parent link counts as a
+//! handle. A body may catch the unwind with `catch_unwind`, but every
+//! `switch` it makes afterwards panics again at once.
+//!
+//! # Threads
+//!
+//! Handles are neither `Send` nor `Sync`: a greenlet belongs to the thread
+//! that created it, and switching to one from another thread does not
+//! compile.
+//!
+//! ```compile_fail
+//! let g = stackful::greenlet::Greenlet::new(|x: u32| x);
+//! std::thread::spawn(move || g.switch(1));
+//! ```
+
+use std::any::{Any, TypeId, type_name};
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+use std::rc::Rc;
+
+use crate::arch;
+use crate::coroutine::Marker;
+use crate::stack::DefaultStack;
+
+/// Where a greenlet is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    NotStarted,
+    Running,
+    Suspended,
+    Dead,
+}
+
+/// One greenlet, untyped: the typed [`Greenlet`] handles point at it.
+struct Core {
+    /// The saved stack pointer while suspended or not started.
+    sp: Cell<usize>,
+    life: Cell<Life>,
+    /// The type a switch into this greenlet must carry, and its name.
+    expects: Cell<(TypeId, &'static str)>,
+    parent: RefCell<Option<Handle>>,
+    /// The address of the link word of this greenlet's stack (0 for the
+    /// main greenlet): the switcher's sp, which unwinders follow.
+    link: usize,
+    /// Our stack, given back (to the pool) once the greenlet is dead.
+    stack: RefCell<Option<DefaultStack>>,
+    /// Handles (including parent links) alive; at zero it is killed.
+    handles: Cell<usize>,
+    /// Set once a kill has reached the body: later switches panic again.
+    killed_by: RefCell<Option<Rc<Core>>>,
+    /// Is this the thread's implicit main greenlet?
+    main: bool,
+}
+
+/// The greenlets of one thread: the one running now.
+struct World {
+    current: RefCell<Rc<Core>>,
+}
+
+thread_local! {
+    static WORLD: World = World {
+        current: RefCell::new(Rc::new(Core {
+            sp: Cell::new(0),
+            life: Cell::new(Life::Running),
+            expects: Cell::new((TypeId::of::<()>(), "()")),
+            parent: RefCell::new(None),
+            link: 0,
+            stack: RefCell::new(None),
+            handles: Cell::new(0),
+            killed_by: RefCell::new(None),
+            main: true,
+        })),
+    };
+}
+
+fn running() -> Rc<Core> {
+    WORLD.with(|w| w.current.borrow().clone())
+}
+
+/// A counted reference to a greenlet: when the last one goes, a started,
+/// suspended greenlet is killed.
+struct Handle(Rc<Core>);
+
+impl Handle {
+    fn new(core: Rc<Core>) -> Handle {
+        core.handles.set(core.handles.get() + 1);
+        Handle(core)
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Handle {
+        Handle::new(self.0.clone())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let n = self.0.handles.get() - 1;
+        self.0.handles.set(n);
+        if n == 0 && matches!(self.0.life.get(), Life::NotStarted | Life::Suspended) {
+            // A thread that is exiting has no world left to switch in:
+            // the greenlet's stack is then leaked, never freed live.
+            if WORLD.try_with(|_| ()).is_ok() {
+                kill_core(&self.0);
+            }
+        }
+    }
+}
+
+/// The message every switch carries: the address of the sender's value
+/// (on its stack), a panic to raise, or a kill.
+enum Kind {
+    /// The address of a `ManuallyDrop<T>` of the type the receiver expects.
+    Value(usize),
+    Panic(Box<dyn Any + Send>),
+    Kill(Rc<Core>),
+}
+
+struct Transfer {
+    kind: Kind,
+    /// Set by a greenlet's last switch: its core, so that the receiver
+    /// frees its stack and does not link to it.
+    died: Option<Rc<Core>>,
+}
+
+/// The payload with which a killed greenlet's stack unwinds.
+struct GreenletExit;
+
+/// Why a switch (or `set_parent`) could not happen. The value that was to
+/// be passed comes back in it.
+pub enum SwitchError<T> {
+    /// The target greenlet has finished, panicked or been killed.
+    Dead(T),
+    /// The target is suspended in a switch of another type, or its body
+    /// takes another type.
+    WrongType {
+        /// The value that was to be passed.
+        value: T,
+        /// The type the target expects.
+        expected: &'static str,
+    },
+    /// The new parent would make the parent chain a cycle.
+    Cycle,
+}
+
+impl<T> fmt::Debug for SwitchError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<T> fmt::Display for SwitchError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwitchError::Dead(_) => write!(
+                f,
+                "cannot switch to a dead greenlet (it returned, panicked or was killed); \
+                 check is_dead() first"
+            ),
+            SwitchError::WrongType { expected, .. } => write!(
+                f,
+                "cannot switch to this greenlet with a {}: it waits for a {expected}",
+                type_name::<T>()
+            ),
+            SwitchError::Cycle => write!(
+                f,
+                "cannot set this parent: the greenlet would become its own ancestor"
+            ),
+        }
+    }
+}
+
+impl<T> std::error::Error for SwitchError<T> {}
+
+/// A handle to a greenlet of the current thread whose body takes and
+/// returns a `T`. Cheap to clone; see the [module docs](self).
+pub struct Greenlet<T> {
+    handle: Handle,
+    _marker: Marker<T, T>,
+}
+
+impl<T> Clone for Greenlet<T> {
+    fn clone(&self) -> Self {
+        Greenlet {
+            handle: self.handle.clone(),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Greenlet<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = &self.handle.0;
+        f.debug_struct("Greenlet")
+            .field("main", &core.main)
+            .field("life", &core.life.get())
+            .finish()
+    }
+}
+
+impl<T> PartialEq for Greenlet<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.handle.0, &other.handle.0)
+    }
+}
+
+impl<T> Eq for Greenlet<T> {}
+
+/// The greenlet running now (the thread's main greenlet outside any other).
+pub fn current<T>() -> Greenlet<T> {
+    Greenlet {
+        handle: Handle::new(running()),
+        _marker: PhantomData,
+    }
+}
+
+impl<T: 'static> Greenlet<T> {
+    /// Creates a greenlet that will run `f` on a pooled [`DefaultStack`];
+    /// it starts at the first switch to it. Its parent is the greenlet
+    /// running now.
+    ///
+    /// # Panics
+    /// When no stack can be mapped (the message says why).
+    pub fn new<F>(f: F) -> Self
+    where
+        F: FnOnce(T) -> T + 'static,
+    {
+        Self::with_stack(DefaultStack::default(), f)
+    }
+
+    /// Like [`new`](Greenlet::new), on the given stack.
+    ///
+    /// # Panics
+    /// When the stack leaves less than
+    /// [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) below the closure.
+    pub fn with_stack<F>(stack: DefaultStack, f: F) -> Self
+    where
+        F: FnOnce(T) -> T + 'static,
+    {
+        crate::overflow::install();
+        let (closure, sp) = crate::coroutine::place_closure(&stack, f, entry::<T, F>);
+        let core = Rc::new(Core {
+            sp: Cell::new(sp),
+            life: Cell::new(Life::NotStarted),
+            expects: Cell::new((TypeId::of::<T>(), type_name::<T>())),
+            parent: RefCell::new(Some(Handle::new(running()))),
+            link: closure - arch::LINK_OFFSET,
+            stack: RefCell::new(Some(stack)),
+            handles: Cell::new(0),
+            killed_by: RefCell::new(None),
+            main: false,
+        });
+        Greenlet {
+            handle: Handle::new(core),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Transfers control to this greenlet now, passing `value`; returns
+    /// the value passed by whatever switches back to the caller.
+    ///
+    /// Switching to the running greenlet returns `value` at once.
+    ///
+    /// # Panics
+    /// With the [`SwitchError`]'s message when the switch is impossible
+    /// (see [`try_switch`](Greenlet::try_switch)); with the payload of a
+    /// child that panicked and had the caller as its parent; and, in a
+    /// greenlet being killed, with the kill's own unwinding payload.
+    pub fn switch(&self, value: T) -> T {
+        match self.try_switch(value) {
+            Ok(v) => v,
+            Err(e) => panic!("stackful: {e}"),
+        }
+    }
+
+    /// Like [`switch`](Greenlet::switch), but an impossible switch (a dead
+    /// target, or one waiting for another type) gives the value back in a
+    /// [`SwitchError`] instead of panicking.
+    pub fn try_switch(&self, value: T) -> Result<T, SwitchError<T>> {
+        let me = running();
+        let target = &self.handle.0;
+        if Rc::ptr_eq(&me, target) {
+            return Ok(value);
+        }
+        if me.killed_by.borrow().is_some() {
+            panic::resume_unwind(Box::new(GreenletExit));
+        }
+        if let Err(e) = check_target::<T>(target) {
+            return Err(match e {
+                SwitchError::Dead(()) => SwitchError::Dead(value),
+                SwitchError::WrongType { expected, .. } => {
+                    SwitchError::WrongType { value, expected }
+                }
+                SwitchError::Cycle => SwitchError::Cycle,
+            });
+        }
+        let value = ManuallyDrop::new(value);
+        let back = transfer::<T>(&me, target, Kind::Value(addr(&value)));
+        Ok(receive::<T>(&me, back))
+    }
+
+    /// The greenlet's parent (`None` for a main greenlet), as a handle of
+    /// this greenlet's type.
+    pub fn parent(&self) -> Option<Greenlet<T>> {
+        let parent = self.handle.0.parent.borrow();
+        parent.as_ref().map(|h| Greenlet {
+            handle: h.clone(),
+            _marker: PhantomData,
+        })
+    }
+
+    /// Makes `parent` this greenlet's parent: where its return value or
+    /// panic goes.
+    ///
+    /// # Errors
+    /// [`SwitchError::Cycle`] when `self` is `parent` or one of its
+    /// ancestors.
+    pub fn set_parent<U>(&self, parent: &Greenlet<U>) -> Result<(), SwitchError<()>> {
+        let mut p = Some(parent.handle.clone());
+        while let Some(h) = p {
+            if Rc::ptr_eq(&h.0, &self.handle.0) {
+                return Err(SwitchError::Cycle);
+            }
+            p = h.0.parent.borrow().clone();
+        }
+        let old = self.handle.0.parent.replace(Some(parent.handle.clone()));
+        drop(old);
+        Ok(())
+    }
+}
+
+impl<T> Greenlet<T> {
+    /// Whether the greenlet has returned, panicked or been killed.
+    pub fn is_dead(&self) -> bool {
+        self.handle.0.life.get() == Life::Dead
+    }
+
+    /// Whether the greenlet has started (a main greenlet always has).
+    pub fn is_started(&self) -> bool {
+        self.handle.0.life.get() != Life::NotStarted
+    }
+
+    /// Whether this is the thread's implicit main greenlet.
+    pub fn is_main(&self) -> bool {
+        self.handle.0.main
+    }
+
+    /// Unwinds the greenlet's stack (every destructor on it runs), marks
+    /// it dead and returns. An unstarted greenlet's closure is dropped.
+    /// Killing a dead greenlet does nothing.
+    ///
+    /// # Panics
+    /// When called on the running greenlet or on a main greenlet, which
+    /// cannot be unwound from outside.
+    pub fn kill(&self) {
+        let core = &self.handle.0;
+        match core.life.get() {
+            Life::Dead => {}
+            Life::Running => panic!("stackful: a greenlet cannot kill itself; return instead"),
+            _ if core.main => panic!("stackful: the main greenlet cannot be killed"),
+            _ => kill_core(core),
+        }
+    }
+}
+
+/// Checks that a switch carrying a `T` may enter `target`.
+fn check_target<T: 'static>(target: &Core) -> Result<(), SwitchError<()>> {
+    if target.life.get() == Life::Dead {
+        return Err(SwitchError::Dead(()));
+    }
+    let (id, name) = target.expects.get();
+    if id != TypeId::of::<T>() {
+        return Err(SwitchError::WrongType {
+            value: (),
+            expected: name,
+        });
+    }
+    Ok(())
+}
+
+/// Switches from `me` (running) to `target`; returns the message that
+/// whoever switches back to `me` brings. `me` then expects a `T`.
+fn transfer<T: 'static>(me: &Rc<Core>, target: &Rc<Core>, kind: Kind) -> Transfer {
+    me.expects.set((TypeId::of::<T>(), type_name::<T>()));
+    transfer_raw(me, target, Transfer { kind, died: None })
+}
+
+/// The one context switch: `me` suspends, `target` runs.
+fn transfer_raw(me: &Rc<Core>, target: &Rc<Core>, msg: Transfer) -> Transfer {
+    if me.life.get() == Life::Running {
+        me.life.set(Life::Suspended);
+    }
+    target.life.set(Life::Running);
+    WORLD.with(|w| *w.current.borrow_mut() = target.clone());
+    let msg = ManuallyDrop::new(msg);
+    // SAFETY: `target` is suspended or not started (checked by the caller:
+    // not dead, not running), so its `sp` is a suspended context that only
+    // this switch resumes, on a stack its core keeps alive. Our own sp goes
+    // into our core, which `me` keeps alive.
+    let (back, from) = unsafe { arch::switch(addr(&msg), target.sp.get(), me.sp.as_ptr()) };
+    // SAFETY: whoever switched here sent the address of a Transfer.
+    let back = unsafe { take::<Transfer>(back) };
+    arrived(me, &back, from);
+    back
+}
+
+/// Bookkeeping on arrival in `me`: link our stack to the switcher for
+/// unwinders (unless it died: its stack is going away), and free a dead
+/// switcher's stack.
+fn arrived(me: &Core, msg: &Transfer, from: usize) {
+    match &msg.died {
+        None if me.link != 0 => {
+            // SAFETY: `link` is the link word at the top of our own stack,
+            // which is alive while we run.
+            unsafe { ptr::with_exposed_provenance_mut::<usize>(me.link).write(from) };
+        }
+        None => {}
+        Some(dead) => drop(dead.stack.borrow_mut().take()),
+    }
+}
+
+/// Interprets the message a `switch` woke up with.
+fn receive<T: 'static>(me: &Rc<Core>, back: Transfer) -> T {
+    match back.kind {
+        // SAFETY: the sender checked that we expect a `T` (we set
+        // `expects` to T before switching away) and sent the address of
+        // a ManuallyDrop<T> it will not touch again.
+        Kind::Value(v) => unsafe { take::<T>(v) },
+        Kind::Panic(payload) => panic::resume_unwind(payload),
+        Kind::Kill(killer) => {
+            *me.killed_by.borrow_mut() = Some(killer);
+            panic::resume_unwind(Box::new(GreenletExit))
+        }
+    }
+}
+
+/// Switches into `target` to unwind it, and waits until it is dead.
+fn kill_core(target: &Rc<Core>) {
+    let me = running();
+    let back = transfer::<GreenletExit>(&me, target, Kind::Kill(me.clone()));
+    match back.kind {
+        Kind::Value(_) | Kind::Kill(_) => {}
+        Kind::Panic(payload) if std::thread::panicking() => drop(payload),
+        Kind::Panic(payload) => panic::resume_unwind(payload),
+    }
+}
+
+/// The first function on a greenlet's stack (see `Coroutine`'s `entry`).
+///
+/// # Safety
+/// Only the arch trampoline calls it, as `Greenlet::with_stack` arranged.
+unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
+    msg: usize,
+    from: usize,
+    data: usize,
+) -> ! {
+    // SAFETY: `with_stack` wrote an F at `data`; it is read once, here.
+    let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(data)) };
+    let me = running();
+    // SAFETY: the switch that started us sent the address of a Transfer.
+    let first = unsafe { take::<Transfer>(msg) };
+    arrived(&me, &first, from);
+    // This frame never returns: drop what the first message holds now.
+    drop(first.died);
+    let outcome = match first.kind {
+        Kind::Value(v) => {
+            // SAFETY: the sender checked that we expect a T (our input
+            // type) and sent the address of a ManuallyDrop<T>.
+            let input = unsafe { take::<T>(v) };
+            panic::catch_unwind(AssertUnwindSafe(|| f(input)))
+        }
+        Kind::Kill(killer) => {
+            *me.killed_by.borrow_mut() = Some(killer);
+            panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(Box::new(GreenletExit)))
+        }
+        Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(payload)),
+    };
+    me.life.set(Life::Dead);
+    let killer = me.killed_by.borrow_mut().take();
+    let (target, kind, value) = match (outcome, killer) {
+        // Killed: back to the killer, whatever the body did with the
+        // unwind (a value it returned anyway is dropped).
+        (Err(p), Some(killer)) if p.is::<GreenletExit>() => (killer, Kind::Value(0), None),
+        (Err(p), Some(killer)) => (killer, Kind::Panic(p), None),
+        (Ok(r), Some(killer)) => {
+            drop(r);
+            (killer, Kind::Value(0), None)
+        }
+        (Ok(r), None) => {
+            let target = live_ancestor(&me);
+            match check_target::<T>(&target) {
+                Ok(()) => (target, Kind::Value(0), Some(ManuallyDrop::new(r))),
+                Err(e) => {
+                    drop(r);
+                    let msg =
+                        format!("stackful: a greenlet's return value went to its parent: {e}");
+                    (target, Kind::Panic(Box::new(msg)), None)
+                }
+            }
+        }
+        (Err(p), None) => (live_ancestor(&me), Kind::Panic(p), None),
+    };
+    let kind = match (&value, kind) {
+        (Some(v), _) => Kind::Value(addr(v)),
+        (None, kind) => kind,
+    };
+    // Nothing that needs dropping may stay on this stack, which is never
+    // unwound: our core goes in the message (the receiver frees our stack
+    // and drops it), the target into the world.
+    let msg = Transfer {
+        kind,
+        died: Some(me),
+    };
+    switch_away_for_good(target, msg);
+}
+
+/// The last switch of a dead greenlet: never returns.
+fn switch_away_for_good(target: Rc<Core>, msg: Transfer) -> ! {
+    let sp = target.sp.get();
+    target.life.set(Life::Running);
+    WORLD.with(|w| *w.current.borrow_mut() = target);
+    let msg = ManuallyDrop::new(msg);
+    let mut scratch = 0usize;
+    // SAFETY: `sp` is the context of a live (not dead, not running)
+    // greenlet found by `live_ancestor` or of the killer, suspended in a
+    // switch; nothing resumes the dead greenlet we leave, so this call
+    // never returns and `scratch` is never read.
+    unsafe { arch::switch(addr(&msg), sp, &mut scratch) };
+    unreachable!("stackful: a dead greenlet was resumed");
+}
+
+/// The nearest ancestor that is not dead (the main greenlet at worst).
+fn live_ancestor(core: &Core) -> Rc<Core> {
+    let mut p = core.parent.borrow().as_ref().map(|h| h.0.clone());
+    while let Some(c) = p {
+        if c.life.get() != Life::Dead {
+            return c;
+        }
+        p = c.parent.borrow().as_ref().map(|h| h.0.clone());
+    }
+    unreachable!("stackful: the main greenlet never dies")
+}
+
+/// The address of a message, exposed so that the receiver can read it.
+fn addr<T>(msg: &T) -> usize {
+    ptr::from_ref(msg).expose_provenance()
+}
+
+/// Moves a message out of the address a switch delivered.
+///
+/// # Safety
+/// `addr` must be the exposed address of a live, initialised `T` that its
+/// owner will neither use nor drop again.
+unsafe fn take<T>(addr: usize) -> T {
+    // SAFETY: as the caller promises.
+    unsafe { ptr::read(ptr::with_exposed_provenance::<T>(addr)) }
+}
