@@ -70,13 +70,23 @@ use crate::arch;
 use crate::coroutine::Marker;
 use crate::stack::DefaultStack;
 
-/// Where a greenlet is in its life.
+/// Where a greenlet is in its life. Whether a started greenlet is running
+/// or suspended is not stored: it runs exactly when `CURRENT` points at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Life {
     NotStarted,
-    Running,
-    Suspended,
+    Started,
     Dead,
+}
+
+/// The type a switch into a greenlet must carry, with a way to name it in
+/// errors.
+type Expects = (TypeId, fn() -> &'static str);
+
+/// What a greenlet waiting for a `T` expects.
+#[inline(always)]
+fn expects<T: 'static>() -> Expects {
+    (TypeId::of::<T>(), type_name::<T>)
 }
 
 /// One greenlet, untyped: the typed [`Greenlet`] handles point at it.
@@ -85,7 +95,7 @@ struct Core {
     sp: Cell<usize>,
     life: Cell<Life>,
     /// The type a switch into this greenlet must carry, and its name.
-    expects: Cell<(TypeId, &'static str)>,
+    expects: Cell<Expects>,
     parent: RefCell<Option<Handle>>,
     /// The address of the link word of this greenlet's stack (0 for the
     /// main greenlet): the switcher's sp, which unwinders follow.
@@ -94,35 +104,69 @@ struct Core {
     stack: RefCell<Option<DefaultStack>>,
     /// Handles (including parent links) alive; at zero it is killed.
     handles: Cell<usize>,
-    /// Set once a kill has reached the body: later switches panic again.
-    killed_by: RefCell<Option<Rc<Core>>>,
+    /// The greenlet that killed this one (null until a kill reaches the
+    /// body); later switches panic again. The killer waits in `kill_core`
+    /// until this greenlet is dead, which keeps it alive.
+    killed_by: Cell<*const Core>,
     /// Is this the thread's implicit main greenlet?
     main: bool,
 }
 
-/// The greenlets of one thread: the one running now.
-struct World {
-    current: RefCell<Rc<Core>>,
-}
-
 thread_local! {
-    static WORLD: World = World {
-        current: RefCell::new(Rc::new(Core {
-            sp: Cell::new(0),
-            life: Cell::new(Life::Running),
-            expects: Cell::new((TypeId::of::<()>(), "()")),
-            parent: RefCell::new(None),
-            link: 0,
-            stack: RefCell::new(None),
-            handles: Cell::new(0),
-            killed_by: RefCell::new(None),
-            main: true,
-        })),
-    };
+    /// The running greenlet's core; null until the thread's first use.
+    /// A raw pointer, so that a switch costs no reference counting: the
+    /// running greenlet's core is kept alive by its own first frame
+    /// (`entry` holds an `Rc` to it), or, for the main greenlet, by `MAIN`.
+    static CURRENT: Cell<*const Core> = const { Cell::new(ptr::null()) };
+    /// The thread's implicit main greenlet.
+    static MAIN: Rc<Core> = Rc::new(Core {
+        sp: Cell::new(0),
+        life: Cell::new(Life::Started),
+        expects: Cell::new(expects::<()>()),
+        parent: RefCell::new(None),
+        link: 0,
+        stack: RefCell::new(None),
+        handles: Cell::new(0),
+        killed_by: Cell::new(ptr::null()),
+        main: true,
+    });
 }
 
+/// The running greenlet's core.
+#[inline(always)]
+fn running_ptr() -> *const Core {
+    let p = CURRENT.with(Cell::get);
+    if p.is_null() { first_use() } else { p }
+}
+
+/// The thread's first use of greenlets: the main greenlet is running.
+#[cold]
+fn first_use() -> *const Core {
+    let main = MAIN.with(|m| Rc::as_ptr(m));
+    CURRENT.with(|c| c.set(main));
+    main
+}
+
+/// A new reference to the running greenlet's core.
 fn running() -> Rc<Core> {
-    WORLD.with(|w| w.current.borrow().clone())
+    let ptr = running_ptr();
+    // SAFETY: `CURRENT` always points at the live core of the running
+    // greenlet, which came from an Rc.
+    unsafe {
+        Rc::increment_strong_count(ptr);
+        Rc::from_raw(ptr)
+    }
+}
+
+/// Makes `core` the running greenlet.
+#[inline(always)]
+fn set_running(core: &Core) {
+    CURRENT.with(|c| c.set(core));
+}
+
+/// Whether `core` is the running greenlet.
+fn is_running(core: &Core) -> bool {
+    ptr::eq(running_ptr(), core)
 }
 
 /// A counted reference to a greenlet: when the last one goes, a started,
@@ -146,30 +190,58 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let n = self.0.handles.get() - 1;
         self.0.handles.set(n);
-        if n == 0 && matches!(self.0.life.get(), Life::NotStarted | Life::Suspended) {
+        if n == 0 && self.0.life.get() != Life::Dead && !self.0.main && !is_running(&self.0) {
             // A thread that is exiting has no world left to switch in:
             // the greenlet's stack is then leaked, never freed live.
-            if WORLD.try_with(|_| ()).is_ok() {
+            if MAIN.try_with(|_| ()).is_ok() {
                 kill_core(&self.0);
             }
         }
     }
 }
 
-/// The message every switch carries: the address of the sender's value
-/// (on its stack), a panic to raise, or a kill.
+/// What a switch carries. The common case, a value, costs nothing extra:
+/// the switch's word is the address of the sender's `ManuallyDrop<T>` (never
+/// 0). Everything else travels as a [`Mail`] in the thread's mailbox, and
+/// the switch's word is 0.
 enum Kind {
-    /// The address of a `ManuallyDrop<T>` of the type the receiver expects.
+    /// The address of a `ManuallyDrop<T>` of the type the receiver expects
+    /// (0 for "nothing": a kill's acknowledgement).
     Value(usize),
     Panic(Box<dyn Any + Send>),
-    Kill(Rc<Core>),
+    /// Unwind: the killer, which waits in `kill_core` until we are dead.
+    Kill(*const Core),
 }
 
-struct Transfer {
+/// A message that is not a plain value.
+struct Mail {
     kind: Kind,
     /// Set by a greenlet's last switch: its core, so that the receiver
-    /// frees its stack and does not link to it.
+    /// frees its stack, does not link to it, and drops this reference.
     died: Option<Rc<Core>>,
+}
+
+thread_local! {
+    /// The one mail in flight: posted just before a switch with word 0,
+    /// taken right after it.
+    static MAILBOX: RefCell<Option<Mail>> = const { RefCell::new(None) };
+}
+
+/// Posts `mail` for the receiver of the next switch.
+fn post(mail: Mail) {
+    MAILBOX.with(|m| *m.borrow_mut() = Some(mail));
+}
+
+/// Takes the mail of the switch that just arrived with word 0.
+fn collect(me: &Core, from: usize) -> Kind {
+    let mail = MAILBOX
+        .with(|m| m.borrow_mut().take())
+        .expect("stackful: a switch without its mail");
+    match mail.died {
+        None => link(me, from),
+        Some(dead) => drop(dead.stack.borrow_mut().take()),
+    }
+    mail.kind
 }
 
 /// The payload with which a killed greenlet's stack unwinds.
@@ -221,6 +293,18 @@ impl<T> fmt::Display for SwitchError<T> {
 
 impl<T> std::error::Error for SwitchError<T> {}
 
+impl SwitchError<()> {
+    /// The same error, carrying `value` back.
+    #[cold]
+    fn with_value<T>(self, value: T) -> SwitchError<T> {
+        match self {
+            SwitchError::Dead(()) => SwitchError::Dead(value),
+            SwitchError::WrongType { expected, .. } => SwitchError::WrongType { value, expected },
+            SwitchError::Cycle => SwitchError::Cycle,
+        }
+    }
+}
+
 /// A handle to a greenlet of the current thread whose body takes and
 /// returns a `T`. Cheap to clone; see the [module docs](self).
 pub struct Greenlet<T> {
@@ -243,6 +327,7 @@ impl<T> fmt::Debug for Greenlet<T> {
         f.debug_struct("Greenlet")
             .field("main", &core.main)
             .field("life", &core.life.get())
+            .field("running", &is_running(core))
             .finish()
     }
 }
@@ -291,12 +376,12 @@ impl<T: 'static> Greenlet<T> {
         let core = Rc::new(Core {
             sp: Cell::new(sp),
             life: Cell::new(Life::NotStarted),
-            expects: Cell::new((TypeId::of::<T>(), type_name::<T>())),
+            expects: Cell::new(expects::<T>()),
             parent: RefCell::new(Some(Handle::new(running()))),
             link: closure - arch::LINK_OFFSET,
             stack: RefCell::new(Some(stack)),
             handles: Cell::new(0),
-            killed_by: RefCell::new(None),
+            killed_by: Cell::new(ptr::null()),
             main: false,
         });
         Greenlet {
@@ -315,6 +400,7 @@ impl<T: 'static> Greenlet<T> {
     /// (see [`try_switch`](Greenlet::try_switch)); with the payload of a
     /// child that panicked and had the caller as its parent; and, in a
     /// greenlet being killed, with the kill's own unwinding payload.
+    #[inline]
     pub fn switch(&self, value: T) -> T {
         match self.try_switch(value) {
             Ok(v) => v,
@@ -325,27 +411,22 @@ impl<T: 'static> Greenlet<T> {
     /// Like [`switch`](Greenlet::switch), but an impossible switch (a dead
     /// target, or one waiting for another type) gives the value back in a
     /// [`SwitchError`] instead of panicking.
+    #[inline]
     pub fn try_switch(&self, value: T) -> Result<T, SwitchError<T>> {
-        let me = running();
-        let target = &self.handle.0;
-        if Rc::ptr_eq(&me, target) {
+        // SAFETY: the running greenlet's core is alive (see CURRENT).
+        let me = unsafe { &*running_ptr() };
+        let target = &*self.handle.0;
+        if ptr::eq(me, target) {
             return Ok(value);
         }
-        if me.killed_by.borrow().is_some() {
+        if !me.killed_by.get().is_null() {
             panic::resume_unwind(Box::new(GreenletExit));
         }
         if let Err(e) = check_target::<T>(target) {
-            return Err(match e {
-                SwitchError::Dead(()) => SwitchError::Dead(value),
-                SwitchError::WrongType { expected, .. } => {
-                    SwitchError::WrongType { value, expected }
-                }
-                SwitchError::Cycle => SwitchError::Cycle,
-            });
+            return Err(e.with_value(value));
         }
         let value = ManuallyDrop::new(value);
-        let back = transfer::<T>(&me, target, Kind::Value(addr(&value)));
-        Ok(receive::<T>(&me, back))
+        Ok(switch_to::<T>(me, target, addr(&value)))
     }
 
     /// The greenlet's parent (`None` for a main greenlet), as a handle of
@@ -403,16 +484,19 @@ impl<T> Greenlet<T> {
     /// cannot be unwound from outside.
     pub fn kill(&self) {
         let core = &self.handle.0;
-        match core.life.get() {
-            Life::Dead => {}
-            Life::Running => panic!("stackful: a greenlet cannot kill itself; return instead"),
-            _ if core.main => panic!("stackful: the main greenlet cannot be killed"),
-            _ => kill_core(core),
+        if core.life.get() == Life::Dead {
+        } else if is_running(core) {
+            panic!("stackful: a greenlet cannot kill itself; return instead");
+        } else if core.main {
+            panic!("stackful: the main greenlet cannot be killed");
+        } else {
+            kill_core(core);
         }
     }
 }
 
 /// Checks that a switch carrying a `T` may enter `target`.
+#[inline(always)]
 fn check_target<T: 'static>(target: &Core) -> Result<(), SwitchError<()>> {
     if target.life.get() == Life::Dead {
         return Err(SwitchError::Dead(()));
@@ -421,73 +505,85 @@ fn check_target<T: 'static>(target: &Core) -> Result<(), SwitchError<()>> {
     if id != TypeId::of::<T>() {
         return Err(SwitchError::WrongType {
             value: (),
-            expected: name,
+            expected: name(),
         });
     }
     Ok(())
 }
 
-/// Switches from `me` (running) to `target`; returns the message that
-/// whoever switches back to `me` brings. `me` then expects a `T`.
-fn transfer<T: 'static>(me: &Rc<Core>, target: &Rc<Core>, kind: Kind) -> Transfer {
-    me.expects.set((TypeId::of::<T>(), type_name::<T>()));
-    transfer_raw(me, target, Transfer { kind, died: None })
+/// Switches from `me` (running) to `target` with the word `arg` (a
+/// value's address, or 0 with a posted mail); returns the `T` that
+/// whoever switches back to `me` brings, or raises the panic or kill it
+/// brings instead.
+#[inline(always)]
+fn switch_to<T: 'static>(me: &Core, target: &Core, arg: usize) -> T {
+    me.expects.set(expects::<T>());
+    let (back, from) = raw_switch(me, target, arg);
+    if back != 0 {
+        link(me, from);
+        // SAFETY: the sender checked that we expect a `T` (we set
+        // `expects` before switching away) and sent the address of a
+        // ManuallyDrop<T> it will not touch again.
+        unsafe { take::<T>(back) }
+    } else {
+        receive_mail(me, from)
+    }
 }
 
-/// The one context switch: `me` suspends, `target` runs.
-fn transfer_raw(me: &Rc<Core>, target: &Rc<Core>, msg: Transfer) -> Transfer {
-    if me.life.get() == Life::Running {
-        me.life.set(Life::Suspended);
-    }
-    target.life.set(Life::Running);
-    WORLD.with(|w| *w.current.borrow_mut() = target.clone());
-    let msg = ManuallyDrop::new(msg);
+/// The one context switch: `me` suspends, `target` runs. Returns the word
+/// and the sp of whoever switches back.
+#[inline(always)]
+fn raw_switch(me: &Core, target: &Core, arg: usize) -> (usize, usize) {
+    set_running(target);
     // SAFETY: `target` is suspended or not started (checked by the caller:
     // not dead, not running), so its `sp` is a suspended context that only
     // this switch resumes, on a stack its core keeps alive. Our own sp goes
-    // into our core, which `me` keeps alive.
-    let (back, from) = unsafe { arch::switch(addr(&msg), target.sp.get(), me.sp.as_ptr()) };
-    // SAFETY: whoever switched here sent the address of a Transfer.
-    let back = unsafe { take::<Transfer>(back) };
-    arrived(me, &back, from);
-    back
+    // into our core, which stays alive while we are suspended: nobody frees
+    // a suspended core but through a kill, which resumes it first.
+    unsafe { arch::switch(arg, target.sp.get(), me.sp.as_ptr()) }
 }
 
-/// Bookkeeping on arrival in `me`: link our stack to the switcher for
-/// unwinders (unless it died: its stack is going away), and free a dead
-/// switcher's stack.
-fn arrived(me: &Core, msg: &Transfer, from: usize) {
-    match &msg.died {
-        None if me.link != 0 => {
-            // SAFETY: `link` is the link word at the top of our own stack,
-            // which is alive while we run.
-            unsafe { ptr::with_exposed_provenance_mut::<usize>(me.link).write(from) };
-        }
-        None => {}
-        Some(dead) => drop(dead.stack.borrow_mut().take()),
+/// Points our stack's link word at the switcher's sp, for unwinders.
+#[inline(always)]
+fn link(me: &Core, from: usize) {
+    if me.link != 0 {
+        // SAFETY: `link` is the link word at the top of our own stack,
+        // which is alive while we run.
+        unsafe { ptr::with_exposed_provenance_mut::<usize>(me.link).write(from) };
     }
 }
 
-/// Interprets the message a `switch` woke up with.
-fn receive<T: 'static>(me: &Rc<Core>, back: Transfer) -> T {
-    match back.kind {
-        // SAFETY: the sender checked that we expect a `T` (we set
-        // `expects` to T before switching away) and sent the address of
-        // a ManuallyDrop<T> it will not touch again.
+/// The slow path of `switch_to`: a value from a greenlet that just died,
+/// a panic, or a kill.
+#[cold]
+#[inline(never)]
+fn receive_mail<T: 'static>(me: &Core, from: usize) -> T {
+    match collect(me, from) {
+        // SAFETY: as in `switch_to`: the sender checked our type.
         Kind::Value(v) => unsafe { take::<T>(v) },
         Kind::Panic(payload) => panic::resume_unwind(payload),
         Kind::Kill(killer) => {
-            *me.killed_by.borrow_mut() = Some(killer);
+            me.killed_by.set(killer);
             panic::resume_unwind(Box::new(GreenletExit))
         }
     }
 }
 
 /// Switches into `target` to unwind it, and waits until it is dead.
-fn kill_core(target: &Rc<Core>) {
-    let me = running();
-    let back = transfer::<GreenletExit>(&me, target, Kind::Kill(me.clone()));
-    match back.kind {
+fn kill_core(target: &Core) {
+    let me_ptr = running_ptr();
+    // SAFETY: the running greenlet's core is alive (see CURRENT).
+    let me = unsafe { &*me_ptr };
+    // While we wait, no value can be switched into us: we expect a type
+    // nobody else can name.
+    me.expects.set(expects::<GreenletExit>());
+    post(Mail {
+        kind: Kind::Kill(me_ptr),
+        died: None,
+    });
+    let (back, from) = raw_switch(me, target, 0);
+    debug_assert_eq!(back, 0, "a dying greenlet answers its killer by mail");
+    match collect(me, from) {
         Kind::Value(_) | Kind::Kill(_) => {}
         Kind::Panic(payload) if std::thread::panicking() => drop(payload),
         Kind::Panic(payload) => panic::resume_unwind(payload),
@@ -506,12 +602,14 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     // SAFETY: `with_stack` wrote an F at `data`; it is read once, here.
     let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(data)) };
     let me = running();
-    // SAFETY: the switch that started us sent the address of a Transfer.
-    let first = unsafe { take::<Transfer>(msg) };
-    arrived(&me, &first, from);
-    // This frame never returns: drop what the first message holds now.
-    drop(first.died);
-    let outcome = match first.kind {
+    me.life.set(Life::Started);
+    let first = if msg != 0 {
+        link(&me, from);
+        Kind::Value(msg)
+    } else {
+        collect(&me, from)
+    };
+    let outcome = match first {
         Kind::Value(v) => {
             // SAFETY: the sender checked that we expect a T (our input
             // type) and sent the address of a ManuallyDrop<T>.
@@ -519,13 +617,13 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             panic::catch_unwind(AssertUnwindSafe(|| f(input)))
         }
         Kind::Kill(killer) => {
-            *me.killed_by.borrow_mut() = Some(killer);
+            me.killed_by.set(killer);
             panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(Box::new(GreenletExit)))
         }
         Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(payload)),
     };
     me.life.set(Life::Dead);
-    let killer = me.killed_by.borrow_mut().take();
+    let killer = Some(me.killed_by.get()).filter(|k| !k.is_null());
     let (target, kind, value) = match (outcome, killer) {
         // Killed: back to the killer, whatever the body did with the
         // unwind (a value it returned anyway is dropped).
@@ -537,7 +635,8 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
         }
         (Ok(r), None) => {
             let target = live_ancestor(&me);
-            match check_target::<T>(&target) {
+            // SAFETY: our parent chain keeps the ancestor alive.
+            match check_target::<T>(unsafe { &*target }) {
                 Ok(()) => (target, Kind::Value(0), Some(ManuallyDrop::new(r))),
                 Err(e) => {
                     drop(r);
@@ -554,38 +653,37 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
         (None, kind) => kind,
     };
     // Nothing that needs dropping may stay on this stack, which is never
-    // unwound: our core goes in the message (the receiver frees our stack
-    // and drops it), the target into the world.
-    let msg = Transfer {
+    // unwound: our core goes in the mail (the receiver frees our stack and
+    // drops it); the target is a raw pointer, kept alive by our parent
+    // chain or, for a killer, by its waiting in `kill_core`.
+    post(Mail {
         kind,
         died: Some(me),
-    };
-    switch_away_for_good(target, msg);
-}
-
-/// The last switch of a dead greenlet: never returns.
-fn switch_away_for_good(target: Rc<Core>, msg: Transfer) -> ! {
+    });
+    // SAFETY: as just said, the target's core is alive.
+    let target = unsafe { &*target };
     let sp = target.sp.get();
-    target.life.set(Life::Running);
-    WORLD.with(|w| *w.current.borrow_mut() = target);
-    let msg = ManuallyDrop::new(msg);
+    set_running(target);
     let mut scratch = 0usize;
     // SAFETY: `sp` is the context of a live (not dead, not running)
-    // greenlet found by `live_ancestor` or of the killer, suspended in a
-    // switch; nothing resumes the dead greenlet we leave, so this call
-    // never returns and `scratch` is never read.
-    unsafe { arch::switch(addr(&msg), sp, &mut scratch) };
+    // greenlet, suspended in a switch or not started; nothing resumes the
+    // dead greenlet we leave, so this call never returns and `scratch` is
+    // never read.
+    unsafe { arch::switch(0, sp, &mut scratch) };
     unreachable!("stackful: a dead greenlet was resumed");
 }
 
 /// The nearest ancestor that is not dead (the main greenlet at worst).
-fn live_ancestor(core: &Core) -> Rc<Core> {
-    let mut p = core.parent.borrow().as_ref().map(|h| h.0.clone());
+fn live_ancestor(core: &Core) -> *const Core {
+    let mut p = core.parent.borrow().as_ref().map(|h| Rc::as_ptr(&h.0));
     while let Some(c) = p {
+        // SAFETY: each core keeps its parent alive through its handle,
+        // and `core` is alive.
+        let c = unsafe { &*c };
         if c.life.get() != Life::Dead {
             return c;
         }
-        p = c.parent.borrow().as_ref().map(|h| h.0.clone());
+        p = c.parent.borrow().as_ref().map(|h| Rc::as_ptr(&h.0));
     }
     unreachable!("stackful: the main greenlet never dies")
 }
