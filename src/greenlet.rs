@@ -142,7 +142,7 @@ fn running_ptr() -> *const Core {
 /// The thread's first use of greenlets: the main greenlet is running.
 #[cold]
 fn first_use() -> *const Core {
-    let main = MAIN.with(|m| Rc::as_ptr(m));
+    let main = MAIN.with(Rc::as_ptr);
     CURRENT.with(|c| c.set(main));
     main
 }
