@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Repeatable cost of one round trip (resume + suspend back) for stackful and
+# its peers, from examples/roundtrips.rs:
+#
+# - instructions: each crate runs under callgrind at N1 and N2 round trips;
+#   Ir(N2) - Ir(N1) over N2 - N1 is the instruction count of one round trip,
+#   with start-up, set-up and teardown cancelled out;
+# - time: the median ns per round trip of RUNS native runs of TIMED round
+#   trips each, pinned to one CPU with taskset when it is there.
+#
+# Usage: benches/callgrind.sh [crate...]   (default: all four)
+# Environment: N1 (1000000), N2 (2000000), RUNS (5), TIMED (10000000),
+#              CPU (1), OUT (/tmp: where the callgrind files go).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N1=${N1:-1000000}
+N2=${N2:-2000000}
+RUNS=${RUNS:-5}
+TIMED=${TIMED:-10000000}
+CPU=${CPU:-1}
+OUT=${OUT:-/tmp}
+crates=("$@")
+[ ${#crates[@]} -gt 0 ] || crates=(stackful corosensei context generator)
+
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+
+cargo build --release --example roundtrips >&2
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="$target_dir/release/examples/roundtrips"
+[ -x "$bin" ] || { echo "callgrind.sh: no binary at $bin" >&2; exit 1; }
+
+pin=()
+if command -v taskset >/dev/null && taskset -c "$CPU" true 2>/dev/null; then
+    pin=(taskset -c "$CPU")
+fi
+
+# The total Ir of a callgrind out file: its "summary:" line, or "totals:".
+total_ir() {
+    local ir
+    ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$1")
+    [ -n "$ir" ] || ir=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$1")
+    [ -n "$ir" ] || { echo "callgrind.sh: no summary or totals line in $1" >&2; exit 1; }
+    echo "$ir"
+}
+
+instructions() {
+    local crate=$1 n ir=()
+    for n in "$N1" "$N2"; do
+        local file="$OUT/callgrind.roundtrips.$crate.$n"
+        valgrind --tool=callgrind --callgrind-out-file="$file" "$bin" "$crate" "$n" \
+            >/dev/null 2>"$file.log" || { cat "$file.log" >&2; exit 1; }
+        ir+=("$(total_ir "$file")")
+    done
+    awk -v a="${ir[0]}" -v b="${ir[1]}" -v n1="$N1" -v n2="$N2" \
+        'BEGIN { printf "%.1f", (b - a) / (n2 - n1) }'
+}
+
+median_ns() {
+    local crate=$1 i
+    for ((i = 0; i < RUNS; i++)); do
+        "${pin[@]}" "$bin" "$crate" "$TIMED" | sed -n 's/.*ns_per_round_trip=\([0-9.]*\).*/\1/p'
+    done | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.2f (%s..%s)", m, v[1], v[NR] }'
+}
+
+echo "instructions: (Ir($N2) - Ir($N1)) / $((N2 - N1)); time: median of $RUNS runs of $TIMED${pin[*]:+, ${pin[*]}}"
+printf '%-12s %14s   %s\n' crate "Ir/round-trip" "ns/round-trip median (min..max)"
+for crate in "${crates[@]}"; do
+    printf '%-12s %14s   %s\n' "$crate" "$(instructions "$crate")" "$(median_ns "$crate")"
+done

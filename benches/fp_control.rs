@@ -1,0 +1,239 @@
+//! What keeping the floating-point control state per context would cost.
+//!
+//! stackful's switch does not save MXCSR and the x87 control word (x86_64)
+//! or FPCR (aarch64); see the top comment of `arch/x86_64.rs`. A switch
+//! that kept them would add, per switch: save ours, load theirs. This
+//! bench measures, in one run (`cargo bench --bench fp_control`):
+//!
+//! - `fp_control/empty`: an empty `asm!` block (the loop alone);
+//! - `fp_control/save`: saving only (x86_64: `stmxcsr`, `fnstcw`);
+//! - `fp_control/save_load`: what one switch would add (x86_64: `stmxcsr`,
+//!   `fnstcw`, `ldmxcsr`, `fldcw`; aarch64: `mrs`/`str`, `ldr`/`msr fpcr`);
+//! - on x86_64, `fp_control/save_load_mxcsr_only` and `.._x87_only`: the
+//!   two halves of `save_load` apart;
+//! - `round_trip/plain`: a stackful round trip (two switches), for scale;
+//! - `round_trip/save_load_per_switch`: the same round trip with the
+//!   save/load sequence run once on each side just before it switches, as
+//!   a switch that kept the state would (two sequences per round trip).
+//!
+//! The state loaded is the state saved from the running thread, as between
+//! two contexts that did not change it (the common case).
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use stackful::{Coroutine, CoroutineResult};
+
+/// Where a switch would keep the control state: ours (saved) and theirs
+/// (loaded), as the two contexts' stacks would hold them.
+#[repr(C, align(16))]
+struct Slots {
+    ours: [u64; 2],
+    theirs: [u64; 2],
+}
+
+impl Slots {
+    /// Both slots hold the running thread's current control state.
+    fn current() -> Slots {
+        let mut slots = Slots {
+            ours: [0; 2],
+            theirs: [0; 2],
+        };
+        save(&mut slots);
+        slots.theirs = slots.ours;
+        slots
+    }
+}
+
+/// A named part of the save/load sequence, benchmarked on its own.
+type Part = (&'static str, fn(&mut Slots));
+
+/// Nothing, but as an `asm!` block that the compiler cannot remove.
+#[inline(always)]
+fn empty(slots: &mut Slots) {
+    // SAFETY: an empty asm block; it only "uses" the pointer.
+    unsafe { core::arch::asm!("/* {0} */", in(reg) slots, options(nostack, preserves_flags)) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::Slots;
+    use core::arch::asm;
+
+    /// Saves MXCSR and the x87 control word into `slots.ours`.
+    #[inline(always)]
+    pub fn save(slots: &mut Slots) {
+        // SAFETY: stores 4 + 2 bytes into `slots.ours`, which has 16.
+        unsafe {
+            asm!(
+                "stmxcsr [{p}]",
+                "fnstcw [{p} + 4]",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Saves ours, then loads theirs: what one switch would add.
+    #[inline(always)]
+    pub fn save_load(slots: &mut Slots) {
+        // SAFETY: `ours` and `theirs` are 16 bytes each and adjacent
+        // (repr(C)); `theirs` holds a valid MXCSR and control word, read
+        // from this thread by `Slots::current`.
+        unsafe {
+            asm!(
+                "stmxcsr [{p}]",
+                "fnstcw [{p} + 4]",
+                "ldmxcsr [{p} + 16]",
+                "fldcw [{p} + 20]",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Half of [`save_load`]: MXCSR alone.
+    #[inline(always)]
+    fn save_load_mxcsr(slots: &mut Slots) {
+        // SAFETY: as in `save_load`.
+        unsafe {
+            asm!(
+                "stmxcsr [{p}]",
+                "ldmxcsr [{p} + 16]",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// The other half of [`save_load`]: the x87 control word alone.
+    #[inline(always)]
+    fn save_load_x87(slots: &mut Slots) {
+        // SAFETY: as in `save_load`.
+        unsafe {
+            asm!(
+                "fnstcw [{p} + 4]",
+                "fldcw [{p} + 20]",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Parts of [`save_load`], benchmarked on their own too.
+    pub const PARTS: &[super::Part] = &[
+        ("save_load_mxcsr_only", save_load_mxcsr),
+        ("save_load_x87_only", save_load_x87),
+    ];
+}
+
+#[cfg(target_arch = "aarch64")]
+mod imp {
+    use super::Slots;
+    use core::arch::asm;
+
+    /// Saves FPCR into `slots.ours`.
+    #[inline(always)]
+    pub fn save(slots: &mut Slots) {
+        // SAFETY: stores 8 bytes into `slots.ours`, which has 16.
+        unsafe {
+            asm!(
+                "mrs {t}, fpcr",
+                "str {t}, [{p}]",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                t = out(reg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Saves ours, then loads theirs: what one switch would add.
+    #[inline(always)]
+    pub fn save_load(slots: &mut Slots) {
+        // SAFETY: `ours` and `theirs` are 16 bytes each and adjacent
+        // (repr(C)); `theirs` holds a valid FPCR, read from this thread by
+        // `Slots::current`.
+        unsafe {
+            asm!(
+                "mrs {t}, fpcr",
+                "str {t}, [{p}]",
+                "ldr {t}, [{p}, #16]",
+                "msr fpcr, {t}",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                t = out(reg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// FPCR is the whole state: no parts to measure apart.
+    pub const PARTS: &[super::Part] = &[];
+}
+
+use imp::{PARTS, save, save_load};
+
+fn fp_control(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fp_control");
+    let mut slots = Slots::current();
+    g.bench_function("empty", |b| b.iter(|| empty(black_box(&mut slots))));
+    g.bench_function("save", |b| b.iter(|| save(black_box(&mut slots))));
+    g.bench_function("save_load", |b| b.iter(|| save_load(black_box(&mut slots))));
+    for &(name, part) in PARTS {
+        g.bench_function(name, |b| b.iter(|| part(black_box(&mut slots))));
+    }
+    g.finish();
+}
+
+fn round_trip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("round_trip");
+
+    let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
+        loop {
+            x = y.suspend(black_box(x));
+        }
+    });
+    g.bench_function("plain", |b| {
+        b.iter(|| match co.resume(black_box(1)) {
+            CoroutineResult::Yield(v) => v,
+            CoroutineResult::Return(()) => unreachable!(),
+        })
+    });
+
+    // Each side keeps its slots on its own stack, as a switch would.
+    let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
+        let mut slots = Slots::current();
+        loop {
+            save_load(black_box(&mut slots));
+            x = y.suspend(black_box(x));
+        }
+    });
+    let mut slots = Slots::current();
+    g.bench_function("save_load_per_switch", |b| {
+        b.iter(|| {
+            save_load(black_box(&mut slots));
+            match co.resume(black_box(1)) {
+                CoroutineResult::Yield(v) => v,
+                CoroutineResult::Return(()) => unreachable!(),
+            }
+        })
+    });
+
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = fp_control, round_trip
+}
+criterion_main!(benches);
