@@ -3,13 +3,13 @@
 //! # The contract (the same in every file of `arch/`)
 //!
 //! A suspended context is one word: its saved stack pointer `sp`. At `sp`
-//! lies a *switch frame* of four words that [`switch`] stored when it left:
+//! lies a *switch frame* of four words:
 //!
 //! ```text
 //!   sp + 24  (padding: sp stays 16-aligned, as AAPCS64 requires)
-//!   sp + 16  x19              (stored by hand: LLVM reserves it, so asm! cannot name it)
-//!   sp +  8  return address   (where the context continues: label 2 in `switch`)
-//!   sp +  0  x29              (stored by hand: the frame pointer)
+//!   sp + 16  continuation   (x30 after the `blr`: label 2 in `switch`)
+//!   sp +  8  x19            (stored by hand: LLVM reserves it, so asm! cannot name it)
+//!   sp +  0  x29            (stored by hand: the frame pointer)
 //! ```
 //!
 //! Every other callee-saved register is handed to the compiler through the
@@ -18,17 +18,28 @@
 //! switch, once per function rather than once per switch. x18, the
 //! platform register, is never touched.
 //!
+//! # How a switch runs
+//!
+//! The running context stores x29 and x19 and *calls the target's
+//! continuation* (the word at the target's sp + 16) with `blr`, which puts
+//! its own continuation in x30. The code at the target's continuation,
+//! which is the second half of the target's own `switch`, then finishes the
+//! job on the target's behalf: it stores x30 into the caller's frame, the
+//! caller's sp where the caller asked (`link`) and in x4, moves to its own
+//! stack (the caller passed its sp in x1) and reloads its x29 and x19. One
+//! `blr` and no `ret`: 8 instructions a switch.
+//!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
-//! looks exactly like resuming one that was suspended: its switch frame
-//! "returns" into [`trampoline`], which calls the entry function:
+//! looks exactly like resuming one that was suspended: its continuation is
+//! [`trampoline`], which does that second half and calls the entry function:
 //!
 //! ```text
 //!   top                          (16-aligned; what the caller gave init_stack)
 //!   top -  8  link               the sp of the side that is suspended (see below)
 //!   top - 16  entry              the Rust function the trampoline calls
 //!   top - 24  (padding)
-//!   top - 32  x19 = data         the trampoline passes it to entry
-//!   top - 40  return address  -> trampoline
+//!   top - 32  continuation    -> trampoline
+//!   top - 40  x19 = data         the trampoline passes it to entry
 //!   top - 48  x29 = 0            ends frame-pointer walks
 //!             <- initial sp = top - 48
 //! ```
@@ -39,10 +50,11 @@
 //! coroutine layer names the *link* word at `top - 8` of the coroutine's
 //! stack in both directions, so while the coroutine runs that word holds
 //! its resumer's sp, which points at the resumer's switch frame (and while
-//! it is suspended, its own sp, which the next resume reads). The trampoline's CFI says:
-//! "my caller's CFA is `*link + 32`, its x29 is at CFA - 32, its return
-//! address (x30) at CFA - 24 and its x19 at CFA - 16", so an unwinder walks
-//! from the coroutine's frames into the frames of the code that resumed it.
+//! it is suspended, its own sp, which the next resume reads). The
+//! trampoline's CFI says: "my caller's CFA is `*link + 32`, its x29 is at
+//! CFA - 32, its x19 at CFA - 24 and its return address (x30) at CFA - 16",
+//! so an unwinder walks from the coroutine's frames into the frames of the
+//! code that resumed it.
 //!
 //! # FPCR
 //!
@@ -61,6 +73,48 @@ pub const INIT_FRAME_SIZE: usize = 48;
 /// The offset below `top` of the link word (see the module docs).
 pub const LINK_OFFSET: usize = 8;
 
+/// The offset below `top` of a word that holds `entry` until the first
+/// switch into the context, and that the layer above may use after it.
+pub const SPARE_OFFSET: usize = 16;
+
+/// A switch frame that is never resumed: switching to [`dead_sp`] comes
+/// straight back, with the word 0 and the caller's state intact.
+#[repr(C)]
+struct DeadFrame {
+    x29: usize,
+    x19: usize,
+    continuation: unsafe extern "C" fn(),
+}
+
+static DEAD_FRAME: DeadFrame = DeadFrame {
+    x29: 0,
+    x19: 0,
+    continuation: dead_continuation,
+};
+
+/// The sp of a context that cannot be resumed: a switch to it returns at
+/// once with the word 0 (and stores nothing through `link`). The layer
+/// above leaves it where a finished context's sp was, so that resuming it
+/// costs no check of its own.
+pub fn dead_sp() -> usize {
+    &DEAD_FRAME as *const DeadFrame as usize
+}
+
+/// The continuation of the dead frame: switches straight back to the
+/// caller (whose continuation is in x30), passing 0.
+#[unsafe(naked)]
+unsafe extern "C" fn dead_continuation() {
+    naked_asm!(
+        // The caller's own sp is where it must go back to; the sp it asks
+        // to have stored goes to a word below the stack pointer, which no
+        // one reads.
+        "mov x1, sp",
+        "sub x2, sp, #16",
+        "mov x0, #0",
+        "br x30",
+    )
+}
+
 /// Writes the first frame of a new context below `top` and returns the
 /// stack pointer to [`switch`] to. The first switch into it calls
 /// `entry(arg, from, data)` on this stack, where `arg` is the word passed to
@@ -73,22 +127,17 @@ pub const LINK_OFFSET: usize = 8;
 pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usize {
     debug_assert_eq!(top % STACK_ALIGNMENT, 0);
     let sp = top - INIT_FRAME_SIZE;
-    let words: [usize; 6] = [
-        0,
-        trampoline as *const () as usize,
-        data,
-        0,
-        entry as *const () as usize,
-        0,
-    ];
+    let trampoline = trampoline as *const () as usize;
+    let words: [usize; 6] = [0, data, trampoline, 0, entry as *const () as usize, 0];
     // SAFETY: the caller promises that [top - 48, top) is writable stack
     // memory; `sp` is 16-aligned because `top` is.
     unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 6) };
     sp
 }
 
-/// Enters a fresh context: reached by the `br` at the end of [`switch`]
-/// with sp = top - 16, x0 = arg, x1 = the sp that was left, x19 = data.
+/// The continuation of a fresh context: called by the `blr` in [`switch`]
+/// with sp still on the caller's stack, x30 = the caller's continuation,
+/// x0 = arg, x1 = our initial sp, x2 = where the caller wants its sp.
 ///
 /// Its CFI sends unwinders through the link word to the resumer's frames.
 #[unsafe(naked)]
@@ -104,13 +153,22 @@ unsafe extern "C" fn trampoline() {
         // DW_CFA_def_cfa_expression, 5 bytes:
         //   DW_OP_breg31 (sp) 8; DW_OP_deref; DW_OP_plus_uconst 32
         ".cfi_escape 0x0f, 5, 0x8f, 0x08, 0x06, 0x23, 0x20",
-        // The resumer's switch frame: x29, return address (x30), x19.
+        // The resumer's switch frame: x29, x19, continuation (x30).
         ".cfi_offset x29, -32",
-        ".cfi_offset x30, -24",
-        ".cfi_offset x19, -16",
-        // entry(arg = x0, from = x1, data = x2); sp is 16-aligned.
-        "ldr x3, [sp]",
+        ".cfi_offset x19, -24",
+        ".cfi_offset x30, -16",
+        // The second half of the caller's switch, as in `switch`: complete
+        // and publish its frame, move to our stack, load our x29 (0) and
+        // x19 (data).
+        "str x30, [sp, #16]",
+        "mov x4, sp",
+        "str x4, [x2]",
+        "mov sp, x1",
+        "ldp x29, x19, [sp], #32",
+        // entry(arg = x0, from = x1, data = x2); sp = top - 16 is 16-aligned.
+        "mov x1, x4",
         "mov x2, x19",
+        "ldr x3, [sp]",
         "blr x3",
         // entry never returns; if it did, trap rather than run garbage.
         "brk #0x1",
@@ -126,8 +184,8 @@ unsafe extern "C" fn trampoline() {
 ///
 /// # Safety
 /// `to` must be the sp of a suspended context (from [`init_stack`] or from
-/// a return of this function) that is resumed nowhere else, on a stack that
-/// is still alive; `link` must be valid for a write of one word.
+/// a switch away from it) that is resumed nowhere else, on a stack that is
+/// still alive; `link` must be valid for a write of one word.
 #[inline(always)]
 pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) {
     let (ret_arg, from): (usize, usize);
@@ -136,27 +194,27 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) 
     // x29 and sp, which the block saves and restores itself.
     unsafe {
         asm!(
-            // Store our switch frame: x29 and the return address, then x19
-            // (LLVM reserves x29 as the frame pointer and x19 as the base
-            // pointer, so they cannot be clobbers).
-            "adr x3, 2f",
-            "stp x29, x3, [sp, #-32]!",
-            "str x19, [sp, #16]",
-            // Publish our sp: in the target's link word, and in x1 for it.
+            // Start our switch frame with x29 and x19 (LLVM reserves x29 as
+            // the frame pointer and x19 as the base pointer, so they cannot
+            // be clobbers), then call the target's continuation: the blr
+            // puts ours, label 2, in x30.
+            "stp x29, x19, [sp, #-32]!",
+            "ldr x3, [x1, #16]",
+            "blr x3",
+            "2:",
+            // Here a context has called our continuation: sp is its sp, x30
+            // its continuation, x1 our own sp, x2 where it wants its sp.
+            // Complete its frame, publish its sp there and in x4, move to
+            // our stack and reload our x29 and x19.
+            "str x30, [sp, #16]",
             "mov x4, sp",
             "str x4, [x2]",
-            // Load the target's stack and its switch frame.
             "mov sp, x1",
-            "ldr x19, [sp, #16]",
-            "ldp x29, x3, [sp], #32",
-            "mov x1, x4",
-            // Continue the target. A br, not a ret: no bl made this
-            // address, so a ret would unbalance the return predictor.
-            "br x3",
-            "2:",
+            "ldp x29, x19, [sp], #32",
             inout("x0") arg => ret_arg,
-            inout("x1") to => from,
-            in("x2") link,
+            inout("x1") to => _,
+            inout("x2") link => _,
+            lateout("x4") from,
             // AAPCS64: x20 to x28 are callee-saved, and so are the low
             // halves of v8 to v15 (d8 to d15); declaring them clobbered
             // makes the compiler save those that are live.

@@ -3,12 +3,12 @@
 //! # The contract (the same in every file of `arch/`)
 //!
 //! A suspended context is one word: its saved stack pointer `sp`. At `sp`
-//! lies a *switch frame* of three words that [`switch`] pushed when it left:
+//! lies a *switch frame* of three words:
 //!
 //! ```text
-//!   sp + 16  return address   (where the context continues: label 2 in `switch`)
-//!   sp +  8  rbp              (pushed by hand: LLVM reserves it as the frame pointer)
-//!   sp +  0  rbx              (pushed by hand: LLVM reserves it, so asm! cannot name it)
+//!   sp + 16  rbp            (pushed by hand: LLVM reserves it as the frame pointer)
+//!   sp +  8  rbx            (pushed by hand: LLVM reserves it, so asm! cannot name it)
+//!   sp +  0  continuation   (pushed by the `call`: label 2 in `switch`)
 //! ```
 //!
 //! Every other callee-saved register is handed to the compiler through the
@@ -16,17 +16,28 @@
 //! so the compiler saves only those that are live across the switch, once
 //! per function rather than once per switch.
 //!
+//! # How a switch runs
+//!
+//! The running context pushes rbp and rbx and *calls the target's
+//! continuation* (the word at the target's sp); the call pushes its own
+//! continuation, which completes its switch frame. The code at the
+//! target's continuation, which is the second half of the target's own
+//! `switch`, then finishes the job on the target's behalf: it stores the
+//! caller's sp where the caller asked (`link`) and hands it over in rax,
+//! moves to its own stack (the caller passed its sp in rsi) and pops its
+//! rbx and rbp. One `call` and no `ret`: 8 instructions a switch.
+//!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
-//! looks exactly like resuming one that was suspended: its switch frame
-//! "returns" into [`trampoline`], which calls the entry function:
+//! looks exactly like resuming one that was suspended: its continuation is
+//! [`trampoline`], which does that second half and calls the entry function:
 //!
 //! ```text
 //!   top                          (16-aligned; what the caller gave init_stack)
 //!   top -  8  link               the sp of the side that is suspended (see below)
 //!   top - 16  entry              the Rust function the trampoline calls
-//!   top - 24  return address  -> trampoline
-//!   top - 32  rbp = 0            ends frame-pointer walks
-//!   top - 40  rbx = data         the trampoline passes it to entry
+//!   top - 24  rbp = 0            ends frame-pointer walks
+//!   top - 32  rbx = data         the trampoline passes it to entry
+//!   top - 40  continuation    -> trampoline
 //!             <- initial sp = top - 40
 //! ```
 //!
@@ -36,11 +47,11 @@
 //! coroutine layer names the *link* word at `top - 8` of the coroutine's
 //! stack in both directions, so while the coroutine runs that word holds
 //! its resumer's sp, which points at the resumer's switch frame (and while
-//! it is suspended, its own sp, which the next resume reads). The trampoline's CFI says:
-//! "my caller's CFA is `*link + 24`, its return address is at CFA - 8, its
-//! rbp at CFA - 16 and its rbx at CFA - 24", so an unwinder (Rust's
-//! `Backtrace`, gdb's `bt`, a panic) walks from the coroutine's frames into
-//! the frames of the code that resumed it.
+//! it is suspended, its own sp, which the next resume reads). The
+//! trampoline's CFI says: "my caller's CFA is `*link + 24`, its return
+//! address is at CFA - 24, its rbx at CFA - 16 and its rbp at CFA - 8", so
+//! an unwinder (Rust's `Backtrace`, gdb's `bt`, a panic) walks from the
+//! coroutine's frames into the frames of the code that resumed it.
 //!
 //! # MXCSR and the x87 control word
 //!
@@ -48,10 +59,10 @@
 //! callee-saved. [`switch`] does not keep them per context: Rust offers no
 //! stable way to change the rounding mode or exception masks, so they never
 //! differ between contexts in Rust code, and saving them (`stmxcsr`/`ldmxcsr`,
-//! `fnstcw`/`fldcw`) would add a serialising load of MXCSR to every switch.
-//! A body that changes them through foreign code must restore them before it
-//! suspends. This is the choice corosensei makes too; boost.context keeps
-//! them. The cost we measured is in the README.
+//! `fnstcw`/`fldcw`) would more than double the cost of a switch
+//! (`benches/fp_control.rs`). A body that changes them through foreign code
+//! must restore them before it suspends. This is the choice corosensei makes
+//! too; boost.context keeps them.
 
 use core::arch::{asm, naked_asm};
 
@@ -63,6 +74,44 @@ pub const INIT_FRAME_SIZE: usize = 40;
 
 /// The offset below `top` of the link word (see the module docs).
 pub const LINK_OFFSET: usize = 8;
+
+/// The offset below `top` of a word that holds `entry` until the first
+/// switch into the context, and that the layer above may use after it.
+pub const SPARE_OFFSET: usize = 16;
+
+/// A switch frame that is never resumed: switching to [`dead_sp`] comes
+/// straight back, with the word 0 and the caller's state intact.
+#[repr(C)]
+struct DeadFrame {
+    continuation: unsafe extern "C" fn(),
+}
+
+static DEAD_FRAME: DeadFrame = DeadFrame {
+    continuation: dead_continuation,
+};
+
+/// The sp of a context that cannot be resumed: a switch to it returns at
+/// once with the word 0 (and stores nothing through `link`). The layer
+/// above leaves it where a finished context's sp was, so that resuming it
+/// costs no check of its own.
+pub fn dead_sp() -> usize {
+    &DEAD_FRAME as *const DeadFrame as usize
+}
+
+/// The continuation of the dead frame: switches straight back to the
+/// caller (whose continuation is at the top of its stack), passing 0.
+#[unsafe(naked)]
+unsafe extern "C" fn dead_continuation() {
+    naked_asm!(
+        // The caller's own sp is where it must go back to; the sp it asks
+        // to have stored goes to a word below the stack pointer, which no
+        // one reads.
+        "mov rsi, rsp",
+        "lea rdx, [rsp - 8]",
+        "xor edi, edi",
+        "jmp qword ptr [rsp]",
+    )
+}
 
 /// Writes the first frame of a new context below `top` and returns the
 /// stack pointer to [`switch`] to. The first switch into it calls
@@ -76,21 +125,17 @@ pub const LINK_OFFSET: usize = 8;
 pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usize {
     debug_assert_eq!(top % STACK_ALIGNMENT, 0);
     let sp = top - INIT_FRAME_SIZE;
-    let words: [usize; 5] = [
-        data,
-        0,
-        trampoline as *const () as usize,
-        entry as *const () as usize,
-        0,
-    ];
+    let trampoline = trampoline as *const () as usize;
+    let words: [usize; 5] = [trampoline, data, 0, entry as *const () as usize, 0];
     // SAFETY: the caller promises that [top - 40, top) is writable stack
     // memory; `sp` is 8-aligned because `top` is 16-aligned.
     unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 5) };
     sp
 }
 
-/// Enters a fresh context: reached by the `jmp` at the end of [`switch`]
-/// with rsp = top - 16, rdi = arg, rsi = the sp that was left, rbx = data.
+/// The continuation of a fresh context: called by the `call` in [`switch`]
+/// with rsp still on the caller's stack, rdi = arg, rsi = our initial sp,
+/// rdx = where the caller wants its sp stored.
 ///
 /// Its CFI sends unwinders through the link word to the resumer's frames.
 #[unsafe(naked)]
@@ -106,12 +151,20 @@ unsafe extern "C" fn trampoline() {
         // DW_CFA_def_cfa_expression, 5 bytes:
         //   DW_OP_breg7 (rsp) 8; DW_OP_deref; DW_OP_plus_uconst 24
         ".cfi_escape 0x0f, 5, 0x77, 0x08, 0x06, 0x23, 0x18",
-        // The resumer's switch frame: return address, rbp, rbx.
-        ".cfi_offset rip, -8",
-        ".cfi_offset rbp, -16",
-        ".cfi_offset rbx, -24",
-        // entry(arg = rdi, from = rsi, data = rdx); rsp is 16-aligned here,
-        // as the ABI requires at a call.
+        // The resumer's switch frame: continuation, rbx, rbp.
+        ".cfi_offset rip, -24",
+        ".cfi_offset rbx, -16",
+        ".cfi_offset rbp, -8",
+        // The second half of the caller's switch, as in `switch`: publish
+        // its sp, move to our stack, pop our rbx (data) and rbp (0).
+        "mov [rdx], rsp",
+        "mov rax, rsp",
+        "lea rsp, [rsi + 8]",
+        "pop rbx",
+        "pop rbp",
+        // entry(arg = rdi, from = rsi, data = rdx); rsp = top - 16 is
+        // 16-aligned here, as the ABI requires at a call.
+        "mov rsi, rax",
         "mov rdx, rbx",
         "call qword ptr [rsp]",
         // entry never returns; if it did, trap rather than run garbage.
@@ -128,8 +181,8 @@ unsafe extern "C" fn trampoline() {
 ///
 /// # Safety
 /// `to` must be the sp of a suspended context (from [`init_stack`] or from
-/// a return of this function) that is resumed nowhere else, on a stack that
-/// is still alive; `link` must be valid for a write of one word.
+/// a switch away from it) that is resumed nowhere else, on a stack that is
+/// still alive; `link` must be valid for a write of one word.
 #[inline(always)]
 pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) {
     let (ret_arg, from): (usize, usize);
@@ -138,34 +191,32 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) 
     // rbp and rsp, which the block saves and restores itself.
     unsafe {
         asm!(
-            // Push our switch frame: return address, then the two registers
-            // LLVM reserves (rbp: frame pointer; rbx: base pointer).
-            "lea rax, [rip + 2f]",
-            "push rax",
+            // Start our switch frame with the two registers LLVM reserves
+            // (rbp: frame pointer; rbx: base pointer), then call the
+            // target's continuation: the call pushes ours, at label 2.
             "push rbp",
             "push rbx",
-            // Publish our sp: in the target's link word, and in rsi for it.
+            "call qword ptr [rsi]",
+            "2:",
+            // Here a context has called our continuation: rsp is its sp,
+            // rsi our own, rdx where it wants its sp. Publish its sp there
+            // and in rax, move to our stack past our continuation, and pop
+            // our rbx and rbp.
             "mov [rdx], rsp",
             "mov rax, rsp",
-            // Load the target's stack and pop its switch frame.
-            "mov rsp, rsi",
+            "lea rsp, [rsi + 8]",
             "pop rbx",
             "pop rbp",
-            "pop rdx",
-            "mov rsi, rax",
-            // Continue the target. A jmp, not a ret: no call pushed this
-            // address, so a ret would unbalance the return predictor.
-            "jmp rdx",
-            "2:",
             inout("rdi") arg => ret_arg,
-            inout("rsi") to => from,
-            in("rdx") link,
+            inout("rsi") to => _,
+            inout("rdx") link => _,
+            lateout("rax") from,
             // System V: r12 to r15 are callee-saved, so the other context
             // may have changed them; declaring them clobbered makes the
             // compiler save those that are live.
             lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
-            // Everything the ABI lets a call clobber (rax, rcx, rdx, r8 to
-            // r11, xmm0 to xmm15, the x87 stack, flags) is clobbered here.
+            // Everything the ABI lets a call clobber (rcx, r8 to r11, xmm0
+            // to xmm15, the x87 stack, flags) is clobbered here.
             clobber_abi("sysv64"),
         );
     }

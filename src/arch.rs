@@ -8,7 +8,9 @@
 //! - `LINK_OFFSET`: where, below the top, the link word lives that unwinders
 //!   follow from a coroutine into the code that resumed it;
 //! - `unsafe fn init_stack(top, entry, data) -> sp`: lay out a new context;
-//! - `unsafe fn switch(arg, to, link) -> (arg, from)`: the symmetric switch.
+//! - `unsafe fn switch(arg, to, link) -> (arg, from)`: the symmetric switch;
+//! - `fn dead_sp()`: the sp of a context that cannot be resumed: a switch
+//!   to it returns at once, with the word 0.
 //!
 //! Everything above this module is architecture-free.
 
@@ -30,4 +32,6 @@ cfg_if::cfg_if! {
     }
 }
 
-pub(crate) use imp::{INIT_FRAME_SIZE, LINK_OFFSET, STACK_ALIGNMENT, init_stack, switch};
+pub(crate) use imp::{
+    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch,
+};

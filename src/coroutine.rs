@@ -4,15 +4,17 @@
 //! # How values cross
 //!
 //! Both directions pass one machine word through [`arch::switch`]: the
-//! address of a message on the sender's stack. The receiver moves the
-//! message out with `ptr::read` while the sender is suspended, so the
-//! sender wraps it in `ManuallyDrop` and never drops it itself.
-//! - The resumer sends an [`In`]: a value to resume with, or "unwind".
-//! - The coroutine sends an [`Out`]: a yielded value, or the address of
-//!   its [`Ending`] (returned, panicked, or unwound), when it finishes.
+//! address of the value on the sender's stack, which the receiver moves
+//! out with `ptr::read` while the sender is suspended (so the sender wraps
+//! it in `ManuallyDrop` and never drops it itself). An address is never 0,
+//! so 0 carries the rare messages:
+//! - from the resumer, 0 means "unwind and finish" (drop, `into_stack`);
+//! - from the coroutine, 0 means "finished": the address of its [`Ending`]
+//!   (returned, panicked, or unwound) is then in the stack's spare word.
+//!
+//! So a round trip stores and loads each value once, and tests one word.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{self, ManuallyDrop};
@@ -50,22 +52,6 @@ impl<Yield, Return> CoroutineResult<Yield, Return> {
     }
 }
 
-/// The resumer's message to the coroutine.
-enum In<I> {
-    /// Continue with this value.
-    Resume(I),
-    /// Unwind the coroutine's stack and finish (drop, `into_stack`).
-    Unwind,
-}
-
-/// The coroutine's message to its resumer.
-enum Out<Y> {
-    /// The body suspended with this value.
-    Yield(Y),
-    /// The body finished; the address of its [`Ending`] on its stack.
-    Finished(usize),
-}
-
 /// How a body finished.
 enum Ending<R> {
     Returned(R),
@@ -83,12 +69,9 @@ pub(crate) type Marker<A, B> = PhantomData<(fn(A) -> B, *mut ())>;
 /// The panic payload that unwinds a suspended coroutine being dropped.
 struct ForcedUnwind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    NotStarted,
-    Suspended,
-    Done,
-}
+/// The word that asks a coroutine to unwind, and that tells the resumer a
+/// coroutine finished.
+const SIGNAL: usize = 0;
 
 /// A stackful coroutine: a function running on its own [`Stack`], which
 /// can suspend itself anywhere in its call tree with
@@ -121,11 +104,12 @@ enum State {
 /// Dropping a coroutine that has started and not finished unwinds its
 /// stack, so every destructor on it runs: its pending `suspend` panics
 /// with a private payload, which the coroutine's first frame catches. A
-/// body that catches that panic itself (with `catch_unwind`) may run
-/// code, but every `suspend` it calls afterwards panics again at once; if
-/// it then returns normally, its return value is dropped. A panic that
-/// escapes while the stack unwinds reaches the code that dropped the
-/// coroutine (unless that code is itself unwinding). With
+/// body that catches that panic itself (with `catch_unwind`) may run code,
+/// but every `suspend` it calls afterwards panics again (the value it
+/// handed to that `suspend` is dropped); if it then returns normally, its
+/// return value is dropped. A panic that escapes while the stack unwinds
+/// reaches the code that dropped the coroutine (unless that code is itself
+/// unwinding). With
 /// `panic = "abort"` no unwinding is possible: dropping a suspended
 /// coroutine leaks its stack (nothing on it is freed or reused).
 ///
@@ -145,9 +129,12 @@ pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
     /// sp of whichever side is suspended: the coroutine's own while it is
     /// suspended, the resumer's while it runs (which is what unwinders
     /// follow). So each switch reads the other side's sp from it and
-    /// leaves its own there: one word, no other bookkeeping.
+    /// leaves its own there: one word, no other bookkeeping. Before the
+    /// first resume it holds the initial sp; once the coroutine is done,
+    /// the arch's dead sp, so that `resume` needs no check of its own: a
+    /// switch there comes straight back with the word 0, as a finishing
+    /// coroutine does, and the slow path tells the two apart.
     link: *mut usize,
-    state: State,
     stack: ManuallyDrop<S>,
     /// `fn(Input) -> ..`: the coroutine consumes inputs and produces
     /// yields and a return; `*mut ()`: neither `Send` nor `Sync`.
@@ -163,8 +150,6 @@ pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
 pub struct Yielder<Input, Yield> {
     /// The link word of this coroutine's stack: the resumer's saved sp.
     link: *mut usize,
-    /// Set once a forced unwind has started: every later `suspend` panics.
-    unwinding: Cell<bool>,
     _marker: Marker<Yield, Input>,
 }
 
@@ -207,7 +192,6 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         unsafe { link.write(sp) };
         Coroutine {
             link,
-            state: State::NotStarted,
             stack: ManuallyDrop::new(stack),
             _marker: PhantomData,
         }
@@ -224,35 +208,64 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// when the coroutine is done.
     #[inline]
     pub fn resume(&mut self, input: Input) -> CoroutineResult<Yield, Return> {
-        if self.state != State::Suspended {
-            if self.state == State::Done {
-                panic!("stackful: resumed a coroutine that has already finished");
-            }
-            self.state = State::Suspended;
+        let input = ManuallyDrop::new(input);
+        match self.switch_in(addr(&input)) {
+            SIGNAL => self.finished(input),
+            // SAFETY: the coroutine sent the address of a yielded value on
+            // its stack, which stays put while it is suspended; we move it
+            // out once.
+            y => CoroutineResult::Yield(unsafe { take::<Yield>(y) }),
         }
-        match self.switch_in(In::Resume(input)) {
-            Out::Yield(y) => CoroutineResult::Yield(y),
-            Out::Finished(ending) => {
-                self.state = State::Done;
-                // SAFETY: the body sent the address of its Ending as its
-                // last act; its stack is not reused until we return.
-                match unsafe { take::<Ending<Return>>(ending) } {
-                    Ending::Returned(r) => CoroutineResult::Return(r),
-                    Ending::Panicked(payload) => panic::resume_unwind(payload),
-                    Ending::Unwound => unreachable!("stackful: unwound without a request"),
-                }
-            }
+    }
+
+    /// The coroutine has finished, or had already (its link word held the
+    /// dead sp, which came straight back with 0 and left it there).
+    #[cold]
+    #[inline(never)]
+    fn finished(&mut self, input: ManuallyDrop<Input>) -> CoroutineResult<Yield, Return> {
+        if self.done() {
+            drop(ManuallyDrop::into_inner(input));
+            panic!("stackful: resumed a coroutine that has already finished");
         }
+        // The coroutine took the input: it is not ours to drop.
+        mem::forget(input);
+        match self.take_ending() {
+            Ending::Returned(r) => CoroutineResult::Return(r),
+            Ending::Panicked(payload) => panic::resume_unwind(payload),
+            Ending::Unwound => unreachable!("stackful: unwound without a request"),
+        }
+    }
+
+    /// Moves out the ending a finished body left in the spare word, and
+    /// marks the coroutine done.
+    fn take_ending(&mut self) -> Ending<Return> {
+        // SAFETY: the link word is a word of our stack, alive with it.
+        unsafe { self.link.write(arch::dead_sp()) };
+        let spare = self
+            .link
+            .wrapping_byte_add(arch::LINK_OFFSET)
+            .wrapping_byte_sub(arch::SPARE_OFFSET);
+        // SAFETY: the body wrote the address of its Ending into the spare
+        // word of its stack as its last act; the stack is not reused until
+        // we return, and we move the Ending out once.
+        unsafe { take::<Ending<Return>>(spare.read()) }
+    }
+
+    /// The saved sp in the link word (meaningful while not running).
+    fn saved_sp(&self) -> usize {
+        // SAFETY: the link word is a word of our stack, alive with it.
+        unsafe { self.link.read() }
     }
 
     /// Whether the first `resume` has happened.
     pub fn started(&self) -> bool {
-        self.state != State::NotStarted
+        let initial = self.link as usize + arch::LINK_OFFSET - arch::INIT_FRAME_SIZE;
+        self.saved_sp() != initial
     }
 
     /// Whether the body has returned or panicked (or was unwound).
     pub fn done(&self) -> bool {
-        self.state == State::Done
+        self.saved_sp() == arch::dead_sp()
     }
 
     /// Unwinds the coroutine if it has started and not finished (see
@@ -263,7 +276,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// With `panic = "abort"`, when the coroutine is suspended: its stack
     /// cannot be unwound, so it cannot be reused safely.
     pub fn into_stack(mut self) -> S {
-        if self.state == State::Suspended && cfg!(panic = "abort") {
+        if self.started() && !self.done() && cfg!(panic = "abort") {
             panic!("stackful: cannot unwind a suspended coroutine under panic = \"abort\"");
         }
         self.finish();
@@ -274,31 +287,32 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         stack
     }
 
-    /// Switches into the coroutine with `input`; returns what it sent back.
+    /// Switches into the coroutine with the word `arg`; returns the word
+    /// it sends back.
     #[inline(always)]
-    fn switch_in(&mut self, input: In<Input>) -> Out<Yield> {
-        let input = ManuallyDrop::new(input);
+    fn switch_in(&mut self, arg: usize) -> usize {
         // SAFETY: `self.link` is a word of our coroutine's stack, which
-        // `self.stack` keeps alive; while the coroutine is suspended (state
-        // is not Done) it holds the coroutine's sp, which only this
-        // `Coroutine` resumes. The switch leaves our sp there.
-        let (msg, _) = unsafe { arch::switch(addr(&input), *self.link, self.link) };
-        // SAFETY: the coroutine sent the address of an Out<Yield> on its
-        // stack, which stays put while it is suspended; we move it out once.
-        unsafe { take::<Out<Yield>>(msg) }
+        // `self.stack` keeps alive; it holds the suspended coroutine's sp,
+        // which only this `Coroutine` resumes, or the arch's dead sp, which
+        // comes straight back. The switch leaves our sp there.
+        unsafe { arch::switch(arg, *self.link, self.link).0 }
     }
 
     /// Drives a started or unstarted coroutine to its end by unwinding.
     fn finish(&mut self) {
-        if self.state == State::Done {
+        if self.done() {
             return;
         }
-        let Out::Finished(ending) = self.switch_in(In::Unwind) else {
-            unreachable!("stackful: a coroutine yielded while being unwound");
-        };
-        self.state = State::Done;
-        // SAFETY: as in `resume`, the address of the body's Ending.
-        match unsafe { take::<Ending<Return>>(ending) } {
+        // A body that catches the unwind and suspends again gets to yield,
+        // and unwinds again: its yields are dropped until it finishes.
+        loop {
+            match self.switch_in(SIGNAL) {
+                SIGNAL => break,
+                // SAFETY: as in `resume`: the address of a yielded value.
+                y => drop(unsafe { take::<Yield>(y) }),
+            }
+        }
+        match self.take_ending() {
             Ending::Unwound | Ending::Returned(_) => {}
             Ending::Panicked(payload) if std::thread::panicking() => drop(payload),
             Ending::Panicked(payload) => panic::resume_unwind(payload),
@@ -308,7 +322,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 
 impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
     fn drop(&mut self) {
-        if self.state == State::Suspended && cfg!(panic = "abort") {
+        if self.started() && !self.done() && cfg!(panic = "abort") {
             // Nothing can unwind the stack: leak it rather than free memory
             // that live (possibly pinned) values still occupy.
             return;
@@ -334,7 +348,8 @@ impl<Yield, S: Stack> Iterator for Coroutine<(), Yield, (), S> {
 impl<Input, Yield, Return, S: Stack> fmt::Debug for Coroutine<Input, Yield, Return, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coroutine")
-            .field("state", &self.state)
+            .field("started", &self.started())
+            .field("done", &self.done())
             .field("stack_top", &format_args!("{:#x}", self.stack.top()))
             .finish()
     }
@@ -350,32 +365,23 @@ impl<Input, Yield> Yielder<Input, Yield> {
     /// unwinds the stack so that its destructors run.
     #[inline]
     pub fn suspend(&self, value: Yield) -> Input {
-        if self.unwinding.get() {
-            panic::resume_unwind(Box::new(ForcedUnwind));
-        }
-        let out = ManuallyDrop::new(Out::Yield(value));
+        let value = ManuallyDrop::new(value);
         // SAFETY: the link word holds the sp of the resumer, which is
         // suspended inside `resume` (a Yielder is only reachable from its
         // body, which runs only while resumed); the switch leaves our sp
         // there for the next resume.
-        let (msg, _) = unsafe { arch::switch(addr(&out), *self.link, self.link) };
-        // SAFETY: the resumer sent the address of an In<Input> on its stack
-        // and is suspended until we switch back; we move it out once.
-        match unsafe { take::<In<Input>>(msg) } {
-            In::Resume(input) => input,
-            In::Unwind => {
-                self.unwinding.set(true);
-                panic::resume_unwind(Box::new(ForcedUnwind))
-            }
+        match unsafe { arch::switch(addr(&value), *self.link, self.link).0 } {
+            SIGNAL => panic::resume_unwind(Box::new(ForcedUnwind)),
+            // SAFETY: the resumer sent the address of an Input on its stack
+            // and is suspended until we switch back; we move it out once.
+            input => unsafe { take::<Input>(input) },
         }
     }
 }
 
 impl<Input, Yield> fmt::Debug for Yielder<Input, Yield> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Yielder")
-            .field("unwinding", &self.unwinding.get())
-            .finish()
+        f.debug_struct("Yielder").finish_non_exhaustive()
     }
 }
 
@@ -393,28 +399,32 @@ where
     let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(closure)) };
     let yielder = Yielder {
         link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
-        unwinding: Cell::new(false),
         _marker: PhantomData,
     };
-    // SAFETY: the first resume sent the address of an In<I>, as every
-    // resume does.
-    let ending = match unsafe { take::<In<I>>(msg) } {
-        In::Resume(input) => match panic::catch_unwind(AssertUnwindSafe(|| f(&yielder, input))) {
-            Ok(r) => Ending::Returned(r),
-            Err(p) if p.is::<ForcedUnwind>() => Ending::Unwound,
-            Err(p) => Ending::Panicked(p),
-        },
-        In::Unwind => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
+    let ending = match msg {
+        SIGNAL => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
             Ok(()) => Ending::Unwound,
             Err(p) => Ending::Panicked(p),
         },
+        input => {
+            // SAFETY: the first resume sent the address of an I, as every
+            // resume does.
+            let input = unsafe { take::<I>(input) };
+            match panic::catch_unwind(AssertUnwindSafe(|| f(&yielder, input))) {
+                Ok(r) => Ending::Returned(r),
+                Err(p) if p.is::<ForcedUnwind>() => Ending::Unwound,
+                Err(p) => Ending::Panicked(p),
+            }
+        }
     };
     let ending = ManuallyDrop::new(ending);
-    let out = ManuallyDrop::new(Out::<Y>::Finished(addr(&ending)));
+    let spare = ptr::with_exposed_provenance_mut::<usize>(closure - arch::SPARE_OFFSET);
+    // SAFETY: the spare word of our stack is free once we have started.
+    unsafe { spare.write(addr(&ending)) };
     // SAFETY: as in `suspend`: the link word holds the resumer's sp. Nothing
     // resumes this context again (the coroutine is done), so this call
     // does not return and the stack may be reused.
-    unsafe { arch::switch(addr(&out), *yielder.link, yielder.link) };
+    unsafe { arch::switch(SIGNAL, *yielder.link, yielder.link) };
     unreachable!("stackful: a finished coroutine was resumed");
 }
 
