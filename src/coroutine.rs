@@ -227,8 +227,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             drop(ManuallyDrop::into_inner(input));
             panic!("stackful: resumed a coroutine that has already finished");
         }
-        // The coroutine took the input: it is not ours to drop.
-        mem::forget(input);
+        // Otherwise the coroutine took the input: `input` stays undropped.
         match self.take_ending() {
             Ending::Returned(r) => CoroutineResult::Return(r),
             Ending::Panicked(payload) => panic::resume_unwind(payload),
