@@ -163,10 +163,17 @@ fn lookup(addr: usize) -> Option<usize> {
 /// left for the handler). std gives one to the main thread and to the threads it spawns; a
 /// thread without one gets one here, freed when the thread exits. Call this on every thread
 /// before it runs a coroutine; after the first call on a thread, it is one thread-local check.
+#[inline]
 pub(crate) fn install() {
-    if INSTALLED.get() {
-        return;
+    if !INSTALLED.get() {
+        install_slow();
     }
+}
+
+/// The first [`install`] on a thread.
+#[cold]
+#[inline(never)]
+fn install_slow() {
     INSTALLED.set(true);
     INSTALL.call_once(|| {
         // SAFETY: sysconf has no preconditions.

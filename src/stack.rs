@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -71,7 +72,12 @@ thread_local! {
 /// aborts the process.
 #[derive(Debug)]
 pub struct DefaultStack {
-    map: Option<MmapMut>,
+    /// `Stack::top`, kept to answer without touching the mapping's fields.
+    top: usize,
+    /// `Stack::limit`: the mapping's start plus its guard page.
+    limit: usize,
+    /// Taken out only by `drop`.
+    map: ManuallyDrop<MmapMut>,
 }
 
 impl DefaultStack {
@@ -84,6 +90,7 @@ impl DefaultStack {
     /// - `OutOfMemory` when the kernel refuses the mapping or the guard for
     ///   lack of memory or of mappings; the message names the stack size,
     ///   the number of live stacks and `vm.max_map_count`.
+    #[inline]
     pub fn new(size: usize) -> io::Result<DefaultStack> {
         if !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&size) {
             return Err(io::Error::new(
@@ -96,19 +103,32 @@ impl DefaultStack {
             ));
         }
         let page = page_size();
-        let usable = size.next_multiple_of(page);
+        // Pages are a power of two: round up with a mask, not a division.
+        let usable = (size + page - 1) & !(page - 1);
         let pooled = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let i = pool.0.iter().rposition(|m| m.len() == usable + page)?;
             Some(pool.0.swap_remove(i))
         });
-        if let Ok(Some(map)) = pooled {
-            return Ok(DefaultStack { map: Some(map) });
+        match pooled {
+            Ok(Some(map)) => Ok(DefaultStack::from_map(map, page)),
+            _ => Self::map_new(usable, page),
         }
-        Self::map_new(usable, page)
+    }
+
+    #[inline]
+    fn from_map(map: MmapMut, page: usize) -> DefaultStack {
+        let base = map.as_ptr() as usize;
+        DefaultStack {
+            top: base + map.len(),
+            limit: base + page,
+            map: ManuallyDrop::new(map),
+        }
     }
 
     /// Maps `usable + page` bytes and installs the guard on the lowest page.
+    #[cold]
+    #[inline(never)]
     fn map_new(usable: usize, page: usize) -> io::Result<DefaultStack> {
         crate::overflow::install();
         let map = MmapOptions::new()
@@ -128,7 +148,7 @@ impl DefaultStack {
         }
         crate::overflow::register(base as usize, page, usable);
         LIVE.fetch_add(1, Ordering::Relaxed);
-        Ok(DefaultStack { map: Some(map) })
+        Ok(DefaultStack::from_map(map, page))
     }
 
     /// How many `DefaultStack` mappings the process holds now, pooled ones
@@ -140,12 +160,6 @@ impl DefaultStack {
     /// The usable size in bytes (the requested size rounded up to pages).
     pub fn size(&self) -> usize {
         self.top() - self.limit()
-    }
-
-    fn map(&self) -> &MmapMut {
-        self.map
-            .as_ref()
-            .expect("DefaultStack always holds its mapping until dropped")
     }
 }
 
@@ -169,13 +183,12 @@ impl Default for DefaultStack {
 unsafe impl Stack for DefaultStack {
     #[inline]
     fn top(&self) -> usize {
-        let map = self.map();
-        map.as_ptr() as usize + map.len()
+        self.top
     }
 
     #[inline]
     fn limit(&self) -> usize {
-        self.map().as_ptr() as usize + page_size()
+        self.limit
     }
 
     #[inline]
@@ -185,8 +198,10 @@ unsafe impl Stack for DefaultStack {
 }
 
 impl Drop for DefaultStack {
+    #[inline]
     fn drop(&mut self) {
-        let mut spare = self.map.take();
+        // SAFETY: `drop` runs once, and nothing uses `self.map` after it.
+        let mut spare = Some(unsafe { ManuallyDrop::take(&mut self.map) });
         // A thread that is exiting has no pool any more: unmap then.
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
@@ -223,28 +238,51 @@ pub fn trim_pool() {
 }
 
 /// The system's page size, read once.
+#[inline]
 pub(crate) fn page_size() -> usize {
-    static PAGE: OnceLock<usize> = OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    match PAGE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+            PAGE.store(page, Ordering::Relaxed);
+            page
+        }
+        page => page,
+    }
 }
 
-/// Turns a failed mmap or mprotect into an error that says what to do.
+/// Turns a failed mmap or mprotect into an error that says which limit
+/// was hit and what to do.
 fn exhausted(err: io::Error, usable: usize) -> io::Error {
-    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
+    let max: Option<usize> = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.lines().count())
+        .ok();
+    let live = LIVE.load(Ordering::Relaxed);
     let kind = match err.raw_os_error() {
         Some(libc::ENOMEM) => io::ErrorKind::OutOfMemory,
         _ => err.kind(),
     };
+    let cause = match (maps, max) {
+        (Some(maps), Some(max)) if maps + 16 >= max => format!(
+            "the process has {maps} mappings and the kernel allows {max} (vm.max_map_count): \
+             raise vm.max_map_count, or use fewer live coroutines"
+        ),
+        (maps, max) => format!(
+            "the process has {} mappings of the {} that vm.max_map_count allows, so the \
+             address space or memory ran out: check `ulimit -v` and free memory, or use \
+             smaller stacks or fewer live coroutines",
+            maps.map_or("an unknown number of".into(), |m| m.to_string()),
+            max.map_or("unknown number".into(), |m| m.to_string()),
+        ),
+    };
     io::Error::new(
         kind,
         format!(
-            "cannot map a coroutine stack of {usable} bytes with {} stacks live: {err}; \
-             the kernel allows {max} mappings per process (vm.max_map_count); use smaller \
-             stacks, fewer live coroutines, or raise vm.max_map_count",
-            LIVE.load(Ordering::Relaxed)
+            "cannot map a coroutine stack of {usable} bytes with {live} stacks live: {err}; {cause}"
         ),
     )
 }
