@@ -42,5 +42,11 @@ mod overflow;
 pub mod stack;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};
+
+/// The README's examples, run as doc tests so that what it shows compiles
+/// and works.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use generator::Generator;
 pub use stack::{DefaultStack, Stack};
