@@ -38,8 +38,14 @@ mod arch;
 pub mod coroutine;
 pub mod generator;
 pub mod greenlet;
+#[cfg(feature = "hub")]
+pub mod hub;
+#[cfg(feature = "hub")]
+pub mod net;
 mod overflow;
 pub mod stack;
+#[cfg(feature = "hub")]
+pub mod sync;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};
 

@@ -1,0 +1,322 @@
+//! Tasks: the hub's record of one coroutine, the [`JoinHandle`] that waits
+//! for it, and the [`Waiter`] that wakes a parked task.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::rc::Rc;
+
+use crate::coroutine::{Coroutine, Yielder};
+use crate::stack::DefaultStack;
+
+use super::scheduler::{self, Hub};
+
+/// The coroutine that runs a task's body.
+pub(crate) type Co = Coroutine<(), (), (), DefaultStack>;
+
+/// Where a coroutine is in its life, as asyncio names a task's states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    /// Spawned, and not yet run.
+    Pending,
+    /// Running now: it is the caller, or it is killing or waking another
+    /// coroutine from its own code.
+    Running,
+    /// Started, and waiting (in a sleep, a read, a join, ...) or ready to
+    /// continue.
+    Suspended,
+    /// Returned, panicked or was killed: [`JoinHandle::join`] returns at
+    /// once.
+    Finished,
+}
+
+/// Why [`JoinHandle::join`] has no value.
+pub enum JoinError {
+    /// The coroutine panicked; this is the payload, as
+    /// [`std::thread::JoinHandle::join`] gives it.
+    Panicked(Box<dyn Any + Send + 'static>),
+    /// The coroutine was killed ([`JoinHandle::kill`], the end of
+    /// [`run`](super::run), or the end of its hub) before it returned.
+    Killed,
+}
+
+impl JoinError {
+    /// Whether the coroutine panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, JoinError::Panicked(_))
+    }
+
+    /// Whether the coroutine was killed.
+    pub fn is_killed(&self) -> bool {
+        matches!(self, JoinError::Killed)
+    }
+
+    /// The panic's payload, if the coroutine panicked.
+    pub fn into_panic(self) -> Option<Box<dyn Any + Send + 'static>> {
+        match self {
+            JoinError::Panicked(p) => Some(p),
+            JoinError::Killed => None,
+        }
+    }
+
+    /// The panic's message, when its payload is a string (as `panic!`
+    /// with a format makes it).
+    pub fn panic_message(&self) -> Option<&str> {
+        match self {
+            JoinError::Panicked(p) => p
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| p.downcast_ref::<String>().map(String::as_str)),
+            JoinError::Killed => None,
+        }
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Panicked(_) => match self.panic_message() {
+                Some(m) => write!(f, "Panicked({m:?})"),
+                None => f.write_str("Panicked(..)"),
+            },
+            JoinError::Killed => f.write_str("Killed"),
+        }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Panicked(_) => match self.panic_message() {
+                Some(m) => write!(f, "the coroutine panicked: {m}"),
+                None => f.write_str("the coroutine panicked"),
+            },
+            JoinError::Killed => f.write_str("the coroutine was killed"),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// The payload that unwinds a coroutine that kills itself, or that was
+/// asked to die while it was busy killing another.
+pub(crate) struct KillSelf;
+
+/// One coroutine of a hub, untyped (the value goes through the
+/// [`JoinHandle`]'s slot).
+pub(crate) struct Task {
+    /// Unique within the process, so that a cross-thread wake-up naming a
+    /// slab key can tell a reused key from its task.
+    pub(crate) id: u64,
+    /// The task's key in the hub's slab of live tasks.
+    pub(crate) key: Cell<usize>,
+    /// The coroutine; `None` once finished or killed.
+    pub(crate) co: RefCell<Option<Co>>,
+    /// The task's [`Yielder`], which lives in the first frame of its own
+    /// stack for as long as the body runs; null before the first resume.
+    pub(crate) yielder: Cell<*const Yielder<(), ()>>,
+    pub(crate) state: Cell<TaskState>,
+    /// Counts the task's resumptions: a [`Waiter`] made during one run
+    /// wakes the task only from the park that ends that run.
+    pub(crate) epoch: Cell<u64>,
+    /// In the ready queue now.
+    pub(crate) queued: Cell<bool>,
+    /// Being killed: a panic that reaches the body's top is the core's
+    /// forced unwind, which must go on to the coroutine's first frame.
+    pub(crate) killing: Cell<bool>,
+    /// Asked to die while running: it unwinds at its next park.
+    pub(crate) kill_requested: Cell<bool>,
+    /// Ended by a kill rather than by returning or panicking.
+    pub(crate) killed: Cell<bool>,
+    /// A [`timeout`](super::timeout) that expired: the id of its scope, to
+    /// raise at the next park.
+    pub(crate) interrupt: Cell<Option<u64>>,
+    /// The coroutine waiting in [`JoinHandle::join`].
+    pub(crate) joiner: RefCell<Option<Waiter>>,
+}
+
+impl Task {
+    pub(crate) fn new(id: u64) -> Task {
+        Task {
+            id,
+            key: Cell::new(usize::MAX),
+            co: RefCell::new(None),
+            yielder: Cell::new(std::ptr::null()),
+            state: Cell::new(TaskState::Pending),
+            epoch: Cell::new(0),
+            queued: Cell::new(false),
+            killing: Cell::new(false),
+            kill_requested: Cell::new(false),
+            killed: Cell::new(false),
+            interrupt: Cell::new(None),
+            joiner: RefCell::new(None),
+        }
+    }
+}
+
+/// A way to wake one task from one park: made by the task before it
+/// parks, handed to whatever it waits for. Waking it again, or after the
+/// task moved on (it was woken by something else, or killed), does
+/// nothing, so stale waiters left in queues are harmless.
+pub(crate) struct Waiter {
+    pub(crate) task: Rc<Task>,
+    pub(crate) epoch: u64,
+}
+
+impl Waiter {
+    /// A waiter for the running task's next park.
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine.
+    #[track_caller]
+    pub(crate) fn current(hub: &Hub) -> Waiter {
+        let task = hub.current_task();
+        let epoch = task.epoch.get();
+        Waiter { task, epoch }
+    }
+
+    /// Wakes the task if it is still in the park this waiter was made
+    /// for; returns whether it did.
+    pub(crate) fn wake(&self) -> bool {
+        scheduler::try_with_hub(|hub| hub.wake(&self.task, self.epoch)).unwrap_or(false)
+    }
+
+    /// Whether waking would still do something.
+    pub(crate) fn is_live(&self) -> bool {
+        self.task.epoch.get() == self.epoch && self.task.state.get() != TaskState::Finished
+    }
+}
+
+/// The slot where a task's body leaves its value.
+pub(crate) type Slot<T> = Rc<Cell<Option<Result<T, JoinError>>>>;
+
+/// Owns a spawned coroutine's result: [`join`](JoinHandle::join) waits for
+/// it. Dropping the handle detaches the coroutine, which runs on.
+///
+/// ```
+/// use stackful::hub;
+///
+/// let sum = hub::run(|| {
+///     let a = hub::spawn(|| 20);
+///     let b = hub::spawn(|| 22);
+///     a.join().unwrap() + b.join().unwrap()
+/// });
+/// assert_eq!(sum, 42);
+/// ```
+pub struct JoinHandle<T> {
+    pub(crate) task: Rc<Task>,
+    pub(crate) slot: Slot<T>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits, cooperatively, until the coroutine has finished, and returns
+    /// its value, or why there is none.
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine, and when a coroutine joins itself.
+    #[track_caller]
+    pub fn join(self) -> Result<T, JoinError> {
+        let hub = scheduler::hub("JoinHandle::join");
+        if std::ptr::eq(hub.current_ptr(), Rc::as_ptr(&self.task)) {
+            panic!("stackful::hub: a coroutine cannot join itself");
+        }
+        while self.task.state.get() != TaskState::Finished {
+            *self.task.joiner.borrow_mut() = Some(Waiter::current(hub));
+            scheduler::park(hub);
+        }
+        self.take()
+    }
+
+    /// The result of a finished task.
+    pub(crate) fn take(&self) -> Result<T, JoinError> {
+        match self.slot.take() {
+            Some(r) => r,
+            None => Err(JoinError::Killed),
+        }
+    }
+
+    /// Whether the coroutine has finished (returned, panicked or was
+    /// killed): [`join`](JoinHandle::join) would return at once.
+    pub fn is_finished(&self) -> bool {
+        self.task.state.get() == TaskState::Finished
+    }
+
+    /// Where the coroutine is in its life.
+    pub fn state(&self) -> TaskState {
+        self.task.state.get()
+    }
+
+    /// A number that names this coroutine among all of the process's.
+    pub fn id(&self) -> u64 {
+        self.task.id
+    }
+
+    /// Kills the coroutine: its stack unwinds now (its pending sleep, read
+    /// or join panics with a private payload, so every destructor on it
+    /// runs, and its sockets close), its joiner is woken, and `join`
+    /// returns [`JoinError::Killed`]. Does nothing to a finished one.
+    ///
+    /// A coroutine that kills itself unwinds from this call. A coroutine
+    /// that is busy (it is running, and called into the code that kills
+    /// this one) unwinds at its next suspension.
+    ///
+    /// # Panics
+    /// Outside the hub that runs the coroutine. If a destructor panics
+    /// while the stack unwinds, that panic reaches the caller.
+    #[track_caller]
+    pub fn kill(&self) {
+        let hub = scheduler::hub("JoinHandle::kill");
+        hub.kill(&self.task);
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("id", &self.task.id)
+            .field("state", &self.task.state.get())
+            .finish()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// A handle that can kill this coroutine, and be cloned and kept while
+    /// this `JoinHandle` is joined (gevent's greenlet objects are shared
+    /// this way).
+    pub fn kill_handle(&self) -> KillHandle {
+        KillHandle {
+            task: self.task.clone(),
+        }
+    }
+}
+
+/// Kills one coroutine; made by [`JoinHandle::kill_handle`].
+#[derive(Clone)]
+pub struct KillHandle {
+    task: Rc<Task>,
+}
+
+impl KillHandle {
+    /// Kills the coroutine, as [`JoinHandle::kill`] does.
+    ///
+    /// # Panics
+    /// Outside the hub that runs the coroutine.
+    #[track_caller]
+    pub fn kill(&self) {
+        scheduler::hub("KillHandle::kill").kill(&self.task);
+    }
+
+    /// Whether the coroutine has finished.
+    pub fn is_finished(&self) -> bool {
+        self.task.state.get() == TaskState::Finished
+    }
+}
+
+impl fmt::Debug for KillHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KillHandle")
+            .field("id", &self.task.id)
+            .field("state", &self.task.state.get())
+            .finish()
+    }
+}
