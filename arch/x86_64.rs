@@ -222,3 +222,31 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) 
     }
     (ret_arg, from)
 }
+
+/// A valgrind client request (valgrind.h's `VALGRIND_DO_CLIENT_REQUEST_EXPR`):
+/// `args` is the request and its five arguments; returns valgrind's answer,
+/// or `default` when not running under valgrind, where the sequence below
+/// does nothing (four rotations of rdi by 128 bits in all, and an exchange
+/// of rbx with itself).
+#[inline]
+pub fn valgrind_request(default: usize, args: &[usize; 6]) -> usize {
+    let result;
+    // SAFETY: the instructions change no register but rdx (an output) and
+    // read `args` only under valgrind, which then reads the six words.
+    unsafe {
+        asm!(
+            // The preamble valgrind recognises: rdi rotated by 3, 13, 61
+            // and 51 bits, back to itself.
+            "rol rdi, 3",
+            "rol rdi, 13",
+            "rol rdi, 61",
+            "rol rdi, 51",
+            // The request: rdx = client_request(rax).
+            "xchg rbx, rbx",
+            in("rax") args.as_ptr(),
+            inout("rdx") default => result,
+            options(nostack),
+        );
+    }
+    result
+}

@@ -10,7 +10,9 @@
 //! - `unsafe fn init_stack(top, entry, data) -> sp`: lay out a new context;
 //! - `unsafe fn switch(arg, to, link) -> (arg, from)`: the symmetric switch;
 //! - `fn dead_sp()`: the sp of a context that cannot be resumed: a switch
-//!   to it returns at once, with the word 0.
+//!   to it returns at once, with the word 0;
+//! - `fn valgrind_request(default, args) -> usize`: a valgrind client
+//!   request (a few instructions that do nothing outside valgrind).
 //!
 //! Everything above this module is architecture-free.
 
@@ -33,5 +35,5 @@ cfg_if::cfg_if! {
 }
 
 pub(crate) use imp::{
-    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch,
+    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch, valgrind_request,
 };

@@ -22,6 +22,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 
 use crate::arch;
+use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
 use crate::stack::{DefaultStack, Stack};
 
 /// What [`Coroutine::resume`] returns: the body either suspended with a
@@ -136,6 +137,8 @@ pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
     /// coroutine does, and the slow path tells the two apart.
     link: *mut usize,
     stack: ManuallyDrop<S>,
+    /// The coroutine's ThreadSanitizer fiber (empty without it).
+    fiber: Fiber,
     /// `fn(Input) -> ..`: the coroutine consumes inputs and produces
     /// yields and a return; `*mut ()`: neither `Send` nor `Sync`.
     _marker: Marker<Input, (Yield, Return)>,
@@ -150,6 +153,8 @@ pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
 pub struct Yielder<Input, Yield> {
     /// The link word of this coroutine's stack: the resumer's saved sp.
     link: *mut usize,
+    /// The resumer's stack, for AddressSanitizer (empty without it).
+    resumer: AsanPeer,
     _marker: Marker<Yield, Input>,
 }
 
@@ -193,6 +198,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         Coroutine {
             link,
             stack: ManuallyDrop::new(stack),
+            fiber: Fiber::create(),
             _marker: PhantomData,
         }
     }
@@ -279,6 +285,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             panic!("stackful: cannot unwind a suspended coroutine under panic = \"abort\"");
         }
         self.finish();
+        self.fiber.destroy();
         // SAFETY: `self` is forgotten right after, so the stack is taken
         // out exactly once and never dropped in place.
         let stack = unsafe { ManuallyDrop::take(&mut self.stack) };
@@ -290,11 +297,24 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// it sends back.
     #[inline(always)]
     fn switch_in(&mut self, arg: usize) -> usize {
+        let mut save = AsanSave::new();
+        // A switch to a done coroutine's dead sp does not leave this stack:
+        // ASan must not hear of it.
+        let announce = !cfg!(feature = "asan") || !self.done();
+        if announce {
+            let (limit, top) = (self.stack.limit(), self.stack.top());
+            sanitizer::start_switch(Some(&mut save), limit, top - limit);
+        }
+        sanitizer::tsan_resume(self.fiber);
         // SAFETY: `self.link` is a word of our coroutine's stack, which
         // `self.stack` keeps alive; it holds the suspended coroutine's sp,
         // which only this `Coroutine` resumes, or the arch's dead sp, which
         // comes straight back. The switch leaves our sp there.
-        unsafe { arch::switch(arg, *self.link, self.link).0 }
+        let word = unsafe { arch::switch(arg, *self.link, self.link).0 };
+        if announce {
+            sanitizer::finish_switch(&save);
+        }
+        word
     }
 
     /// Drives a started or unstarted coroutine to its end by unwinding.
@@ -327,6 +347,7 @@ impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S>
             return;
         }
         self.finish();
+        self.fiber.destroy();
         // SAFETY: `drop` runs once; the stack is not used after this.
         unsafe { ManuallyDrop::drop(&mut self.stack) };
     }
@@ -365,11 +386,17 @@ impl<Input, Yield> Yielder<Input, Yield> {
     #[inline]
     pub fn suspend(&self, value: Yield) -> Input {
         let value = ManuallyDrop::new(value);
+        let mut save = AsanSave::new();
+        let (bottom, size) = self.resumer.get();
+        sanitizer::start_switch(Some(&mut save), bottom, size);
+        sanitizer::tsan_suspend();
         // SAFETY: the link word holds the sp of the resumer, which is
         // suspended inside `resume` (a Yielder is only reachable from its
         // body, which runs only while resumed); the switch leaves our sp
         // there for the next resume.
-        match unsafe { arch::switch(addr(&value), *self.link, self.link).0 } {
+        let word = unsafe { arch::switch(addr(&value), *self.link, self.link).0 };
+        self.resumer.set(sanitizer::finish_switch(&save));
+        match word {
             SIGNAL => panic::resume_unwind(Box::new(ForcedUnwind)),
             // SAFETY: the resumer sent the address of an Input on its stack
             // and is suspended until we switch back; we move it out once.
@@ -398,8 +425,10 @@ where
     let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(closure)) };
     let yielder = Yielder {
         link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
+        resumer: AsanPeer::default(),
         _marker: PhantomData,
     };
+    yielder.resumer.set(sanitizer::finish_switch(&AsanSave::new()));
     let ending = match msg {
         SIGNAL => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
             Ok(()) => Ending::Unwound,
@@ -420,6 +449,10 @@ where
     let spare = ptr::with_exposed_provenance_mut::<usize>(closure - arch::SPARE_OFFSET);
     // SAFETY: the spare word of our stack is free once we have started.
     unsafe { spare.write(addr(&ending)) };
+    let (bottom, size) = yielder.resumer.get();
+    // This stack is finished for good: ASan may free its fake stack.
+    sanitizer::start_switch(None, bottom, size);
+    sanitizer::tsan_suspend();
     // SAFETY: as in `suspend`: the link word holds the resumer's sp. Nothing
     // resumes this context again (the coroutine is done), so this call
     // does not return and the stack may be reused.

@@ -68,7 +68,8 @@ use std::rc::Rc;
 
 use crate::arch;
 use crate::coroutine::Marker;
-use crate::stack::DefaultStack;
+use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
+use crate::stack::{DefaultStack, Stack};
 
 /// Where a greenlet is in its life. Whether a started greenlet is running
 /// or suspended is not stored: it runs exactly when `CURRENT` points at it.
@@ -110,6 +111,20 @@ struct Core {
     killed_by: Cell<*const Core>,
     /// Is this the thread's implicit main greenlet?
     main: bool,
+    /// This greenlet's ThreadSanitizer fiber (empty without it).
+    fiber: Fiber,
+    /// This greenlet's stack bounds, for AddressSanitizer (empty without
+    /// it): known at creation, or for the main greenlet learned when it is
+    /// first left.
+    asan: AsanPeer,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if !self.main {
+            self.fiber.destroy();
+        }
+    }
 }
 
 thread_local! {
@@ -129,6 +144,8 @@ thread_local! {
         handles: Cell::new(0),
         killed_by: Cell::new(ptr::null()),
         main: true,
+        fiber: Fiber::current(),
+        asan: AsanPeer::default(),
     });
 }
 
@@ -373,6 +390,8 @@ impl<T: 'static> Greenlet<T> {
     {
         crate::overflow::install();
         let (closure, sp) = crate::coroutine::place_closure(&stack, f, entry::<T, F>);
+        let asan = AsanPeer::default();
+        asan.set((stack.limit(), stack.top() - stack.limit()));
         let core = Rc::new(Core {
             sp: Cell::new(sp),
             life: Cell::new(Life::NotStarted),
@@ -383,6 +402,8 @@ impl<T: 'static> Greenlet<T> {
             handles: Cell::new(0),
             killed_by: Cell::new(ptr::null()),
             main: false,
+            fiber: Fiber::create(),
+            asan,
         });
         Greenlet {
             handle: Handle::new(core),
@@ -535,12 +556,53 @@ fn switch_to<T: 'static>(me: &Core, target: &Core, arg: usize) -> T {
 #[inline(always)]
 fn raw_switch(me: &Core, target: &Core, arg: usize) -> (usize, usize) {
     set_running(target);
+    let mut save = AsanSave::new();
+    before_switch(Some(me), target, Some(&mut save));
     // SAFETY: `target` is suspended or not started (checked by the caller:
     // not dead, not running), so its `sp` is a suspended context that only
     // this switch resumes, on a stack its core keeps alive. Our own sp goes
     // into our core, which stays alive while we are suspended: nobody frees
     // a suspended core but through a kill, which resumes it first.
-    unsafe { arch::switch(arg, target.sp.get(), me.sp.as_ptr()) }
+    let back = unsafe { arch::switch(arg, target.sp.get(), me.sp.as_ptr()) };
+    after_switch(&save);
+    back
+}
+
+#[cfg(feature = "asan")]
+thread_local! {
+    /// The greenlet that made the last switch (null if it was dying), so
+    /// that its stack's bounds, which ASan reports on arrival, are learned.
+    static ASAN_PREV: Cell<*const Core> = const { Cell::new(ptr::null()) };
+}
+
+/// Tells the sanitizers about a switch from `me` (`None`: a dying
+/// greenlet, whose `save` is `None` too) into `target`.
+#[inline(always)]
+fn before_switch(me: Option<&Core>, target: &Core, save: Option<&mut AsanSave>) {
+    let (bottom, size) = target.asan.get();
+    sanitizer::start_switch(save, bottom, size);
+    target.fiber.switch_to();
+    #[cfg(feature = "asan")]
+    ASAN_PREV.with(|p| p.set(me.map_or(ptr::null(), |m| m as *const Core)));
+    #[cfg(not(feature = "asan"))]
+    let _ = me;
+}
+
+/// Completes a switch on arrival for the sanitizers.
+#[inline(always)]
+fn after_switch(save: &AsanSave) {
+    let bounds = sanitizer::finish_switch(save);
+    #[cfg(feature = "asan")]
+    {
+        let prev = ASAN_PREV.with(Cell::get);
+        // SAFETY: a greenlet that switched and is not dying is suspended,
+        // so its core is alive.
+        if let Some(prev) = unsafe { prev.as_ref() } {
+            prev.asan.set(bounds);
+        }
+    }
+    #[cfg(not(feature = "asan"))]
+    let _ = bounds;
 }
 
 /// Points our stack's link word at the switcher's sp, for unwinders.
@@ -601,6 +663,7 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
 ) -> ! {
     // SAFETY: `with_stack` wrote an F at `data`; it is read once, here.
     let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(data)) };
+    after_switch(&AsanSave::new());
     let me = running();
     me.life.set(Life::Started);
     let first = if msg != 0 {
@@ -664,6 +727,7 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     let target = unsafe { &*target };
     let sp = target.sp.get();
     set_running(target);
+    before_switch(None, target, None);
     let mut scratch = 0usize;
     // SAFETY: `sp` is the context of a live (not dead, not running)
     // greenlet, suspended in a switch or not started; nothing resumes the

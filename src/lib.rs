@@ -43,6 +43,7 @@ pub mod hub;
 #[cfg(feature = "hub")]
 pub mod net;
 mod overflow;
+mod sanitizer;
 pub mod stack;
 #[cfg(feature = "hub")]
 pub mod sync;

@@ -136,6 +136,28 @@ pub(crate) fn unregister(guard_lo: usize) {
     }
 }
 
+/// The guard registered at exactly `guard_lo`, if any: its length and the usable size of the
+/// stack above it. One probe sequence, no system call; `maybe_grow` uses it to find and re-check
+/// the coroutine stack it runs on.
+pub(crate) fn guard_at(guard_lo: usize) -> Option<(usize, usize)> {
+    let table = table()?;
+    for slot in probe(table, guard_lo) {
+        match slot.key.load(Acquire) {
+            EMPTY => return None,
+            key if key == guard_lo => {
+                let found = (slot.guard_len.load(Relaxed), slot.stack_size.load(Relaxed));
+                // A slot unregistered and reused meanwhile no longer holds our key: seeing the
+                // key again after the two loads (ordered by the fence) means they read a pair
+                // that belongs to it.
+                std::sync::atomic::fence(Acquire);
+                return (slot.key.load(Relaxed) == guard_lo).then_some(found);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The stack size registered for the guard containing `addr`, if any. Async-signal-safe.
 fn lookup(addr: usize) -> Option<usize> {
     let (table, page) = (table()?, PAGE_SIZE.load(Acquire));
@@ -519,6 +541,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
     fn fault_in_a_guard_is_reported() {
         if in_child() {
             let guard = map_stack(1, 64 * 1024, true);
@@ -535,6 +558,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
     fn fault_in_a_longer_guard_is_reported() {
         if in_child() {
             let guard = map_stack(3, 64 * 1024, false);
@@ -551,6 +575,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
     fn other_faults_are_passed_on() {
         if in_child() {
             let guard = map_stack(1, 64 * 1024, true);
@@ -564,6 +589,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
     fn unregistered_guards_are_passed_on() {
         if in_child() {
             let guard = map_stack(1, 64 * 1024, true);
@@ -577,6 +603,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
     fn std_still_reports_thread_stack_overflows() {
         if in_child() {
             install();
@@ -593,6 +620,7 @@ mod tests {
     /// A real overflow, with the stack pointer in the guard, on a thread that has no alternate
     /// signal stack until `install` maps one: a pthread running on a registered, guarded stack.
     #[test]
+    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
     fn overflow_on_a_thread_without_alt_stack_is_reported() {
         /// The thread: installs, checks it now has an alternate stack, and overflows.
         extern "C" fn overflow(_: *mut c_void) -> *mut c_void {
@@ -634,6 +662,7 @@ mod tests {
 
     /// The alternate stack `install` maps on a thread that had none is unmapped when it exits.
     #[test]
+    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
     fn alt_stack_is_freed_at_thread_exit() {
         /// The thread: returns the alternate stack `install` gave it.
         extern "C" fn run(_: *mut c_void) -> *mut c_void {

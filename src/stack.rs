@@ -44,7 +44,8 @@ pub const MAX_STACK_SIZE: usize = 128 << 30;
 /// only the pages a coroutine touches take memory.
 pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
 
-/// How many free stacks each thread's pool keeps for reuse.
+/// How many free stacks each thread's pool keeps for reuse, until
+/// [`set_pool_capacity`] changes it for that thread.
 pub const POOL_CAPACITY: usize = 64;
 
 /// `MADV_GUARD_INSTALL` (Linux 6.13): make pages fault on access without
@@ -57,6 +58,30 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     /// Free stacks of this thread, ready for reuse.
     static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
+    /// This thread's pool capacity: [`POOL_CAPACITY`] or what
+    /// [`set_pool_capacity`] set.
+    static POOL_CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(POOL_CAPACITY) };
+}
+
+/// Sets how many free stacks the calling thread's pool keeps for reuse
+/// (initially [`POOL_CAPACITY`]) and returns the previous capacity. Free
+/// stacks beyond the new capacity are unmapped at once; 0 turns pooling off
+/// on this thread, so every dropped [`DefaultStack`] is unmapped.
+///
+/// ```
+/// let old = stackful::stack::set_pool_capacity(4);
+/// assert_eq!(old, stackful::stack::POOL_CAPACITY);
+/// assert_eq!(stackful::stack::set_pool_capacity(old), 4);
+/// ```
+pub fn set_pool_capacity(capacity: usize) -> usize {
+    let old = POOL_CAP.replace(capacity);
+    let excess: Vec<_> = POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let n = pool.0.len().saturating_sub(capacity);
+        pool.0.drain(..n).collect()
+    });
+    excess.into_iter().for_each(unmap);
+    old
 }
 
 /// A stack in an anonymous private mapping: one guard page, then `size`
@@ -77,7 +102,7 @@ pub struct DefaultStack {
     /// `Stack::limit`: the mapping's start plus its guard page.
     limit: usize,
     /// Taken out only by `drop`.
-    map: ManuallyDrop<MmapMut>,
+    map: ManuallyDrop<Mapping>,
 }
 
 impl DefaultStack {
@@ -107,7 +132,7 @@ impl DefaultStack {
         let usable = (size + page - 1) & !(page - 1);
         let pooled = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
-            let i = pool.0.iter().rposition(|m| m.len() == usable + page)?;
+            let i = pool.0.iter().rposition(|m| m.map.len() == usable + page)?;
             Some(pool.0.swap_remove(i))
         });
         match pooled {
@@ -117,10 +142,10 @@ impl DefaultStack {
     }
 
     #[inline]
-    fn from_map(map: MmapMut, page: usize) -> DefaultStack {
-        let base = map.as_ptr() as usize;
+    fn from_map(map: Mapping, page: usize) -> DefaultStack {
+        let base = map.map.as_ptr() as usize;
         DefaultStack {
-            top: base + map.len(),
+            top: base + map.map.len(),
             limit: base + page,
             map: ManuallyDrop::new(map),
         }
@@ -147,8 +172,10 @@ impl DefaultStack {
             return Err(exhausted(io::Error::last_os_error(), usable));
         }
         crate::overflow::register(base as usize, page, usable);
+        let (limit, top) = (base as usize + page, base as usize + page + usable);
+        let valgrind_id = crate::sanitizer::valgrind_stack_register(limit, top);
         LIVE.fetch_add(1, Ordering::Relaxed);
-        Ok(DefaultStack::from_map(map, page))
+        Ok(DefaultStack::from_map(Mapping { map, valgrind_id }, page))
     }
 
     /// How many `DefaultStack` mappings the process holds now, pooled ones
@@ -205,7 +232,7 @@ impl Drop for DefaultStack {
         // A thread that is exiting has no pool any more: unmap then.
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
-            if pool.0.len() < POOL_CAPACITY {
+            if pool.0.len() < POOL_CAP.get() {
                 pool.0.extend(spare.take());
             }
         });
@@ -215,15 +242,23 @@ impl Drop for DefaultStack {
     }
 }
 
-/// Unregisters a stack's guard and unmaps it.
-fn unmap(map: MmapMut) {
-    crate::overflow::unregister(map.as_ptr() as usize);
+/// A stack's mapping, with the id valgrind gave it.
+#[derive(Debug)]
+struct Mapping {
+    map: MmapMut,
+    valgrind_id: usize,
+}
+
+/// Unregisters a stack (its guard, and from valgrind) and unmaps it.
+fn unmap(map: Mapping) {
+    crate::sanitizer::valgrind_stack_deregister(map.valgrind_id);
+    crate::overflow::unregister(map.map.as_ptr() as usize);
     LIVE.fetch_sub(1, Ordering::Relaxed);
     drop(map);
 }
 
 /// A thread's free stacks; unmapped when the thread exits.
-struct Pool(Vec<MmapMut>);
+struct Pool(Vec<Mapping>);
 
 impl Drop for Pool {
     fn drop(&mut self) {
@@ -233,7 +268,7 @@ impl Drop for Pool {
 
 /// Empties the calling thread's pool of free stacks, unmapping them.
 pub fn trim_pool() {
-    let drained: Vec<MmapMut> = POOL.with(|pool| pool.borrow_mut().0.drain(..).collect());
+    let drained: Vec<Mapping> = POOL.with(|pool| pool.borrow_mut().0.drain(..).collect());
     drained.into_iter().for_each(unmap);
 }
 

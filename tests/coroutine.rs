@@ -343,8 +343,11 @@ fn pooled_stacks_are_reused_by_new_coroutines() {
         })
         .collect();
     // Each coroutine ran on the same pooled stack, so a local of the same
-    // frame sat at the same address, and only one stack was mapped.
-    assert!(tops.windows(2).all(|w| w[0] == w[1]), "{tops:x?}");
+    // frame sat at the same address (under ASan locals live on its fake
+    // stack instead), and only one stack was mapped.
+    if !cfg!(feature = "asan") {
+        assert!(tops.windows(2).all(|w| w[0] == w[1]), "{tops:x?}");
+    }
     assert!(DefaultStack::live() <= live + 1);
 }
 
