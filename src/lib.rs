@@ -35,6 +35,7 @@
 )]
 
 mod arch;
+pub mod bridge;
 pub mod coroutine;
 pub mod generator;
 pub mod greenlet;
@@ -42,8 +43,10 @@ pub mod greenlet;
 pub mod hub;
 #[cfg(feature = "hub")]
 pub mod net;
+mod grow;
 mod overflow;
 mod sanitizer;
+mod slice_stack;
 pub mod stack;
 #[cfg(feature = "hub")]
 pub mod sync;
@@ -56,4 +59,6 @@ pub use coroutine::{Coroutine, CoroutineResult, Yielder};
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 pub use generator::Generator;
+pub use grow::{maybe_grow, on_stack, remaining_stack};
+pub use slice_stack::SliceStack;
 pub use stack::{DefaultStack, Stack};

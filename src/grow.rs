@@ -1,0 +1,365 @@
+//! Running code on a chosen stack: [`on_stack`], and [`maybe_grow`], which
+//! moves to a fresh stack only when the current one runs low.
+//!
+//! # How `maybe_grow` knows the remaining stack
+//!
+//! The remaining stack is the stack pointer minus the lowest usable address
+//! of the stack it lies in. Each thread caches one range, `[lo, hi)`, that
+//! is known to be the usable part of a live stack, so the fast path is one
+//! thread-local read and two compares. On a miss (the stack pointer is
+//! outside the cached range) the slow path finds the stack, in this order:
+//!
+//! 1. the stacks that [`on_stack`] (and so [`maybe_grow`]) runs code on right
+//!    now on this thread: each call records its range for its duration;
+//! 2. the thread's own stack, from `pthread_getattr_np` (read once per
+//!    thread), as stacker does;
+//! 3. a [`DefaultStack`] (a [`Coroutine`](crate::Coroutine)'s, say): every
+//!    `DefaultStack` registers its guard page with the overflow reporter,
+//!    so the pages below the stack pointer are looked up there, nearest
+//!    first, up to [`PROBE_BYTES`] below it. Such a range stays cached but is
+//!    re-checked against the registry on each use (one hash probe), since the
+//!    stack may have been unmapped and its addresses reused meanwhile.
+//!
+//! A stack found nowhere (a [`SliceStack`](crate::SliceStack) outside
+//! `on_stack`, a foreign fiber, a `DefaultStack` whose stack pointer is more
+//! than [`PROBE_BYTES`] above its guard) counts as having no room, so
+//! `maybe_grow` moves to a fresh stack: correct, only slower.
+//!
+//! # Invariant of the cache
+//!
+//! The cache never names the range of an `on_stack` call that has returned
+//! (or unwound): when a call ends, it removes its range from the list of
+//! step 1, and if the cache holds that range it is replaced by the range
+//! cached when the call began, if that one is still known to be live, else
+//! emptied. A call's range stays in the list while its body is suspended (a
+//! coroutine that suspends inside `on_stack`): its stack is then still
+//! borrowed by the suspended frames, so it is still alive and used by
+//! nothing else.
+
+use std::cell::{Cell, RefCell};
+use std::mem::ManuallyDrop;
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+use std::thread;
+
+use crate::arch;
+use crate::stack::{DefaultStack, MAX_STACK_SIZE, MIN_STACK_SIZE, Stack, page_size};
+
+/// How far below the stack pointer the slow path looks for the guard page
+/// of a [`DefaultStack`]: 4 MiB, so a lookup probes at most 1024 pages (of
+/// 4 KiB) in the registry, a few microseconds.
+pub(crate) const PROBE_BYTES: usize = 4 << 20;
+
+/// A range `[lo, hi)` known to be the usable part of a stack.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Known {
+    lo: usize,
+    hi: usize,
+    /// 0: trusted for as long as it is cached (the thread's stack, or a
+    /// live `on_stack` call's). Otherwise the address of the registered
+    /// guard page below `lo`, re-checked on each use.
+    guard: usize,
+}
+
+/// The empty range: nothing is inside it.
+const UNKNOWN: Known = Known {
+    lo: 0,
+    hi: 0,
+    guard: 0,
+};
+
+thread_local! {
+    /// The cached range (see the module docs).
+    static CURRENT: Cell<Known> = const { Cell::new(UNKNOWN) };
+    /// The thread's own stack, `None` until first read; `(0, 0)` if unknown.
+    static THREAD_STACK: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+    /// The ranges of this thread's `on_stack` calls that have not ended.
+    static ACTIVE: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An address in the caller's frame: the stack pointer, give or take the
+/// frame (a red zone absorbs the difference).
+#[inline(always)]
+fn stack_pointer() -> usize {
+    let marker = 0u8;
+    ptr::addr_of!(marker).addr()
+}
+
+/// How many bytes of stack remain below the caller's frame, if the stack it
+/// runs on is known (see the module docs of how it is found): on the
+/// thread's own stack, inside [`on_stack`] and [`maybe_grow`], and inside a
+/// [`Coroutine`](crate::Coroutine) on a [`DefaultStack`]. `None` elsewhere.
+///
+/// ```
+/// let here = stackful::remaining_stack().expect("the thread's stack is known");
+/// stackful::on_stack(&mut stackful::DefaultStack::new(256 * 1024).unwrap(), || {
+///     let there = stackful::remaining_stack().unwrap();
+///     assert!(there < 256 * 1024 && there > 200 * 1024, "{there} {here}");
+/// });
+/// ```
+#[inline]
+pub fn remaining_stack() -> Option<usize> {
+    let sp = stack_pointer();
+    let k = CURRENT.get();
+    if k.guard == 0 && k.lo <= sp && sp < k.hi {
+        return Some(sp - k.lo);
+    }
+    remaining_slow(sp)
+}
+
+/// Calls `f` directly where at least `red_zone` bytes of the current stack
+/// remain below the caller, else on a fresh stack of `stack_size` bytes
+/// (a [`DefaultStack`] from the thread's pool), and returns its value: the
+/// semantics of stacker's function of the same name. A panic in `f`
+/// propagates to the caller with its payload.
+///
+/// The remaining stack is known on the main thread, on spawned threads,
+/// inside [`on_stack`] and `maybe_grow`, and inside coroutines on a
+/// [`DefaultStack`]; where it is not known (a [`SliceStack`] outside
+/// `on_stack`, a foreign stack), `maybe_grow` always moves to a fresh stack.
+/// On the fast path (enough room, and the thread's own stack or an
+/// `on_stack` stack) the check is one thread-local read and two compares;
+/// inside a coroutine it adds one lookup in the registry of guard pages.
+///
+/// `stack_size` is clamped to [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
+///
+/// ```
+/// // A recursion that never overflows, however deep.
+/// fn depth(n: u64) -> u64 {
+///     if n == 0 {
+///         return 0;
+///     }
+///     stackful::maybe_grow(64 * 1024, 1024 * 1024, || depth(n - 1) + 1)
+/// }
+/// assert_eq!(depth(100_000), 100_000);
+/// ```
+///
+/// # Panics
+/// When `f` panics, and when a new stack cannot be mapped (the message says
+/// why).
+///
+/// [`SliceStack`]: crate::SliceStack
+#[inline]
+pub fn maybe_grow<R, F: FnOnce() -> R>(red_zone: usize, stack_size: usize, f: F) -> R {
+    let sp = stack_pointer();
+    let k = CURRENT.get();
+    if k.guard == 0 && k.lo.saturating_add(red_zone) <= sp && sp < k.hi {
+        return f();
+    }
+    if remaining_slow(sp).is_some_and(|room| room >= red_zone) {
+        f()
+    } else {
+        grow(stack_size, f)
+    }
+}
+
+/// Runs `f` on a fresh [`DefaultStack`] of `stack_size` bytes.
+#[inline(never)]
+fn grow<R, F: FnOnce() -> R>(stack_size: usize, f: F) -> R {
+    let size = stack_size.clamp(MIN_STACK_SIZE, MAX_STACK_SIZE);
+    let mut stack = match DefaultStack::new(size) {
+        Ok(stack) => stack,
+        Err(e) => panic!("stackful: maybe_grow cannot allocate a stack: {e}"),
+    };
+    on_stack(&mut stack, f)
+}
+
+/// The remaining stack below `sp` when the cache missed or holds a range
+/// that must be re-checked; caches what it finds.
+#[cold]
+#[inline(never)]
+fn remaining_slow(sp: usize) -> Option<usize> {
+    let k = CURRENT.get();
+    let inside = |lo: usize, hi: usize| lo <= sp && sp < hi;
+    if k.guard != 0 && inside(k.lo, k.hi) && still_registered(k) {
+        return Some(sp - k.lo);
+    }
+    let found = find_stack(sp);
+    if found == UNKNOWN {
+        return None;
+    }
+    CURRENT.set(found);
+    Some(sp - found.lo)
+}
+
+/// Whether the guard `k.guard` is still registered with the layout `k`.
+fn still_registered(k: Known) -> bool {
+    crate::overflow::guard_at(k.guard) == Some((k.lo - k.guard, k.hi - k.lo))
+}
+
+/// The stack that `sp` lies in (steps 1 to 3 of the module docs).
+fn find_stack(sp: usize) -> Known {
+    let inside = |&(lo, hi): &(usize, usize)| lo <= sp && sp < hi;
+    let active = ACTIVE
+        .try_with(|a| a.borrow().iter().rev().copied().find(inside))
+        .ok()
+        .flatten();
+    if let Some((lo, hi)) = active {
+        return Known { lo, hi, guard: 0 };
+    }
+    let (lo, hi) = thread_stack();
+    if inside(&(lo, hi)) {
+        return Known { lo, hi, guard: 0 };
+    }
+    let page = page_size();
+    let mut guard = sp & !(page - 1);
+    for _ in 0..PROBE_BYTES / page {
+        guard = match guard.checked_sub(page) {
+            Some(g) if g != 0 => g,
+            _ => break,
+        };
+        if let Some((len, size)) = crate::overflow::guard_at(guard) {
+            // The nearest guard below `sp` is its stack's own, if `sp` is
+            // in a registered stack at all.
+            let (lo, hi) = (guard + len, guard + len + size);
+            if inside(&(lo, hi)) {
+                return Known { lo, hi, guard };
+            }
+            break;
+        }
+    }
+    UNKNOWN
+}
+
+/// The calling thread's own stack, `[lowest usable address, top)`, read
+/// once per thread with `pthread_getattr_np`; `(0, 0)` if that fails.
+fn thread_stack() -> (usize, usize) {
+    if let Some(range) = THREAD_STACK.get() {
+        return range;
+    }
+    let range = read_thread_stack().unwrap_or((0, 0));
+    THREAD_STACK.set(Some(range));
+    range
+}
+
+fn read_thread_stack() -> Option<(usize, usize)> {
+    // SAFETY: all-zero is a valid pthread_attr_t to hand to
+    // pthread_getattr_np, which initialises it; it is destroyed only after
+    // a successful getattr, and getstack only writes the two outputs.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let (mut addr, mut size) = (ptr::null_mut(), 0usize);
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (rc == 0).then(|| (addr as usize, addr as usize + size))
+    }
+}
+
+/// What `on_stack` leaves for the code it runs on the other stack.
+struct Call<F, R> {
+    f: ManuallyDrop<F>,
+    result: Option<thread::Result<R>>,
+    /// The link word at the top of the other stack (see `arch/`).
+    link: *mut usize,
+}
+
+/// Runs `f` on `stack` and returns its value; a panic in `f` propagates to
+/// the caller with its payload. The stack is borrowed only for the call and
+/// can be used again afterwards (for another `on_stack`, or a
+/// [`Coroutine`](crate::Coroutine)).
+///
+/// Inside `f`, [`remaining_stack`] and [`maybe_grow`] know the new stack.
+/// A backtrace taken inside `f` continues into the caller's frames.
+///
+/// ```
+/// use stackful::{DefaultStack, Stack};
+///
+/// let mut stack = DefaultStack::new(64 * 1024).unwrap();
+/// let (limit, top) = (stack.limit(), stack.top());
+/// let on_it = stackful::on_stack(&mut stack, || {
+///     let local = 0u8;
+///     let addr = &local as *const u8 as usize;
+///     limit <= addr && addr < top
+/// });
+/// assert!(on_it);
+/// ```
+///
+/// # Panics
+/// When `f` panics, with its payload.
+pub fn on_stack<S: Stack + ?Sized, R, F: FnOnce() -> R>(stack: &mut S, f: F) -> R {
+    crate::overflow::install();
+    let (lo, hi) = (stack.limit(), stack.top());
+    let link = ptr::with_exposed_provenance_mut::<usize>(hi - arch::LINK_OFFSET);
+    let mut call = Call {
+        f: ManuallyDrop::new(f),
+        result: None,
+        link,
+    };
+    let data = ptr::from_mut(&mut call).expose_provenance();
+    // SAFETY: `Stack` promises that [limit, top) is writable memory that
+    // nothing else uses, with top 16-aligned; we hold the only (mutable)
+    // borrow of the stack until the body has finished with it.
+    let sp = unsafe { arch::init_stack(hi, run::<F, R>, data) };
+    let prev = enter(lo, hi);
+    // SAFETY: `sp` is the fresh context just laid out, resumed only here;
+    // `link` is the link word inside its first frame. `run` switches back
+    // exactly once, when `f` has returned or panicked, and never expects
+    // to be resumed.
+    unsafe { arch::switch(0, sp, link) };
+    leave(lo, hi, prev);
+    match call.result.take() {
+        Some(Ok(r)) => r,
+        Some(Err(payload)) => panic::resume_unwind(payload),
+        None => unreachable!("stackful: on_stack's body switched back without a result"),
+    }
+}
+
+/// The first function on `on_stack`'s stack: runs the closure, catching a
+/// panic, leaves the result in the caller's `Call`, and switches back.
+///
+/// # Safety
+/// Only the trampoline calls it, with `data` the exposed address of the
+/// `Call<F, R>` that `on_stack` keeps alive and does not touch until this
+/// switches back.
+unsafe extern "C" fn run<F: FnOnce() -> R, R>(_arg: usize, _from: usize, data: usize) -> ! {
+    let call = ptr::with_exposed_provenance_mut::<Call<F, R>>(data);
+    // SAFETY: `call` is live and ours until we switch back (see above); the
+    // closure is taken out once.
+    let f = unsafe { ManuallyDrop::take(&mut (*call).f) };
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    // SAFETY: as above; `result` was None, so nothing is lost.
+    let link = unsafe {
+        (*call).result = Some(result);
+        (*call).link
+    };
+    // SAFETY: the link word holds the sp that `on_stack` left while
+    // switching here; it is suspended in that switch. Nothing of ours
+    // needs dropping: this frame is abandoned, never resumed.
+    unsafe { arch::switch(0, *link, link) };
+    unreachable!("stackful: a finished on_stack frame was resumed");
+}
+
+/// Records `[lo, hi)` as the stack of a running `on_stack` call and caches
+/// it; returns the range cached before.
+fn enter(lo: usize, hi: usize) -> Known {
+    let mine = Known { lo, hi, guard: 0 };
+    match ACTIVE.try_with(|a| a.borrow_mut().push((lo, hi))) {
+        Ok(()) => CURRENT.replace(mine),
+        // The thread is exiting and has dropped its list: cache nothing.
+        Err(_) => CURRENT.replace(UNKNOWN),
+    }
+}
+
+/// Ends the record of `enter(lo, hi)`; restores `prev` into the cache if the
+/// cache still holds this call's range and `prev` is still live.
+fn leave(lo: usize, hi: usize, prev: Known) {
+    let _ = ACTIVE.try_with(|a| {
+        let mut a = a.borrow_mut();
+        if let Some(i) = a.iter().rposition(|&r| r == (lo, hi)) {
+            a.remove(i);
+        }
+    });
+    if CURRENT.get() != (Known { lo, hi, guard: 0 }) {
+        return;
+    }
+    let live = prev.guard != 0 // re-checked on use
+        || prev == UNKNOWN
+        || Some((prev.lo, prev.hi)) == THREAD_STACK.get()
+        || ACTIVE
+            .try_with(|a| a.borrow().contains(&(prev.lo, prev.hi)))
+            .unwrap_or(false);
+    CURRENT.set(if live { prev } else { UNKNOWN });
+}
