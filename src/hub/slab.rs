@@ -12,7 +12,6 @@ pub(crate) struct Slab<T> {
     slots: Vec<Slot<T>>,
     /// The first free slot, or `slots.len()` when none is free.
     free: usize,
-    len: usize,
 }
 
 impl<T> Slab<T> {
@@ -21,13 +20,7 @@ impl<T> Slab<T> {
         Slab {
             slots: Vec::new(),
             free: 0,
-            len: 0,
         }
-    }
-
-    /// The index the next [`insert`](Slab::insert) will use.
-    pub(crate) fn vacant_key(&self) -> usize {
-        self.free
     }
 
     /// Stores `value` and returns its index.
@@ -42,7 +35,6 @@ impl<T> Slab<T> {
                 Slot::Full(_) => unreachable!("the free list named a full slot"),
             }
         }
-        self.len += 1;
         key
     }
 
@@ -62,23 +54,16 @@ impl<T> Slab<T> {
                     unreachable!()
                 };
                 self.free = key;
-                self.len -= 1;
                 Some(v)
             }
             _ => None,
         }
     }
 
-    /// How many values are stored.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     /// Removes every value, in index order.
     pub(crate) fn drain(&mut self) -> Vec<T> {
         let slots = std::mem::take(&mut self.slots);
         self.free = 0;
-        self.len = 0;
         slots
             .into_iter()
             .filter_map(|s| match s {
@@ -101,11 +86,9 @@ mod tests {
         assert_eq!((a, b), (0, 1));
         assert_eq!(s.remove(a), Some("a"));
         assert_eq!(s.remove(a), None);
-        assert_eq!(s.vacant_key(), a);
         assert_eq!(s.insert("c"), a);
         assert_eq!(s.get(b), Some(&"b"));
-        assert_eq!(s.len(), 2);
         assert_eq!(s.drain(), ["c", "b"]);
-        assert_eq!(s.len(), 0);
+        assert_eq!(s.drain(), Vec::<&str>::new());
     }
 }
