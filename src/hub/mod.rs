@@ -80,7 +80,7 @@ pub(crate) mod io;
 mod remote;
 pub(crate) mod scheduler;
 mod slab;
-mod task;
+pub(crate) mod task;
 mod timer;
 
 pub use block_on::block_on;

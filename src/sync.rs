@@ -1,1 +1,0 @@
-//! Coordination between coroutines.
