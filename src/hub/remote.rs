@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use super::scheduler;
-use super::task::JoinError;
+use super::task::{JoinError, KillSelf};
 
 /// A message from another thread to a hub.
 pub(crate) enum Message {
@@ -146,9 +146,13 @@ impl Remote {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::<Result<T, JoinError>>();
-        let job = move || {
-            let r = panic::catch_unwind(AssertUnwindSafe(f)).map_err(JoinError::Panicked);
-            tx.send(r);
+        let job = move || match panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(v) => tx.send(Ok(v)),
+            // A kill's unwind goes on (the dropped sender reports Killed).
+            Err(p) if scheduler::current_is_killed() || p.is::<KillSelf>() => {
+                panic::resume_unwind(p)
+            }
+            Err(p) => tx.send(Err(JoinError::Panicked(p))),
         };
         // A refused job is dropped here: its sender reports Killed.
         let _ = self.shared.send(Message::Spawn(Box::new(job)));

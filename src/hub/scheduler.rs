@@ -118,6 +118,17 @@ pub(crate) fn try_with_hub<R>(f: impl FnOnce(&Hub) -> R) -> Option<R> {
     (!p.is_null()).then(|| f(unsafe { &*p }))
 }
 
+/// Whether the running task is being killed (its unwind must not be
+/// caught for good).
+pub(crate) fn current_is_killed() -> bool {
+    try_with_hub(|hub| {
+        let p = hub.current.get();
+        // SAFETY: `current` points at the running task, alive while it runs.
+        !p.is_null() && unsafe { (*p).killing.get() || (*p).killed.get() }
+    })
+    .unwrap_or(false)
+}
+
 /// Suspends the running task until something wakes it (a [`Waiter`] made
 /// before, or a kill, or an expired `timeout`), then returns, or unwinds
 /// for the kill or the timeout.
