@@ -32,8 +32,14 @@ fn asan_catches_a_use_after_scope_on_a_coroutine_stack() {
     }
     let out = util::run_child("asan_catches_a_use_after_scope_on_a_coroutine_stack", ROLE);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the child should have been stopped by ASan:\n{stderr}");
-    assert!(stderr.contains("AddressSanitizer: stack-use-after-scope"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "the child should have been stopped by ASan:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("AddressSanitizer: stack-use-after-scope"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -53,8 +59,14 @@ fn asan_catches_a_heap_use_after_free_inside_a_coroutine() {
         println!("read {v:?} without a report");
         return;
     }
-    let out = util::run_child("asan_catches_a_heap_use_after_free_inside_a_coroutine", ROLE);
+    let out = util::run_child(
+        "asan_catches_a_heap_use_after_free_inside_a_coroutine",
+        ROLE,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("AddressSanitizer: heap-use-after-free"), "{stderr}");
+    assert!(
+        stderr.contains("AddressSanitizer: heap-use-after-free"),
+        "{stderr}"
+    );
 }

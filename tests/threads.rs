@@ -60,6 +60,8 @@ fn coroutines_on_several_threads_share_only_synchronised_data() {
     for h in handles {
         h.join().unwrap();
     }
-    let expected: u64 = (0..THREADS).map(|t| (1..=rounds).map(|i| i + t).sum::<u64>()).sum();
+    let expected: u64 = (0..THREADS)
+        .map(|t| (1..=rounds).map(|i| i + t).sum::<u64>())
+        .sum();
     assert_eq!(total.load(Ordering::Relaxed), expected);
 }
