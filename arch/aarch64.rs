@@ -237,6 +237,7 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) 
 /// does nothing (four rotations of x12 by 128 bits in all, and an `orr` of
 /// x10 with itself).
 #[inline]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
 pub fn valgrind_request(default: usize, args: &[usize; 6]) -> usize {
     let result;
     // SAFETY: the instructions change no register but x3 (an output) and

@@ -229,6 +229,7 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) 
 /// does nothing (four rotations of rdi by 128 bits in all, and an exchange
 /// of rbx with itself).
 #[inline]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
 pub fn valgrind_request(default: usize, args: &[usize; 6]) -> usize {
     let result;
     // SAFETY: the instructions change no register but rdx (an output) and

@@ -34,6 +34,8 @@ cfg_if::cfg_if! {
     }
 }
 
+#[cfg(feature = "std")]
+pub(crate) use imp::valgrind_request;
 pub(crate) use imp::{
-    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch, valgrind_request,
+    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch,
 };

@@ -14,16 +14,20 @@
 //!
 //! So a round trip stores and loads each value once, and tests one word.
 
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::{self, ManuallyDrop};
+use core::ptr;
+#[cfg(feature = "std")]
 use std::any::Any;
-use std::fmt;
-use std::marker::PhantomData;
-use std::mem::{self, ManuallyDrop};
+#[cfg(feature = "std")]
 use std::panic::{self, AssertUnwindSafe};
-use std::ptr;
 
 use crate::arch;
 use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
-use crate::stack::{DefaultStack, Stack};
+#[cfg(feature = "std")]
+use crate::stack::DefaultStack;
+use crate::stack::Stack;
 
 /// What [`Coroutine::resume`] returns: the body either suspended with a
 /// value or returned one.
@@ -56,6 +60,7 @@ impl<Yield, Return> CoroutineResult<Yield, Return> {
 /// How a body finished.
 enum Ending<R> {
     Returned(R),
+    #[cfg(feature = "std")]
     Panicked(Box<dyn Any + Send>),
     /// A forced unwind (drop, `into_stack`) reached the top of the stack,
     /// or the body was dropped before it started.
@@ -68,81 +73,104 @@ enum Ending<R> {
 pub(crate) type Marker<A, B> = PhantomData<(fn(A) -> B, *mut ())>;
 
 /// The panic payload that unwinds a suspended coroutine being dropped.
+#[cfg(feature = "std")]
 struct ForcedUnwind;
+
+/// Whether a suspended coroutine's stack can be unwound: not without std
+/// (no `catch_unwind`), nor with `panic = "abort"`.
+const CAN_UNWIND: bool = cfg!(feature = "std") && !cfg!(panic = "abort");
 
 /// The word that asks a coroutine to unwind, and that tells the resumer a
 /// coroutine finished.
 const SIGNAL: usize = 0;
 
-/// A stackful coroutine: a function running on its own [`Stack`], which
-/// can suspend itself anywhere in its call tree with
-/// [`Yielder::suspend`] and is continued with [`Coroutine::resume`].
-///
-/// ```
-/// use stackful::{Coroutine, CoroutineResult};
-///
-/// let mut co = Coroutine::new(|yielder, first: i32| {
-///     let second = yielder.suspend(first * 10);
-///     first + second
-/// });
-/// assert_eq!(co.resume(4), CoroutineResult::Yield(40));
-/// assert_eq!(co.resume(5), CoroutineResult::Return(9));
-/// assert!(co.done());
-/// ```
-///
-/// A `Coroutine<(), Y, (), S>` is an [`Iterator`] over what it yields, the
-/// Python generator:
-///
-/// ```
-/// let squares = stackful::Coroutine::new(|y, ()| (1..=4).for_each(|i| y.suspend(i * i)));
-/// assert_eq!(squares.collect::<Vec<_>>(), [1, 4, 9, 16]);
-/// ```
-///
-/// # Panics, drops and unwinding
-/// A panic in the body reaches the caller of `resume`, with its payload,
-/// and the coroutine is then done. Resuming a done coroutine panics.
-///
-/// Dropping a coroutine that has started and not finished unwinds its
-/// stack, so every destructor on it runs: its pending `suspend` panics
-/// with a private payload, which the coroutine's first frame catches. A
-/// body that catches that panic itself (with `catch_unwind`) may run code,
-/// but every `suspend` it calls afterwards panics again (the value it
-/// handed to that `suspend` is dropped); if it then returns normally, its
-/// return value is dropped. A panic that escapes while the stack unwinds
-/// reaches the code that dropped the coroutine (unless that code is itself
-/// unwinding). With
-/// `panic = "abort"` no unwinding is possible: dropping a suspended
-/// coroutine leaks its stack (nothing on it is freed or reused).
-///
-/// # Threads
-/// `Coroutine` is neither `Send` nor `Sync`. A body may read a
-/// thread-local's address, or hold an `Rc` or a `MutexGuard`, across a
-/// `suspend`; if the coroutine were resumed on another thread, that address
-/// would name the first thread's variable and the guard would be released
-/// by the wrong thread, and the compiler cannot see this inside the body.
-///
-/// ```compile_fail
-/// fn assert_send<T: Send>(_: T) {}
-/// assert_send(stackful::Coroutine::<(), (), ()>::new(|_, ()| ()));
-/// ```
-pub struct Coroutine<Input, Yield, Return, S: Stack = DefaultStack> {
-    /// The link word on the coroutine's stack (see `arch/`). It holds the
-    /// sp of whichever side is suspended: the coroutine's own while it is
-    /// suspended, the resumer's while it runs (which is what unwinders
-    /// follow). So each switch reads the other side's sp from it and
-    /// leaves its own there: one word, no other bookkeeping. Before the
-    /// first resume it holds the initial sp; once the coroutine is done,
-    /// the arch's dead sp, so that `resume` needs no check of its own: a
-    /// switch there comes straight back with the word 0, as a finishing
-    /// coroutine does, and the slow path tells the two apart.
-    link: *mut usize,
-    stack: ManuallyDrop<S>,
-    /// The coroutine's ThreadSanitizer fiber (empty without it).
-    fiber: Fiber,
-    /// `fn(Input) -> ..`: the coroutine consumes inputs and produces
-    /// yields and a return; `*mut ()`: neither `Send` nor `Sync`.
-    _marker: Marker<Input, (Yield, Return)>,
+/// Defines `Coroutine`, with `DefaultStack` as the default stack type
+/// where there is one (the `std` feature).
+macro_rules! coroutine_struct {
+    ($($default:tt)*) => {
+        /// A stackful coroutine: a function running on its own [`Stack`], which
+        /// can suspend itself anywhere in its call tree with
+        /// [`Yielder::suspend`] and is continued with [`Coroutine::resume`].
+        ///
+        /// ```
+        /// use stackful::{Coroutine, CoroutineResult};
+        ///
+        /// let mut co = Coroutine::new(|yielder, first: i32| {
+        ///     let second = yielder.suspend(first * 10);
+        ///     first + second
+        /// });
+        /// assert_eq!(co.resume(4), CoroutineResult::Yield(40));
+        /// assert_eq!(co.resume(5), CoroutineResult::Return(9));
+        /// assert!(co.done());
+        /// ```
+        ///
+        /// A `Coroutine<(), Y, (), S>` is an [`Iterator`] over what it yields, the
+        /// Python generator:
+        ///
+        /// ```
+        /// let squares = stackful::Coroutine::new(|y, ()| (1..=4).for_each(|i| y.suspend(i * i)));
+        /// assert_eq!(squares.collect::<Vec<_>>(), [1, 4, 9, 16]);
+        /// ```
+        ///
+        /// # Panics, drops and unwinding
+        /// A panic in the body reaches the caller of `resume`, with its payload,
+        /// and the coroutine is then done. Resuming a done coroutine panics.
+        ///
+        /// Dropping a coroutine that has started and not finished unwinds its
+        /// stack, so every destructor on it runs: its pending `suspend` panics
+        /// with a private payload, which the coroutine's first frame catches. A
+        /// body that catches that panic itself (with `catch_unwind`) may run code,
+        /// but every `suspend` it calls afterwards panics again (the value it
+        /// handed to that `suspend` is dropped); if it then returns normally, its
+        /// return value is dropped. A panic that escapes while the stack unwinds
+        /// reaches the code that dropped the coroutine (unless that code is itself
+        /// unwinding).
+        ///
+        /// Without unwinding, that is without the `std` feature or with
+        /// `panic = "abort"`, a suspended stack cannot be unwound, so dropping a
+        /// suspended coroutine *leaks* its stack: nothing on it is dropped,
+        /// freed or reused, since freeing memory that live (possibly pinned)
+        /// values occupy would be unsound; `into_stack` then panics. An
+        /// unstarted coroutine's closure is still dropped, and a finished
+        /// coroutine's stack is still given back. Without `std` a panic in the
+        /// body cannot be caught either: it goes to the panic handler.
+        ///
+        /// # Threads
+        /// `Coroutine` is neither `Send` nor `Sync`. A body may read a
+        /// thread-local's address, or hold an `Rc` or a `MutexGuard`, across a
+        /// `suspend`; if the coroutine were resumed on another thread, that address
+        /// would name the first thread's variable and the guard would be released
+        /// by the wrong thread, and the compiler cannot see this inside the body.
+        ///
+        /// ```compile_fail
+        /// fn assert_send<T: Send>(_: T) {}
+        /// assert_send(stackful::Coroutine::<(), (), ()>::new(|_, ()| ()));
+        /// ```
+        pub struct Coroutine<Input, Yield, Return, S: Stack $($default)*> {
+            /// The link word on the coroutine's stack (see `arch/`). It holds the
+            /// sp of whichever side is suspended: the coroutine's own while it is
+            /// suspended, the resumer's while it runs (which is what unwinders
+            /// follow). So each switch reads the other side's sp from it and
+            /// leaves its own there: one word, no other bookkeeping. Before the
+            /// first resume it holds the initial sp; once the coroutine is done,
+            /// the arch's dead sp, so that `resume` needs no check of its own: a
+            /// switch there comes straight back with the word 0, as a finishing
+            /// coroutine does, and the slow path tells the two apart.
+            link: *mut usize,
+            stack: ManuallyDrop<S>,
+            /// The coroutine's ThreadSanitizer fiber (empty without it).
+            fiber: Fiber,
+            /// `fn(Input) -> ..`: the coroutine consumes inputs and produces
+            /// yields and a return; `*mut ()`: neither `Send` nor `Sync`.
+            _marker: Marker<Input, (Yield, Return)>,
+        }
+    };
 }
+
+#[cfg(feature = "std")]
+coroutine_struct!(= DefaultStack);
+#[cfg(not(feature = "std"))]
+coroutine_struct!();
 
 /// The handle a coroutine's body uses to suspend itself.
 ///
@@ -158,6 +186,7 @@ pub struct Yielder<Input, Yield> {
     _marker: Marker<Yield, Input>,
 }
 
+#[cfg(feature = "std")]
 impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
     /// Creates a coroutine that will run `f` on a [`DefaultStack`] of the
     /// default size, taken from the thread's pool of free stacks.
@@ -190,6 +219,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
     {
+        #[cfg(feature = "std")]
         crate::overflow::install();
         let (closure, sp) = place_closure(&stack, f, entry::<Input, Yield, Return, F>);
         let link = ptr::with_exposed_provenance_mut::<usize>(closure - arch::LINK_OFFSET);
@@ -236,6 +266,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         // Otherwise the coroutine took the input: `input` stays undropped.
         match self.take_ending() {
             Ending::Returned(r) => CoroutineResult::Return(r),
+            #[cfg(feature = "std")]
             Ending::Panicked(payload) => panic::resume_unwind(payload),
             Ending::Unwound => unreachable!("stackful: unwound without a request"),
         }
@@ -281,8 +312,11 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// With `panic = "abort"`, when the coroutine is suspended: its stack
     /// cannot be unwound, so it cannot be reused safely.
     pub fn into_stack(mut self) -> S {
-        if self.started() && !self.done() && cfg!(panic = "abort") {
-            panic!("stackful: cannot unwind a suspended coroutine under panic = \"abort\"");
+        if self.started() && !self.done() && !CAN_UNWIND {
+            panic!(
+                "stackful: cannot unwind a suspended coroutine without std or under \
+                 panic = \"abort\", so its stack cannot be given back"
+            );
         }
         self.finish();
         self.fiber.destroy();
@@ -333,7 +367,9 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         }
         match self.take_ending() {
             Ending::Unwound | Ending::Returned(_) => {}
+            #[cfg(feature = "std")]
             Ending::Panicked(payload) if std::thread::panicking() => drop(payload),
+            #[cfg(feature = "std")]
             Ending::Panicked(payload) => panic::resume_unwind(payload),
         }
     }
@@ -341,7 +377,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 
 impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
     fn drop(&mut self) {
-        if self.started() && !self.done() && cfg!(panic = "abort") {
+        if self.started() && !self.done() && !CAN_UNWIND {
             // Nothing can unwind the stack: leak it rather than free memory
             // that live (possibly pinned) values still occupy.
             return;
@@ -397,7 +433,10 @@ impl<Input, Yield> Yielder<Input, Yield> {
         let word = unsafe { arch::switch(addr(&value), *self.link, self.link).0 };
         self.resumer.set(sanitizer::finish_switch(&save));
         match word {
+            #[cfg(feature = "std")]
             SIGNAL => panic::resume_unwind(Box::new(ForcedUnwind)),
+            #[cfg(not(feature = "std"))]
+            SIGNAL => unreachable!("stackful: nothing unwinds a coroutine without std"),
             // SAFETY: the resumer sent the address of an Input on its stack
             // and is suspended until we switch back; we move it out once.
             input => unsafe { take::<Input>(input) },
@@ -428,21 +467,36 @@ where
         resumer: AsanPeer::default(),
         _marker: PhantomData,
     };
-    yielder.resumer.set(sanitizer::finish_switch(&AsanSave::new()));
+    yielder
+        .resumer
+        .set(sanitizer::finish_switch(&AsanSave::new()));
     let ending = match msg {
+        // Dropped before it started: drop the closure.
+        #[cfg(feature = "std")]
         SIGNAL => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
             Ok(()) => Ending::Unwound,
             Err(p) => Ending::Panicked(p),
         },
+        #[cfg(not(feature = "std"))]
+        SIGNAL => {
+            drop(f);
+            Ending::Unwound
+        }
         input => {
             // SAFETY: the first resume sent the address of an I, as every
             // resume does.
             let input = unsafe { take::<I>(input) };
-            match panic::catch_unwind(AssertUnwindSafe(|| f(&yielder, input))) {
+            #[cfg(feature = "std")]
+            let ending = match panic::catch_unwind(AssertUnwindSafe(|| f(&yielder, input))) {
                 Ok(r) => Ending::Returned(r),
                 Err(p) if p.is::<ForcedUnwind>() => Ending::Unwound,
                 Err(p) => Ending::Panicked(p),
-            }
+            };
+            // Without std a panic cannot be caught: it goes to the panic
+            // handler, which does not return.
+            #[cfg(not(feature = "std"))]
+            let ending = Ending::Returned(f(&yielder, input));
+            ending
         }
     };
     let ending = ManuallyDrop::new(ending);

@@ -27,6 +27,7 @@
 //! The layers: `arch/` holds the per-architecture switch (the only asm);
 //! [`stack`] the stacks; [`coroutine`] the safe API on top of them.
 
+#![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -35,17 +36,25 @@
 )]
 
 mod arch;
+#[cfg(feature = "std")]
 pub mod bridge;
 pub mod coroutine;
+#[cfg(feature = "std")]
+mod default_stack;
+#[cfg(feature = "std")]
 pub mod generator;
+#[cfg(feature = "std")]
 pub mod greenlet;
+#[cfg(feature = "std")]
+mod grow;
 #[cfg(feature = "hub")]
 pub mod hub;
 #[cfg(feature = "hub")]
 pub mod net;
-mod grow;
+#[cfg(feature = "std")]
 mod overflow;
 mod sanitizer;
+#[cfg(feature = "std")]
 mod slice_stack;
 pub mod stack;
 #[cfg(feature = "hub")]
@@ -58,7 +67,12 @@ pub use coroutine::{Coroutine, CoroutineResult, Yielder};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+#[cfg(feature = "std")]
 pub use generator::Generator;
+#[cfg(feature = "std")]
 pub use grow::{maybe_grow, on_stack, remaining_stack};
+#[cfg(feature = "std")]
 pub use slice_stack::SliceStack;
-pub use stack::{DefaultStack, Stack};
+#[cfg(feature = "std")]
+pub use stack::DefaultStack;
+pub use stack::Stack;

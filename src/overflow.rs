@@ -541,7 +541,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
+    #[cfg_attr(
+        feature = "asan",
+        ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+    )]
     fn fault_in_a_guard_is_reported() {
         if in_child() {
             let guard = map_stack(1, 64 * 1024, true);
@@ -558,7 +561,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
+    #[cfg_attr(
+        feature = "asan",
+        ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+    )]
     fn fault_in_a_longer_guard_is_reported() {
         if in_child() {
             let guard = map_stack(3, 64 * 1024, false);
@@ -575,7 +581,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
+    #[cfg_attr(
+        feature = "asan",
+        ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+    )]
     fn other_faults_are_passed_on() {
         if in_child() {
             let guard = map_stack(1, 64 * 1024, true);
@@ -589,7 +598,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
+    #[cfg_attr(
+        feature = "asan",
+        ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+    )]
     fn unregistered_guards_are_passed_on() {
         if in_child() {
             let guard = map_stack(1, 64 * 1024, true);
@@ -603,7 +615,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
+    #[cfg_attr(
+        feature = "asan",
+        ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+    )]
     fn std_still_reports_thread_stack_overflows() {
         if in_child() {
             install();
@@ -620,7 +635,10 @@ mod tests {
     /// A real overflow, with the stack pointer in the guard, on a thread that has no alternate
     /// signal stack until `install` maps one: a pthread running on a registered, guarded stack.
     #[test]
-    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
+    #[cfg_attr(
+        feature = "asan",
+        ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+    )]
     fn overflow_on_a_thread_without_alt_stack_is_reported() {
         /// The thread: installs, checks it now has an alternate stack, and overflows.
         extern "C" fn overflow(_: *mut c_void) -> *mut c_void {
@@ -662,7 +680,10 @@ mod tests {
 
     /// The alternate stack `install` maps on a thread that had none is unmapped when it exits.
     #[test]
-    #[cfg_attr(feature = "asan", ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself")]
+    #[cfg_attr(
+        feature = "asan",
+        ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+    )]
     fn alt_stack_is_freed_at_thread_exit() {
         /// The thread: returns the alternate stack `install` gave it.
         extern "C" fn run(_: *mut c_void) -> *mut c_void {

@@ -22,7 +22,11 @@ use core::ffi::c_void;
 
 #[cfg(feature = "asan")]
 unsafe extern "C" {
-    fn __sanitizer_start_switch_fiber(fake_stack_save: *mut *mut c_void, bottom: *const c_void, size: usize);
+    fn __sanitizer_start_switch_fiber(
+        fake_stack_save: *mut *mut c_void,
+        bottom: *const c_void,
+        size: usize,
+    );
     fn __sanitizer_finish_switch_fiber(
         fake_stack_save: *mut c_void,
         bottom_old: *mut *const c_void,
@@ -112,6 +116,7 @@ impl Fiber {
 
     /// The fiber running now (the thread's own, outside coroutines).
     #[inline(always)]
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub(crate) fn current() -> Fiber {
         Fiber {
             // SAFETY: no preconditions.
@@ -123,6 +128,7 @@ impl Fiber {
     /// Tells TSan that this fiber runs from now on: call right before the
     /// switch into it.
     #[inline(always)]
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub(crate) fn switch_to(self) {
         // SAFETY: `raw` is a live fiber (created and not yet destroyed, or
         // a thread's own).
@@ -144,6 +150,7 @@ impl Fiber {
 }
 
 /// valgrind's `VALGRIND_STACK_REGISTER`: returns the stack's id.
+#[cfg(feature = "std")]
 pub(crate) fn valgrind_stack_register(start: usize, end: usize) -> usize {
     /// VG_USERREQ__STACK_REGISTER, from valgrind.h.
     const STACK_REGISTER: usize = 0x1501;
@@ -151,6 +158,7 @@ pub(crate) fn valgrind_stack_register(start: usize, end: usize) -> usize {
 }
 
 /// valgrind's `VALGRIND_STACK_DEREGISTER`.
+#[cfg(feature = "std")]
 pub(crate) fn valgrind_stack_deregister(id: usize) {
     /// VG_USERREQ__STACK_DEREGISTER, from valgrind.h.
     const STACK_DEREGISTER: usize = 0x1502;
