@@ -330,6 +330,16 @@ impl<R, S: Stack> Future for SendAsyncCoroutine<R, S> {
         // This thread may never have made a coroutine: give it the overflow
         // reporter's alternate signal stack.
         crate::overflow::install();
+        /// Makes this thread forget the `on_stack` calls the body began
+        /// during this poll and is suspended in (they may end on another
+        /// thread), however the poll ends.
+        struct Forget(u64);
+        impl Drop for Forget {
+            fn drop(&mut self) {
+                crate::grow::forget_since(self.0);
+            }
+        }
+        let _forget = Forget(crate::grow::mark());
         Pin::new(&mut self.0).poll(cx)
     }
 }

@@ -73,8 +73,19 @@ thread_local! {
     static CURRENT: Cell<Known> = const { Cell::new(UNKNOWN) };
     /// The thread's own stack, `None` until first read; `(0, 0)` if unknown.
     static THREAD_STACK: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
-    /// The ranges of this thread's `on_stack` calls that have not ended.
-    static ACTIVE: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+    /// The `on_stack` calls that began on this thread and have not ended.
+    static ACTIVE: RefCell<Vec<Active>> = const { RefCell::new(Vec::new()) };
+    /// The sequence number of this thread's next `on_stack` call.
+    static NEXT_SEQ: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A running `on_stack` call: its stack's range, and its sequence number
+/// on the thread where it began.
+#[derive(Clone, Copy, Debug)]
+struct Active {
+    lo: usize,
+    hi: usize,
+    seq: u64,
 }
 
 /// An address in the caller's frame: the stack pointer, give or take the
@@ -191,7 +202,7 @@ fn still_registered(k: Known) -> bool {
 fn find_stack(sp: usize) -> Known {
     let inside = |&(lo, hi): &(usize, usize)| lo <= sp && sp < hi;
     let active = ACTIVE
-        .try_with(|a| a.borrow().iter().rev().copied().find(inside))
+        .try_with(|a| a.borrow().iter().rev().map(|e| (e.lo, e.hi)).find(inside))
         .ok()
         .flatten();
     if let Some((lo, hi)) = active {
@@ -293,13 +304,13 @@ pub fn on_stack<S: Stack + ?Sized, R, F: FnOnce() -> R>(stack: &mut S, f: F) -> 
     // nothing else uses, with top 16-aligned; we hold the only (mutable)
     // borrow of the stack until the body has finished with it.
     let sp = unsafe { arch::init_stack(hi, run::<F, R>, data) };
-    let prev = enter(lo, hi);
+    let (prev, seq) = enter(lo, hi);
     // SAFETY: `sp` is the fresh context just laid out, resumed only here;
     // `link` is the link word inside its first frame. `run` switches back
     // exactly once, when `f` has returned or panicked, and never expects
     // to be resumed.
     unsafe { arch::switch(0, sp, link) };
-    leave(lo, hi, prev);
+    leave(lo, hi, seq, prev);
     match call.result.take() {
         Some(Ok(r)) => r,
         Some(Err(payload)) => panic::resume_unwind(payload),
@@ -333,22 +344,30 @@ unsafe extern "C" fn run<F: FnOnce() -> R, R>(_arg: usize, _from: usize, data: u
 }
 
 /// Records `[lo, hi)` as the stack of a running `on_stack` call and caches
-/// it; returns the range cached before.
-fn enter(lo: usize, hi: usize) -> Known {
-    let mine = Known { lo, hi, guard: 0 };
-    match ACTIVE.try_with(|a| a.borrow_mut().push((lo, hi))) {
-        Ok(()) => CURRENT.replace(mine),
+/// it; returns the range cached before, and the call's sequence number.
+fn enter(lo: usize, hi: usize) -> (Known, u64) {
+    let seq = NEXT_SEQ.get();
+    NEXT_SEQ.set(seq + 1);
+    let entry = Active { lo, hi, seq };
+    let prev = match ACTIVE.try_with(|a| a.borrow_mut().push(entry)) {
+        Ok(()) => CURRENT.replace(Known { lo, hi, guard: 0 }),
         // The thread is exiting and has dropped its list: cache nothing.
         Err(_) => CURRENT.replace(UNKNOWN),
-    }
+    };
+    (prev, seq)
 }
 
-/// Ends the record of `enter(lo, hi)`; restores `prev` into the cache if the
-/// cache still holds this call's range and `prev` is still live.
-fn leave(lo: usize, hi: usize, prev: Known) {
+/// Ends the record of the call `seq` on `[lo, hi)`; restores `prev` into
+/// the cache if the cache still holds this call's range and `prev` is
+/// still live. (A call that began on another thread, in a body that
+/// migrated, is in no list here; see [`forget_since`].)
+fn leave(lo: usize, hi: usize, seq: u64, prev: Known) {
     let _ = ACTIVE.try_with(|a| {
         let mut a = a.borrow_mut();
-        if let Some(i) = a.iter().rposition(|&r| r == (lo, hi)) {
+        if let Some(i) = a
+            .iter()
+            .rposition(|e| e.seq == seq && (e.lo, e.hi) == (lo, hi))
+        {
             a.remove(i);
         }
     });
@@ -359,7 +378,117 @@ fn leave(lo: usize, hi: usize, prev: Known) {
         || prev == UNKNOWN
         || Some((prev.lo, prev.hi)) == THREAD_STACK.get()
         || ACTIVE
-            .try_with(|a| a.borrow().contains(&(prev.lo, prev.hi)))
+            .try_with(|a| a.borrow().iter().any(|e| (e.lo, e.hi) == (prev.lo, prev.hi)))
             .unwrap_or(false);
     CURRENT.set(if live { prev } else { UNKNOWN });
+}
+
+/// A mark of this thread's `on_stack` calls, for [`forget_since`].
+pub(crate) fn mark() -> u64 {
+    NEXT_SEQ.get()
+}
+
+/// Forgets the `on_stack` calls that began on this thread since `mark` and
+/// have not ended: a body that may move to another thread (a
+/// [`SendAsyncCoroutine`](crate::bridge::SendAsyncCoroutine)) calls this
+/// after each resume, since a call suspended inside it may end on another
+/// thread, which cannot remove it from this thread's list; its stack could
+/// then be freed and its addresses reused while this thread still trusted
+/// the range. A forgotten call's stack is unknown to `maybe_grow` (which
+/// then grows) unless it is a registered `DefaultStack`.
+pub(crate) fn forget_since(mark: u64) {
+    let _ = ACTIVE.try_with(|a| {
+        let mut a = a.borrow_mut();
+        let current = CURRENT.get();
+        a.retain(|e| {
+            let keep = e.seq < mark;
+            if !keep
+                && current
+                    == (Known {
+                        lo: e.lo,
+                        hi: e.hi,
+                        guard: 0,
+                    })
+            {
+                CURRENT.set(UNKNOWN);
+            }
+            keep
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SliceStack;
+    use crate::bridge::{AsyncCoroutine, SendAsyncCoroutine};
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn active() -> usize {
+        ACTIVE.with_borrow(|a| a.len())
+    }
+
+    /// Whether the cache trusts a range other than this thread's stack.
+    fn trusts_another_range() -> bool {
+        let k = CURRENT.get();
+        k.guard == 0 && k != UNKNOWN && Some((k.lo, k.hi)) != THREAD_STACK.get()
+    }
+
+    #[test]
+    fn a_suspended_on_stack_call_stays_listed_on_its_thread() {
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        let mut task = AsyncCoroutine::new(move |y| {
+            let mut s = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
+            on_stack(&mut s, || {
+                y.block_on(rx).unwrap();
+                remaining_stack()
+            })
+        });
+        assert_eq!(poll(&mut task), Poll::Pending);
+        assert_eq!(active(), 1);
+        tx.send(()).unwrap();
+        let Poll::Ready(remaining) = poll(&mut task) else {
+            panic!("the body should finish");
+        };
+        assert!(remaining.is_some_and(|r| r < 64 * 1024));
+        assert_eq!(active(), 0);
+        assert!(!trusts_another_range());
+    }
+
+    #[test]
+    fn a_body_that_moves_threads_inside_on_stack_is_forgotten_here() {
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        // SAFETY: the body holds a receiver and a SliceStack across its
+        // block_on, both Send.
+        let mut task = unsafe {
+            SendAsyncCoroutine::new(move |y| {
+                let mut s = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
+                on_stack(&mut s, || {
+                    y.block_on(rx).unwrap();
+                    remaining_stack()
+                })
+            })
+        };
+        assert_eq!(poll(&mut task), Poll::Pending);
+        assert_eq!(active(), 0, "the suspended call is forgotten here");
+        assert!(!trusts_another_range());
+        let remaining = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            let out = futures::executor::block_on(task);
+            assert_eq!(active(), 0);
+            assert!(!trusts_another_range());
+            out
+        })
+        .join()
+        .unwrap();
+        // On the other thread the SliceStack is unknown: no guard, and not
+        // in that thread's list.
+        assert_eq!(remaining, None);
+    }
 }

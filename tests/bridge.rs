@@ -522,3 +522,38 @@ fn the_send_form_runs_on_a_multi_threaded_runtime() {
     });
     assert_eq!(total, n * (n - 1) / 2);
 }
+
+/// Recurses through `maybe_grow`, awaiting a tokio yield every 1000 levels
+/// (so the body suspends while running on grown stacks).
+fn deep(y: &AsyncYielder, n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    if n.is_multiple_of(1000) {
+        y.block_on(tokio::task::yield_now());
+    }
+    stackful::maybe_grow(16 * 1024, 256 * 1024, || deep(y, n - 1) + 1)
+}
+
+#[test]
+fn a_body_recurses_deeply_through_maybe_grow_and_awaits_on_grown_stacks() {
+    let levels = scaled(100_000, 10_000);
+    let local = tokio::task::LocalSet::new();
+    let outs = local.block_on(&runtime(), async move {
+        // Two bodies on small stacks, interleaved at every yield.
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let stack = DefaultStack::new(64 * 1024).unwrap();
+                tokio::task::spawn_local(AsyncCoroutine::with_stack(stack, move |y| {
+                    deep(y, levels)
+                }))
+            })
+            .collect();
+        let mut outs = Vec::new();
+        for t in tasks {
+            outs.push(t.await.unwrap());
+        }
+        outs
+    });
+    assert_eq!(outs, [levels, levels]);
+}
