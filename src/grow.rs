@@ -97,7 +97,7 @@ fn stack_pointer() -> usize {
 }
 
 /// How many bytes of stack remain below the caller's frame, if the stack it
-/// runs on is known (see the module docs of how it is found): on the
+/// runs on is known (as [`maybe_grow`] finds it): on the
 /// thread's own stack, inside [`on_stack`] and [`maybe_grow`], and inside a
 /// [`Coroutine`](crate::Coroutine) on a [`DefaultStack`]. `None` elsewhere.
 ///
@@ -133,6 +133,15 @@ pub fn remaining_stack() -> Option<usize> {
 /// inside a coroutine it adds one lookup in the registry of guard pages.
 ///
 /// `stack_size` is clamped to [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
+///
+/// # State it keeps
+/// Per thread, and nothing global: the range of the stack it last found
+/// (the fast path's cache), the thread's own stack range (read once with
+/// `pthread_getattr_np`), and the list of running [`on_stack`] calls. The
+/// new stacks come from the thread's pool of free [`DefaultStack`]s (see
+/// [`set_pool_capacity`](crate::stack::set_pool_capacity)). Coroutine
+/// stacks are found in the process-wide registry of guard pages that the
+/// overflow reporter keeps anyway.
 ///
 /// ```
 /// // A recursion that never overflows, however deep.
@@ -490,5 +499,32 @@ mod tests {
         // On the other thread the SliceStack is unknown: no guard, and not
         // in that thread's list.
         assert_eq!(remaining, None);
+    }
+
+    #[test]
+    fn dropping_a_body_suspended_inside_on_stack_unwinds_both_stacks() {
+        use std::rc::Rc;
+        let drops = Rc::new(Cell::new(0));
+        struct Count(Rc<Cell<u32>>);
+        impl Drop for Count {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() + 1);
+            }
+        }
+        let d = drops.clone();
+        let mut task = AsyncCoroutine::new(move |y| {
+            let _outer = Count(d.clone());
+            let mut s = DefaultStack::new(64 * 1024).unwrap();
+            on_stack(&mut s, || {
+                let _inner = Count(d.clone());
+                y.block_on(std::future::pending::<()>());
+            });
+        });
+        assert_eq!(poll(&mut task), Poll::Pending);
+        assert_eq!(active(), 1);
+        drop(task);
+        assert_eq!(drops.get(), 2, "the frames on both stacks were dropped");
+        assert_eq!(active(), 0);
+        assert!(!trusts_another_range());
     }
 }
