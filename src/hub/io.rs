@@ -58,8 +58,9 @@ impl Source {
     /// Marks `dir` ready and wakes its waiters.
     fn ready(&self, hub: &Hub, dir: Dir) {
         self.flag(dir).set(true);
-        let waiters = std::mem::take(&mut *self.waiters(dir).borrow_mut());
-        for w in waiters {
+        // Drained in place, keeping the vector's buffer for the next wait
+        // (waking only queues tasks: nothing else touches this list).
+        for w in self.waiters(dir).borrow_mut().drain(..) {
             hub.wake(&w.task, w.epoch);
         }
     }

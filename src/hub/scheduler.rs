@@ -412,7 +412,7 @@ impl Hub {
                         self.ready.borrow_mut().push_front(task);
                     }
                     budget = EVENT_INTERVAL;
-                    self.fire_timers(Instant::now());
+                    self.fire_timers();
                     let timeout = if !self.ready.borrow().is_empty() {
                         Some(Duration::ZERO)
                     } else {
@@ -425,14 +425,18 @@ impl Hub {
                     if remote {
                         self.drain_remote();
                     }
-                    self.fire_timers(Instant::now());
+                    self.fire_timers();
                 }
             }
         }
     }
 
-    /// Fires every timer due at `now`, in deadline order.
-    fn fire_timers(&self, now: Instant) {
+    /// Fires every timer due now, in deadline order.
+    fn fire_timers(&self) {
+        if self.timers.borrow().is_empty() {
+            return;
+        }
+        let now = Instant::now();
         loop {
             let action = self.timers.borrow_mut().pop_expired(now);
             match action {

@@ -55,6 +55,11 @@ impl Timers {
         self.map.contains_key(&key)
     }
 
+    /// Whether no timer is set.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// The earliest deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.map.first_key_value().map(|(k, _)| k.0)
