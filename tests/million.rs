@@ -13,8 +13,9 @@ fn a_hundred_thousand_live_coroutines_fit_in_8_kib_each() {
     let count = util::scaled(100_000, 10_000);
     let report = million::run(count);
     assert_eq!(report.count, count);
+    // Under AddressSanitizer resident memory includes its shadow memory.
     assert!(
-        report.rss_per_coroutine <= 8192.0,
+        cfg!(feature = "asan") || report.rss_per_coroutine <= 8192.0,
         "{:.0} resident bytes per coroutine: {report:?}",
         report.rss_per_coroutine
     );
