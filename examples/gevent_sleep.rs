@@ -22,6 +22,8 @@ use std::time::Duration;
 use stackful::hub;
 
 /// Runs the example, handing each line it prints to `emit`.
+// The names are gevent's.
+#[allow(clippy::disallowed_names)]
 pub fn run(emit: impl Fn(String) + Clone + 'static) {
     hub::run(move || {
         let e = emit.clone();

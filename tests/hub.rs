@@ -90,7 +90,8 @@ fn a_panic_in_main_reaches_the_caller_of_run_after_cleanup() {
 
 #[test]
 fn calls_outside_a_hub_panic_naming_hub_run() {
-    let calls: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Call = (&'static str, Box<dyn Fn()>);
+    let calls: Vec<Call> = vec![
         ("hub::spawn", Box::new(|| drop(hub::spawn(|| ())))),
         ("hub::sleep", Box::new(|| hub::sleep(Duration::ZERO))),
         ("hub::yield_now", Box::new(hub::yield_now)),
@@ -102,7 +103,9 @@ fn calls_outside_a_hub_panic_naming_hub_run() {
         ),
         (
             "hub::call_later",
-            Box::new(|| drop(hub::call_later(Duration::ZERO, || ()))),
+            Box::new(|| {
+                let _ = hub::call_later(Duration::ZERO, || ());
+            }),
         ),
         ("hub::remote", Box::new(|| drop(hub::remote()))),
         (

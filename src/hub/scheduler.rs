@@ -479,7 +479,9 @@ impl Hub {
                 break;
             }
             for task in tasks {
-                // The slab no longer holds it: `finish` finds nothing.
+                // The slab no longer holds it: `finish` must not remove a
+                // task spawned meanwhile under the same key.
+                task.key.set(usize::MAX);
                 self.kill(&task);
             }
         }
