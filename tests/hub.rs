@@ -514,19 +514,22 @@ fn many_coroutines_spawn_run_and_join() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(if util::emulated() { 8 } else { 32 }))]
 
-    /// Coroutines that sleep random whole milliseconds (ties included)
-    /// wake in deadline order, ties in the order they went to sleep.
+    /// Coroutines that sleep until random deadlines (ties included) wake
+    /// in deadline order, ties in the order they went to sleep.
     #[test]
     fn sleeps_wake_in_deadline_order(ms in proptest::collection::vec(0u64..12, 1..40)) {
         let woke = hub::run(move || {
             let woke = Rc::new(RefCell::new(Vec::new()));
+            // Deadlines from one instant: spawning takes time (much more
+            // under emulation), which must not reorder them.
+            let start = Instant::now() + Duration::from_millis(util::scaled(5, 50) as u64);
             let hs: Vec<_> = ms
                 .iter()
                 .enumerate()
                 .map(|(i, &m)| {
                     let w = woke.clone();
                     hub::spawn(move || {
-                        hub::sleep(Duration::from_millis(m) * 3);
+                        hub::sleep_until(start + Duration::from_millis(m) * 3);
                         w.borrow_mut().push((m, i));
                     })
                 })

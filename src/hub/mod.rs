@@ -89,7 +89,7 @@ pub use builder::Builder;
 pub use io::{wait_readable, wait_writable};
 pub use remote::{Remote, RemoteJoinHandle, remote};
 pub use task::{JoinError, JoinHandle, KillHandle, TaskState};
-pub use timer::{CallLater, Elapsed, call_later, sleep, timeout, yield_now};
+pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yield_now};
 
 /// Runs a hub on the calling thread: runs `f` as its main coroutine,
 /// drives every coroutine spawned meanwhile, and returns `f`'s value when

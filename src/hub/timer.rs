@@ -125,6 +125,34 @@ pub fn sleep(duration: Duration) {
     while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
 }
 
+/// Suspends the calling coroutine until `deadline`, letting the others
+/// run. A deadline already past lets every other ready coroutine run first
+/// (as [`sleep`] with zero does). Coroutines with the same deadline wake
+/// in the order they went to sleep.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use stackful::hub;
+///
+/// hub::run(|| {
+///     let deadline = Instant::now() + Duration::from_millis(3);
+///     hub::sleep_until(deadline);
+///     assert!(Instant::now() >= deadline);
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn sleep_until(deadline: Instant) {
+    let hub = scheduler::hub("hub::sleep_until");
+    if deadline <= Instant::now() {
+        hub.yield_now();
+        return;
+    }
+    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+}
+
 /// Lets every other ready coroutine run, then continues.
 ///
 /// ```
