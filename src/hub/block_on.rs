@@ -81,11 +81,10 @@ impl Wake for Signal {
 /// use stackful::hub;
 ///
 /// hub::run(|| {
-///     let (tx, rx) = std::sync::mpsc::channel::<u32>();
-///     // A future that another thread completes.
-///     let fut = hub::remote().spawn(move || 5);
-///     assert_eq!(hub::block_on(fut).unwrap(), 5);
-///     drop((tx, rx));
+///     // Work handed to a hub through its remote is a future.
+///     let fut = hub::remote().spawn(|| 6 * 7);
+///     assert_eq!(hub::block_on(fut).unwrap(), 42);
+///     assert_eq!(hub::block_on(async { 1 + 1 }), 2);
 /// });
 /// ```
 ///
