@@ -3,9 +3,9 @@
 //! page below it, reused from a per-thread pool (in `default_stack.rs`).
 
 #[cfg(feature = "std")]
-pub use crate::default_stack::{DefaultStack, set_pool_capacity, trim_pool};
-#[cfg(feature = "std")]
 pub(crate) use crate::default_stack::page_size;
+#[cfg(feature = "std")]
+pub use crate::default_stack::{DefaultStack, set_pool_capacity, trim_pool};
 
 /// What a coroutine needs of the memory it runs on.
 ///

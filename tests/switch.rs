@@ -233,7 +233,10 @@ fn overflowing_a_coroutine_stack_is_reported_and_aborts() {
 }
 
 #[test]
-#[cfg_attr(feature = "asan", ignore = "AddressSanitizer reports thread stack overflows itself")]
+#[cfg_attr(
+    feature = "asan",
+    ignore = "AddressSanitizer reports thread stack overflows itself"
+)]
 fn a_thread_stack_overflow_is_still_reported_by_std() {
     const ROLE: &str = "thread-overflow";
     if util::child_role().as_deref() == Some(ROLE) {
