@@ -542,3 +542,25 @@ proptest! {
         prop_assert_eq!(woke, sorted);
     }
 }
+
+#[test]
+fn a_deadlock_panics_in_main_instead_of_hanging() {
+    let drops = DropCounter::default();
+    let g = drops.guard();
+    let p = panic::catch_unwind(AssertUnwindSafe(move || {
+        hub::run(move || {
+            let (tx, rx) = stackful::sync::channel::unbounded::<u8>();
+            // It waits for a value that only main could send, while main
+            // waits for it.
+            let waiter = hub::spawn(move || {
+                let _g = g;
+                rx.recv()
+            });
+            let _ = waiter.join();
+            drop(tx);
+        })
+    }))
+    .unwrap_err();
+    assert!(message(&*p).contains("deadlock"), "{}", message(&*p));
+    assert_eq!(drops.get(), 1, "the stuck coroutine was unwound");
+}

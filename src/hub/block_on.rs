@@ -1,6 +1,7 @@
 //! [`block_on`]: a hub coroutine awaits a [`Future`], suspending only
 //! itself; the future's waker may be called from any thread.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +104,16 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         shared: Arc::downgrade(&hub.shared),
     });
     let waker = Waker::from(signal.clone());
+    // While a future is awaited, a waker elsewhere may wake the hub.
+    hub.block_ons.set(hub.block_ons.get() + 1);
+    /// Counts the call out however it ends.
+    struct Active<'a>(&'a Cell<usize>);
+    impl Drop for Active<'_> {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() - 1);
+        }
+    }
+    let _active = Active(&hub.block_ons);
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
     loop {

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -27,6 +28,8 @@ struct PoolInner {
     state: Mutex<PoolState>,
     cv: Condvar,
     max: usize,
+    /// Jobs submitted and not yet finished.
+    in_flight: AtomicUsize,
 }
 
 struct PoolState {
@@ -48,6 +51,7 @@ impl Pool {
                 }),
                 cv: Condvar::new(),
                 max: max.max(1),
+                in_flight: AtomicUsize::new(0),
             }),
         }
     }
@@ -55,6 +59,7 @@ impl Pool {
     /// Queues `job`, starting a thread if none is idle and the pool is not
     /// full.
     fn submit(&self, job: Job) {
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let start = {
             let mut s = lock(&self.inner.state);
             s.jobs.push_back(job);
@@ -78,6 +83,11 @@ impl Pool {
         }
     }
 
+    /// How many jobs were submitted and have not finished.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Lets the threads exit once the queue is empty. Jobs that are
     /// running finish on their own; their results find no hub.
     pub(crate) fn shut_down(&self) {
@@ -96,6 +106,7 @@ fn worker(inner: &PoolInner) {
         if let Some(job) = s.jobs.pop_front() {
             drop(s);
             job();
+            inner.in_flight.fetch_sub(1, Ordering::SeqCst);
             s = lock(&inner.state);
             continue;
         }

@@ -98,6 +98,11 @@ impl IoDriver {
         })
     }
 
+    /// Whether no source is registered (no socket can wake anyone).
+    pub(crate) fn has_no_sources(&self) -> bool {
+        self.core.sources.borrow().is_empty()
+    }
+
     /// The waker that other threads use to interrupt the poll.
     pub(crate) fn waker(&self) -> io::Result<mio::Waker> {
         mio::Waker::new(self.poll.borrow().registry(), WAKER)

@@ -48,6 +48,15 @@
 //! coroutine: its [`JoinHandle::join`] returns [`JoinError::Panicked`]
 //! with the payload.
 //!
+//! # Deadlock
+//!
+//! When every coroutine waits (in joins, channels, events) and nothing is
+//! left that could wake one — no timer, no registered socket, no
+//! blocking job, no future awaited with [`block_on`], no [`Remote`] held
+//! by another thread — the hub does not sleep forever: the main
+//! coroutine's wait panics with a message naming the deadlock (gevent's
+//! `LoopExit`), and [`run`] unwinds the others and re-raises it.
+//!
 //! # Outside a hub
 //!
 //! Every function of this module, and every call that would suspend, panics

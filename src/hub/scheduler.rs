@@ -71,6 +71,8 @@ pub(crate) struct Hub {
     stacks: RefCell<Vec<DefaultStack>>,
     /// Ids for `timeout` scopes.
     next_scope: Cell<u64>,
+    /// `block_on` calls in progress (a waker elsewhere may wake the hub).
+    pub(crate) block_ons: Cell<usize>,
 }
 
 /// Ids of tasks, unique in the process.
@@ -159,6 +161,13 @@ pub(crate) fn park(hub: &Hub) {
     if let Some(scope) = task.interrupt.take() {
         panic::resume_unwind(Box::new(super::timer::TimeoutUnwind(scope)));
     }
+    if task.deadlock.replace(false) {
+        panic!(
+            "stackful::hub: deadlock: every coroutine is waiting (in a join, a channel, an \
+             event, ...) and nothing is left that could wake one: no timer, socket, blocking \
+             job, awaited future or Remote"
+        );
+    }
 }
 
 /// Parks until woken or until `deadline`; returns `true` if the deadline
@@ -204,6 +213,7 @@ impl Hub {
             current: Cell::new(ptr::null()),
             stacks: RefCell::new(Vec::new()),
             next_scope: Cell::new(0),
+            block_ons: Cell::new(0),
         })
     }
 
@@ -413,7 +423,7 @@ impl Hub {
                     }
                     budget = EVENT_INTERVAL;
                     self.fire_timers();
-                    let timeout = if !self.ready.borrow().is_empty() {
+                    let mut timeout = if !self.ready.borrow().is_empty() {
                         Some(Duration::ZERO)
                     } else {
                         self.timers
@@ -421,14 +431,36 @@ impl Hub {
                             .next_deadline()
                             .map(|d| super::timer::poll_timeout(d, Instant::now()))
                     };
+                    let stuck = timeout.is_none() && self.nothing_can_wake();
+                    if stuck {
+                        // Take what may already be queued before concluding.
+                        timeout = Some(Duration::ZERO);
+                    }
                     let remote = self.io.poll(self, timeout);
                     if remote {
                         self.drain_remote();
                     }
                     self.fire_timers();
+                    if stuck && self.ready.borrow().is_empty() && self.nothing_can_wake() {
+                        // gevent's LoopExit: raise in the main coroutine
+                        // rather than sleep forever.
+                        main.deadlock.set(true);
+                        self.wake_any(main);
+                    }
                 }
             }
         }
+    }
+
+    /// Whether nothing is left that could make a coroutine ready: no
+    /// timer, no registered socket, no blocking job, no awaited future, no
+    /// [`Remote`](super::Remote) (the hub's own reference is the only one).
+    fn nothing_can_wake(&self) -> bool {
+        self.timers.borrow().is_empty()
+            && self.io.has_no_sources()
+            && self.blocking.in_flight() == 0
+            && self.block_ons.get() == 0
+            && Arc::strong_count(&self.shared) == 1
     }
 
     /// Fires every timer due now, in deadline order.

@@ -12,6 +12,8 @@ pub(crate) struct Slab<T> {
     slots: Vec<Slot<T>>,
     /// The first free slot, or `slots.len()` when none is free.
     free: usize,
+    /// How many slots are full.
+    len: usize,
 }
 
 impl<T> Slab<T> {
@@ -20,6 +22,7 @@ impl<T> Slab<T> {
         Slab {
             slots: Vec::new(),
             free: 0,
+            len: 0,
         }
     }
 
@@ -35,6 +38,7 @@ impl<T> Slab<T> {
                 Slot::Full(_) => unreachable!("the free list named a full slot"),
             }
         }
+        self.len += 1;
         key
     }
 
@@ -54,16 +58,23 @@ impl<T> Slab<T> {
                     unreachable!()
                 };
                 self.free = key;
+                self.len -= 1;
                 Some(v)
             }
             _ => None,
         }
     }
 
+    /// Whether no value is stored.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Removes every value, in index order.
     pub(crate) fn drain(&mut self) -> Vec<T> {
         let slots = std::mem::take(&mut self.slots);
         self.free = 0;
+        self.len = 0;
         slots
             .into_iter()
             .filter_map(|s| match s {
@@ -88,7 +99,9 @@ mod tests {
         assert_eq!(s.remove(a), None);
         assert_eq!(s.insert("c"), a);
         assert_eq!(s.get(b), Some(&"b"));
+        assert!(!s.is_empty());
         assert_eq!(s.drain(), ["c", "b"]);
+        assert!(s.is_empty());
         assert_eq!(s.drain(), Vec::<&str>::new());
     }
 }

@@ -133,6 +133,9 @@ pub(crate) struct Task {
     pub(crate) interrupt: Cell<Option<u64>>,
     /// The coroutine waiting in [`JoinHandle::join`].
     pub(crate) joiner: RefCell<Option<Waiter>>,
+    /// The hub found every coroutine waiting with nothing left that could
+    /// wake one (set on the main coroutine, raised at its park).
+    pub(crate) deadlock: Cell<bool>,
 }
 
 impl Task {
@@ -150,6 +153,7 @@ impl Task {
             killed: Cell::new(false),
             interrupt: Cell::new(None),
             joiner: RefCell::new(None),
+            deadlock: Cell::new(false),
         }
     }
 }
