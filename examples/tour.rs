@@ -1,5 +1,6 @@
-//! A tour of stackful: a generator feeding two consumers, a coroutine
-//! passing values both ways, and the measured round-trip switch latency.
+//! A tour of stackful: a generator feeding two consumers, greenlets
+//! switching explicitly, a coroutine passing values both ways, gevent-style
+//! coroutines on the hub, and the measured round-trip switch latency.
 //!
 //! ```text
 //! cargo run --release --example tour
@@ -10,31 +11,20 @@ use std::time::Instant;
 
 use stackful::{Coroutine, CoroutineResult, Yielder};
 
-/// A consumer: primed by its first resume, then eats what each resume
-/// sends, and reports back what it ate.
-fn consumer(name: &'static str) -> Coroutine<u32, String, ()> {
-    Coroutine::new(move |y: &Yielder<u32, String>, _prime: u32| {
-        let mut baozi = y.suspend("--->starting eating baozi...".to_string());
-        loop {
-            baozi = y.suspend(format!("[{name}] is eating baozi {baozi}"));
-        }
-    })
-}
+#[path = "baozi.rs"]
+mod baozi;
+#[cfg(feature = "hub")]
+#[path = "gevent_sleep.rs"]
+mod gevent_sleep;
+#[path = "greenlet.rs"]
+mod greenlet;
 
 fn main() {
-    println!("== a generator feeding two consumers");
-    // The producer is a generator (an Iterator) that yields baozi numbers.
-    let producer = Coroutine::new(|y, ()| (1..=3).for_each(|n| y.suspend(n)));
-    let mut eaters = [consumer("c1"), consumer("c2")];
-    for c in &mut eaters {
-        println!("{}", c.resume(0).as_yield().unwrap());
-    }
-    for baozi in producer {
-        for c in &mut eaters {
-            println!("{}", c.resume(baozi).as_yield().unwrap());
-        }
-        println!("[producer] is making baozi {baozi}");
-    }
+    println!("== generators: a producer sends baozi to two consumers (examples/baozi.rs)");
+    baozi::run(|line| println!("{line}"));
+
+    println!("\n== greenlets: two switch to each other explicitly (examples/greenlet.rs)");
+    greenlet::run(|line| println!("{line}"));
 
     println!("\n== a coroutine passing values both ways");
     // A running average: each resume sends a sample in, each suspend hands
@@ -53,6 +43,14 @@ fn main() {
             CoroutineResult::Yield(mean) => println!("sent {sample:>4}, average now {mean:.2}"),
             CoroutineResult::Return(n) => println!("sent {sample:>4}, done after {n} samples"),
         }
+    }
+
+    #[cfg(feature = "hub")]
+    {
+        println!(
+            "\n== gevent: three coroutines on the hub, switching as they sleep (examples/gevent_sleep.rs)"
+        );
+        gevent_sleep::run(|line| println!("{line}"));
     }
 
     println!("\n== round-trip switch latency (resume + suspend)");
