@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
@@ -289,8 +288,18 @@ fn exhausted(err: io::Error, usable: usize) -> io::Error {
 /// qemu-user, for one, accepts the advice and ignores it. A `read` from a
 /// pipe into a guarded page fails with `EFAULT`; into an open one it works.
 pub(crate) fn guard_install_works() -> bool {
-    static WORKS: OnceLock<bool> = OnceLock::new();
-    *WORKS.get_or_init(probe_guard_install)
+    // 0: not probed yet; 1: works; 2: does not. Threads that race probe
+    // twice, harmlessly; an atomic rather than a OnceLock, so that
+    // ThreadSanitizer sees the synchronisation (std is not instrumented).
+    static WORKS: AtomicUsize = AtomicUsize::new(0);
+    match WORKS.load(Ordering::Acquire) {
+        0 => {
+            let works = probe_guard_install();
+            WORKS.store(if works { 1 } else { 2 }, Ordering::Release);
+            works
+        }
+        state => state == 1,
+    }
 }
 
 fn probe_guard_install() -> bool {
