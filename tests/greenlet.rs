@@ -15,15 +15,7 @@ use std::rc::Rc;
 use proptest::prelude::*;
 use stackful::greenlet::{Greenlet, SwitchError, current};
 use stackful::{Generator, Yielder};
-use util::DropCounter;
-
-/// Runs an example's `run` and returns the lines it printed.
-fn capture(run: impl FnOnce(Rc<dyn Fn(String)>)) -> Vec<String> {
-    let lines = Rc::new(RefCell::new(Vec::new()));
-    let sink = lines.clone();
-    run(Rc::new(move |l| sink.borrow_mut().push(l)));
-    lines.take()
-}
+use util::{DropCounter, capture};
 
 #[test]
 fn the_greenlet_example_prints_12_56_34_78() {

@@ -15,15 +15,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use stackful::hub::{self, JoinError, TaskState};
-use util::DropCounter;
-
-/// Runs an example's `run` and returns the lines it printed.
-fn capture(run: impl FnOnce(Rc<dyn Fn(String)>)) -> Vec<String> {
-    let lines = Rc::new(RefCell::new(Vec::new()));
-    let sink = lines.clone();
-    run(Rc::new(move |l| sink.borrow_mut().push(l)));
-    lines.take()
-}
+use util::{DropCounter, capture};
 
 /// The message of a caught panic.
 fn message(p: &(dyn std::any::Any + Send)) -> String {

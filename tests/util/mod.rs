@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::process::{Command, Output};
 use std::rc::Rc;
 
@@ -67,4 +67,13 @@ pub fn run_child(test_name: &str, role: &str) -> Output {
 /// The child role this process was started for, if any.
 pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ROLE).ok()
+}
+
+/// Runs an example's `run` (which hands each line it prints to a sink) and
+/// returns the lines.
+pub fn capture(run: impl FnOnce(Rc<dyn Fn(String)>)) -> Vec<String> {
+    let lines = Rc::new(RefCell::new(Vec::new()));
+    let sink = lines.clone();
+    run(Rc::new(move |l| sink.borrow_mut().push(l)));
+    lines.take()
 }
