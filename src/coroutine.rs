@@ -3,13 +3,13 @@
 //!
 //! # How values cross
 //!
-//! Both directions pass one machine word through [`arch::switch`]: the
+//! Both directions pass one machine word through `arch::switch`: the
 //! address of the value on the sender's stack, which the receiver moves
 //! out with `ptr::read` while the sender is suspended (so the sender wraps
 //! it in `ManuallyDrop` and never drops it itself). An address is never 0,
 //! so 0 carries the rare messages:
 //! - from the resumer, 0 means "unwind and finish" (drop, `into_stack`);
-//! - from the coroutine, 0 means "finished": the address of its [`Ending`]
+//! - from the coroutine, 0 means "finished": the address of its `Ending`
 //!   (returned, panicked, or unwound) is then in the stack's spare word.
 //!
 //! So a round trip stores and loads each value once, and tests one word.

@@ -67,7 +67,7 @@
 //!
 //! A hub and its coroutines belong to one thread (the handles are neither
 //! `Send` nor `Sync`). Other threads reach it through a [`Remote`]: they
-//! hand it work and await the result as a [`Future`](std::future::Future).
+//! hand it work and await the result as a [`Future`].
 //! A hub coroutine awaits any future with [`block_on`]. For several cores,
 //! [`Builder::run_on_threads`] runs one hub per thread, and
 //! [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport)
