@@ -1,9 +1,11 @@
 //! [`DefaultStack`]: an anonymous mmap with a guard page below it, reused
 //! from a per-thread pool (needs the `std` feature).
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::io;
+use std::mem;
 use std::mem::ManuallyDrop;
+use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
@@ -18,11 +20,68 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// Free stacks of this thread, ready for reuse.
-    static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
-    /// This thread's pool capacity: [`POOL_CAPACITY`] or what
-    /// [`set_pool_capacity`] set.
-    static POOL_CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(POOL_CAPACITY) };
+    /// This thread's pool, reached through a plain pointer: a thread-local
+    /// without a destructor costs one load to reach, where one with a
+    /// destructor checks its registration on every access. Null until the
+    /// thread first pools a stack; [`EXITED`] once the thread is exiting.
+    static POOL: Cell<*mut Pool> = const { Cell::new(ptr::null_mut()) };
+    /// Owns the pool: its destructor frees it when the thread exits.
+    static POOL_OWNER: PoolOwner = const { PoolOwner };
+}
+
+/// `POOL` of a thread whose pool is gone: stacks are unmapped at once.
+const EXITED: *mut Pool = ptr::dangling_mut::<Pool>();
+
+/// A thread's free stacks, and how many it keeps.
+struct Pool {
+    free: Vec<DefaultStack>,
+    cap: usize,
+}
+
+/// Frees the thread's pool when the thread exits.
+struct PoolOwner;
+
+impl Drop for PoolOwner {
+    fn drop(&mut self) {
+        let pool = POOL.replace(EXITED);
+        if pool != EXITED && !pool.is_null() {
+            // SAFETY: a non-sentinel POOL came from Box::into_raw in
+            // `pool_mut`, and is freed only here, once.
+            let pool = unsafe { Box::from_raw(pool) };
+            // Dropping the stacks now finds EXITED and unmaps each.
+            drop(pool);
+        }
+    }
+}
+
+/// This thread's pool, made on first use; `None` once the thread exits.
+///
+/// The reference must not be held across anything that could reach the
+/// pool again (nothing in this module does: unmapping does not).
+#[inline]
+fn pool_mut() -> Option<&'static mut Pool> {
+    let pool = POOL.get();
+    if pool.is_null() {
+        return new_pool();
+    }
+    // SAFETY: a non-null, non-sentinel POOL points at this thread's live
+    // pool, which only this thread reaches, and never re-entrantly.
+    (pool != EXITED).then(|| unsafe { &mut *pool })
+}
+
+/// Makes this thread's pool.
+#[cold]
+fn new_pool() -> Option<&'static mut Pool> {
+    // Register the owner's destructor; if the thread is already exiting,
+    // go without a pool.
+    POOL_OWNER.try_with(|_| ()).ok()?;
+    let pool = Box::into_raw(Box::new(Pool {
+        free: Vec::new(),
+        cap: POOL_CAPACITY,
+    }));
+    POOL.set(pool);
+    // SAFETY: just made, owned by POOL_OWNER, reached only by this thread.
+    Some(unsafe { &mut *pool })
 }
 
 /// Sets how many free stacks the calling thread's pool keeps for reuse
@@ -36,13 +95,13 @@ thread_local! {
 /// assert_eq!(stackful::stack::set_pool_capacity(old), 4);
 /// ```
 pub fn set_pool_capacity(capacity: usize) -> usize {
-    let old = POOL_CAP.replace(capacity);
-    let excess: Vec<_> = POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let n = pool.0.len().saturating_sub(capacity);
-        pool.0.drain(..n).collect()
-    });
-    excess.into_iter().for_each(unmap);
+    let Some(pool) = pool_mut() else { return 0 };
+    let old = mem::replace(&mut pool.cap, capacity);
+    let n = pool.free.len().saturating_sub(capacity);
+    let excess: Vec<DefaultStack> = pool.free.drain(..n).collect();
+    // Dropping them now unmaps them: the pool is over capacity no more
+    // only once they are out of it, which they are.
+    excess.into_iter().for_each(DefaultStack::unmap_now);
     old
 }
 
@@ -92,15 +151,27 @@ impl DefaultStack {
         let page = page_size();
         // Pages are a power of two: round up with a mask, not a division.
         let usable = (size + page - 1) & !(page - 1);
-        let pooled = POOL.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let i = pool.0.iter().rposition(|m| m.map.len() == usable + page)?;
-            Some(pool.0.swap_remove(i))
-        });
-        match pooled {
-            Ok(Some(map)) => Ok(DefaultStack::from_map(map, page)),
-            _ => Self::map_new(usable, page),
+        if let Some(pool) = pool_mut() {
+            // The last one pooled first: usually of the size wanted.
+            if let Some(last) = pool.free.last()
+                && last.top - last.limit == usable
+            {
+                return Ok(pool.free.pop().expect("the pool has a last stack"));
+            }
+            if let Some(i) = pool.free.iter().rposition(|s| s.top - s.limit == usable) {
+                return Ok(pool.free.swap_remove(i));
+            }
         }
+        Self::map_new(usable, page)
+    }
+
+    /// Unmaps this stack now, whatever the pool.
+    fn unmap_now(mut self) {
+        // SAFETY: `self` is forgotten right after: the mapping is taken
+        // out once and `drop` does not run.
+        let map = unsafe { ManuallyDrop::take(&mut self.map) };
+        mem::forget(self);
+        unmap(map);
     }
 
     #[inline]
@@ -189,18 +260,24 @@ unsafe impl Stack for DefaultStack {
 impl Drop for DefaultStack {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: `drop` runs once, and nothing uses `self.map` after it.
-        let mut spare = Some(unsafe { ManuallyDrop::take(&mut self.map) });
-        // A thread that is exiting has no pool any more: unmap then.
-        let _ = POOL.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.0.len() < POOL_CAP.get() {
-                pool.0.extend(spare.take());
-            }
-        });
-        if let Some(map) = spare {
-            unmap(map);
+        if let Some(pool) = pool_mut()
+            && pool.free.len() < pool.cap
+        {
+            // Pool a copy that owns the mapping; this value then owns
+            // nothing (its `map` is taken, and nothing runs after `drop`).
+            let map = {
+                // SAFETY: `drop` runs once; `self.map` is not used again.
+                unsafe { ManuallyDrop::take(&mut self.map) }
+            };
+            pool.free.push(DefaultStack {
+                top: self.top,
+                limit: self.limit,
+                map: ManuallyDrop::new(map),
+            });
+            return;
         }
+        // SAFETY: as above.
+        unmap(unsafe { ManuallyDrop::take(&mut self.map) });
     }
 }
 
@@ -219,19 +296,12 @@ fn unmap(map: Mapping) {
     drop(map);
 }
 
-/// A thread's free stacks; unmapped when the thread exits.
-struct Pool(Vec<Mapping>);
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.0.drain(..).for_each(unmap);
-    }
-}
-
 /// Empties the calling thread's pool of free stacks, unmapping them.
 pub fn trim_pool() {
-    let drained: Vec<Mapping> = POOL.with(|pool| pool.borrow_mut().0.drain(..).collect());
-    drained.into_iter().for_each(unmap);
+    if let Some(pool) = pool_mut() {
+        let drained: Vec<DefaultStack> = pool.free.drain(..).collect();
+        drained.into_iter().for_each(DefaultStack::unmap_now);
+    }
 }
 
 /// The system's page size, read once.
