@@ -15,11 +15,13 @@
 //!   to completion and dropping it: an `AsyncCoroutine` (its 1 MiB stack
 //!   from the thread's pool) against a boxed `async` block.
 
+mod common;
+
 use std::future::{Future, ready};
 use std::hint::black_box;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use stackful::bridge::AsyncCoroutine;
@@ -132,16 +134,9 @@ fn awaits(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(50)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = awaits
 }
 criterion_main!(benches);

@@ -21,8 +21,9 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use stackful::{Coroutine, CoroutineResult};
@@ -224,16 +225,9 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(50)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = fp_control, round_trip
 }
 criterion_main!(benches);

@@ -13,6 +13,8 @@
 //!   and an munmap each time), and stackful's `on_stack` on a stack the
 //!   caller keeps.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -65,16 +67,9 @@ fn new_stack(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(50)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = fast_path, new_stack
 }
 criterion_main!(benches);

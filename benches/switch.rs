@@ -17,8 +17,10 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -251,17 +253,9 @@ fn lifecycle_pooled(c: &mut Criterion) {
     g.finish();
 }
 
-/// Short measurements: the whole run (12 benchmarks) takes about a minute.
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(50)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = round_trip, lifecycle_fresh, lifecycle_pooled
 }
 criterion_main!(benches);
