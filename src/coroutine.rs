@@ -256,12 +256,10 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 
     /// The coroutine has finished, or had already (its link word held the
     /// dead sp, which came straight back with 0 and left it there).
-    #[cold]
-    #[inline(never)]
+    #[inline]
     fn finished(&mut self, input: ManuallyDrop<Input>) -> CoroutineResult<Yield, Return> {
         if self.done() {
-            drop(ManuallyDrop::into_inner(input));
-            panic!("stackful: resumed a coroutine that has already finished");
+            resumed_after_the_end(input);
         }
         // Otherwise the coroutine took the input: `input` stays undropped.
         match self.take_ending() {
@@ -512,6 +510,14 @@ where
     // does not return and the stack may be reused.
     unsafe { arch::switch(SIGNAL, *yielder.link, yielder.link) };
     unreachable!("stackful: a finished coroutine was resumed");
+}
+
+/// A resume of a finished coroutine: drop its input, panic.
+#[cold]
+#[inline(never)]
+fn resumed_after_the_end<I>(input: ManuallyDrop<I>) -> ! {
+    drop(ManuallyDrop::into_inner(input));
+    panic!("stackful: resumed a coroutine that has already finished");
 }
 
 /// Moves `f` to the top of `stack` and lays out below it a first frame
