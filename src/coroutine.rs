@@ -558,7 +558,7 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
 
 /// The address of a message, exposed so that the receiver can read it.
 #[inline(always)]
-fn addr<T>(msg: &T) -> usize {
+pub(crate) fn addr<T>(msg: &T) -> usize {
     ptr::from_ref(msg).expose_provenance()
 }
 
@@ -568,7 +568,7 @@ fn addr<T>(msg: &T) -> usize {
 /// `addr` must be the exposed address of a live, initialised `T` that its
 /// owner will neither use nor drop again.
 #[inline(always)]
-unsafe fn take<T>(addr: usize) -> T {
+pub(crate) unsafe fn take<T>(addr: usize) -> T {
     // SAFETY: as the caller promises.
     unsafe { ptr::read(ptr::with_exposed_provenance::<T>(addr)) }
 }

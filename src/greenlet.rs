@@ -67,7 +67,7 @@ use std::ptr;
 use std::rc::Rc;
 
 use crate::arch;
-use crate::coroutine::Marker;
+use crate::coroutine::{Marker, addr, take};
 use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
 use crate::stack::{DefaultStack, Stack};
 
@@ -750,19 +750,4 @@ fn live_ancestor(core: &Core) -> *const Core {
         p = c.parent.borrow().as_ref().map(|h| Rc::as_ptr(&h.0));
     }
     unreachable!("stackful: the main greenlet never dies")
-}
-
-/// The address of a message, exposed so that the receiver can read it.
-fn addr<T>(msg: &T) -> usize {
-    ptr::from_ref(msg).expose_provenance()
-}
-
-/// Moves a message out of the address a switch delivered.
-///
-/// # Safety
-/// `addr` must be the exposed address of a live, initialised `T` that its
-/// owner will neither use nor drop again.
-unsafe fn take<T>(addr: usize) -> T {
-    // SAFETY: as the caller promises.
-    unsafe { ptr::read(ptr::with_exposed_provenance::<T>(addr)) }
 }

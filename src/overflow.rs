@@ -45,8 +45,6 @@ struct Slot {
 
 /// The table of [`CAPACITY`] slots, mapped on the first [`register`]; null until then.
 static TABLE: AtomicPtr<Slot> = AtomicPtr::new(null_mut());
-/// The page size, stored by [`install`] before the handler can run.
-static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 /// Makes [`install`] set up the handler once per process.
 static INSTALL: Once = Once::new();
 /// The handlers in place before ours (`sa_sigaction`), for SIGSEGV and SIGBUS.
@@ -160,10 +158,9 @@ pub(crate) fn guard_at(guard_lo: usize) -> Option<(usize, usize)> {
 
 /// The stack size registered for the guard containing `addr`, if any. Async-signal-safe.
 fn lookup(addr: usize) -> Option<usize> {
-    let (table, page) = (table()?, PAGE_SIZE.load(Acquire));
-    if page == 0 {
-        return None;
-    }
+    // The page size is cached before any guard is registered (mapping a
+    // stack reads it), so this is a plain atomic load here.
+    let (table, page) = (table()?, crate::stack::page_size());
     let fault_page = addr & !(page - 1);
     for below in 0..MAX_GUARD_PAGES {
         let guard_lo = fault_page.checked_sub(below * page)?;
@@ -198,9 +195,8 @@ pub(crate) fn install() {
 fn install_slow() {
     INSTALLED.set(true);
     INSTALL.call_once(|| {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        PAGE_SIZE.store(page, Release);
+        // Cache the page size before the handler can need it.
+        crate::stack::page_size();
         for (i, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
             // SAFETY: all-zero is a valid sigaction (SIG_DFL, no flags, empty mask), and
             // sigaction only reads and writes the structs passed. Saving the previous handler
@@ -230,7 +226,7 @@ fn ensure_alt_stack() {
     {
         return;
     }
-    let page = PAGE_SIZE.load(Acquire);
+    let page = crate::stack::page_size();
     // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel lacks.
     let min = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
     let size = (64 * 1024)
