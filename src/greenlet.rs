@@ -80,37 +80,108 @@ enum Life {
     Dead,
 }
 
-/// The type a switch into a greenlet must carry, with a way to name it in
-/// errors.
-type Expects = (TypeId, fn() -> &'static str);
-
-/// What a greenlet waiting for a `T` expects.
-#[inline(always)]
-fn expects<T: 'static>() -> Expects {
-    (TypeId::of::<T>(), type_name::<T>)
+/// What a switch into a greenlet must carry: a type, and its name for
+/// errors. A suspended greenlet's `gate` points at the [`GateOf`] constant
+/// of the type its pending switch (or its body) takes; a dead one's at
+/// [`DEAD`], a killer's (while it waits) at `GateOf<GreenletExit>`, which
+/// no value's type matches. A running greenlet's gate is whatever it was
+/// (a switch to oneself is found by comparing cores). Types are compared
+/// by id, not by the constant's address: one type's constant may have one
+/// address per codegen unit (handles remember an address that passed, see
+/// `Greenlet::seen`, so the fast path compares addresses only).
+struct Gate {
+    id: TypeId,
+    name: fn() -> &'static str,
 }
 
-/// One greenlet, untyped: the typed [`Greenlet`] handles point at it.
-struct Core {
+/// The gate of a greenlet waiting for a `T`.
+struct GateOf<T>(PhantomData<T>);
+
+impl<T: 'static> GateOf<T> {
+    const GATE: &'static Gate = &Gate {
+        id: TypeId::of::<T>(),
+        name: type_name::<T>,
+    };
+}
+
+impl Gate {
+    /// Whether a switch carrying a `T` may pass this gate.
+    #[inline(always)]
+    fn admits<T: 'static>(&'static self) -> bool {
+        self.id == TypeId::of::<T>()
+    }
+}
+
+/// Types of no value: the gates of a main greenlet that has not left yet
+/// and of a dead greenlet.
+enum Fresh {}
+enum Dead {}
+
+/// The gate of a main greenlet before its first switch (it is running, so
+/// nothing can switch to it yet).
+static FRESH: Gate = Gate {
+    id: TypeId::of::<Fresh>(),
+    name: || "nothing (it is running)",
+};
+
+/// The gate of a dead greenlet.
+static DEAD: Gate = Gate {
+    id: TypeId::of::<Dead>(),
+    name: || "nothing (it is dead)",
+};
+
+/// The fields a switch touches, first in every [`Core`] so that `CURRENT`
+/// can point at them, and at a static stand-in before the thread's first
+/// use.
+#[repr(C)]
+struct Hot {
     /// The saved stack pointer while suspended or not started.
     sp: Cell<usize>,
+    /// What a switch into this greenlet must carry (see [`Gate`]).
+    gate: Cell<&'static Gate>,
+    /// Non-null when leaving this greenlet by a switch must not happen as
+    /// usual: the greenlet that killed it (once a kill reaches the body;
+    /// later switches panic again), or, in the stand-in, a mark that the
+    /// thread's main greenlet is not made yet. The killer waits in
+    /// `kill_core` until this greenlet is dead, which keeps it alive.
+    killed_by: Cell<*const Core>,
+    /// Where a switch into this greenlet writes the switcher's sp: the
+    /// link word at the top of its stack, which unwinders follow (for the
+    /// main greenlet, a word of its own that nothing reads).
+    link: Cell<*mut usize>,
+}
+
+/// `CURRENT` before the thread's first use of greenlets. Never written:
+/// a switch from it takes the slow path, which makes the main greenlet.
+struct StandIn(Hot);
+
+// SAFETY: nothing writes the stand-in (every write to a `Hot` goes through
+// `CURRENT` after the slow path replaced the stand-in, or through a real
+// core), and its cells hold no thread-bound data.
+unsafe impl Sync for StandIn {}
+
+static STAND_IN: StandIn = StandIn(Hot {
+    sp: Cell::new(0),
+    gate: Cell::new(&FRESH),
+    killed_by: Cell::new(ptr::dangling()),
+    link: Cell::new(ptr::null_mut()),
+});
+
+/// One greenlet, untyped: the typed [`Greenlet`] handles point at it.
+#[repr(C)]
+struct Core {
+    /// What a switch touches; first, see [`Hot`].
+    hot: Hot,
     life: Cell<Life>,
-    /// The type a switch into this greenlet must carry, and its name.
-    expects: Cell<Expects>,
     parent: RefCell<Option<Handle>>,
-    /// The address of the link word of this greenlet's stack (0 for the
-    /// main greenlet): the switcher's sp, which unwinders follow.
-    link: usize,
     /// Our stack, given back (to the pool) once the greenlet is dead.
     stack: RefCell<Option<DefaultStack>>,
     /// Handles (including parent links) alive; at zero it is killed.
     handles: Cell<usize>,
-    /// The greenlet that killed this one (null until a kill reaches the
-    /// body); later switches panic again. The killer waits in `kill_core`
-    /// until this greenlet is dead, which keeps it alive.
-    killed_by: Cell<*const Core>,
     /// Is this the thread's implicit main greenlet?
     main: bool,
+    /// The main greenlet's link word (see [`Hot::link`]).
+    scratch: Cell<usize>,
     /// This greenlet's ThreadSanitizer fiber (empty without it).
     fiber: Fiber,
     /// This greenlet's stack bounds, for AddressSanitizer (empty without
@@ -128,39 +199,51 @@ impl Drop for Core {
 }
 
 thread_local! {
-    /// The running greenlet's core; null until the thread's first use.
-    /// A raw pointer, so that a switch costs no reference counting: the
-    /// running greenlet's core is kept alive by its own first frame
-    /// (`entry` holds an `Rc` to it), or, for the main greenlet, by `MAIN`.
-    static CURRENT: Cell<*const Core> = const { Cell::new(ptr::null()) };
+    /// The running greenlet's core (its [`Hot`] part); the stand-in until
+    /// the thread's first use. A raw pointer, so that a switch costs no
+    /// reference counting: the running greenlet's core is kept alive by
+    /// its own first frame (`entry` holds an `Rc` to it), or, for the main
+    /// greenlet, by `MAIN`.
+    static CURRENT: Cell<*const Hot> = const { Cell::new(&STAND_IN.0) };
     /// The thread's implicit main greenlet.
-    static MAIN: Rc<Core> = Rc::new(Core {
-        sp: Cell::new(0),
-        life: Cell::new(Life::Started),
-        expects: Cell::new(expects::<()>()),
-        parent: RefCell::new(None),
-        link: 0,
-        stack: RefCell::new(None),
-        handles: Cell::new(0),
-        killed_by: Cell::new(ptr::null()),
-        main: true,
-        fiber: Fiber::current(),
-        asan: AsanPeer::default(),
-    });
+    static MAIN: Rc<Core> = {
+        let main = Rc::new(Core {
+            hot: Hot {
+                sp: Cell::new(0),
+                gate: Cell::new(&FRESH),
+                killed_by: Cell::new(ptr::null()),
+                link: Cell::new(ptr::null_mut()),
+            },
+            life: Cell::new(Life::Started),
+            parent: RefCell::new(None),
+            stack: RefCell::new(None),
+            handles: Cell::new(0),
+            main: true,
+            scratch: Cell::new(0),
+            fiber: Fiber::current(),
+            asan: AsanPeer::default(),
+        });
+        main.hot.link.set(main.scratch.as_ptr());
+        main
+    };
 }
 
 /// The running greenlet's core.
 #[inline(always)]
 fn running_ptr() -> *const Core {
     let p = CURRENT.with(Cell::get);
-    if p.is_null() { first_use() } else { p }
+    if ptr::eq(p, &STAND_IN.0) {
+        first_use()
+    } else {
+        p.cast()
+    }
 }
 
 /// The thread's first use of greenlets: the main greenlet is running.
 #[cold]
 fn first_use() -> *const Core {
     let main = MAIN.with(Rc::as_ptr);
-    CURRENT.with(|c| c.set(main));
+    set_running(main);
     main
 }
 
@@ -177,8 +260,8 @@ fn running() -> Rc<Core> {
 
 /// Makes `core` the running greenlet.
 #[inline(always)]
-fn set_running(core: &Core) {
-    CURRENT.with(|c| c.set(core));
+fn set_running(core: *const Core) {
+    CURRENT.with(|c| c.set(core.cast()));
 }
 
 /// Whether `core` is the running greenlet.
@@ -326,13 +409,29 @@ impl SwitchError<()> {
 /// returns a `T`. Cheap to clone; see the [module docs](self).
 pub struct Greenlet<T> {
     handle: Handle,
+    /// A gate of the target's that admitted a `T` before (null at first):
+    /// the fast path's check is then one compare of addresses. Any
+    /// address one type's gate has stands for that type only.
+    seen: Cell<*const Gate>,
     _marker: Marker<T, T>,
+}
+
+impl<T> Greenlet<T> {
+    /// A typed handle to `handle`'s greenlet.
+    fn from_handle(handle: Handle) -> Self {
+        Greenlet {
+            handle,
+            seen: Cell::new(ptr::null()),
+            _marker: PhantomData,
+        }
+    }
 }
 
 impl<T> Clone for Greenlet<T> {
     fn clone(&self) -> Self {
         Greenlet {
             handle: self.handle.clone(),
+            seen: self.seen.clone(),
             _marker: PhantomData,
         }
     }
@@ -359,10 +458,7 @@ impl<T> Eq for Greenlet<T> {}
 
 /// The greenlet running now (the thread's main greenlet outside any other).
 pub fn current<T>() -> Greenlet<T> {
-    Greenlet {
-        handle: Handle::new(running()),
-        _marker: PhantomData,
-    }
+    Greenlet::from_handle(Handle::new(running()))
 }
 
 impl<T: 'static> Greenlet<T> {
@@ -393,22 +489,24 @@ impl<T: 'static> Greenlet<T> {
         let asan = AsanPeer::default();
         asan.set((stack.limit(), stack.top() - stack.limit()));
         let core = Rc::new(Core {
-            sp: Cell::new(sp),
+            hot: Hot {
+                sp: Cell::new(sp),
+                gate: Cell::new(GateOf::<T>::GATE),
+                killed_by: Cell::new(ptr::null()),
+                link: Cell::new(ptr::with_exposed_provenance_mut(
+                    closure - arch::LINK_OFFSET,
+                )),
+            },
             life: Cell::new(Life::NotStarted),
-            expects: Cell::new(expects::<T>()),
             parent: RefCell::new(Some(Handle::new(running()))),
-            link: closure - arch::LINK_OFFSET,
             stack: RefCell::new(Some(stack)),
             handles: Cell::new(0),
-            killed_by: Cell::new(ptr::null()),
             main: false,
+            scratch: Cell::new(0),
             fiber: Fiber::create(),
             asan,
         });
-        Greenlet {
-            handle: Handle::new(core),
-            _marker: PhantomData,
-        }
+        Greenlet::from_handle(Handle::new(core))
     }
 
     /// Transfers control to this greenlet now, passing `value`; returns
@@ -434,18 +532,43 @@ impl<T: 'static> Greenlet<T> {
     /// [`SwitchError`] instead of panicking.
     #[inline]
     pub fn try_switch(&self, value: T) -> Result<T, SwitchError<T>> {
+        // The fast path: the target waits for a `T` (which also says that
+        // it is not dead: that gate admits no type), it is not us, and we
+        // may leave (we were not killed, and we are not the stand-in of a
+        // thread's first use).
+        let me = CURRENT.with(Cell::get);
+        let target = &*self.handle.0;
+        // SAFETY: CURRENT points at the live core of the running greenlet
+        // (see CURRENT), or at the stand-in, which is static.
+        let killed = unsafe { !(*me).killed_by.get().is_null() };
+        if !ptr::eq(target.hot.gate.get(), self.seen.get()) | killed | ptr::eq(me, &target.hot) {
+            return self.try_switch_slow(value);
+        }
+        // SAFETY: not the stand-in (its `killed_by` is set), so the live
+        // core of the running greenlet.
+        let me = unsafe { &*me.cast::<Core>() };
+        let value = ManuallyDrop::new(value);
+        Ok(switch_to::<T>(me, target, addr(&value)))
+    }
+
+    /// Everything `try_switch` does not do inline: the thread's first use,
+    /// a switch to the running greenlet, a killed caller, and the errors.
+    #[cold]
+    #[inline(never)]
+    fn try_switch_slow(&self, value: T) -> Result<T, SwitchError<T>> {
         // SAFETY: the running greenlet's core is alive (see CURRENT).
         let me = unsafe { &*running_ptr() };
         let target = &*self.handle.0;
         if ptr::eq(me, target) {
             return Ok(value);
         }
-        if !me.killed_by.get().is_null() {
+        if !me.hot.killed_by.get().is_null() {
             panic::resume_unwind(Box::new(GreenletExit));
         }
         if let Err(e) = check_target::<T>(target) {
             return Err(e.with_value(value));
         }
+        self.seen.set(target.hot.gate.get());
         let value = ManuallyDrop::new(value);
         Ok(switch_to::<T>(me, target, addr(&value)))
     }
@@ -454,10 +577,7 @@ impl<T: 'static> Greenlet<T> {
     /// this greenlet's type.
     pub fn parent(&self) -> Option<Greenlet<T>> {
         let parent = self.handle.0.parent.borrow();
-        parent.as_ref().map(|h| Greenlet {
-            handle: h.clone(),
-            _marker: PhantomData,
-        })
+        parent.as_ref().map(|h| Greenlet::from_handle(h.clone()))
     }
 
     /// Makes `parent` this greenlet's parent: where its return value or
@@ -522,11 +642,11 @@ fn check_target<T: 'static>(target: &Core) -> Result<(), SwitchError<()>> {
     if target.life.get() == Life::Dead {
         return Err(SwitchError::Dead(()));
     }
-    let (id, name) = target.expects.get();
-    if id != TypeId::of::<T>() {
+    let gate = target.hot.gate.get();
+    if !gate.admits::<T>() {
         return Err(SwitchError::WrongType {
             value: (),
-            expected: name(),
+            expected: (gate.name)(),
         });
     }
     Ok(())
@@ -538,12 +658,16 @@ fn check_target<T: 'static>(target: &Core) -> Result<(), SwitchError<()>> {
 /// brings instead.
 #[inline(always)]
 fn switch_to<T: 'static>(me: &Core, target: &Core, arg: usize) -> T {
-    me.expects.set(expects::<T>());
+    // A greenlet mostly waits for the type it waited for last time: the
+    // gate then stays as it is (as with `link`, a read spares a store).
+    if !ptr::eq(me.hot.gate.get(), GateOf::<T>::GATE) {
+        me.hot.gate.set(GateOf::<T>::GATE);
+    }
     let (back, from) = raw_switch(me, target, arg);
     if back != 0 {
         link(me, from);
-        // SAFETY: the sender checked that we expect a `T` (we set
-        // `expects` before switching away) and sent the address of a
+        // SAFETY: the sender checked that we expect a `T` (we set our
+        // gate before switching away) and sent the address of a
         // ManuallyDrop<T> it will not touch again.
         unsafe { take::<T>(back) }
     } else {
@@ -563,7 +687,7 @@ fn raw_switch(me: &Core, target: &Core, arg: usize) -> (usize, usize) {
     // this switch resumes, on a stack its core keeps alive. Our own sp goes
     // into our core, which stays alive while we are suspended: nobody frees
     // a suspended core but through a kill, which resumes it first.
-    let back = unsafe { arch::switch(arg, target.sp.get(), me.sp.as_ptr()) };
+    let back = unsafe { arch::switch(arg, target.hot.sp.get(), me.hot.sp.as_ptr()) };
     after_switch(&save);
     back
 }
@@ -608,10 +732,16 @@ fn after_switch(save: &AsanSave) {
 /// Points our stack's link word at the switcher's sp, for unwinders.
 #[inline(always)]
 fn link(me: &Core, from: usize) {
-    if me.link != 0 {
-        // SAFETY: `link` is the link word at the top of our own stack,
-        // which is alive while we run.
-        unsafe { ptr::with_exposed_provenance_mut::<usize>(me.link).write(from) };
+    let link = me.hot.link.get();
+    // SAFETY: `link` is the link word at the top of our own stack, which
+    // is alive while we run, or the main greenlet's `scratch`, alive with
+    // its core; nothing holds a reference into either. Switchers mostly
+    // switch from the same depth of their stacks (a loop, a scheduler), so
+    // the word mostly holds `from` already: reading it spares a store.
+    unsafe {
+        if link.read() != from {
+            link.write(from);
+        }
     }
 }
 
@@ -625,7 +755,7 @@ fn receive_mail<T: 'static>(me: &Core, from: usize) -> T {
         Kind::Value(v) => unsafe { take::<T>(v) },
         Kind::Panic(payload) => panic::resume_unwind(payload),
         Kind::Kill(killer) => {
-            me.killed_by.set(killer);
+            me.hot.killed_by.set(killer);
             panic::resume_unwind(Box::new(GreenletExit))
         }
     }
@@ -638,7 +768,7 @@ fn kill_core(target: &Core) {
     let me = unsafe { &*me_ptr };
     // While we wait, no value can be switched into us: we expect a type
     // nobody else can name.
-    me.expects.set(expects::<GreenletExit>());
+    me.hot.gate.set(GateOf::<GreenletExit>::GATE);
     post(Mail {
         kind: Kind::Kill(me_ptr),
         died: None,
@@ -680,13 +810,14 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             panic::catch_unwind(AssertUnwindSafe(|| f(input)))
         }
         Kind::Kill(killer) => {
-            me.killed_by.set(killer);
+            me.hot.killed_by.set(killer);
             panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(Box::new(GreenletExit)))
         }
         Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(payload)),
     };
     me.life.set(Life::Dead);
-    let killer = Some(me.killed_by.get()).filter(|k| !k.is_null());
+    me.hot.gate.set(&DEAD);
+    let killer = Some(me.hot.killed_by.get()).filter(|k| !k.is_null());
     let (target, kind, value) = match (outcome, killer) {
         // Killed: back to the killer, whatever the body did with the
         // unwind (a value it returned anyway is dropped).
@@ -725,7 +856,7 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     });
     // SAFETY: as just said, the target's core is alive.
     let target = unsafe { &*target };
-    let sp = target.sp.get();
+    let sp = target.hot.sp.get();
     set_running(target);
     before_switch(None, target, None);
     let mut scratch = 0usize;
