@@ -226,6 +226,13 @@ fn lifecycle_pooled(c: &mut Criterion) {
         })
     });
 
+    // stackful, the way corosensei reuses a stack: one DefaultStack,
+    // handed in with `with_stack` and taken back with `into_stack`.
+    let mut stack = Some(stackful::DefaultStack::new(STACK_SIZE).unwrap());
+    g.bench_function("stackful_explicit", |b| {
+        b.iter(|| stack = Some(stackful_once(stack.take().unwrap())))
+    });
+
     // corosensei: one DefaultStack, handed in with `with_stack` and taken
     // back with `into_stack`.
     let mut stack = Some(corosensei::stack::DefaultStack::new(STACK_SIZE).unwrap());

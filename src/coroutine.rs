@@ -196,6 +196,7 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
     ///
     /// # Panics
     /// When no stack can be mapped (the message says why).
+    #[inline]
     pub fn new<F>(f: F) -> Self
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
@@ -215,6 +216,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// closure (the closure is too large for this stack).
     ///
     /// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
+    #[inline]
     pub fn with_stack<F>(stack: S, f: F) -> Self
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
@@ -350,10 +352,17 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     }
 
     /// Drives a started or unstarted coroutine to its end by unwinding.
+    #[inline]
     fn finish(&mut self) {
-        if self.done() {
-            return;
+        if !self.done() {
+            self.unwind();
         }
+    }
+
+    /// `finish` for a coroutine not done yet.
+    #[cold]
+    #[inline(never)]
+    fn unwind(&mut self) {
         // A body that catches the unwind and suspends again gets to yield,
         // and unwinds again: its yields are dropped until it finishes.
         loop {
@@ -537,13 +546,7 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
                 .is_some_and(|low| low >= limit)
         });
     let Some(closure) = closure else {
-        panic!(
-            "stackful: a stack of {} bytes is too small for a closure of {} bytes: \
-             at least {} bytes must remain below it",
-            top.saturating_sub(limit),
-            mem::size_of::<F>(),
-            crate::stack::MIN_STACK_SIZE
-        );
+        closure_too_large(top.saturating_sub(limit), mem::size_of::<F>());
     };
     let ptr = ptr::with_exposed_provenance_mut::<F>(closure);
     // SAFETY: `Stack` promises [limit, top) is writable memory of this
@@ -554,6 +557,17 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
     // it are inside the stack (checked above).
     let sp = unsafe { arch::init_stack(closure, entry, closure) };
     (closure, sp)
+}
+
+/// `place_closure`'s panic, kept out of the way of its fast path.
+#[cold]
+#[inline(never)]
+fn closure_too_large(stack: usize, closure: usize) -> ! {
+    panic!(
+        "stackful: a stack of {stack} bytes is too small for a closure of {closure} bytes: \
+         at least {} bytes must remain below it",
+        crate::stack::MIN_STACK_SIZE
+    );
 }
 
 /// The address of a message, exposed so that the receiver can read it.

@@ -118,12 +118,12 @@ pub fn set_pool_capacity(capacity: usize) -> usize {
 /// aborts the process.
 #[derive(Debug)]
 pub struct DefaultStack {
-    /// `Stack::top`, kept to answer without touching the mapping's fields.
-    top: usize,
-    /// `Stack::limit`: the mapping's start plus its guard page.
+    /// The guard page, then the usable bytes: the top is the mapping's
+    /// end. Taken out only by `drop` and `unmap_now`.
+    map: ManuallyDrop<MmapMut>,
+    /// `Stack::limit`: the mapping's start plus the guard page (kept, so
+    /// that nothing but mapping asks the page size).
     limit: usize,
-    /// Taken out only by `drop`.
-    map: ManuallyDrop<Mapping>,
 }
 
 impl DefaultStack {
@@ -151,18 +151,29 @@ impl DefaultStack {
         let page = page_size();
         // Pages are a power of two: round up with a mask, not a division.
         let usable = (size + page - 1) & !(page - 1);
-        if let Some(pool) = pool_mut() {
-            // The last one pooled first: usually of the size wanted.
-            if let Some(last) = pool.free.last()
-                && last.top - last.limit == usable
-            {
-                return Ok(pool.free.pop().expect("the pool has a last stack"));
-            }
-            if let Some(i) = pool.free.iter().rposition(|s| s.top - s.limit == usable) {
-                return Ok(pool.free.swap_remove(i));
-            }
+        // The last one pooled first: usually of the size wanted.
+        if let Some(pool) = pool_mut()
+            && let Some(i) = pool.free.iter().rposition(|s| s.size() == usable)
+        {
+            return Ok(pool.free.swap_remove(i));
         }
         Self::map_new(usable, page)
+    }
+
+    /// The last stack pooled on this thread, if it is of the default size
+    /// (the likeliest to be cached, and `default`'s common case).
+    #[inline(always)]
+    fn pooled_default() -> Option<DefaultStack> {
+        let pool = POOL.get();
+        if pool.is_null() || pool == EXITED {
+            return None;
+        }
+        // SAFETY: a pool pointer neither null nor EXITED is this thread's
+        // live pool, and no reference to it is held anywhere now.
+        let free = unsafe { &mut (*pool).free };
+        // DEFAULT_STACK_SIZE is a whole number of pages of every page size
+        // Linux has (4, 16 or 64 KiB): it is its own rounding.
+        free.pop_if(|s| s.size() == DEFAULT_STACK_SIZE)
     }
 
     /// Unmaps this stack now, whatever the pool.
@@ -170,18 +181,9 @@ impl DefaultStack {
         // SAFETY: `self` is forgotten right after: the mapping is taken
         // out once and `drop` does not run.
         let map = unsafe { ManuallyDrop::take(&mut self.map) };
+        let limit = self.limit;
         mem::forget(self);
-        unmap(map);
-    }
-
-    #[inline]
-    fn from_map(map: Mapping, page: usize) -> DefaultStack {
-        let base = map.map.as_ptr() as usize;
-        DefaultStack {
-            top: base + map.map.len(),
-            limit: base + page,
-            map: ManuallyDrop::new(map),
-        }
+        unmap(map, limit);
     }
 
     /// Maps `usable + page` bytes and installs the guard on the lowest page.
@@ -206,9 +208,12 @@ impl DefaultStack {
         }
         crate::overflow::register(base as usize, page, usable);
         let (limit, top) = (base as usize + page, base as usize + page + usable);
-        let valgrind_id = crate::sanitizer::valgrind_stack_register(limit, top);
+        crate::sanitizer::valgrind_stack_register(limit, top);
         LIVE.fetch_add(1, Ordering::Relaxed);
-        Ok(DefaultStack::from_map(Mapping { map, valgrind_id }, page))
+        Ok(DefaultStack {
+            map: ManuallyDrop::new(map),
+            limit,
+        })
     }
 
     /// How many `DefaultStack` mappings the process holds now, pooled ones
@@ -218,8 +223,21 @@ impl DefaultStack {
     }
 
     /// The usable size in bytes (the requested size rounded up to pages).
+    #[inline]
     pub fn size(&self) -> usize {
-        self.top() - self.limit()
+        self.top() - self.limit
+    }
+}
+
+impl DefaultStack {
+    /// `default` without a pooled stack at hand.
+    #[cold]
+    #[inline(never)]
+    fn default_slow() -> DefaultStack {
+        match DefaultStack::new(DEFAULT_STACK_SIZE) {
+            Ok(stack) => stack,
+            Err(e) => panic!("stackful: cannot allocate a coroutine stack: {e}"),
+        }
     }
 }
 
@@ -228,11 +246,9 @@ impl Default for DefaultStack {
     ///
     /// # Panics
     /// When the kernel refuses the mapping; the message says why.
+    #[inline]
     fn default() -> Self {
-        match DefaultStack::new(DEFAULT_STACK_SIZE) {
-            Ok(stack) => stack,
-            Err(e) => panic!("stackful: cannot allocate a coroutine stack: {e}"),
-        }
+        DefaultStack::pooled_default().unwrap_or_else(DefaultStack::default_slow)
     }
 }
 
@@ -243,7 +259,7 @@ impl Default for DefaultStack {
 unsafe impl Stack for DefaultStack {
     #[inline]
     fn top(&self) -> usize {
-        self.top
+        self.map.as_ptr() as usize + self.map.len()
     }
 
     #[inline]
@@ -260,38 +276,39 @@ unsafe impl Stack for DefaultStack {
 impl Drop for DefaultStack {
     #[inline]
     fn drop(&mut self) {
-        if let Some(pool) = pool_mut()
-            && pool.free.len() < pool.cap
-        {
-            // Pool a copy that owns the mapping; this value then owns
-            // nothing (its `map` is taken, and nothing runs after `drop`).
-            let map = {
-                // SAFETY: `drop` runs once; `self.map` is not used again.
-                unsafe { ManuallyDrop::take(&mut self.map) }
-            };
-            pool.free.push(DefaultStack {
-                top: self.top,
-                limit: self.limit,
-                map: ManuallyDrop::new(map),
-            });
-            return;
+        // SAFETY: `drop` runs once and nothing uses `self` after it (its
+        // `map` is a ManuallyDrop, `limit` a plain word): the bitwise copy
+        // becomes the mapping's only owner, and goes to the pool or is
+        // unmapped.
+        let stack = unsafe { ptr::read(self) };
+        let pool = POOL.get();
+        if !pool.is_null() && pool != EXITED {
+            // SAFETY: as in `pooled_default`: this thread's live pool.
+            let pool = unsafe { &mut *pool };
+            if pool.free.len() < pool.cap {
+                pool.free.push(stack);
+                return;
+            }
         }
-        // SAFETY: as above.
-        unmap(unsafe { ManuallyDrop::take(&mut self.map) });
+        pool_or_unmap(stack);
     }
 }
 
-/// A stack's mapping, with the id valgrind gave it.
-#[derive(Debug)]
-struct Mapping {
-    map: MmapMut,
-    valgrind_id: usize,
+/// `drop` without this thread's pool made yet, or with it full or gone.
+#[cold]
+#[inline(never)]
+fn pool_or_unmap(stack: DefaultStack) {
+    match pool_mut() {
+        Some(pool) if pool.free.len() < pool.cap => pool.free.push(stack),
+        _ => stack.unmap_now(),
+    }
 }
 
 /// Unregisters a stack (its guard, and from valgrind) and unmaps it.
-fn unmap(map: Mapping) {
-    crate::sanitizer::valgrind_stack_deregister(map.valgrind_id);
-    crate::overflow::unregister(map.map.as_ptr() as usize);
+fn unmap(map: MmapMut, limit: usize) {
+    let base = map.as_ptr() as usize;
+    crate::sanitizer::valgrind_stack_deregister(limit);
+    crate::overflow::unregister(base);
     LIVE.fetch_sub(1, Ordering::Relaxed);
     drop(map);
 }

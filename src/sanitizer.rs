@@ -149,20 +149,44 @@ impl Fiber {
     }
 }
 
-/// valgrind's `VALGRIND_STACK_REGISTER`: returns the stack's id.
+/// The ids valgrind gave the stacks it knows, by their lowest address.
+/// Empty outside valgrind (its requests answer 0 there), so stacks carry no
+/// id of their own.
 #[cfg(feature = "std")]
-pub(crate) fn valgrind_stack_register(start: usize, end: usize) -> usize {
+static VALGRIND_IDS: std::sync::Mutex<Option<std::collections::HashMap<usize, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// valgrind's `VALGRIND_STACK_REGISTER` for the stack `[start, end)`.
+#[cfg(feature = "std")]
+pub(crate) fn valgrind_stack_register(start: usize, end: usize) {
     /// VG_USERREQ__STACK_REGISTER, from valgrind.h.
     const STACK_REGISTER: usize = 0x1501;
-    crate::arch::valgrind_request(0, &[STACK_REGISTER, start, end, 0, 0, 0])
+    let id = crate::arch::valgrind_request(0, &[STACK_REGISTER, start, end, 0, 0, 0]);
+    if id != 0 {
+        let mut ids = VALGRIND_IDS.lock().unwrap_or_else(|e| e.into_inner());
+        ids.get_or_insert_default().insert(start, id);
+    }
 }
 
-/// valgrind's `VALGRIND_STACK_DEREGISTER`.
+/// valgrind's `VALGRIND_STACK_DEREGISTER` for the stack registered with
+/// the lowest address `start`.
 #[cfg(feature = "std")]
-pub(crate) fn valgrind_stack_deregister(id: usize) {
+pub(crate) fn valgrind_stack_deregister(start: usize) {
     /// VG_USERREQ__STACK_DEREGISTER, from valgrind.h.
     const STACK_DEREGISTER: usize = 0x1502;
-    crate::arch::valgrind_request(0, &[STACK_DEREGISTER, id, 0, 0, 0, 0]);
+    /// VG_USERREQ__RUNNING_ON_VALGRIND, from valgrind.h.
+    const RUNNING_ON_VALGRIND: usize = 0x1001;
+    if crate::arch::valgrind_request(0, &[RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]) == 0 {
+        return;
+    }
+    let id = VALGRIND_IDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .and_then(|ids| ids.remove(&start));
+    if let Some(id) = id {
+        crate::arch::valgrind_request(0, &[STACK_DEREGISTER, id, 0, 0, 0, 0]);
+    }
 }
 
 /// The bounds (bottom, size) of the stack on the other side of a switch,
