@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Repeatable cost of one round trip (resume + suspend back) for stackful and
-# its peers, from examples/roundtrips.rs:
+# Repeatable cost of one iteration of a workload of examples/roundtrips.rs
+# (a round trip, resume + suspend back, for stackful and its peers; a
+# greenlet ping-pong; a coroutine's whole life):
 #
-# - instructions: each crate runs under callgrind at N1 and N2 round trips;
-#   Ir(N2) - Ir(N1) over N2 - N1 is the instruction count of one round trip,
-#   with start-up, set-up and teardown cancelled out;
-# - time: the median ns per round trip of RUNS native runs of TIMED round
-#   trips each, pinned to one CPU with taskset when it is there.
+# - instructions: each workload runs under callgrind at N1 and N2
+#   iterations; Ir(N2) - Ir(N1) over N2 - N1 is the instruction count of
+#   one, with start-up, set-up and teardown cancelled out;
+# - time: the median ns per iteration of RUNS native runs of TIMED
+#   iterations each, pinned to one CPU with taskset when it is there.
 #
-# Usage: benches/callgrind.sh [crate...]   (default: all four)
+# Usage: benches/callgrind.sh [workload...]
+#   default: the round trips of all four crates and the greenlet ping-pong;
+#   `life`: the whole lives (stackful pooled and reused, and the peers').
 # Environment: N1 (1000000), N2 (2000000), RUNS (5), TIMED (10000000),
-#              CPU (1), OUT (/tmp: where the callgrind files go).
+#              CPU (1), OUT (/tmp: where the callgrind files go); `life`
+#              divides the counts by 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +25,11 @@ TIMED=${TIMED:-10000000}
 CPU=${CPU:-1}
 OUT=${OUT:-/tmp}
 crates=("$@")
-[ ${#crates[@]} -gt 0 ] || crates=(stackful corosensei context generator)
+[ ${#crates[@]} -gt 0 ] || crates=(stackful corosensei context generator greenlet)
+if [ "${crates[*]}" = life ]; then
+    crates=(stackful-life stackful-life-reuse corosensei-life context-life generator-life)
+    N1=$((N1 / 10)) N2=$((N2 / 10)) TIMED=$((TIMED / 10))
+fi
 
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 
@@ -59,14 +67,14 @@ instructions() {
 median_ns() {
     local crate=$1 i
     for ((i = 0; i < RUNS; i++)); do
-        "${pin[@]}" "$bin" "$crate" "$TIMED" | sed -n 's/.*ns_per_round_trip=\([0-9.]*\).*/\1/p'
+        "${pin[@]}" "$bin" "$crate" "$TIMED" | sed -n 's/.*ns_per_iteration=\([0-9.]*\).*/\1/p'
     done | sort -g | awk '{ v[NR] = $1 } END {
         if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
         printf "%.2f (%s..%s)", m, v[1], v[NR] }'
 }
 
 echo "instructions: (Ir($N2) - Ir($N1)) / $((N2 - N1)); time: median of $RUNS runs of $TIMED${pin[*]:+, ${pin[*]}}"
-printf '%-12s %14s   %s\n' crate "Ir/round-trip" "ns/round-trip median (min..max)"
+printf '%-20s %10s   %s\n' workload "Ir/iter" "ns/iter median (min..max)"
 for crate in "${crates[@]}"; do
-    printf '%-12s %14s   %s\n' "$crate" "$(instructions "$crate")" "$(median_ns "$crate")"
+    printf '%-20s %10s   %s\n' "$crate" "$(instructions "$crate")" "$(median_ns "$crate")"
 done

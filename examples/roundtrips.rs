@@ -1,16 +1,24 @@
-//! Round trips (one resume, one suspend back) with one crate, and nothing
-//! else: the workload that `benches/callgrind.sh` counts instructions of.
+//! One workload, n times, and nothing else: what `benches/callgrind.sh`
+//! counts instructions of.
 //!
 //! ```text
-//! cargo run --release --example roundtrips -- <crate> <n>
+//! cargo run --release --example roundtrips -- <workload> <n>
 //! ```
 //!
-//! `<crate>` is one of stackful, corosensei, context, generator; each runs
-//! an identity coroutine (it yields back what it receives) on its own
-//! default stack (stackful and corosensei 1 MiB, context and generator
-//! 32 KiB). Prints one line:
-//! `<crate> n=<n> ns_per_round_trip=<t>`, timed with `Instant` around the
-//! loop alone.
+//! Round trips (one resume, one suspend back): `stackful`, `corosensei`,
+//! `context`, `generator`, each an identity coroutine (it yields back what
+//! it receives) on its crate's default stack (stackful and corosensei
+//! 1 MiB, context and generator 32 KiB). `greenlet`: a ping-pong between
+//! the main greenlet and one other, two switches, as a round trip is.
+//!
+//! Whole lives (create, resume twice: it yields once, then returns; drop),
+//! 1 MiB stacks: `stackful-life` (`Coroutine::new`, the per-thread pool),
+//! `stackful-life-reuse` and `corosensei-life` (one stack handed in with
+//! `with_stack` and taken back with `into_stack`), `context-life` (one
+//! stack reused), `generator-life` (`scoped_init` on one generator).
+//!
+//! Prints one line, `<workload> n=<n> ns_per_iteration=<t>`, timed with
+//! `Instant` around the loop alone.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -18,14 +26,28 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const CRATES: [&str; 4] = ["stackful", "corosensei", "context", "generator"];
+const WORKLOADS: [&str; 10] = [
+    "stackful",
+    "corosensei",
+    "context",
+    "generator",
+    "greenlet",
+    "stackful-life",
+    "stackful-life-reuse",
+    "corosensei-life",
+    "context-life",
+    "generator-life",
+];
+
+/// The usable stack size of the lifecycle workloads.
+const STACK_SIZE: usize = 1 << 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (name, n) = match args.as_slice() {
         [name, n] => match n.parse::<u64>() {
             Ok(n) => (name.as_str(), n),
-            Err(e) => return usage(&format!("bad round-trip count {n:?}: {e}")),
+            Err(e) => return usage(&format!("bad count {n:?}: {e}")),
         },
         _ => return usage("expected two arguments"),
     };
@@ -34,17 +56,23 @@ fn main() -> ExitCode {
         "corosensei" => corosensei(n),
         "context" => context(n),
         "generator" => generator(n),
-        _ => return usage(&format!("unknown crate {name:?}")),
+        "greenlet" => greenlet(n),
+        "stackful-life" => stackful_life(n),
+        "stackful-life-reuse" => stackful_life_reuse(n),
+        "corosensei-life" => corosensei_life(n),
+        "context-life" => context_life(n),
+        "generator-life" => generator_life(n),
+        _ => return usage(&format!("unknown workload {name:?}")),
     };
     let ns = elapsed.as_nanos() as f64 / n.max(1) as f64;
-    println!("{name} n={n} ns_per_round_trip={ns:.3}");
+    println!("{name} n={n} ns_per_iteration={ns:.3}");
     ExitCode::SUCCESS
 }
 
 fn usage(why: &str) -> ExitCode {
     eprintln!(
-        "roundtrips: {why}\nusage: roundtrips <crate> <n>, crate one of: {}",
-        CRATES.join(", ")
+        "roundtrips: {why}\nusage: roundtrips <workload> <n>, workload one of: {}",
+        WORKLOADS.join(", ")
     );
     ExitCode::FAILURE
 }
@@ -124,6 +152,112 @@ fn generator(n: u64) -> Duration {
     let start = Instant::now();
     for i in 0..n {
         black_box(co.send(black_box(i)));
+    }
+    start.elapsed()
+}
+
+#[inline(never)]
+fn greenlet(n: u64) -> Duration {
+    use stackful::greenlet::{Greenlet, current};
+    let main = current::<u64>();
+    let g = Greenlet::new(move |mut x: u64| {
+        loop {
+            x = main.switch(black_box(x));
+        }
+    });
+    let start = Instant::now();
+    for i in 0..n {
+        black_box(g.switch(black_box(i)));
+    }
+    start.elapsed()
+}
+
+/// stackful: one whole life on a pooled default stack.
+#[inline(never)]
+fn stackful_life(n: u64) -> Duration {
+    use stackful::{Coroutine, CoroutineResult};
+    let start = Instant::now();
+    for i in 0..n {
+        let mut co = Coroutine::<u64, u64, u64>::new(|y, x| y.suspend(x) + 1);
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
+    }
+    start.elapsed()
+}
+
+/// stackful: one whole life on a stack handed in and taken back.
+#[inline(never)]
+fn stackful_life_reuse(n: u64) -> Duration {
+    use stackful::{Coroutine, CoroutineResult, DefaultStack};
+    let mut stack = DefaultStack::new(STACK_SIZE).expect("a stack");
+    let start = Instant::now();
+    for i in 0..n {
+        let mut co = Coroutine::<u64, u64, u64, _>::with_stack(stack, |y, x| y.suspend(x) + 1);
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
+        stack = co.into_stack();
+    }
+    start.elapsed()
+}
+
+/// corosensei: one whole life on a stack handed in and taken back.
+#[inline(never)]
+fn corosensei_life(n: u64) -> Duration {
+    use corosensei::stack::DefaultStack;
+    use corosensei::{Coroutine, CoroutineResult};
+    let mut stack = DefaultStack::new(STACK_SIZE).expect("a stack");
+    let start = Instant::now();
+    for i in 0..n {
+        let mut co = Coroutine::<u64, u64, u64, _>::with_stack(stack, |y, x| y.suspend(x) + 1);
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
+        stack = co.into_stack();
+    }
+    start.elapsed()
+}
+
+/// context: one whole life on one reused stack. A boost.context function
+/// never returns: it ends by switching back for the last time.
+#[inline(never)]
+fn context_life(n: u64) -> Duration {
+    use context::stack::ProtectedFixedSizeStack;
+    use context::{Context, Transfer};
+    extern "C" fn once(t: Transfer) -> ! {
+        // SAFETY: `t.context` is the resumer, waiting in its `resume`.
+        let t = unsafe { t.context.resume(t.data) };
+        // SAFETY: as above; this is the final switch (the "return").
+        unsafe { t.context.resume(t.data + 1) };
+        unreachable!("resumed after its end")
+    }
+    let stack = ProtectedFixedSizeStack::new(STACK_SIZE).expect("a stack");
+    let start = Instant::now();
+    for i in 0..n as usize {
+        // SAFETY: `stack` outlives the context, which is finished (never
+        // resumed again) before the next one is made on it.
+        let ctx = unsafe { Context::new(&stack, once) };
+        // SAFETY: a fresh context on a live stack.
+        let t = unsafe { ctx.resume(black_box(i)) };
+        assert_eq!(t.data, i);
+        // SAFETY: the context is suspended in its first `resume`.
+        let t = unsafe { t.context.resume(black_box(i)) };
+        assert_eq!(t.data, i + 1);
+    }
+    start.elapsed()
+}
+
+/// generator: one whole life, re-initialised in place on one generator.
+#[inline(never)]
+fn generator_life(n: u64) -> Duration {
+    fn body(mut s: generator::Scope<'_, 'static, u64, u64>) -> u64 {
+        let x = s.get_yield().unwrap_or(0);
+        s.yield_(x).unwrap_or(0) + 1
+    }
+    let mut g = generator::Gn::<u64>::new_scoped_opt(STACK_SIZE / size_of::<usize>(), body);
+    let start = Instant::now();
+    for i in 0..n {
+        g.scoped_init(body);
+        assert_eq!(g.send(black_box(i)), i);
+        assert_eq!(g.send(black_box(i)), i + 1);
     }
     start.elapsed()
 }
