@@ -511,7 +511,9 @@ where
     // SAFETY: the spare word of our stack is free once we have started.
     unsafe { spare.write(addr(&ending)) };
     let (bottom, size) = yielder.resumer.get();
-    // This stack is finished for good: ASan may free its fake stack.
+    // This stack is finished for good: ASan may free its fake stack and
+    // forget the frames on it.
+    sanitizer::stack_abandoned();
     sanitizer::start_switch(None, bottom, size);
     sanitizer::tsan_suspend();
     // SAFETY: as in `suspend`: the link word holds the resumer's sp. Nothing

@@ -858,6 +858,8 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     let target = unsafe { &*target };
     let sp = target.hot.sp.get();
     set_running(target);
+    // Our stack is finished for good (it goes back to the pool).
+    sanitizer::stack_abandoned();
     before_switch(None, target, None);
     let mut scratch = 0usize;
     // SAFETY: `sp` is the context of a live (not dead, not running)

@@ -27,6 +27,7 @@ unsafe extern "C" {
         bottom: *const c_void,
         size: usize,
     );
+    fn __asan_handle_no_return();
     fn __sanitizer_finish_switch_fiber(
         fake_stack_save: *mut c_void,
         bottom_old: *mut *const c_void,
@@ -59,6 +60,23 @@ impl AsanSave {
             fake: core::ptr::null_mut(),
         }
     }
+}
+
+/// Tells ASan that the frames between the stack pointer and the top of the
+/// running coroutine's stack are gone for good: the coroutine is leaving it
+/// for the last time, and the stack may carry another one next (from the
+/// pool). Without this, the shadow of variables that went out of scope in
+/// frames that never returned stays poisoned, and the next body that writes
+/// there without a scope of its own is reported for it. A no-op without the
+/// `asan` feature.
+#[inline(always)]
+pub(crate) fn stack_abandoned() {
+    #[cfg(feature = "asan")]
+    // SAFETY: ASan's own entry point for a call that does not return; it
+    // only unpoisons the shadow of the current stack above the sp.
+    unsafe {
+        __asan_handle_no_return()
+    };
 }
 
 /// Announces a switch to the stack `[bottom, bottom + size)`. `save` keeps
