@@ -12,7 +12,8 @@
 //! - `fn dead_sp()`: the sp of a context that cannot be resumed: a switch
 //!   to it returns at once, with the word 0;
 //! - `fn valgrind_request(default, args) -> usize`: a valgrind client
-//!   request (a few instructions that do nothing outside valgrind).
+//!   request (a few instructions that do nothing outside valgrind);
+//! - `fn prefetch(addr)`: a cache hint for a stack about to be switched to.
 //!
 //! Everything above this module is architecture-free.
 
@@ -34,6 +35,8 @@ cfg_if::cfg_if! {
     }
 }
 
+#[cfg(feature = "hub")]
+pub(crate) use imp::prefetch;
 #[cfg(feature = "std")]
 pub(crate) use imp::valgrind_request;
 pub(crate) use imp::{

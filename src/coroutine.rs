@@ -293,6 +293,27 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         unsafe { self.link.read() }
     }
 
+    /// Warms the cache for a resume to come, as a scheduler does for the
+    /// next coroutines in its queue: brings in the link word and, with
+    /// `frames`, reads it and brings in the first lines of the suspended
+    /// frames it points at (so a scheduler asks for the link a turn
+    /// earlier). Must not be called on a running coroutine (its link word
+    /// then holds the resumer's sp: harmless, but useless).
+    #[cfg(feature = "hub")]
+    #[inline]
+    pub(crate) fn prefetch(&self, frames: bool) {
+        /// The lines above a suspended sp that its resume reads first: the
+        /// switch frame and its callers' frames.
+        const LINES: usize = 4;
+        arch::prefetch(self.link as usize);
+        if frames {
+            let sp = self.saved_sp();
+            for line in 0..LINES {
+                arch::prefetch(sp + line * 64);
+            }
+        }
+    }
+
     /// Whether the first `resume` has happened.
     pub fn started(&self) -> bool {
         let initial = self.link as usize + arch::LINK_OFFSET - arch::INIT_FRAME_SIZE;

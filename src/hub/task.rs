@@ -139,6 +139,18 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// Warms the cache for resuming this task soon (see
+    /// `Hub::prefetch_next`): its coroutine's link word, and with `frames`
+    /// the suspended frames it points at.
+    #[inline]
+    pub(crate) fn prefetch_coroutine(&self, frames: bool) {
+        if let Ok(co) = self.co.try_borrow()
+            && let Some(co) = co.as_ref()
+        {
+            co.prefetch(frames);
+        }
+    }
+
     pub(crate) fn new(id: u64) -> Task {
         Task {
             id,
