@@ -7,6 +7,14 @@
 //! coroutine until the next event sets it again. No event can slip in
 //! between the failing call and the park: events are handled only by the
 //! hub's loop, which runs only while every coroutine is parked.
+//!
+//! A stream read that fills less than its buffer has drained the socket,
+//! and a stream write that takes less than it was given has filled it (as
+//! tokio also reckons): the source is then marked *drained* for that
+//! direction until the next event, and the next operation parks at once
+//! instead of making a system call bound to fail with `WouldBlock`. With
+//! edge-triggered events that is safe: any data (or room) that comes later
+//! brings an event of its own.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -36,6 +44,14 @@ pub(crate) enum Dir {
 pub(crate) struct Source {
     readable: Cell<bool>,
     writable: Cell<bool>,
+    /// Drained for reading, filled for writing (see the module docs):
+    /// until the next event, an operation parks without trying.
+    read_drained: Cell<bool>,
+    write_drained: Cell<bool>,
+    /// An event has reported the peer's end of the stream, a hang-up or an
+    /// error: a call then answers at once (end of file, or the error)
+    /// however little the last one moved, so nothing is marked drained.
+    closed: Cell<bool>,
     readers: RefCell<Vec<Waiter>>,
     writers: RefCell<Vec<Waiter>>,
 }
@@ -45,6 +61,13 @@ impl Source {
         match dir {
             Dir::Read => &self.readable,
             Dir::Write => &self.writable,
+        }
+    }
+
+    fn drained(&self, dir: Dir) -> &Cell<bool> {
+        match dir {
+            Dir::Read => &self.read_drained,
+            Dir::Write => &self.write_drained,
         }
     }
 
@@ -58,6 +81,7 @@ impl Source {
     /// Marks `dir` ready and wakes its waiters.
     fn ready(&self, hub: &Hub, dir: Dir) {
         self.flag(dir).set(true);
+        self.drained(dir).set(false);
         // Drained in place, keeping the vector's buffer for the next wait
         // (waking only queues tasks: nothing else touches this list).
         for w in self.waiters(dir).borrow_mut().drain(..) {
@@ -129,6 +153,9 @@ impl IoDriver {
             let Some(src) = sources.get(ev.token().0) else {
                 continue;
             };
+            if ev.is_read_closed() || ev.is_write_closed() || ev.is_error() {
+                src.closed.set(true);
+            }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 src.ready(hub, Dir::Read);
             }
@@ -190,12 +217,24 @@ impl Registration {
         deadline: Option<Instant>,
         mut op: impl FnMut() -> io::Result<R>,
     ) -> io::Result<R> {
+        if self.source.drained(dir).get() {
+            self.wait(dir, deadline)?;
+        }
         loop {
             match op() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(dir, deadline)?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r,
             }
+        }
+    }
+
+    /// Marks `dir` drained (see the module docs): the caller's stream read
+    /// filled less than its buffer, or its write took less than it was
+    /// given.
+    pub(crate) fn drained(&self, dir: Dir) {
+        if !self.source.closed.get() {
+            self.source.drained(dir).set(true);
         }
     }
 

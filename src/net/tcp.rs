@@ -292,18 +292,31 @@ impl TcpStream {
 
     #[track_caller]
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reg
+        let len = buf.len();
+        let n = self
+            .reg
             .io(Dir::Read, deadline(self.read_timeout.get()), || {
                 (&self.io).read(buf)
-            })
+            })?;
+        // Less than asked for: the socket is drained until its next event.
+        if n > 0 && n < len {
+            self.reg.drained(Dir::Read);
+        }
+        Ok(n)
     }
 
     #[track_caller]
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        self.reg
+        let n = self
+            .reg
             .io(Dir::Write, deadline(self.write_timeout.get()), || {
                 (&self.io).write(buf)
-            })
+            })?;
+        // Less than given: the send buffer is full until its next event.
+        if n > 0 && n < buf.len() {
+            self.reg.drained(Dir::Write);
+        }
+        Ok(n)
     }
 }
 
