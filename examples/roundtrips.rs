@@ -185,36 +185,41 @@ fn stackful_life(n: u64) -> Duration {
     start.elapsed()
 }
 
-/// stackful: one whole life on a stack handed in and taken back.
-#[inline(never)]
-fn stackful_life_reuse(n: u64) -> Duration {
-    use stackful::{Coroutine, CoroutineResult, DefaultStack};
-    let mut stack = DefaultStack::new(STACK_SIZE).expect("a stack");
-    let start = Instant::now();
-    for i in 0..n {
-        let mut co = Coroutine::<u64, u64, u64, _>::with_stack(stack, |y, x| y.suspend(x) + 1);
-        assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
-        assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
-        stack = co.into_stack();
-    }
-    start.elapsed()
+/// A whole life on a stack handed in with `with_stack` and taken back with
+/// `into_stack`, for a crate with that API (stackful and corosensei share
+/// it, names included).
+macro_rules! reuse_life {
+    ($(#[$doc:meta])* $name:ident, $krate:ident, $stack:path) => {
+        $(#[$doc])*
+        #[inline(never)]
+        fn $name(n: u64) -> Duration {
+            use $krate::{Coroutine, CoroutineResult};
+            let mut stack = <$stack>::new(STACK_SIZE).expect("a stack");
+            let start = Instant::now();
+            for i in 0..n {
+                let mut co =
+                    Coroutine::<u64, u64, u64, _>::with_stack(stack, |y, x| y.suspend(x) + 1);
+                assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
+                assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
+                stack = co.into_stack();
+            }
+            start.elapsed()
+        }
+    };
 }
 
-/// corosensei: one whole life on a stack handed in and taken back.
-#[inline(never)]
-fn corosensei_life(n: u64) -> Duration {
-    use corosensei::stack::DefaultStack;
-    use corosensei::{Coroutine, CoroutineResult};
-    let mut stack = DefaultStack::new(STACK_SIZE).expect("a stack");
-    let start = Instant::now();
-    for i in 0..n {
-        let mut co = Coroutine::<u64, u64, u64, _>::with_stack(stack, |y, x| y.suspend(x) + 1);
-        assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
-        assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
-        stack = co.into_stack();
-    }
-    start.elapsed()
-}
+reuse_life!(
+    /// stackful: one whole life on a stack handed in and taken back.
+    stackful_life_reuse,
+    stackful,
+    stackful::DefaultStack
+);
+reuse_life!(
+    /// corosensei: the same.
+    corosensei_life,
+    corosensei,
+    corosensei::stack::DefaultStack
+);
 
 /// context: one whole life on one reused stack. A boost.context function
 /// never returns: it ends by switching back for the last time.
