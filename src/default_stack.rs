@@ -461,6 +461,30 @@ mod tests {
     }
 
     #[test]
+    fn default_takes_only_a_pooled_stack_of_the_default_size() {
+        trim_pool();
+        let small = DefaultStack::new(64 * 1024).unwrap();
+        let small_top = small.top();
+        drop(small);
+        let d = DefaultStack::default();
+        assert_eq!(d.size(), DEFAULT_STACK_SIZE);
+        assert_ne!(
+            d.top(),
+            small_top,
+            "a 64 KiB stack was handed out as the default"
+        );
+        let d_top = d.top();
+        drop(d);
+        assert_eq!(
+            DefaultStack::default().top(),
+            d_top,
+            "the default stack is reused"
+        );
+        // The small one stayed in the pool for a request of its size.
+        assert_eq!(DefaultStack::new(64 * 1024).unwrap().top(), small_top);
+    }
+
+    #[test]
     fn dropped_stacks_are_reused() {
         trim_pool();
         let a = DefaultStack::new(64 * 1024).unwrap();

@@ -129,6 +129,36 @@ fn kill_unwinds_the_stack_and_returns() {
     assert!(err.to_string().contains("dead greenlet"), "{err}");
 }
 
+/// A handle remembers the gate of the last switch it made, so that the
+/// next one compares two addresses; once the target waits for another
+/// type, a switch of the old type must still be refused.
+#[test]
+fn a_remembered_gate_does_not_let_a_switch_of_the_old_type_through() {
+    let main = current::<u32>();
+    let back = main.clone();
+    let h = Greenlet::new(move |_s: String| {
+        back.switch(7);
+        String::new()
+    });
+    let g = Greenlet::new(move |x: u32| {
+        let y = main.switch(x + 1); // g waits for a u32
+        h.switch(format!("{y}")); // g waits for a String
+        0
+    });
+    assert_eq!(g.switch(1), 2);
+    assert_eq!(g.switch(5), 7, "g went on to h, which came back here");
+    match g.try_switch(3) {
+        Err(SwitchError::WrongType { value, expected }) => {
+            assert_eq!(value, 3);
+            assert!(expected.contains("String"), "{expected}");
+        }
+        other => panic!(
+            "expected a type mismatch, got {:?}",
+            other.map_err(|e| e.to_string())
+        ),
+    }
+}
+
 #[test]
 fn dropping_the_last_handle_kills_a_suspended_greenlet() {
     let drops = DropCounter::default();
