@@ -131,19 +131,18 @@ static DEAD: Gate = Gate {
 };
 
 /// The fields a switch touches, first in every [`Core`] so that `CURRENT`
-/// can point at them, and at a static stand-in before the thread's first
-/// use.
+/// can point at them.
 #[repr(C)]
 struct Hot {
     /// The saved stack pointer while suspended or not started.
     sp: Cell<usize>,
     /// What a switch into this greenlet must carry (see [`Gate`]).
     gate: Cell<&'static Gate>,
-    /// Non-null when leaving this greenlet by a switch must not happen as
-    /// usual: the greenlet that killed it (once a kill reaches the body;
-    /// later switches panic again), or, in the stand-in, a mark that the
-    /// thread's main greenlet is not made yet. The killer waits in
-    /// `kill_core` until this greenlet is dead, which keeps it alive.
+    /// The greenlet that killed this one, once the kill reached the body
+    /// (null until then): later switches panic again. While it is set and
+    /// this greenlet runs, `CURRENT` carries the [`SLOW`] bit. The killer
+    /// waits in `kill_core` until this greenlet is dead, which keeps it
+    /// alive.
     killed_by: Cell<*const Core>,
     /// Where a switch into this greenlet writes the switcher's sp: the
     /// link word at the top of its stack, which unwinders follow (for the
@@ -151,21 +150,12 @@ struct Hot {
     link: Cell<*mut usize>,
 }
 
-/// `CURRENT` before the thread's first use of greenlets. Never written:
-/// a switch from it takes the slow path, which makes the main greenlet.
-struct StandIn(Hot);
-
-// SAFETY: nothing writes the stand-in (every write to a `Hot` goes through
-// `CURRENT` after the slow path replaced the stand-in, or through a real
-// core), and its cells hold no thread-bound data.
-unsafe impl Sync for StandIn {}
-
-static STAND_IN: StandIn = StandIn(Hot {
-    sp: Cell::new(0),
-    gate: Cell::new(&FRESH),
-    killed_by: Cell::new(ptr::dangling()),
-    link: Cell::new(ptr::null_mut()),
-});
+/// The low bit of `CURRENT` (cores are aligned, so it is free): a switch
+/// from the running greenlet must take the slow path, because a kill has
+/// reached it (see `Hot::killed_by`), or because the thread has not used
+/// greenlets yet (`CURRENT` is then null with this bit). One test of a
+/// register on the fast path, no load.
+const SLOW: usize = 1;
 
 /// One greenlet, untyped: the typed [`Greenlet`] handles point at it.
 #[repr(C)]
@@ -199,12 +189,12 @@ impl Drop for Core {
 }
 
 thread_local! {
-    /// The running greenlet's core (its [`Hot`] part); the stand-in until
-    /// the thread's first use. A raw pointer, so that a switch costs no
-    /// reference counting: the running greenlet's core is kept alive by
-    /// its own first frame (`entry` holds an `Rc` to it), or, for the main
-    /// greenlet, by `MAIN`.
-    static CURRENT: Cell<*const Hot> = const { Cell::new(&STAND_IN.0) };
+    /// The running greenlet's core (its [`Hot`] part), with the [`SLOW`]
+    /// bit; null with that bit until the thread's first use. A raw pointer,
+    /// so that a switch costs no reference counting: the running
+    /// greenlet's core is kept alive by its own first frame (`entry` holds
+    /// an `Rc` to it), or, for the main greenlet, by `MAIN`.
+    static CURRENT: Cell<*const Hot> = const { Cell::new(ptr::without_provenance(SLOW)) };
     /// The thread's implicit main greenlet.
     static MAIN: Rc<Core> = {
         let main = Rc::new(Core {
@@ -231,12 +221,8 @@ thread_local! {
 /// The running greenlet's core.
 #[inline(always)]
 fn running_ptr() -> *const Core {
-    let p = CURRENT.with(Cell::get);
-    if ptr::eq(p, &STAND_IN.0) {
-        first_use()
-    } else {
-        p.cast()
-    }
+    let p = CURRENT.with(Cell::get).map_addr(|a| a & !SLOW);
+    if p.is_null() { first_use() } else { p.cast() }
 }
 
 /// The thread's first use of greenlets: the main greenlet is running.
@@ -262,6 +248,22 @@ fn running() -> Rc<Core> {
 #[inline(always)]
 fn set_running(core: *const Core) {
     CURRENT.with(|c| c.set(core.cast()));
+}
+
+/// Marks the running greenlet `me` as reached by a kill from `killer`:
+/// from now on its switches take the slow path, which panics again.
+fn mark_killed(me: &Core, killer: *const Core) {
+    me.hot.killed_by.set(killer);
+    retag(me);
+}
+
+/// Puts the [`SLOW`] bit on `CURRENT` if the running greenlet `me` has been
+/// killed (after `kill_core` brings it back from killing another).
+fn retag(me: &Core) {
+    if !me.hot.killed_by.get().is_null() {
+        let p = ptr::from_ref(me).cast::<Hot>().map_addr(|a| a | SLOW);
+        CURRENT.with(|c| c.set(p));
+    }
 }
 
 /// Whether `core` is the running greenlet.
@@ -534,25 +536,24 @@ impl<T: 'static> Greenlet<T> {
     pub fn try_switch(&self, value: T) -> Result<T, SwitchError<T>> {
         // The fast path: the target waits for a `T` (which also says that
         // it is not dead: that gate admits no type), it is not us, and we
-        // may leave (we were not killed, and we are not the stand-in of a
+        // may leave (no SLOW bit: we were not killed, and this is not the
         // thread's first use).
         let me = CURRENT.with(Cell::get);
         let target = &*self.handle.0;
-        // SAFETY: CURRENT points at the live core of the running greenlet
-        // (see CURRENT), or at the stand-in, which is static.
-        let killed = unsafe { !(*me).killed_by.get().is_null() };
-        if !ptr::eq(target.hot.gate.get(), self.seen.get()) | killed | ptr::eq(me, &target.hot) {
+        let slow = me.addr() & SLOW != 0;
+        if !ptr::eq(target.hot.gate.get(), self.seen.get()) | slow | ptr::eq(me, &target.hot) {
             return self.try_switch_slow(value);
         }
-        // SAFETY: not the stand-in (its `killed_by` is set), so the live
-        // core of the running greenlet.
+        // SAFETY: without the SLOW bit, CURRENT points at the live core of
+        // the running greenlet (see CURRENT).
         let me = unsafe { &*me.cast::<Core>() };
         let value = ManuallyDrop::new(value);
         Ok(switch_to::<T>(me, target, addr(&value)))
     }
 
     /// Everything `try_switch` does not do inline: the thread's first use,
-    /// a switch to the running greenlet, a killed caller, and the errors.
+    /// a switch to the running greenlet, a killed caller, a gate not seen
+    /// before, and the errors.
     #[cold]
     #[inline(never)]
     fn try_switch_slow(&self, value: T) -> Result<T, SwitchError<T>> {
@@ -755,7 +756,7 @@ fn receive_mail<T: 'static>(me: &Core, from: usize) -> T {
         Kind::Value(v) => unsafe { take::<T>(v) },
         Kind::Panic(payload) => panic::resume_unwind(payload),
         Kind::Kill(killer) => {
-            me.hot.killed_by.set(killer);
+            mark_killed(me, killer);
             panic::resume_unwind(Box::new(GreenletExit))
         }
     }
@@ -775,6 +776,9 @@ fn kill_core(target: &Core) {
     });
     let (back, from) = raw_switch(me, target, 0);
     debug_assert_eq!(back, 0, "a dying greenlet answers its killer by mail");
+    // A killer that was itself killed (it kills from a destructor while it
+    // unwinds) comes back without the SLOW bit: put it back.
+    retag(me);
     match collect(me, from) {
         Kind::Value(_) | Kind::Kill(_) => {}
         Kind::Panic(payload) if std::thread::panicking() => drop(payload),
@@ -810,7 +814,7 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             panic::catch_unwind(AssertUnwindSafe(|| f(input)))
         }
         Kind::Kill(killer) => {
-            me.hot.killed_by.set(killer);
+            mark_killed(&me, killer);
             panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(Box::new(GreenletExit)))
         }
         Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(payload)),

@@ -199,6 +199,55 @@ fn a_killed_greenlet_that_catches_the_unwind_cannot_switch_again() {
     assert_eq!(*log.borrow(), ["caught true", "again true"]);
 }
 
+/// A killed greenlet that kills another while it unwinds (a destructor
+/// drops the last handle of a suspended one) comes back from that kill
+/// still killed: a switch it tries afterwards panics, even to a target its
+/// handle has switched to before (whose gate the handle remembers).
+#[test]
+fn a_killed_greenlet_stays_killed_after_killing_another_while_unwinding() {
+    struct Guard {
+        victim: Option<Greenlet<()>>,
+        other: Greenlet<()>,
+        log: Rc<RefCell<Vec<String>>>,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            drop(self.victim.take()); // kills the victim from here
+            let switched = panic::catch_unwind(AssertUnwindSafe(|| self.other.switch(())));
+            self.log
+                .borrow_mut()
+                .push(format!("switch refused {}", switched.is_err()));
+        }
+    }
+    let main = current::<()>();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    let g = Greenlet::new(move |()| {
+        let me = current::<()>();
+        let me2 = me.clone();
+        let victim = Greenlet::new(move |()| me.switch(()));
+        victim.switch(());
+        let other = Greenlet::new(move |()| {
+            loop {
+                me2.switch(());
+            }
+        });
+        // Twice, so that the handle remembers the gate `other` waits at.
+        other.switch(());
+        other.switch(());
+        let _guard = Guard {
+            victim: Some(victim),
+            other,
+            log: l,
+        };
+        main.switch(());
+    });
+    g.switch(());
+    g.kill();
+    assert!(g.is_dead());
+    assert_eq!(*log.borrow(), ["switch refused true"]);
+}
+
 #[test]
 fn set_parent_refuses_a_cycle() {
     let a = Greenlet::new(|x: u8| x);
