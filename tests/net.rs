@@ -196,51 +196,48 @@ fn a_half_closed_peer_still_gets_every_byte_back() {
     });
 }
 
-/// A read that fills less than its buffer marks the socket drained: the
-/// next read parks without trying. Data that comes later must still wake
-/// it, and an end of stream that came with the data must still be read.
-#[test]
-fn reads_after_a_short_read_see_later_data_and_the_end_of_stream() {
-    hub::run(|| {
+/// Reads a connection to its end, 64 bytes a `read` at most, after
+/// `pause`, while the peer writes `chunks` 20 ms apart and then shuts its
+/// side down; returns what each read got.
+fn reads_of(pause: Duration, chunks: &[&'static [u8]]) -> Vec<Vec<u8>> {
+    let chunks = chunks.to_vec();
+    hub::run(move || {
         let (l, addr) = listen();
         let server = hub::spawn(move || {
             let (c, _) = l.accept().unwrap();
             c.set_read_timeout(Some(LIMIT));
+            hub::sleep(pause);
             let mut buf = [0u8; 64];
             let mut got = Vec::new();
-            for _ in 0..3 {
-                let n = (&c).read(&mut buf).unwrap();
-                got.push(buf[..n].to_vec());
+            loop {
+                match (&c).read(&mut buf).unwrap() {
+                    0 => break got,
+                    n => got.push(buf[..n].to_vec()),
+                }
             }
-            got
         });
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"ab").unwrap();
-        hub::sleep(Duration::from_millis(20));
-        s.write_all(b"cd").unwrap();
-        hub::sleep(Duration::from_millis(20));
-        // The last bytes and the end of stream arrive together.
-        s.write_all(b"ef").unwrap();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i > 0 {
+                hub::sleep(Duration::from_millis(20));
+            }
+            s.write_all(chunk).unwrap();
+        }
         s.shutdown(Shutdown::Write).unwrap();
-        let got = server.join().unwrap();
-        assert_eq!(got, [b"ab".to_vec(), b"cd".to_vec(), b"ef".to_vec()]);
-    });
-    hub::run(|| {
-        let (l, addr) = listen();
-        let server = hub::spawn(move || {
-            let (c, _) = l.accept().unwrap();
-            c.set_read_timeout(Some(LIMIT));
-            hub::sleep(Duration::from_millis(20)); // data and FIN are both in
-            let mut buf = [0u8; 64];
-            let n = (&c).read(&mut buf).unwrap();
-            let end = (&c).read(&mut buf).unwrap();
-            (n, end)
-        });
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"xyz").unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(server.join().unwrap(), (3, 0));
-    });
+        server.join().unwrap()
+    })
+}
+
+/// A read that fills less than its buffer marks the socket drained: the
+/// next read parks without trying. Data that comes later must still wake
+/// it, and an end of stream already in must still be read.
+#[test]
+fn reads_after_a_short_read_see_later_data_and_the_end_of_stream() {
+    let got = reads_of(Duration::ZERO, &[b"ab", b"cd", b"ef"]);
+    assert_eq!(got, [b"ab".to_vec(), b"cd".to_vec(), b"ef".to_vec()]);
+    // The data and the end of stream are both in before the first read.
+    let got = reads_of(Duration::from_millis(20), &[b"xyz"]);
+    assert_eq!(got, [b"xyz".to_vec()]);
 }
 
 #[test]
