@@ -60,13 +60,20 @@ impl Drop for PoolOwner {
 /// pool again (nothing in this module does: unmapping does not).
 #[inline]
 fn pool_mut() -> Option<&'static mut Pool> {
-    let pool = POOL.get();
-    if pool.is_null() {
+    if POOL.get().is_null() {
         return new_pool();
     }
+    live_pool()
+}
+
+/// This thread's pool if it has been made and not yet freed; never makes
+/// it (the fast paths of `default` and `drop`). Same rule as `pool_mut`.
+#[inline(always)]
+fn live_pool() -> Option<&'static mut Pool> {
+    let pool = POOL.get();
     // SAFETY: a non-null, non-sentinel POOL points at this thread's live
     // pool, which only this thread reaches, and never re-entrantly.
-    (pool != EXITED).then(|| unsafe { &mut *pool })
+    (!pool.is_null() && pool != EXITED).then(|| unsafe { &mut *pool })
 }
 
 /// Makes this thread's pool.
@@ -82,6 +89,16 @@ fn new_pool() -> Option<&'static mut Pool> {
     POOL.set(pool);
     // SAFETY: just made, owned by POOL_OWNER, reached only by this thread.
     Some(unsafe { &mut *pool })
+}
+
+/// Raises the calling thread's pool capacity to at least `capacity`;
+/// returns the capacity it had (for [`set_pool_capacity`] to restore).
+#[cfg(feature = "hub")]
+pub(crate) fn raise_pool_capacity(capacity: usize) -> usize {
+    let Some(pool) = pool_mut() else { return 0 };
+    let old = pool.cap;
+    pool.cap = old.max(capacity);
+    old
 }
 
 /// Sets how many free stacks the calling thread's pool keeps for reuse
@@ -164,16 +181,9 @@ impl DefaultStack {
     /// (the likeliest to be cached, and `default`'s common case).
     #[inline(always)]
     fn pooled_default() -> Option<DefaultStack> {
-        let pool = POOL.get();
-        if pool.is_null() || pool == EXITED {
-            return None;
-        }
-        // SAFETY: a pool pointer neither null nor EXITED is this thread's
-        // live pool, and no reference to it is held anywhere now.
-        let free = unsafe { &mut (*pool).free };
         // DEFAULT_STACK_SIZE is a whole number of pages of every page size
         // Linux has (4, 16 or 64 KiB): it is its own rounding.
-        free.pop_if(|s| s.size() == DEFAULT_STACK_SIZE)
+        live_pool()?.free.pop_if(|s| s.size() == DEFAULT_STACK_SIZE)
     }
 
     /// Unmaps this stack now, whatever the pool.
@@ -281,14 +291,11 @@ impl Drop for DefaultStack {
         // becomes the mapping's only owner, and goes to the pool or is
         // unmapped.
         let stack = unsafe { ptr::read(self) };
-        let pool = POOL.get();
-        if !pool.is_null() && pool != EXITED {
-            // SAFETY: as in `pooled_default`: this thread's live pool.
-            let pool = unsafe { &mut *pool };
-            if pool.free.len() < pool.cap {
-                pool.free.push(stack);
-                return;
-            }
+        if let Some(pool) = live_pool()
+            && pool.free.len() < pool.cap
+        {
+            pool.free.push(stack);
+            return;
         }
         pool_or_unmap(stack);
     }

@@ -4,6 +4,8 @@
 
 #[cfg(feature = "std")]
 pub(crate) use crate::default_stack::page_size;
+#[cfg(feature = "hub")]
+pub(crate) use crate::default_stack::raise_pool_capacity;
 #[cfg(feature = "std")]
 pub use crate::default_stack::{DefaultStack, set_pool_capacity, trim_pool};
 

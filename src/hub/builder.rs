@@ -72,10 +72,12 @@ impl Builder {
         self
     }
 
-    /// How many stacks of finished coroutines the hub keeps for new ones
-    /// (beyond the core's own per-thread pool). A bigger cache makes
-    /// bursts of short coroutines cheaper; a smaller one gives memory back
-    /// sooner.
+    /// How many stacks of finished coroutines the hub keeps for new ones:
+    /// while the hub runs, its thread's stack pool keeps at least this many
+    /// (see [`set_pool_capacity`](crate::stack::set_pool_capacity); the
+    /// previous capacity comes back when the hub ends). A bigger cache
+    /// makes bursts of short coroutines cheaper; a smaller one gives memory
+    /// back sooner.
     pub fn stack_cache(mut self, stacks: usize) -> Builder {
         self.config.stack_cache = stacks;
         self

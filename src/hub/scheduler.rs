@@ -67,8 +67,9 @@ pub(crate) struct Hub {
     pub(crate) blocking: Pool,
     /// The running task, or null while the loop itself runs.
     current: Cell<*const Task>,
-    /// Free stacks of finished tasks, reused before the core's pool.
-    stacks: RefCell<Vec<DefaultStack>>,
+    /// The thread's stack-pool capacity before the hub raised it to
+    /// `config.stack_cache`; given back when the hub ends.
+    pool_capacity: usize,
     /// Ids for `timeout` scopes.
     next_scope: Cell<u64>,
     /// `block_on` calls in progress (a waker elsewhere may wake the hub).
@@ -211,7 +212,7 @@ impl Hub {
             shared,
             blocking,
             current: Cell::new(ptr::null()),
-            stacks: RefCell::new(Vec::new()),
+            pool_capacity: crate::stack::raise_pool_capacity(config.stack_cache),
             next_scope: Cell::new(0),
             block_ons: Cell::new(0),
         })
@@ -267,13 +268,11 @@ impl Hub {
             }
             task.yielder.set(ptr::null());
         };
-        let stack = self.stacks.borrow_mut().pop();
-        let stack = match stack {
-            Some(s) => s,
-            None => match DefaultStack::new(self.config.stack_size) {
-                Ok(s) => s,
-                Err(e) => panic!("stackful::hub: cannot allocate a coroutine's stack: {e}"),
-            },
+        // From the thread's pool, whose capacity the hub raised to its
+        // `stack_cache`: finished tasks give their stacks back to it.
+        let stack = match DefaultStack::new(self.config.stack_size) {
+            Ok(s) => s,
+            Err(e) => panic!("stackful::hub: cannot allocate a coroutine's stack: {e}"),
         };
         *task.co.borrow_mut() = Some(Coroutine::with_stack(stack, body));
         task.key.set(self.tasks.borrow_mut().insert(task.clone()));
@@ -362,15 +361,10 @@ impl Hub {
         match r {
             CoroutineResult::Yield(()) => task.state.set(TaskState::Suspended),
             CoroutineResult::Return(()) => {
+                // Its stack goes back to the thread's pool.
                 let c = co.take().expect("the coroutine was just resumed");
                 drop(co);
-                let mut stacks = self.stacks.borrow_mut();
-                if stacks.len() < self.config.stack_cache {
-                    stacks.push(c.into_stack());
-                } else {
-                    drop(stacks);
-                    drop(c);
-                }
+                drop(c);
                 self.finish(&task);
             }
         }
@@ -543,6 +537,7 @@ impl Hub {
         let timers = std::mem::take(&mut *self.timers.borrow_mut());
         drop(timers);
         self.blocking.shut_down();
+        crate::stack::set_pool_capacity(self.pool_capacity);
     }
 }
 
