@@ -77,41 +77,32 @@ fn usage(why: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-#[inline(never)]
-fn stackful(n: u64) -> Duration {
-    use stackful::{Coroutine, CoroutineResult};
-    let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
-        loop {
-            x = y.suspend(black_box(x));
+/// Round trips on an identity coroutine, for a crate with stackful's and
+/// corosensei's API (the same names and signatures).
+macro_rules! round_trips {
+    ($name:ident, $krate:ident) => {
+        #[inline(never)]
+        fn $name(n: u64) -> Duration {
+            use $krate::{Coroutine, CoroutineResult};
+            let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
+                loop {
+                    x = y.suspend(black_box(x));
+                }
+            });
+            let start = Instant::now();
+            for i in 0..n {
+                match co.resume(black_box(i)) {
+                    CoroutineResult::Yield(v) => black_box(v),
+                    CoroutineResult::Return(()) => unreachable!(),
+                };
+            }
+            start.elapsed()
         }
-    });
-    let start = Instant::now();
-    for i in 0..n {
-        match co.resume(black_box(i)) {
-            CoroutineResult::Yield(v) => black_box(v),
-            CoroutineResult::Return(()) => unreachable!(),
-        };
-    }
-    start.elapsed()
+    };
 }
 
-#[inline(never)]
-fn corosensei(n: u64) -> Duration {
-    use corosensei::{Coroutine, CoroutineResult};
-    let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
-        loop {
-            x = y.suspend(black_box(x));
-        }
-    });
-    let start = Instant::now();
-    for i in 0..n {
-        match co.resume(black_box(i)) {
-            CoroutineResult::Yield(v) => black_box(v),
-            CoroutineResult::Return(()) => unreachable!(),
-        };
-    }
-    start.elapsed()
-}
+round_trips!(stackful, stackful);
+round_trips!(corosensei, corosensei);
 
 #[inline(never)]
 fn context(n: u64) -> Duration {
