@@ -231,10 +231,11 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) 
     (ret_arg, from)
 }
 
-/// Asks the CPU to bring the cache line holding `addr` closer (`prfm pldl1keep`: into L1, for a load),
-/// ahead of a switch that will read it: a scheduler warms the next
-/// context's stack while the current one runs. A hint only: it reads
-/// nothing the program can see and never faults, whatever the address.
+/// Asks the CPU to bring the cache line holding `addr` closer
+/// (`prfm pldl1keep`: into L1, for a load), ahead of a switch that will read
+/// it: a scheduler warms the next context's stack while the current one
+/// runs. A hint only: it reads nothing the program can see and never
+/// faults, whatever the address.
 #[inline(always)]
 #[cfg_attr(not(feature = "hub"), allow(dead_code))]
 pub fn prefetch(addr: usize) {
