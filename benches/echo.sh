@@ -8,7 +8,9 @@
 # system, from /proc), with every run's figures after them.
 #
 # One thread: server pinned to CPU 0, load generator to CPU 1. Two threads
-# (SO_REUSEPORT hubs against tokio's multi_thread runtime with 2 workers):
+# (SO_REUSEPORT hubs against tokio's multi_thread runtime with 2 workers,
+# and against tokio arranged as the hubs are: a current_thread runtime per
+# thread, each with its own SO_REUSEPORT listener, no work stealing):
 # unpinned, the load generator with 2 threads too.
 #
 # Usage: benches/echo.sh            Environment: RUNS (3), SECONDS_EACH (3)
@@ -27,12 +29,15 @@ trap 'rm -rf "$work"' EXIT
 
 # One run: prints "round-trips/s p99-us cpu-us-per-round-trip".
 run() {
-    local threads=$1 conns=$2 server=$3 pin_s=() pin_b=()
+    local threads=$1 conns=$2 server=$3 pin_s=() pin_b=() extra=()
+    case $server in
+        tokio_per_thread) server=tokio_echo_server extra=(--per-thread) ;;
+    esac
     if [ "$threads" = 1 ] && command -v taskset >/dev/null; then
         pin_s=(taskset -c 0) pin_b=(taskset -c 1)
     fi
     port=$((port + 1))
-    "${pin_s[@]}" "$B/$server" "127.0.0.1:$port" --threads "$threads" --for $((D + 30)) >/dev/null 2>&1 &
+    "${pin_s[@]}" "$B/$server" "127.0.0.1:$port" --threads "$threads" "${extra[@]}" --for $((D + 30)) >/dev/null 2>&1 &
     local pid=$!
     sleep 0.5
     local t0 t1 out
@@ -50,15 +55,17 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 echo "echo, 64-byte messages, $D s a run, medians of $RUNS runs"
 echo "threads conns | server: round trips/s, p99, CPU per round trip [each run: round trips/s p99]"
 for threads in 1 2; do
+    servers=(echo_server tokio_echo_server)
+    [ "$threads" = 1 ] || servers+=(tokio_per_thread)
     for conns in 50 1000 5000; do
-        for server in echo_server tokio_echo_server; do : >"$work/$server"; done
+        for server in "${servers[@]}"; do : >"$work/$server"; done
         for ((i = 0; i < RUNS; i++)); do
-            for server in echo_server tokio_echo_server; do
+            for server in "${servers[@]}"; do
                 run "$threads" "$conns" "$server" >>"$work/$server"
             done
         done
         line="$threads $conns"
-        for server in echo_server tokio_echo_server; do
+        for server in "${servers[@]}"; do
             f="$work/$server"
             line="$line | $server: $(cut -d' ' -f1 "$f" | median)/s, p99 $(cut -d' ' -f2 "$f" | median) us, $(cut -d' ' -f3 "$f" | median) us CPU [$(awk '{ printf "%s %s; ", $1, $2 }' "$f")]"
         done
