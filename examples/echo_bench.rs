@@ -71,15 +71,24 @@ fn load(addr: String, conns: usize, size: usize, secs: f64, start: Arc<Barrier>)
                 let (gate, addr) = (gate.clone(), addr.clone());
                 hub::spawn(move || {
                     let _p = gate.acquire();
-                    let s = TcpStream::connect(addr.as_str()).expect("connect");
-                    s.set_nodelay(true).expect("nodelay");
-                    s
+                    let s = TcpStream::connect(addr.as_str())?;
+                    s.set_nodelay(true)?;
+                    Ok::<TcpStream, std::io::Error>(s)
                 })
             })
             .collect();
+        // A connection that cannot be made ends the run (the other load
+        // threads would wait for this one forever).
         let streams: Vec<TcpStream> = hub::join_all(opening)
             .into_iter()
-            .map(|r| r.expect("connecting failed"))
+            .map(|r| match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    eprintln!("echo_bench: cannot connect to {addr}: {e}");
+                    std::process::exit(1);
+                }
+                Err(e) => panic!("echo_bench: a connecting coroutine failed: {e:?}"),
+            })
             .collect();
         // Wait for the other hubs without blocking this one's sockets.
         hub::spawn_blocking(move || start.wait());
