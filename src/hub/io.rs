@@ -209,8 +209,10 @@ impl Registration {
 
     /// Runs `op` until it does not fail with `WouldBlock`, parking while
     /// the source is not ready for `dir`; fails with `TimedOut` once
-    /// `deadline` has passed.
+    /// `deadline` has passed. Inline, with [`wait`](Self::wait): see
+    /// [`park`](scheduler::park).
     #[track_caller]
+    #[inline(always)]
     pub(crate) fn io<R>(
         &self,
         dir: Dir,
@@ -241,6 +243,7 @@ impl Registration {
     /// Parks until the source is ready for `dir` again (after an operation
     /// failed with `WouldBlock`), or `deadline` passes (`TimedOut`).
     #[track_caller]
+    #[inline(always)]
     pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
         let hub = scheduler::hub("a socket operation that would block");
         let flag = self.source.flag(dir);
@@ -249,7 +252,7 @@ impl Registration {
             {
                 let mut waiters = self.source.waiters(dir).borrow_mut();
                 if waiters.len() >= 8 {
-                    waiters.retain(Waiter::is_live);
+                    forget_stale(&mut waiters);
                 }
                 waiters.push(Waiter::current(hub));
             }
@@ -258,13 +261,26 @@ impl Registration {
                 return Ok(());
             }
             if timed_out || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the socket was not ready before the timeout",
-                ));
+                return Err(timed_out_error());
             }
         }
     }
+}
+
+/// Drops the waiters whose park has ended (woken by something else, or
+/// gone), so that a source waited on in a loop keeps a short list.
+#[cold]
+fn forget_stale(waiters: &mut Vec<Waiter>) {
+    waiters.retain(Waiter::is_live);
+}
+
+/// The error of a socket call whose timeout passed.
+#[cold]
+fn timed_out_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the socket was not ready before the timeout",
+    )
 }
 
 impl Drop for Registration {

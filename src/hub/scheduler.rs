@@ -136,9 +136,16 @@ pub(crate) fn current_is_killed() -> bool {
 /// before, or a kill, or an expired `timeout`), then returns, or unwinds
 /// for the kill or the timeout.
 ///
+/// Inline, as are the socket calls' waits above it: a suspended task's
+/// stack then holds one frame between its own code and the switch rather
+/// than four, and a hub with thousands of connections brings those frames
+/// back from memory at every resume (`benches/echo_callgrind.sh` counts
+/// what a round trip costs).
+///
 /// # Panics
 /// Outside a hub's coroutine.
 #[track_caller]
+#[inline(always)]
 pub(crate) fn park(hub: &Hub) {
     let task = hub.current.get();
     if task.is_null() {
@@ -149,12 +156,30 @@ pub(crate) fn park(hub: &Hub) {
     let task = unsafe { &*task };
     let yielder = task.yielder.get();
     if yielder.is_null() {
-        panic!("stackful::hub: a coroutine that never started cannot suspend");
+        never_started();
     }
     // SAFETY: the running task's yielder lives in the first frame of its
     // stack while its body runs, and we are that body (see the module
     // docs): suspending switches back to the hub's loop.
     unsafe { (*yielder).suspend(()) };
+    if task.kill_requested.get() | task.interrupt.get().is_some() | task.deadlock.get() {
+        unwind_after_park(task);
+    }
+}
+
+/// A task that never started has no yielder to suspend with.
+#[cold]
+#[track_caller]
+fn never_started() -> ! {
+    panic!("stackful::hub: a coroutine that never started cannot suspend")
+}
+
+/// What woke a parked task, when it must unwind or panic rather than
+/// return: a kill, a timeout's interrupt, or a deadlock.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn unwind_after_park(task: &Task) {
     if task.kill_requested.get() {
         task.kill_requested.set(false);
         panic::resume_unwind(Box::new(KillSelf));
@@ -172,13 +197,24 @@ pub(crate) fn park(hub: &Hub) {
 }
 
 /// Parks until woken or until `deadline`; returns `true` if the deadline
-/// woke it.
+/// woke it. Without a deadline it is [`park`], inline.
 #[track_caller]
+#[inline(always)]
 pub(crate) fn park_until(hub: &Hub, deadline: Option<Instant>) -> bool {
-    let Some(deadline) = deadline else {
-        park(hub);
-        return false;
-    };
+    match deadline {
+        None => {
+            park(hub);
+            false
+        }
+        Some(deadline) => park_with_timer(hub, deadline),
+    }
+}
+
+/// [`park_until`] with a deadline: a timer wakes the task if nothing else
+/// does first.
+#[track_caller]
+#[inline(never)]
+fn park_with_timer(hub: &Hub, deadline: Instant) -> bool {
     let key = hub
         .timers
         .borrow_mut()
