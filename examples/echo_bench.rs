@@ -1,7 +1,8 @@
 //! A load generator for echo servers, built on the hub: C connections to
 //! an address, each sending an M-byte message and waiting for the whole
 //! echo before sending the next, for D seconds. Prints the round trips per
-//! second and the p50 and p99 latency, then stops by itself.
+//! second and the p50 and p99 latency (then, in brackets, p90, p99.9 and
+//! the slowest round trip), then stops by itself.
 //!
 //! ```text
 //! cargo run --release --example echo_bench -- ADDR [-c CONNECTIONS] [-m BYTES] [-d SECONDS] [-t THREADS]
@@ -154,9 +155,12 @@ fn main() {
     let n = hist.count();
     println!(
         "{addr}: {conns} connections, {size}-byte messages, {elapsed:.1} s: \
-         {:.0} round trips/s, p50 {} us, p99 {} us",
+         {:.0} round trips/s, p50 {} us, p99 {} us (p90 {} us, p99.9 {} us, max {} us)",
         n as f64 / elapsed,
         hist.quantile(0.50),
-        hist.quantile(0.99)
+        hist.quantile(0.99),
+        hist.quantile(0.90),
+        hist.quantile(0.999),
+        hist.quantile(1.0)
     );
 }
