@@ -115,10 +115,8 @@ pub fn set_pool_capacity(capacity: usize) -> usize {
     let Some(pool) = pool_mut() else { return 0 };
     let old = mem::replace(&mut pool.cap, capacity);
     let n = pool.free.len().saturating_sub(capacity);
-    let excess: Vec<DefaultStack> = pool.free.drain(..n).collect();
-    // Dropping them now unmaps them: the pool is over capacity no more
-    // only once they are out of it, which they are.
-    excess.into_iter().for_each(DefaultStack::unmap_now);
+    // Unmapping does not reach the pool, so they go straight from it.
+    pool.free.drain(..n).for_each(DefaultStack::unmap_now);
     old
 }
 
@@ -237,9 +235,7 @@ impl DefaultStack {
     pub fn size(&self) -> usize {
         self.top() - self.limit
     }
-}
 
-impl DefaultStack {
     /// `default` without a pooled stack at hand.
     #[cold]
     #[inline(never)]
@@ -323,8 +319,7 @@ fn unmap(map: MmapMut, limit: usize) {
 /// Empties the calling thread's pool of free stacks, unmapping them.
 pub fn trim_pool() {
     if let Some(pool) = pool_mut() {
-        let drained: Vec<DefaultStack> = pool.free.drain(..).collect();
-        drained.into_iter().for_each(DefaultStack::unmap_now);
+        pool.free.drain(..).for_each(DefaultStack::unmap_now);
     }
 }
 
