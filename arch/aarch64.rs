@@ -102,6 +102,10 @@ pub fn dead_sp() -> usize {
 
 /// The continuation of the dead frame: switches straight back to the
 /// caller (whose continuation is in x30), passing 0.
+///
+/// # Safety
+/// Only [`switch`] may enter it, as the continuation of [`dead_sp`]'s
+/// frame; it follows no Rust calling convention.
 #[unsafe(naked)]
 unsafe extern "C" fn dead_continuation() {
     naked_asm!(
@@ -140,6 +144,10 @@ pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usiz
 /// x0 = arg, x1 = our initial sp, x2 = where the caller wants its sp.
 ///
 /// Its CFI sends unwinders through the link word to the resumer's frames.
+///
+/// # Safety
+/// Only [`switch`] may enter it, into a frame that [`init_stack`] laid
+/// out; it follows no Rust calling convention.
 #[unsafe(naked)]
 unsafe extern "C" fn trampoline() {
     naked_asm!(
