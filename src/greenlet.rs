@@ -463,6 +463,30 @@ pub fn current<T>() -> Greenlet<T> {
     Greenlet::from_handle(Handle::new(running()))
 }
 
+/// An identity of the greenlet running now on this thread (the thread's
+/// main greenlet outside any other), stable for as long as that greenlet
+/// lives; not a handle, so it keeps nothing alive.
+///
+/// For schedulers that suspend their tasks from inside the task's own
+/// code: a greenlet started by a task runs on a stack of its own, and
+/// suspending the task from there would leave the greenlet layer pointing
+/// at a stack that another task then runs over. Such a scheduler records
+/// the identity where it resumes its tasks and refuses to suspend one when
+/// the identity differs (the hub does so, with a panic).
+///
+/// ```
+/// use stackful::greenlet::{Greenlet, running_id};
+///
+/// let outside = running_id();
+/// let inside = Greenlet::new(|_: usize| running_id()).switch(0);
+/// assert_ne!(outside, inside);
+/// assert_eq!(outside, running_id());
+/// ```
+#[inline]
+pub fn running_id() -> usize {
+    running_ptr().addr()
+}
+
 impl<T: 'static> Greenlet<T> {
     /// Creates a greenlet that will run `f` on a pooled [`DefaultStack`];
     /// it starts at the first switch to it. Its parent is the greenlet
