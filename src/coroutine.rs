@@ -13,7 +13,97 @@
 //!   (returned, panicked, or unwound) is then in the stack's spare word.
 //!
 //! So a round trip stores and loads each value once, and tests one word.
+//!
+//! # Lifetimes and variance
+//!
+//! A suspended body keeps whatever it holds on its stack, and safe code
+//! may `mem::forget` its `Coroutine`: the stack then stays mapped with the
+//! frames on it, but nothing on it runs or is dropped again. So anything a
+//! body can reach must stay valid for as long as those frames exist, which
+//! may be forever. The rules that follow from it, for `Coroutine<Input,
+//! Yield, Return, S>`:
+//!
+//! - The body is `'static` (the closure's type).
+//! - `Input` is `'static`: each resume hands the body a value that its
+//!   frames may keep, or pass to a scoped thread that a forgotten coroutine
+//!   never joins. A borrowed input does not compile:
+//!
+//!   ```compile_fail
+//!   let seven = 7u32;
+//!   let mut co = stackful::Coroutine::new(|_, n: &u32| *n);
+//!   co.resume(&seven); // `seven` does not live long enough: Input is 'static
+//!   ```
+//!
+//! - `Coroutine` is invariant in `Input`: no coercion can change the type of
+//!   what the suspended body already holds, in either direction.
+//!
+//!   ```compile_fail
+//!   use stackful::Coroutine;
+//!   fn widen<'a>(co: Coroutine<&'a u32, (), ()>) -> Coroutine<&'static u32, (), ()> {
+//!       co
+//!   }
+//!   ```
+//!   ```compile_fail
+//!   use stackful::Coroutine;
+//!   fn narrow<'a>(co: Coroutine<&'static u32, (), ()>) -> Coroutine<&'a u32, (), ()> {
+//!       co
+//!   }
+//!   ```
+//!
+//! - `Yield` and `Return` only come out of the body, which can build them
+//!   from nothing but `'static` data (its captures and its inputs); so
+//!   they need not be `'static`, and `Coroutine` is covariant in them: a
+//!   coroutine that yields `&'static str` is one that yields `&'a str`.
+//!
+//!   ```
+//!   use stackful::Coroutine;
+//!   fn shorten<'a>(co: Coroutine<(), &'static str, ()>) -> Coroutine<(), &'a str, ()> {
+//!       co
+//!   }
+//!   let mut co = shorten(Coroutine::new(|y, ()| y.suspend("hi")));
+//!   assert_eq!(co.resume(()).as_yield(), Some("hi"));
+//!   ```
+//!
+//! - [`Yielder`] is invariant in both its parameters; the body gets it by
+//!   reference for the body's call only, and it is neither `Send` nor
+//!   `Sync`.
+//! - The stack `S` promises (the [`Stack`] contract) that its memory is not
+//!   used for anything else until the value is dropped: a forgotten
+//!   coroutine forgets its stack, whose memory then stays reserved.
+//!
+//! [`Generator`](crate::Generator) and
+//! [`AsyncCoroutine`](crate::bridge::AsyncCoroutine) are built on
+//! `Coroutine` and inherit these rules (a generator's sent type is its
+//! `Input`; an `AsyncCoroutine`'s output is its `Return`).
+//!
+//! # Threat model: what can be running when
+//!
+//! - [`Coroutine::resume`] runs on any stack: the thread's, another
+//!   coroutine's (nesting), a greenlet's, an [`on_stack`](crate::on_stack)
+//!   call's. It needs `&mut self`, so the coroutine is not running: a body
+//!   cannot resume itself, and two resumers cannot interleave.
+//! - [`Yielder::suspend`] runs only on the body's call tree (the yielder is
+//!   reachable nowhere else), which may have moved onto other stacks in
+//!   between (`on_stack`, `maybe_grow`): the switch leaves from wherever
+//!   the call is, and comes back there.
+//! - Dropping a `Coroutine` (or [`Coroutine::into_stack`]) that has started
+//!   and not finished unwinds its body on its own stack, from any stack and
+//!   from any destructor (of a thread-local at thread exit included). The
+//!   destructors that unwind runs may do anything but suspend: nothing can
+//!   resume them with an input. A suspend after the unwind began does not
+//!   switch: if the thread is not unwinding (the body caught the unwind and
+//!   went on) it raises the unwind again; if it is (from a destructor, most
+//!   likely) it panics with a message saying so, and a panic that escapes
+//!   a destructor during unwinding aborts the process, by Rust's own rule.
+//!   A scheduler whose tasks must be able to suspend while they unwind
+//!   (the hub's kill) unwinds them by an ordinary resume instead, with a
+//!   panic of its own raised at the pending suspend.
+//! - The unwind's private payload unwinds only the coroutine that was asked
+//!   to unwind: raised anywhere else (a body that caught it and raised it
+//!   again in another coroutine, or a nested coroutine that received it) it
+//!   is an ordinary panic there, which reaches that coroutine's resumer.
 
+use core::cell::Cell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::{self, ManuallyDrop};
@@ -70,7 +160,17 @@ enum Ending<R> {
 /// The marker of a handle that consumes `A`s and produces `B`s: `fn(A) -> B`
 /// gives it that variance, and the raw pointer makes it neither `Send` nor
 /// `Sync`.
+#[cfg(feature = "std")]
 pub(crate) type Marker<A, B> = PhantomData<(fn(A) -> B, *mut ())>;
+
+/// The marker of [`Coroutine`]: invariant in `Input` (`fn(I) -> I`), so
+/// that no lifetime inside an input type can shrink or grow; covariant in
+/// `Yield` and `Return`, which only come out (see the module docs); and,
+/// through the raw pointer, neither `Send` nor `Sync`.
+type CoMarker<I, Y, R> = PhantomData<(fn(I) -> I, fn() -> (Y, R), *mut ())>;
+
+/// The marker of [`Yielder`]: invariant in both, neither `Send` nor `Sync`.
+type YielderMarker<I, Y> = PhantomData<(fn(I) -> I, fn(Y) -> Y, *mut ())>;
 
 /// The panic payload that unwinds a suspended coroutine being dropped.
 #[cfg(feature = "std")]
@@ -121,8 +221,12 @@ macro_rules! coroutine_struct {
         /// with a private payload, which the coroutine's first frame catches. A
         /// body that catches that panic itself (with `catch_unwind`) may run code,
         /// but every `suspend` it calls afterwards panics again (the value it
-        /// handed to that `suspend` is dropped); if it then returns normally, its
-        /// return value is dropped. A panic that escapes while the stack unwinds
+        /// handed to that `suspend` is dropped, and no switch happens); if it then
+        /// returns normally, its return value is dropped. A destructor that the
+        /// unwind runs cannot suspend either: its `suspend` panics with a message
+        /// that says so, and since a panic that escapes a destructor during
+        /// unwinding aborts the process (Rust's rule), finish a coroutine whose
+        /// destructors suspend before dropping it. A panic that escapes while the stack unwinds
         /// reaches the code that dropped the coroutine (unless that code is itself
         /// unwinding).
         ///
@@ -160,9 +264,9 @@ macro_rules! coroutine_struct {
             stack: ManuallyDrop<S>,
             /// The coroutine's ThreadSanitizer fiber (empty without it).
             fiber: Fiber,
-            /// `fn(Input) -> ..`: the coroutine consumes inputs and produces
-            /// yields and a return; `*mut ()`: neither `Send` nor `Sync`.
-            _marker: Marker<Input, (Yield, Return)>,
+            /// Invariant in `Input`, covariant in `Yield` and `Return`,
+            /// neither `Send` nor `Sync` (see [`CoMarker`]).
+            _marker: CoMarker<Input, Yield, Return>,
         }
     };
 }
@@ -183,7 +287,14 @@ pub struct Yielder<Input, Yield> {
     link: *mut usize,
     /// The resumer's stack, for AddressSanitizer (empty without it).
     resumer: AsanPeer,
-    _marker: Marker<Yield, Input>,
+    /// Set when a suspend of this yielder received the request to unwind
+    /// (drop, `into_stack`): the body's entry then takes the private
+    /// payload for its own unwind; the same payload raised anywhere else
+    /// (another coroutine that received it, a body that kept it and raised
+    /// it again) is an ordinary panic there, which reaches its resumer.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    unwinding: Cell<bool>,
+    _marker: YielderMarker<Input, Yield>,
 }
 
 #[cfg(feature = "std")]
@@ -200,6 +311,7 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
     pub fn new<F>(f: F) -> Self
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
+        Input: 'static,
     {
         Self::with_stack(DefaultStack::default(), f)
     }
@@ -220,6 +332,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     pub fn with_stack<F>(stack: S, f: F) -> Self
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
+        Input: 'static,
     {
         #[cfg(feature = "std")]
         crate::overflow::install();
@@ -268,6 +381,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             Ending::Returned(r) => CoroutineResult::Return(r),
             #[cfg(feature = "std")]
             Ending::Panicked(payload) => panic::resume_unwind(payload),
+            // Only `unwind` sends the request that ends in these.
             Ending::Unwound => unreachable!("stackful: unwound without a request"),
         }
     }
@@ -277,14 +391,12 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     fn take_ending(&mut self) -> Ending<Return> {
         // SAFETY: the link word is a word of our stack, alive with it.
         unsafe { self.link.write(arch::dead_sp()) };
-        let spare = self
-            .link
-            .wrapping_byte_add(arch::LINK_OFFSET)
-            .wrapping_byte_sub(arch::SPARE_OFFSET);
+        // SAFETY: the spare word is a word of our stack, alive with it.
+        let word = unsafe { spare_word(self.link).read() };
         // SAFETY: the body wrote the address of its Ending into the spare
         // word of its stack as its last act; the stack is not reused until
         // we return, and we move the Ending out once.
-        unsafe { take::<Ending<Return>>(spare.read()) }
+        unsafe { take::<Ending<Return>>(word) }
     }
 
     /// The saved sp in the link word (meaningful while not running).
@@ -384,15 +496,12 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     #[cold]
     #[inline(never)]
     fn unwind(&mut self) {
-        // A body that catches the unwind and suspends again gets to yield,
-        // and unwinds again: its yields are dropped until it finishes.
-        loop {
-            match self.switch_in(SIGNAL) {
-                SIGNAL => break,
-                // SAFETY: as in `resume`: the address of a yielded value.
-                y => drop(unsafe { take::<Yield>(y) }),
-            }
-        }
+        // The request goes to the pending suspend, which unwinds the body;
+        // every later suspend unwinds again at once or panics (see
+        // `Yielder::suspend_while_unwinding`) without switching, so the
+        // one word that comes back says the body has finished.
+        let word = self.switch_in(SIGNAL);
+        debug_assert_eq!(word, SIGNAL, "a coroutine being unwound yielded");
         match self.take_ending() {
             Ending::Unwound | Ending::Returned(_) => {}
             #[cfg(feature = "std")]
@@ -449,6 +558,10 @@ impl<Input, Yield> Yielder<Input, Yield> {
     /// unwinds the stack so that its destructors run.
     #[inline]
     pub fn suspend(&self, value: Yield) -> Input {
+        #[cfg(feature = "std")]
+        if self.unwinding.get() {
+            self.suspend_while_unwinding(value);
+        }
         let value = ManuallyDrop::new(value);
         let mut save = AsanSave::new();
         let (bottom, size) = self.resumer.get();
@@ -462,13 +575,42 @@ impl<Input, Yield> Yielder<Input, Yield> {
         self.resumer.set(sanitizer::finish_switch(&save));
         match word {
             #[cfg(feature = "std")]
-            SIGNAL => panic::resume_unwind(Box::new(ForcedUnwind)),
+            SIGNAL => {
+                self.unwinding.set(true);
+                panic::resume_unwind(Box::new(ForcedUnwind))
+            }
             #[cfg(not(feature = "std"))]
             SIGNAL => unreachable!("stackful: nothing unwinds a coroutine without std"),
             // SAFETY: the resumer sent the address of an Input on its stack
             // and is suspended until we switch back; we move it out once.
             input => unsafe { take::<Input>(input) },
         }
+    }
+}
+
+impl<Input, Yield> Yielder<Input, Yield> {
+    /// A suspend after the request to unwind: from a body that caught
+    /// the unwind, or from a destructor that the unwind runs. Nothing can
+    /// resume the body with an input any more, so it never returns: the
+    /// value is dropped, and if the thread is not unwinding (the body
+    /// caught the unwind and went on) the unwind is raised again; if it is
+    /// (most likely from a destructor), this panics with a message, and a
+    /// destructor that lets it out aborts the process as Rust aborts for
+    /// any panic that escapes a destructor during unwinding.
+    #[cfg(feature = "std")]
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn suspend_while_unwinding(&self, value: Yield) -> ! {
+        drop(value);
+        if !std::thread::panicking() {
+            panic::resume_unwind(Box::new(ForcedUnwind));
+        }
+        panic!(
+            "stackful: suspend called while its coroutine is being dropped (from a destructor \
+             run by the unwind, most likely): nothing can resume it; finish the coroutine \
+             before dropping it, or do not suspend in destructors"
+        );
     }
 }
 
@@ -493,6 +635,7 @@ where
     let yielder = Yielder {
         link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
         resumer: AsanPeer::default(),
+        unwinding: Cell::new(false),
         _marker: PhantomData,
     };
     yielder
@@ -517,7 +660,9 @@ where
             #[cfg(feature = "std")]
             let ending = match panic::catch_unwind(AssertUnwindSafe(|| f(&yielder, input))) {
                 Ok(r) => Ending::Returned(r),
-                Err(p) if p.is::<ForcedUnwind>() => Ending::Unwound,
+                // Our own unwind, requested by our resumer; the payload of
+                // another's is an ordinary panic here.
+                Err(p) if p.is::<ForcedUnwind>() && yielder.unwinding.get() => Ending::Unwound,
                 Err(p) => Ending::Panicked(p),
             };
             // Without std a panic cannot be caught: it goes to the panic
@@ -528,19 +673,35 @@ where
         }
     };
     let ending = ManuallyDrop::new(ending);
-    let spare = ptr::with_exposed_provenance_mut::<usize>(closure - arch::SPARE_OFFSET);
     // SAFETY: the spare word of our stack is free once we have started.
-    unsafe { spare.write(addr(&ending)) };
-    let (bottom, size) = yielder.resumer.get();
+    unsafe { spare_word(yielder.link).write(addr(&ending)) };
+    // SAFETY: as in `suspend`: the link word holds the resumer's sp.
+    unsafe { leave_for_good(yielder.link, &yielder.resumer) }
+}
+
+/// The spare word of the stack whose link word is `link` (see `arch/`).
+fn spare_word(link: *mut usize) -> *mut usize {
+    link.wrapping_byte_add(arch::LINK_OFFSET)
+        .wrapping_byte_sub(arch::SPARE_OFFSET)
+}
+
+/// A coroutine's last switch: back to its resumer with the word 0, once
+/// its spare word says how it ended. The stack is finished for good.
+///
+/// # Safety
+/// `link` is the link word of the running coroutine's stack, holding its
+/// resumer's sp; `resumer` is the yielder's record of the resumer's stack.
+unsafe fn leave_for_good(link: *mut usize, resumer: &AsanPeer) -> ! {
+    let (bottom, size) = resumer.get();
     // This stack is finished for good: ASan may free its fake stack and
     // forget the frames on it.
     sanitizer::stack_abandoned();
     sanitizer::start_switch(None, bottom, size);
     sanitizer::tsan_suspend();
-    // SAFETY: as in `suspend`: the link word holds the resumer's sp. Nothing
-    // resumes this context again (the coroutine is done), so this call
-    // does not return and the stack may be reused.
-    unsafe { arch::switch(SIGNAL, *yielder.link, yielder.link) };
+    // SAFETY: the link word holds the resumer's sp (the caller promises).
+    // Nothing resumes this context again (the coroutine is done), so this
+    // call does not return and the stack may be reused.
+    unsafe { arch::switch(SIGNAL, *link, link) };
     unreachable!("stackful: a finished coroutine was resumed");
 }
 

@@ -33,6 +33,22 @@
 //! assert_eq!(avg.send(20.0), Some(15.0));
 //! ```
 
+//!
+//! # Lifetimes
+//!
+//! As for [`Coroutine`] (see [its rules](crate::coroutine#lifetimes-and-variance)):
+//! the body and the sent type are `'static`, and a generator is invariant
+//! in the sent type; what it yields need not be `'static`.
+//!
+//! ```compile_fail
+//! let seven = 7u32;
+//! let mut g = stackful::Generator::new(|y: &stackful::Yielder<&u32, u32>| {
+//!     let n = y.suspend(0);
+//!     y.suspend(*n);
+//! });
+//! g.send(&seven); // `seven` does not live long enough: the sent type is 'static
+//! ```
+
 use std::fmt;
 
 use crate::coroutine::{Coroutine, CoroutineResult, Yielder};
@@ -50,6 +66,7 @@ impl<Yield, Send> Generator<Yield, Send, DefaultStack> {
     pub fn new<F>(f: F) -> Self
     where
         F: FnOnce(&Yielder<Send, Yield>) + 'static,
+        Send: 'static,
     {
         Self::with_stack(DefaultStack::default(), f)
     }
@@ -60,6 +77,7 @@ impl<Yield, Send, S: Stack> Generator<Yield, Send, S> {
     pub fn with_stack<F>(stack: S, f: F) -> Self
     where
         F: FnOnce(&Yielder<Send, Yield>) + 'static,
+        Send: 'static,
     {
         Generator {
             co: Coroutine::with_stack(stack, move |y, _priming: Send| f(y)),
