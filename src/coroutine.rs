@@ -323,11 +323,15 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// The closure itself is stored at the top of the stack, so creating a
     /// coroutine allocates nothing besides the stack.
     ///
-    /// # Panics
-    /// When `stack` leaves less than [`MIN_STACK_SIZE`] bytes below the
-    /// closure (the closure is too large for this stack).
+    /// Of the stack, the coroutine takes twice the closure's size (the
+    /// closure, and its copy when the body starts) and 8 KiB before the
+    /// body's own frames (for the first frames and a forced unwind). On a
+    /// stack of [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) a closure
+    /// of up to an eighth of it fits.
     ///
-    /// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
+    /// # Panics
+    /// When that does not fit in `stack` (the closure is too large for
+    /// it), with a message that says so.
     #[inline]
     pub fn with_stack<F>(stack: S, f: F) -> Self
     where
@@ -630,8 +634,11 @@ unsafe extern "C" fn entry<I, Y, R, F>(msg: usize, _from: usize, closure: usize)
 where
     F: FnOnce(&Yielder<I, Y>, I) -> R,
 {
-    // SAFETY: `with_stack` wrote an F at `closure`; it is read once, here.
-    let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(closure)) };
+    // The closure stays where `with_stack` wrote it until the one place
+    // that consumes it: every move of a large closure would be a copy on
+    // this stack (a dozen in a debug build, through `catch_unwind`'s
+    // layers), which `place_closure` could not count.
+    let f = ptr::with_exposed_provenance_mut::<F>(closure);
     let yielder = Yielder {
         link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
         resumer: AsanPeer::default(),
@@ -644,21 +651,35 @@ where
     let ending = match msg {
         // Dropped before it started: drop the closure.
         #[cfg(feature = "std")]
-        SIGNAL => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
-            Ok(()) => Ending::Unwound,
-            Err(p) => Ending::Panicked(p),
-        },
+        SIGNAL => {
+            let drop_f = || {
+                // SAFETY: `with_stack` wrote an F at `f`, which nothing
+                // else reads or drops.
+                unsafe { ptr::drop_in_place(f) }
+            };
+            match panic::catch_unwind(AssertUnwindSafe(drop_f)) {
+                Ok(()) => Ending::Unwound,
+                Err(p) => Ending::Panicked(p),
+            }
+        }
         #[cfg(not(feature = "std"))]
         SIGNAL => {
-            drop(f);
+            // SAFETY: as above.
+            unsafe { ptr::drop_in_place(f) };
             Ending::Unwound
         }
         input => {
             // SAFETY: the first resume sent the address of an I, as every
             // resume does.
             let input = unsafe { take::<I>(input) };
+            let call = || {
+                // SAFETY: `with_stack` wrote an F at `f`; it is moved out
+                // once, here, straight into the call (a local would be one
+                // more copy in a debug build).
+                (unsafe { ptr::read(f) })(&yielder, input)
+            };
             #[cfg(feature = "std")]
-            let ending = match panic::catch_unwind(AssertUnwindSafe(|| f(&yielder, input))) {
+            let ending = match panic::catch_unwind(AssertUnwindSafe(call)) {
                 Ok(r) => Ending::Returned(r),
                 // Our own unwind, requested by our resumer; the payload of
                 // another's is an ordinary panic here.
@@ -668,7 +689,7 @@ where
             // Without std a panic cannot be caught: it goes to the panic
             // handler, which does not return.
             #[cfg(not(feature = "std"))]
-            let ending = Ending::Returned(f(&yielder, input));
+            let ending = Ending::Returned(call());
             ending
         }
     };
@@ -713,24 +734,40 @@ fn resumed_after_the_end<I>(input: ManuallyDrop<I>) -> ! {
     panic!("stackful: resumed a coroutine that has already finished");
 }
 
+/// The stack that a new coroutine needs below its closure besides the
+/// first frame and the closure's one copy (see [`place_closure`]): the
+/// entry's own frames and a forced unwind from a shallow body, which took
+/// at most 6.2 KiB in a debug build on x86_64, the first unwind of a
+/// process (`tests/stack_use.rs` measures it).
+pub(crate) const ENTRY_RESERVE: usize = 8 * 1024;
+
 /// Moves `f` to the top of `stack` and lays out below it a first frame
 /// that will call `entry` with the closure's address; returns that address
 /// (16-aligned, the top of the frames) and the new context's sp.
 ///
+/// What the new context takes of the stack before the body's own frames:
+/// the closure at the top, the first frame, one copy of the closure (the
+/// entry moves it out of its place once, straight into the call; see
+/// `entry`) and [`ENTRY_RESERVE`]. Every stack of [`MIN_STACK_SIZE`] bytes
+/// or more has room for that with a closure of up to an eighth of it.
+///
 /// # Panics
-/// When less than `MIN_STACK_SIZE` would remain below the closure.
+/// When that does not fit in the stack (the closure is too large).
+///
+/// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
 pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) -> (usize, usize) {
     let (top, limit) = (stack.top(), stack.limit());
     let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
+    let size = mem::size_of::<F>();
     let closure = top
-        .checked_sub(mem::size_of::<F>())
+        .checked_sub(size)
         .map(|a| a & !(align - 1))
         .filter(|&a| {
-            a.checked_sub(arch::INIT_FRAME_SIZE + crate::stack::MIN_STACK_SIZE)
+            a.checked_sub(arch::INIT_FRAME_SIZE + size + ENTRY_RESERVE)
                 .is_some_and(|low| low >= limit)
         });
     let Some(closure) = closure else {
-        closure_too_large(top.saturating_sub(limit), mem::size_of::<F>());
+        closure_too_large(top.saturating_sub(limit), size);
     };
     let ptr = ptr::with_exposed_provenance_mut::<F>(closure);
     // SAFETY: `Stack` promises [limit, top) is writable memory of this
@@ -749,8 +786,9 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
 fn closure_too_large(stack: usize, closure: usize) -> ! {
     panic!(
         "stackful: a stack of {stack} bytes is too small for a closure of {closure} bytes: \
-         at least {} bytes must remain below it",
-        crate::stack::MIN_STACK_SIZE
+         the closure, its copy when the body starts and {} more bytes for the first frames \
+         must fit; use a larger stack, or box the closure's large captures",
+        arch::INIT_FRAME_SIZE + ENTRY_RESERVE
     );
 }
 

@@ -103,7 +103,7 @@ fn stack_pointer() -> usize {
 ///
 /// ```
 /// let here = stackful::remaining_stack().expect("the thread's stack is known");
-/// stackful::on_stack(&mut stackful::DefaultStack::new(256 * 1024).unwrap(), || {
+/// stackful::on_stack(stackful::DefaultStack::new(256 * 1024).unwrap(), || {
 ///     let there = stackful::remaining_stack().unwrap();
 ///     assert!(there < 256 * 1024 && there > 200 * 1024, "{there} {here}");
 /// });
@@ -177,11 +177,11 @@ pub fn maybe_grow<R, F: FnOnce() -> R>(red_zone: usize, stack_size: usize, f: F)
 #[inline(never)]
 fn grow<R, F: FnOnce() -> R>(stack_size: usize, f: F) -> R {
     let size = stack_size.clamp(MIN_STACK_SIZE, MAX_STACK_SIZE);
-    let mut stack = match DefaultStack::new(size) {
+    let stack = match DefaultStack::new(size) {
         Ok(stack) => stack,
         Err(e) => panic!("stackful: maybe_grow cannot allocate a stack: {e}"),
     };
-    on_stack(&mut stack, f)
+    on_stack(stack, f)
 }
 
 /// The remaining stack below `sp` when the cache missed or holds a range
@@ -277,9 +277,17 @@ struct Call<F, R> {
 }
 
 /// Runs `f` on `stack` and returns its value; a panic in `f` propagates to
-/// the caller with its payload. The stack is borrowed only for the call and
-/// can be used again afterwards (for another `on_stack`, or a
-/// [`Coroutine`](crate::Coroutine)).
+/// the caller with its payload. The stack is dropped when `f` has
+/// finished (a [`DefaultStack`] goes back to the thread's pool, so the
+/// next call takes it from there).
+///
+/// The stack is taken by value so that it outlives every frame on it,
+/// whatever safe code does: a body that suspends inside `on_stack` (in a
+/// [`Coroutine`](crate::Coroutine)) keeps its frames there, and if that
+/// coroutine is then forgotten, the stack is forgotten with it, never
+/// unmapped or reused under them. (A stack that was only borrowed could be
+/// freed by its owner, a thread-local at thread exit say, while a scoped
+/// thread still reads those frames.)
 ///
 /// Inside `f`, [`remaining_stack`] and [`maybe_grow`] know the new stack.
 /// A backtrace taken inside `f` continues into the caller's frames.
@@ -287,9 +295,9 @@ struct Call<F, R> {
 /// ```
 /// use stackful::{DefaultStack, Stack};
 ///
-/// let mut stack = DefaultStack::new(64 * 1024).unwrap();
+/// let stack = DefaultStack::new(64 * 1024).unwrap();
 /// let (limit, top) = (stack.limit(), stack.top());
-/// let on_it = stackful::on_stack(&mut stack, || {
+/// let on_it = stackful::on_stack(stack, || {
 ///     let local = 0u8;
 ///     let addr = &local as *const u8 as usize;
 ///     limit <= addr && addr < top
@@ -297,9 +305,16 @@ struct Call<F, R> {
 /// assert!(on_it);
 /// ```
 ///
+/// A borrowed stack is not a [`Stack`]:
+///
+/// ```compile_fail
+/// let mut stack = stackful::DefaultStack::new(64 * 1024).unwrap();
+/// stackful::on_stack(&mut stack, || ());
+/// ```
+///
 /// # Panics
 /// When `f` panics, with its payload.
-pub fn on_stack<S: Stack + ?Sized, R, F: FnOnce() -> R>(stack: &mut S, f: F) -> R {
+pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
     crate::overflow::install();
     let (lo, hi) = (stack.limit(), stack.top());
     let link = ptr::with_exposed_provenance_mut::<usize>(hi - arch::LINK_OFFSET);
@@ -310,8 +325,9 @@ pub fn on_stack<S: Stack + ?Sized, R, F: FnOnce() -> R>(stack: &mut S, f: F) -> 
     };
     let data = ptr::from_mut(&mut call).expose_provenance();
     // SAFETY: `Stack` promises that [limit, top) is writable memory that
-    // nothing else uses, with top 16-aligned; we hold the only (mutable)
-    // borrow of the stack until the body has finished with it.
+    // nothing else uses, with top 16-aligned; we own the stack, and drop it
+    // only once the body has finished with it (or never, if this frame is
+    // suspended and forgotten).
     let sp = unsafe { arch::init_stack(hi, run::<F, R>, data) };
     let (prev, seq) = enter(lo, hi);
     // SAFETY: `sp` is the fresh context just laid out, resumed only here;
@@ -336,10 +352,13 @@ pub fn on_stack<S: Stack + ?Sized, R, F: FnOnce() -> R>(stack: &mut S, f: F) -> 
 /// switches back.
 unsafe extern "C" fn run<F: FnOnce() -> R, R>(_arg: usize, _from: usize, data: usize) -> ! {
     let call = ptr::with_exposed_provenance_mut::<Call<F, R>>(data);
-    // SAFETY: `call` is live and ours until we switch back (see above); the
-    // closure is taken out once.
-    let f = unsafe { ManuallyDrop::take(&mut (*call).f) };
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    // The closure is moved out of the caller's `Call` only into the call
+    // itself: each move of a large closure would be a copy on this stack.
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `call` is live and ours until we switch back (see
+        // above); the closure is taken out once, straight into the call.
+        (unsafe { ManuallyDrop::take(&mut (*call).f) })()
+    }));
     // SAFETY: as above; `result` was None, so nothing is lost.
     let link = unsafe {
         (*call).result = Some(result);
@@ -453,8 +472,9 @@ mod tests {
     fn a_suspended_on_stack_call_stays_listed_on_its_thread() {
         let (tx, rx) = futures::channel::oneshot::channel::<()>();
         let mut task = AsyncCoroutine::new(move |y| {
-            let mut s = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
-            on_stack(&mut s, || {
+            // SAFETY: the frames on it are a few KiB at most.
+            let s = unsafe { SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice()) };
+            on_stack(s, || {
                 y.block_on(rx).unwrap();
                 remaining_stack()
             })
@@ -477,8 +497,9 @@ mod tests {
         // block_on, both Send.
         let mut task = unsafe {
             SendAsyncCoroutine::new(move |y| {
-                let mut s = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
-                on_stack(&mut s, || {
+                // (SAFETY: the frames on the SliceStack are a few KiB.)
+                let s = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
+                on_stack(s, || {
                     y.block_on(rx).unwrap();
                     remaining_stack()
                 })
@@ -514,8 +535,8 @@ mod tests {
         let d = drops.clone();
         let mut task = AsyncCoroutine::new(move |y| {
             let _outer = Count(d.clone());
-            let mut s = DefaultStack::new(64 * 1024).unwrap();
-            on_stack(&mut s, || {
+            let s = DefaultStack::new(64 * 1024).unwrap();
+            on_stack(s, || {
                 let _inner = Count(d.clone());
                 y.block_on(std::future::pending::<()>());
             });

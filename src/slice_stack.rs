@@ -10,13 +10,16 @@ use crate::stack::{MIN_STACK_SIZE, Stack};
 /// `&'static mut [u8]` (a static buffer, memory from an arena that lives
 /// for the rest of the program, or a region of a VM's own memory).
 ///
-/// # No guard page: overflows are not detected
+/// # No guard page: overflows are not detected, hence `unsafe`
 /// Nothing lies below the slice to stop a coroutine that runs past its
 /// lowest byte: an overflow **silently overwrites whatever memory lies
 /// below the slice** (other heap objects, for a `Box`), with no signal and
 /// no message, which is undefined behaviour. [`guard_size`](Stack::guard_size)
-/// is 0, as the [`Stack`] contract requires of such stacks. Use a
-/// `SliceStack` only for code whose stack depth you know, or check with
+/// is 0, as the [`Stack`] contract requires of such stacks. Since safe
+/// code (a deep recursion, a large local) could overflow it, the
+/// constructors are `unsafe`: their caller promises that what runs on the
+/// stack fits (see their `# Safety`). Use a `SliceStack` only for code
+/// whose stack depth you know, or check with
 /// [`remaining_stack`](crate::remaining_stack) inside
 /// [`on_stack`](crate::on_stack). [`maybe_grow`](crate::maybe_grow) knows a
 /// `SliceStack` only inside `on_stack`; inside a
@@ -37,7 +40,8 @@ use crate::stack::{MIN_STACK_SIZE, Stack};
 /// ```
 /// use stackful::{Coroutine, CoroutineResult, SliceStack};
 ///
-/// let stack = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
+/// // SAFETY: the body's frames are a few hundred bytes.
+/// let stack = unsafe { SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice()) };
 /// let mut co = Coroutine::with_stack(stack, |y, x: u32| y.suspend(x + 1) * 2);
 /// assert_eq!(co.resume(1), CoroutineResult::Yield(2));
 /// assert_eq!(co.resume(5), CoroutineResult::Return(10));
@@ -61,10 +65,18 @@ impl SliceStack {
     /// A stack over `memory`, which is freed when the `SliceStack` is
     /// dropped. Its top is the end of the slice rounded down to 16 bytes.
     ///
+    /// # Safety
+    /// Whatever runs on the stack (a coroutine's body, its first frames, a
+    /// copy of its closure: see
+    /// [`Coroutine::with_stack`](crate::Coroutine::with_stack); an
+    /// [`on_stack`](crate::on_stack) call; and every panic and destructor
+    /// that these run) must never need more than the slice: nothing
+    /// detects an overflow, which writes below the slice.
+    ///
     /// # Panics
     /// When the slice leaves less than [`MIN_STACK_SIZE`] bytes between its
     /// 16-aligned ends.
-    pub fn new(memory: Box<[u8]>) -> SliceStack {
+    pub unsafe fn new(memory: Box<[u8]>) -> SliceStack {
         let len = memory.len();
         let base = Box::into_raw(memory).cast::<u8>();
         // SAFETY: `base` came from `Box::into_raw` just above.
@@ -78,13 +90,17 @@ impl SliceStack {
     ///
     /// ```
     /// let memory: &'static mut [u8] = Box::leak(vec![0u8; 32 * 1024].into_boxed_slice());
-    /// let mut stack = stackful::SliceStack::from_static(memory);
-    /// assert_eq!(stackful::on_stack(&mut stack, || 6 * 7), 42);
+    /// // SAFETY: `6 * 7` needs no more than a few bytes of stack.
+    /// let stack = unsafe { stackful::SliceStack::from_static(memory) };
+    /// assert_eq!(stackful::on_stack(stack, || 6 * 7), 42);
     /// ```
+    ///
+    /// # Safety
+    /// As [`new`](SliceStack::new): what runs on it must fit.
     ///
     /// # Panics
     /// As [`new`](SliceStack::new).
-    pub fn from_static(memory: &'static mut [u8]) -> SliceStack {
+    pub unsafe fn from_static(memory: &'static mut [u8]) -> SliceStack {
         let len = memory.len();
         // SAFETY: the borrow is exclusive and never ends; `owned: false`
         // means the memory is never freed here.

@@ -433,7 +433,8 @@ fn async_coroutines_nest() {
 
 #[test]
 fn a_body_runs_on_a_slice_stack() {
-    let stack = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
+    // SAFETY: the body's frames are a few KiB at most.
+    let stack = unsafe { SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice()) };
     let (lo, hi) = (stack.limit(), stack.top());
     let local = tokio::task::LocalSet::new();
     let on_it = local.block_on(

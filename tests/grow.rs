@@ -23,11 +23,11 @@ fn here() -> usize {
 
 #[test]
 fn on_stack_runs_the_closure_on_the_given_stack_and_returns_its_value() {
-    let mut stack = DefaultStack::new(64 * 1024).unwrap();
+    let stack = DefaultStack::new(64 * 1024).unwrap();
     let (limit, top) = (stack.limit(), stack.top());
     let outside = here();
     let captured = String::from("borrowed from the caller");
-    let (addr, len) = on_stack(&mut stack, || (here(), captured.len()));
+    let (addr, len) = on_stack(stack, || (here(), captured.len()));
     assert!(
         limit <= addr && addr < top,
         "{addr:#x} not in [{limit:#x}, {top:#x})"
@@ -37,12 +37,13 @@ fn on_stack_runs_the_closure_on_the_given_stack_and_returns_its_value() {
 }
 
 #[test]
-fn on_stack_propagates_a_panic_and_the_stack_is_reusable() {
-    let mut stack = DefaultStack::new(64 * 1024).unwrap();
+fn on_stack_propagates_a_panic_and_the_stack_goes_back_to_the_pool() {
+    let stack = DefaultStack::new(64 * 1024).unwrap();
+    let (lo, hi) = (stack.limit(), stack.top());
     let dropped = Rc::new(Cell::new(0));
     let guard = util::DropCounter::default();
     let err = panic::catch_unwind(AssertUnwindSafe(|| {
-        on_stack(&mut stack, || {
+        on_stack(stack, || {
             let _g = guard.guard();
             let d = dropped.clone();
             panic!("deep {}", d.get() + 7);
@@ -51,12 +52,14 @@ fn on_stack_propagates_a_panic_and_the_stack_is_reusable() {
     .unwrap_err();
     assert_eq!(err.downcast_ref::<String>().unwrap(), "deep 7");
     assert_eq!(guard.get(), 1, "the frame on the other stack was unwound");
-    // The same stack again, for on_stack and then for a coroutine.
-    let (lo, hi) = (stack.limit(), stack.top());
+    // The same stack again from the pool, for on_stack and then for a
+    // coroutine.
     for _ in 0..3 {
-        let addr = on_stack(&mut stack, here);
+        let addr = on_stack(DefaultStack::new(64 * 1024).unwrap(), here);
         assert!(lo <= addr && addr < hi);
     }
+    let stack = DefaultStack::new(64 * 1024).unwrap();
+    assert_eq!((stack.limit(), stack.top()), (lo, hi));
     let mut co = Coroutine::with_stack(stack, |y, x: u32| y.suspend(x) + 1);
     assert_eq!(co.resume(1), CoroutineResult::Yield(1));
     assert_eq!(co.resume(2), CoroutineResult::Return(3));
@@ -64,13 +67,14 @@ fn on_stack_propagates_a_panic_and_the_stack_is_reusable() {
 
 #[test]
 fn on_stack_nests_and_knows_each_stack() {
-    let mut a = DefaultStack::new(128 * 1024).unwrap();
-    let mut b = SliceStack::new(vec![0u8; 96 * 1024].into_boxed_slice());
+    let a = DefaultStack::new(128 * 1024).unwrap();
+    // SAFETY: the frames on it are a few KiB at most.
+    let b = unsafe { SliceStack::new(vec![0u8; 96 * 1024].into_boxed_slice()) };
     let (a_lo, a_hi, b_lo, b_hi) = (a.limit(), a.top(), b.limit(), b.top());
     let before = remaining_stack().unwrap();
-    let (in_a, in_b, back_in_a) = on_stack(&mut a, || {
+    let (in_a, in_b, back_in_a) = on_stack(a, || {
         let in_a = remaining_stack().unwrap();
-        let in_b = on_stack(&mut b, || {
+        let in_b = on_stack(b, || {
             let r = remaining_stack().unwrap();
             let h = here();
             assert!(b_lo <= h && h < b_hi);
@@ -211,7 +215,8 @@ fn maybe_grow_inside_a_coroutine_knows_the_coroutine_stack() {
 #[test]
 fn maybe_grow_on_an_unknown_stack_grows() {
     // A coroutine on a SliceStack: no guard registered, not inside on_stack.
-    let stack = SliceStack::new(vec![0u8; 128 * 1024].into_boxed_slice());
+    // SAFETY: the frames on it are a few KiB at most.
+    let stack = unsafe { SliceStack::new(vec![0u8; 128 * 1024].into_boxed_slice()) };
     let (lo, hi) = (stack.limit(), stack.top());
     let mut co = Coroutine::<(), (), _, _>::with_stack(stack, move |_, ()| {
         let unknown = remaining_stack();
@@ -225,10 +230,11 @@ fn maybe_grow_on_an_unknown_stack_grows() {
 /// own on_stack calls: every later answer is still right.
 #[test]
 fn on_stack_calls_that_end_out_of_order_keep_answers_right() {
-    let mut s = SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice());
+    // SAFETY: the frames on it are a few KiB at most.
+    let s = unsafe { SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice()) };
     let (s_lo, s_hi) = (s.limit(), s.top());
     let mut co = Coroutine::new(move |y, ()| {
-        on_stack(&mut s, || {
+        on_stack(s, || {
             let a = remaining_stack().unwrap();
             y.suspend(a);
             let b = remaining_stack().unwrap();
@@ -236,11 +242,11 @@ fn on_stack_calls_that_end_out_of_order_keep_answers_right() {
         });
         remaining_stack().unwrap()
     });
-    let mut t = DefaultStack::new(64 * 1024).unwrap();
+    let t = DefaultStack::new(64 * 1024).unwrap();
     let t_size = t.size();
     let first = co.resume(()).as_yield().unwrap();
     assert!(first < s_hi - s_lo && first > s_hi - s_lo - 16 * 1024);
-    on_stack(&mut t, || {
+    on_stack(t, || {
         // Resuming inside t; the coroutine's on_stack is still running.
         let second = co.resume(()).as_yield().unwrap();
         assert!(second.abs_diff(first) < 1024, "{second} vs {first}");
@@ -260,14 +266,13 @@ fn on_stack_calls_that_end_out_of_order_keep_answers_right() {
 
 #[test]
 fn slice_stacks_run_coroutines_and_report_no_guard() {
-    let mut stack = SliceStack::new(vec![0u8; 100_003].into_boxed_slice());
+    // SAFETY: the frames on it are a few KiB at most.
+    let stack = unsafe { SliceStack::new(vec![0u8; 100_003].into_boxed_slice()) };
     assert_eq!(stack.guard_size(), 0);
     assert_eq!(stack.top() % 16, 0);
     assert_eq!(stack.limit() % 16, 0);
     assert!(stack.size() >= 100_003 - 32 && stack.size() <= 100_003);
     let (lo, hi) = (stack.limit(), stack.top());
-    let addr = on_stack(&mut stack, here);
-    assert!(lo <= addr && addr < hi);
     let mut co = Coroutine::with_stack(stack, move |y, ()| {
         let h = here();
         y.suspend(lo <= h && h < hi);
@@ -278,22 +283,25 @@ fn slice_stacks_run_coroutines_and_report_no_guard() {
 }
 
 #[test]
-fn a_static_slice_stack_is_reusable() {
+fn a_static_slice_stack_runs_on_stack() {
     // Static memory rather than a leaked box: LeakSanitizer (CI's ASan
     // run) would report the leak.
     static mut MEMORY: [u8; 48 * 1024] = [0; 48 * 1024];
     // SAFETY: this test is the only user of MEMORY, and takes it once.
     let memory: &'static mut [u8] = unsafe { &mut *std::ptr::addr_of_mut!(MEMORY) };
-    let mut stack = SliceStack::from_static(memory);
-    for i in 0..3 {
-        assert_eq!(on_stack(&mut stack, || i * 2), i * 2);
-    }
+    // SAFETY: the closure needs a few hundred bytes.
+    let stack = unsafe { SliceStack::from_static(memory) };
+    let (lo, hi) = (stack.limit(), stack.top());
+    let addr = on_stack(stack, here);
+    assert!(lo <= addr && addr < hi);
 }
 
 #[test]
 fn a_slice_stack_too_small_is_refused() {
     let err =
-        panic::catch_unwind(|| SliceStack::new(vec![0u8; MIN_STACK_SIZE - 1].into())).unwrap_err();
+        // SAFETY: refused before anything runs on it.
+        panic::catch_unwind(|| unsafe { SliceStack::new(vec![0u8; MIN_STACK_SIZE - 1].into()) })
+            .unwrap_err();
     let msg = err.downcast_ref::<String>().unwrap();
     assert!(msg.contains("MIN_STACK_SIZE"), "{msg}");
 }
@@ -341,4 +349,38 @@ fn the_pool_keeps_as_many_stacks_as_its_capacity() {
     })
     .join()
     .unwrap();
+}
+
+/// A coroutine suspended inside `on_stack` and then forgotten: the stack
+/// that `on_stack` took stays reserved under the frames left on it (it was
+/// taken by value and is forgotten with them), whatever else the thread
+/// maps or frees afterwards.
+#[test]
+fn a_forgotten_coroutine_suspended_inside_on_stack_keeps_that_stack() {
+    let mut co = Coroutine::new(|y: &stackful::Yielder<(), usize>, ()| {
+        on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
+            let marker = std::hint::black_box(0x5EED_u64);
+            y.suspend(&marker as *const u64 as usize);
+            marker
+        })
+    });
+    let addr = co.resume(()).as_yield().unwrap();
+    std::mem::forget(co);
+    // New stacks of the same size, as many as the pool holds and more:
+    // none may be the forgotten one.
+    let stacks: Vec<_> = (0..80)
+        .map(|_| DefaultStack::new(64 * 1024).unwrap())
+        .collect();
+    for s in &stacks {
+        assert!(
+            !(s.limit() <= addr && addr < s.top()),
+            "the stack was reused"
+        );
+    }
+    drop(stacks);
+    stackful::stack::trim_pool();
+    // SAFETY: the address of a local in a frame that stays on a stack that
+    // was forgotten, never unmapped (what this test checks); nothing runs
+    // there any more.
+    assert_eq!(unsafe { (addr as *const u64).read_volatile() }, 0x5EED);
 }
