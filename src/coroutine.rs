@@ -712,6 +712,7 @@ fn spare_word(link: *mut usize) -> *mut usize {
 /// # Safety
 /// `link` is the link word of the running coroutine's stack, holding its
 /// resumer's sp; `resumer` is the yielder's record of the resumer's stack.
+#[inline(always)]
 unsafe fn leave_for_good(link: *mut usize, resumer: &AsanPeer) -> ! {
     let (bottom, size) = resumer.get();
     // This stack is finished for good: ASan may free its fake stack and
