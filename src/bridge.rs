@@ -15,6 +15,21 @@
 //! assert_eq!(futures::executor::block_on(task), 42);
 //! ```
 //!
+//! # Lifetimes and variance
+//!
+//! The body is `'static`, as a [`Coroutine`]'s is (see [its
+//! rules](crate::coroutine#lifetimes-and-variance)): a forgotten
+//! `AsyncCoroutine` keeps its body's frames, and the future they await,
+//! on its stack. The output `R` only comes out, so it need not be
+//! `'static` and `AsyncCoroutine` is covariant in it. A future awaited by
+//! `block_on` may borrow the body's own locals: they live on the same
+//! stack, which outlives the future.
+//!
+//! ```compile_fail
+//! let name = String::from("borrowed");
+//! let task = stackful::bridge::AsyncCoroutine::new(|_| name.len()); // not 'static
+//! ```
+//!
 //! # How it works, and why it is sound
 //!
 //! Polling an `AsyncCoroutine` resumes its body with the address of the

@@ -462,3 +462,41 @@ proptest! {
         }
     }
 }
+
+/// Sends a message when dropped.
+struct SayOnDrop(std::sync::mpsc::Sender<&'static str>);
+
+impl Drop for SayOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send("unwound");
+    }
+}
+
+thread_local! {
+    static KEPT: RefCell<Option<Coroutine<(), (), ()>>> = const { RefCell::new(None) };
+}
+
+/// A suspended coroutine whose last owner is a thread-local: at thread
+/// exit its destructor unwinds it (its destructors run) and gives the stack
+/// back, whether the thread-local was first used before the crate's own
+/// thread-locals (it is then destroyed after them) or after.
+#[test]
+fn a_suspended_coroutine_in_a_thread_local_is_unwound_at_thread_exit() {
+    for kept_first in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if kept_first {
+                KEPT.with(|_| ());
+            }
+            let mut co = Coroutine::new(move |y: &Yielder<(), ()>, ()| {
+                let _say = SayOnDrop(tx);
+                y.suspend(());
+            });
+            co.resume(());
+            KEPT.with(|k| *k.borrow_mut() = Some(co));
+        })
+        .join()
+        .expect("the thread exits cleanly");
+        assert_eq!(rx.recv(), Ok("unwound"), "kept first: {kept_first}");
+    }
+}
