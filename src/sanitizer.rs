@@ -186,6 +186,19 @@ pub(crate) fn valgrind_stack_register(start: usize, end: usize) {
     }
 }
 
+/// memcheck's `VALGRIND_MAKE_MEM_UNDEFINED` for `[start, start + len)`:
+/// writable, its contents unknown. A pooled stack's bytes below where its
+/// last context's stack pointer stood are unreadable to memcheck (it saw
+/// those frames return); a new context that lays out its first frame there
+/// says so first. Nothing outside valgrind.
+#[cfg(feature = "std")]
+pub(crate) fn valgrind_make_undefined(start: usize, len: usize) {
+    /// VG_USERREQ__MAKE_MEM_UNDEFINED, from memcheck.h:
+    /// VG_USERREQ_TOOL_BASE('M', 'C') + 1.
+    const MAKE_MEM_UNDEFINED: usize = 0x4d43_0001;
+    crate::arch::valgrind_request(0, &[MAKE_MEM_UNDEFINED, start, len, 0, 0, 0]);
+}
+
 /// valgrind's `VALGRIND_STACK_DEREGISTER` for the stack registered with
 /// the lowest address `start`.
 #[cfg(feature = "std")]

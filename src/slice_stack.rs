@@ -82,6 +82,7 @@ impl SliceStack {
         // SAFETY: `base` came from `Box::into_raw` just above.
         let stack = unsafe { Self::from_raw(base, len, true) };
         stack.check_size();
+        stack.announce();
         stack
     }
 
@@ -106,6 +107,7 @@ impl SliceStack {
         // means the memory is never freed here.
         let stack = unsafe { Self::from_raw(memory.as_mut_ptr(), len, false) };
         stack.check_size();
+        stack.announce();
         stack
     }
 
@@ -121,6 +123,12 @@ impl SliceStack {
             len,
             owned,
         }
+    }
+
+    /// Tells valgrind that the slice is a stack (nothing outside it), so
+    /// that switching onto it is not mistaken for a wild stack pointer.
+    fn announce(&self) {
+        crate::sanitizer::valgrind_stack_register(self.limit(), self.top());
     }
 
     fn check_size(&self) {
@@ -164,6 +172,7 @@ unsafe impl Stack for SliceStack {
 
 impl Drop for SliceStack {
     fn drop(&mut self) {
+        crate::sanitizer::valgrind_stack_deregister(self.limit());
         if self.owned {
             let slice = ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.len);
             // SAFETY: `owned` means `base` and `len` came from

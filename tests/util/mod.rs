@@ -11,6 +11,13 @@ pub fn emulated() -> bool {
     std::env::var_os("STACKFUL_EMULATED").is_some()
 }
 
+/// Whether the tests run under valgrind (its preloaded library is in
+/// `LD_PRELOAD`), which tracks stack memory itself: a stack's bytes below
+/// its stack pointer read as undefined there.
+pub fn under_valgrind() -> bool {
+    std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"))
+}
+
 /// `native` normally, `emulated` under qemu-user.
 pub fn scaled(native: usize, emulated_count: usize) -> usize {
     if emulated() { emulated_count } else { native }
