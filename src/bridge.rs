@@ -344,7 +344,7 @@ impl<R, S: Stack> Future for SendAsyncCoroutine<R, S> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
         // This thread may never have made a coroutine: give it the overflow
         // reporter's alternate signal stack.
-        crate::overflow::install();
+        crate::stack::install_overflow_handler();
         /// Makes this thread forget the `on_stack` calls the body began
         /// during this poll and is suspended in (they may end on another
         /// thread), however the poll ends.

@@ -339,7 +339,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         Input: 'static,
     {
         #[cfg(feature = "std")]
-        crate::overflow::install();
+        crate::stack::install_overflow_handler();
         let (closure, sp) = place_closure(&stack, f, entry::<Input, Yield, Return, F>);
         let link = ptr::with_exposed_provenance_mut::<usize>(closure - arch::LINK_OFFSET);
         // SAFETY: the link word lies inside the frame init_stack just wrote.

@@ -510,7 +510,7 @@ impl<T: 'static> Greenlet<T> {
     where
         F: FnOnce(T) -> T + 'static,
     {
-        crate::overflow::install();
+        crate::stack::install_overflow_handler();
         let (closure, sp) = crate::coroutine::place_closure(&stack, f, entry::<T, F>);
         let asan = AsanPeer::default();
         asan.set((stack.limit(), stack.top() - stack.limit()));

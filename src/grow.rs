@@ -204,7 +204,7 @@ fn remaining_slow(sp: usize) -> Option<usize> {
 
 /// Whether the guard `k.guard` is still registered with the layout `k`.
 fn still_registered(k: Known) -> bool {
-    crate::overflow::guard_at(k.guard) == Some((k.lo - k.guard, k.hi - k.lo))
+    crate::stack::guards::guard_at(k.guard) == Some((k.lo - k.guard, k.hi - k.lo))
 }
 
 /// The stack that `sp` lies in (steps 1 to 3 of the module docs).
@@ -228,7 +228,7 @@ fn find_stack(sp: usize) -> Known {
             Some(g) if g != 0 => g,
             _ => break,
         };
-        if let Some((len, size)) = crate::overflow::guard_at(guard) {
+        if let Some((len, size)) = crate::stack::guards::guard_at(guard) {
             // The nearest guard below `sp` is its stack's own, if `sp` is
             // in a registered stack at all.
             let (lo, hi) = (guard + len, guard + len + size);
@@ -315,7 +315,7 @@ struct Call<F, R> {
 /// # Panics
 /// When `f` panics, with its payload.
 pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
-    crate::overflow::install();
+    crate::stack::install_overflow_handler();
     let (lo, hi) = (stack.limit(), stack.top());
     let link = ptr::with_exposed_provenance_mut::<usize>(hi - arch::LINK_OFFSET);
     let mut call = Call {

@@ -40,8 +40,6 @@ mod arch;
 pub mod bridge;
 pub mod coroutine;
 #[cfg(feature = "std")]
-mod default_stack;
-#[cfg(feature = "std")]
 pub mod generator;
 #[cfg(feature = "std")]
 pub mod greenlet;
@@ -51,11 +49,7 @@ mod grow;
 pub mod hub;
 #[cfg(feature = "hub")]
 pub mod net;
-#[cfg(feature = "std")]
-mod overflow;
 mod sanitizer;
-#[cfg(feature = "std")]
-mod slice_stack;
 pub mod stack;
 #[cfg(feature = "hub")]
 pub mod sync;
@@ -72,7 +66,7 @@ pub use generator::Generator;
 #[cfg(feature = "std")]
 pub use grow::{maybe_grow, on_stack, remaining_stack};
 #[cfg(feature = "std")]
-pub use slice_stack::SliceStack;
-#[cfg(feature = "std")]
 pub use stack::DefaultStack;
+#[cfg(feature = "std")]
+pub use stack::SliceStack;
 pub use stack::Stack;

@@ -1,13 +1,54 @@
 //! Stacks for coroutines: the [`Stack`] contract, its size limits, and
 //! (with the `std` feature) [`DefaultStack`], an anonymous mmap with a guard
-//! page below it, reused from a per-thread pool (in `default_stack.rs`).
+//! page below it, reused from a per-thread pool.
+//!
+//! The files, each one concept, lower layers first (each imports only the
+//! ones above it in this list):
+//! - `os.rs`: the operating system's facts (page size, whether
+//!   `MADV_GUARD_INSTALL` works);
+//! - `guards.rs`: the registry of guard pages, read by the overflow handler
+//!   and by `maybe_grow`/`remaining_stack`;
+//! - `overflow.rs`: the SIGSEGV/SIGBUS handler that reports an overflow
+//!   (feature `overflow-handler`);
+//! - `mapping.rs`: one guarded, registered mmap;
+//! - `pool.rs`: the per-thread pool of free mappings;
+//! - `default.rs`: [`DefaultStack`], a mapping taken from and given back to
+//!   the pool;
+//! - `slice.rs`: [`SliceStack`], a stack over memory the embedder owns.
 
 #[cfg(feature = "std")]
-pub(crate) use crate::default_stack::page_size;
-#[cfg(feature = "hub")]
-pub(crate) use crate::default_stack::raise_pool_capacity;
+mod default;
 #[cfg(feature = "std")]
-pub use crate::default_stack::{DefaultStack, set_pool_capacity, trim_pool};
+pub(crate) mod guards;
+#[cfg(feature = "std")]
+mod mapping;
+#[cfg(feature = "std")]
+mod os;
+#[cfg(feature = "overflow-handler")]
+pub(crate) mod overflow;
+#[cfg(feature = "std")]
+mod pool;
+#[cfg(feature = "std")]
+mod slice;
+
+#[cfg(feature = "std")]
+pub use default::DefaultStack;
+#[cfg(feature = "std")]
+pub(crate) use os::page_size;
+#[cfg(feature = "std")]
+pub use pool::{raise_pool_capacity, set_pool_capacity, trim_pool};
+#[cfg(feature = "std")]
+pub use slice::SliceStack;
+
+/// Sets up the overflow handler (with the `overflow-handler` feature; a
+/// no-op without it): every place that is about to run code on a stack of
+/// ours calls it, so that each thread gets its alternate signal stack.
+#[cfg(feature = "std")]
+#[inline(always)]
+pub(crate) fn install_overflow_handler() {
+    #[cfg(feature = "overflow-handler")]
+    overflow::install();
+}
 
 /// What a coroutine needs of the memory it runs on.
 ///

@@ -1,8 +1,8 @@
 //! Reports a coroutine stack overflow instead of a bare segmentation fault.
 //!
-//! Every coroutine stack has a guard (one page in practice) directly below its usable part.
-//! [`register`] records each guard in a fixed-capacity, lock-free hash table, and the SIGSEGV and
-//! SIGBUS handler set up by [`install`] looks the fault address up there: a fault inside a guard
+//! Every coroutine stack has a guard (one page in practice) directly below its usable part,
+//! recorded in the registry of `guards.rs`; the SIGSEGV and SIGBUS handler set up by [`install`]
+//! looks the fault address up there: a fault inside a guard
 //! prints one line to stderr and aborts, like std's "thread 'main' has overflowed its stack",
 //!
 //! ```text
@@ -16,35 +16,11 @@ use libc::{c_int, c_void, siginfo_t};
 use std::cell::Cell;
 use std::ptr::{self, null_mut};
 use std::sync::Once;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 
-/// Slots in the table: room for 2^21 stacks at a load factor of one half. The table is mapped
-/// with `MAP_NORESERVE`, so only the pages of slots ever written cost memory.
-const CAPACITY: usize = 1 << 22;
-/// How many consecutive slots a key may be away from its hash slot.
-const PROBE_LIMIT: usize = 64;
-/// The handler finds a guard from a fault at most this many pages above the guard's lowest page.
-/// Faults deeper inside a longer guard are passed on as unknown faults.
-const MAX_GUARD_PAGES: usize = 8;
-/// Key of a slot never used. Slots never go back to it, so a lookup may stop at the first one.
-const EMPTY: usize = 0;
-/// Key of a slot whose guard was unregistered; insertion may reuse it.
-const TOMBSTONE: usize = 1;
-/// Key of a slot being filled in by [`register`]; lookups skip it.
-const BUSY: usize = 2;
+use super::guards::lookup;
+use super::os::page_size;
 
-/// One registered guard. All-zero bytes (as `mmap` gives them) are an empty slot.
-struct Slot {
-    /// Lowest address of the guard, or [`EMPTY`], [`TOMBSTONE`] or [`BUSY`].
-    key: AtomicUsize,
-    /// Usable size of the stack above the guard, for the message.
-    stack_size: AtomicUsize,
-    /// Length of the guard in bytes.
-    guard_len: AtomicUsize,
-}
-
-/// The table of [`CAPACITY`] slots, mapped on the first [`register`]; null until then.
-static TABLE: AtomicPtr<Slot> = AtomicPtr::new(null_mut());
 /// Makes [`install`] set up the handler once per process.
 static INSTALL: Once = Once::new();
 /// The handlers in place before ours (`sa_sigaction`), for SIGSEGV and SIGBUS.
@@ -60,121 +36,6 @@ thread_local! {
     static INSTALLED: Cell<bool> = const { Cell::new(false) };
     /// The alternate signal stack [`install`] mapped for this thread, if it had none.
     static ALT_STACK: AltStack = const { AltStack { map: Cell::new((0, 0)) } };
-}
-
-/// The table, or `None` before the first [`register`]. Safe to call from the signal handler.
-fn table() -> Option<&'static [Slot]> {
-    let base = TABLE.load(Acquire);
-    // SAFETY: a non-null TABLE points to a mapping of CAPACITY zero-initialised slots (a valid
-    // value for atomics) that is never unmapped, and it is only ever accessed through atomics.
-    (!base.is_null()).then(|| unsafe { std::slice::from_raw_parts(base, CAPACITY) })
-}
-
-/// The slots where the key `guard_lo` may be, in probe order.
-fn probe(table: &[Slot], guard_lo: usize) -> impl Iterator<Item = &Slot> {
-    let bits = CAPACITY.trailing_zeros();
-    let hash =
-        ((guard_lo as u64 >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
-    (0..PROBE_LIMIT).map(move |i| &table[(hash + i) & (CAPACITY - 1)])
-}
-
-/// Records a stack's guard so that a fault inside it is reported as an overflow.
-/// `guard_lo` is page aligned, `guard_len` its length in bytes, `stack_size` the usable size
-/// reported in the message. If the table cannot be mapped or the guard's probe sequence is full,
-/// the guard is silently not registered, and a fault in it is passed on like any other.
-pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
-    debug_assert!(guard_lo > BUSY && guard_len > 0);
-    let table = match table() {
-        Some(table) => table,
-        None => {
-            let bytes = CAPACITY * size_of::<Slot>();
-            let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_NORESERVE);
-            let flags = flags | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-            // SAFETY: a new anonymous mapping at an address of the kernel's choice touches no
-            // existing memory.
-            let map = unsafe { libc::mmap(ptr::null_mut(), bytes, prot, flags, -1, 0) };
-            if map == libc::MAP_FAILED {
-                return;
-            }
-            if TABLE
-                .compare_exchange(null_mut(), map.cast(), AcqRel, Acquire)
-                .is_err()
-            {
-                // SAFETY: another thread published its table first; ours was never shared.
-                unsafe { libc::munmap(map, bytes) };
-            }
-            table().expect("the table was just published")
-        }
-    };
-    for slot in probe(table, guard_lo) {
-        let key = slot.key.load(Relaxed);
-        if (key == EMPTY || key == TOMBSTONE)
-            && slot
-                .key
-                .compare_exchange(key, BUSY, Acquire, Relaxed)
-                .is_ok()
-        {
-            slot.stack_size.store(stack_size, Relaxed);
-            slot.guard_len.store(guard_len, Relaxed);
-            slot.key.store(guard_lo, Release); // publishes the two stores above to the handler
-            return;
-        }
-    }
-}
-
-/// Forgets the guard registered at `guard_lo` (called before the stack is unmapped).
-pub(crate) fn unregister(guard_lo: usize) {
-    let Some(table) = table() else { return };
-    for slot in probe(table, guard_lo) {
-        match slot.key.load(Relaxed) {
-            EMPTY => return,
-            key if key == guard_lo => return slot.key.store(TOMBSTONE, Release),
-            _ => {}
-        }
-    }
-}
-
-/// The guard registered at exactly `guard_lo`, if any: its length and the usable size of the
-/// stack above it. One probe sequence, no system call; `maybe_grow` uses it to find and re-check
-/// the coroutine stack it runs on.
-pub(crate) fn guard_at(guard_lo: usize) -> Option<(usize, usize)> {
-    let table = table()?;
-    for slot in probe(table, guard_lo) {
-        match slot.key.load(Acquire) {
-            EMPTY => return None,
-            key if key == guard_lo => {
-                let found = (slot.guard_len.load(Relaxed), slot.stack_size.load(Relaxed));
-                // A slot unregistered and reused meanwhile no longer holds our key: seeing the
-                // key again after the two loads (ordered by the fence) means they read a pair
-                // that belongs to it.
-                std::sync::atomic::fence(Acquire);
-                return (slot.key.load(Relaxed) == guard_lo).then_some(found);
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// The stack size registered for the guard containing `addr`, if any. Async-signal-safe.
-fn lookup(addr: usize) -> Option<usize> {
-    // The page size is cached before any guard is registered (mapping a
-    // stack reads it), so this is a plain atomic load here.
-    let (table, page) = (table()?, crate::stack::page_size());
-    let fault_page = addr & !(page - 1);
-    for below in 0..MAX_GUARD_PAGES {
-        let guard_lo = fault_page.checked_sub(below * page)?;
-        for slot in probe(table, guard_lo) {
-            match slot.key.load(Acquire) {
-                EMPTY => break,
-                key if key == guard_lo && addr - key < slot.guard_len.load(Relaxed) => {
-                    return Some(slot.stack_size.load(Relaxed));
-                }
-                _ => {}
-            }
-        }
-    }
-    None
 }
 
 /// Installs the SIGSEGV and SIGBUS handler once per process, and makes sure the calling thread
@@ -196,7 +57,7 @@ fn install_slow() {
     INSTALLED.set(true);
     INSTALL.call_once(|| {
         // Cache the page size before the handler can need it.
-        crate::stack::page_size();
+        page_size();
         for (i, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
             // SAFETY: all-zero is a valid sigaction (SIG_DFL, no flags, empty mask), and
             // sigaction only reads and writes the structs passed. Saving the previous handler
@@ -226,7 +87,7 @@ fn ensure_alt_stack() {
     {
         return;
     }
-    let page = crate::stack::page_size();
+    let page = page_size();
     // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel lacks.
     let min = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
     let size = (64 * 1024)
@@ -397,6 +258,7 @@ impl Line {
 
 #[cfg(test)]
 mod tests {
+    use super::super::guards::{register, unregister};
     use super::*;
     use std::ffi::OsStr;
     use std::io::Read;
