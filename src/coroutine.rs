@@ -114,7 +114,8 @@ use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::arch;
-use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
+use crate::context::{self, Enter, Tsan, addr, link_word, spare_word, take};
+use crate::sanitizer::{AsanPeer, Fiber};
 #[cfg(feature = "std")]
 use crate::stack::DefaultStack;
 use crate::stack::Stack;
@@ -264,6 +265,10 @@ macro_rules! coroutine_struct {
             stack: ManuallyDrop<S>,
             /// The coroutine's ThreadSanitizer fiber (empty without it).
             fiber: Fiber,
+            /// For AddressSanitizer (empty without it): the bounds of the
+            /// stack the body suspended on last, which is not its own when
+            /// it suspended inside `on_stack`; unknown, (0, 0), before.
+            suspended_on: AsanPeer,
             /// Invariant in `Input`, covariant in `Yield` and `Return`,
             /// neither `Send` nor `Sync` (see [`CoMarker`]).
             _marker: CoMarker<Input, Yield, Return>,
@@ -340,14 +345,15 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     {
         #[cfg(feature = "std")]
         crate::stack::install_overflow_handler();
-        let (closure, sp) = place_closure(&stack, f, entry::<Input, Yield, Return, F>);
-        let link = ptr::with_exposed_provenance_mut::<usize>(closure - arch::LINK_OFFSET);
+        let (closure, sp) = context::place_closure(&stack, f, entry::<Input, Yield, Return, F>);
+        let link = link_word(closure);
         // SAFETY: the link word lies inside the frame init_stack just wrote.
         unsafe { link.write(sp) };
         Coroutine {
             link,
             stack: ManuallyDrop::new(stack),
             fiber: Fiber::create(),
+            suspended_on: AsanPeer::default(),
             _marker: PhantomData,
         }
     }
@@ -468,24 +474,24 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// it sends back.
     #[inline(always)]
     fn switch_in(&mut self, arg: usize) -> usize {
-        let mut save = AsanSave::new();
         // A switch to a done coroutine's dead sp does not leave this stack:
         // ASan must not hear of it.
         let announce = !cfg!(feature = "asan") || !self.done();
-        if announce {
-            let (limit, top) = (self.stack.limit(), self.stack.top());
-            sanitizer::start_switch(Some(&mut save), limit, top - limit);
-        }
-        sanitizer::tsan_resume(self.fiber);
+        let bounds = match self.suspended_on.get() {
+            (0, 0) => (self.stack.limit(), self.stack.top() - self.stack.limit()),
+            known => known,
+        };
+        let enter = Enter {
+            bounds: announce.then_some(bounds),
+            tsan: Tsan::Resume(self.fiber),
+        };
         // SAFETY: `self.link` is a word of our coroutine's stack, which
         // `self.stack` keeps alive; it holds the suspended coroutine's sp,
         // which only this `Coroutine` resumes, or the arch's dead sp, which
         // comes straight back. The switch leaves our sp there.
-        let word = unsafe { arch::switch(arg, *self.link, self.link).0 };
-        if announce {
-            sanitizer::finish_switch(&save);
-        }
-        word
+        let back = unsafe { context::switch(arg, *self.link, self.link, enter) };
+        self.suspended_on.set(back.bounds);
+        back.word
     }
 
     /// Drives a started or unstarted coroutine to its end by unwinding.
@@ -567,17 +573,17 @@ impl<Input, Yield> Yielder<Input, Yield> {
             self.suspend_while_unwinding(value);
         }
         let value = ManuallyDrop::new(value);
-        let mut save = AsanSave::new();
-        let (bottom, size) = self.resumer.get();
-        sanitizer::start_switch(Some(&mut save), bottom, size);
-        sanitizer::tsan_suspend();
+        let enter = Enter {
+            bounds: Some(self.resumer.get()),
+            tsan: Tsan::Suspend,
+        };
         // SAFETY: the link word holds the sp of the resumer, which is
         // suspended inside `resume` (a Yielder is only reachable from its
         // body, which runs only while resumed); the switch leaves our sp
         // there for the next resume.
-        let word = unsafe { arch::switch(addr(&value), *self.link, self.link).0 };
-        self.resumer.set(sanitizer::finish_switch(&save));
-        match word {
+        let back = unsafe { context::switch(addr(&value), *self.link, self.link, enter) };
+        self.resumer.set(back.bounds);
+        match back.word {
             #[cfg(feature = "std")]
             SIGNAL => {
                 self.unwinding.set(true);
@@ -640,14 +646,12 @@ where
     // layers), which `place_closure` could not count.
     let f = ptr::with_exposed_provenance_mut::<F>(closure);
     let yielder = Yielder {
-        link: ptr::with_exposed_provenance_mut(closure - arch::LINK_OFFSET),
+        link: link_word(closure),
         resumer: AsanPeer::default(),
         unwinding: Cell::new(false),
         _marker: PhantomData,
     };
-    yielder
-        .resumer
-        .set(sanitizer::finish_switch(&AsanSave::new()));
+    yielder.resumer.set(context::arrive());
     let ending = match msg {
         // Dropped before it started: drop the closure.
         #[cfg(feature = "std")]
@@ -696,35 +700,14 @@ where
     let ending = ManuallyDrop::new(ending);
     // SAFETY: the spare word of our stack is free once we have started.
     unsafe { spare_word(yielder.link).write(addr(&ending)) };
-    // SAFETY: as in `suspend`: the link word holds the resumer's sp.
-    unsafe { leave_for_good(yielder.link, &yielder.resumer) }
-}
-
-/// The spare word of the stack whose link word is `link` (see `arch/`).
-fn spare_word(link: *mut usize) -> *mut usize {
-    link.wrapping_byte_add(arch::LINK_OFFSET)
-        .wrapping_byte_sub(arch::SPARE_OFFSET)
-}
-
-/// A coroutine's last switch: back to its resumer with the word 0, once
-/// its spare word says how it ended. The stack is finished for good.
-///
-/// # Safety
-/// `link` is the link word of the running coroutine's stack, holding its
-/// resumer's sp; `resumer` is the yielder's record of the resumer's stack.
-#[inline(always)]
-unsafe fn leave_for_good(link: *mut usize, resumer: &AsanPeer) -> ! {
-    let (bottom, size) = resumer.get();
-    // This stack is finished for good: ASan may free its fake stack and
-    // forget the frames on it.
-    sanitizer::stack_abandoned();
-    sanitizer::start_switch(None, bottom, size);
-    sanitizer::tsan_suspend();
-    // SAFETY: the link word holds the resumer's sp (the caller promises).
-    // Nothing resumes this context again (the coroutine is done), so this
-    // call does not return and the stack may be reused.
-    unsafe { arch::switch(SIGNAL, *link, link) };
-    unreachable!("stackful: a finished coroutine was resumed");
+    let enter = Enter {
+        bounds: Some(yielder.resumer.get()),
+        tsan: Tsan::Suspend,
+    };
+    // SAFETY: as in `suspend`: the link word holds the resumer's sp, which
+    // switched in and waits for our last word; nothing resumes us again
+    // (the resumer marks the coroutine done).
+    unsafe { context::leave_for_good(SIGNAL, *yielder.link, enter) }
 }
 
 /// A resume of a finished coroutine: drop its input, panic.
@@ -733,88 +716,4 @@ unsafe fn leave_for_good(link: *mut usize, resumer: &AsanPeer) -> ! {
 fn resumed_after_the_end<I>(input: ManuallyDrop<I>) -> ! {
     drop(ManuallyDrop::into_inner(input));
     panic!("stackful: resumed a coroutine that has already finished");
-}
-
-/// The stack that a new coroutine needs below its closure besides the
-/// first frame and the closure's one copy (see [`place_closure`]): the
-/// entry's own frames and a forced unwind from a shallow body, which took
-/// at most 6.2 KiB in a debug build on x86_64, the first unwind of a
-/// process (`tests/stack_use.rs` measures it).
-pub(crate) const ENTRY_RESERVE: usize = 8 * 1024;
-
-/// Moves `f` to the top of `stack` and lays out below it a first frame
-/// that will call `entry` with the closure's address; returns that address
-/// (16-aligned, the top of the frames) and the new context's sp.
-///
-/// What the new context takes of the stack before the body's own frames:
-/// the closure at the top, the first frame, one copy of the closure (the
-/// entry moves it out of its place once, straight into the call; see
-/// `entry`) and [`ENTRY_RESERVE`]. Every stack of [`MIN_STACK_SIZE`] bytes
-/// or more has room for that with a closure of up to an eighth of it.
-///
-/// # Panics
-/// When that does not fit in the stack (the closure is too large).
-///
-/// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
-pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) -> (usize, usize) {
-    let (top, limit) = (stack.top(), stack.limit());
-    let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
-    let size = mem::size_of::<F>();
-    let closure = top
-        .checked_sub(size)
-        .map(|a| a & !(align - 1))
-        .filter(|&a| {
-            a.checked_sub(arch::INIT_FRAME_SIZE + size + ENTRY_RESERVE)
-                .is_some_and(|low| low >= limit)
-        });
-    let Some(closure) = closure else {
-        closure_too_large(top.saturating_sub(limit), size);
-    };
-    // Under valgrind, a pooled stack's top bytes may be unreadable to
-    // memcheck (see `valgrind_make_undefined`) beyond the first frame of
-    // its last context; a closure this small stays within it, so the
-    // request (a dozen instructions) is made only for larger ones.
-    #[cfg(feature = "std")]
-    if size + arch::INIT_FRAME_SIZE > 64 {
-        let low = closure - arch::INIT_FRAME_SIZE;
-        sanitizer::valgrind_make_undefined(low, top - low);
-    }
-    let ptr = ptr::with_exposed_provenance_mut::<F>(closure);
-    // SAFETY: `Stack` promises [limit, top) is writable memory of this
-    // stack alone; `closure` lies inside it, aligned for F, with
-    // size_of::<F>() bytes up to `top` (checked above).
-    unsafe { ptr.write(f) };
-    // SAFETY: `closure` is 16-aligned and the INIT_FRAME_SIZE bytes below
-    // it are inside the stack (checked above).
-    let sp = unsafe { arch::init_stack(closure, entry, closure) };
-    (closure, sp)
-}
-
-/// `place_closure`'s panic, kept out of the way of its fast path.
-#[cold]
-#[inline(never)]
-fn closure_too_large(stack: usize, closure: usize) -> ! {
-    panic!(
-        "stackful: a stack of {stack} bytes is too small for a closure of {closure} bytes: \
-         the closure, its copy when the body starts and {} more bytes for the first frames \
-         must fit; use a larger stack, or box the closure's large captures",
-        arch::INIT_FRAME_SIZE + ENTRY_RESERVE
-    );
-}
-
-/// The address of a message, exposed so that the receiver can read it.
-#[inline(always)]
-pub(crate) fn addr<T>(msg: &T) -> usize {
-    ptr::from_ref(msg).expose_provenance()
-}
-
-/// Moves a message out of the address a switch delivered.
-///
-/// # Safety
-/// `addr` must be the exposed address of a live, initialised `T` that its
-/// owner will neither use nor drop again.
-#[inline(always)]
-pub(crate) unsafe fn take<T>(addr: usize) -> T {
-    // SAFETY: as the caller promises.
-    unsafe { ptr::read(ptr::with_exposed_provenance::<T>(addr)) }
 }

@@ -67,7 +67,8 @@ use std::ptr;
 use std::rc::Rc;
 
 use crate::arch;
-use crate::coroutine::{Marker, addr, take};
+use crate::context::{self, Enter, Tsan, addr, take};
+use crate::coroutine::Marker;
 use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
 use crate::stack::{DefaultStack, Stack};
 
@@ -511,7 +512,7 @@ impl<T: 'static> Greenlet<T> {
         F: FnOnce(T) -> T + 'static,
     {
         crate::stack::install_overflow_handler();
-        let (closure, sp) = crate::coroutine::place_closure(&stack, f, entry::<T, F>);
+        let (closure, sp) = crate::context::place_closure(&stack, f, entry::<T, F>);
         let asan = AsanPeer::default();
         asan.set((stack.limit(), stack.top() - stack.limit()));
         let core = Rc::new(Core {
@@ -705,16 +706,20 @@ fn switch_to<T: 'static>(me: &Core, target: &Core, arg: usize) -> T {
 #[inline(always)]
 fn raw_switch(me: &Core, target: &Core, arg: usize) -> (usize, usize) {
     set_running(target);
-    let mut save = AsanSave::new();
-    before_switch(Some(me), target, Some(&mut save));
+    #[cfg(feature = "asan")]
+    ASAN_PREV.with(|p| p.set(me));
+    let enter = Enter {
+        bounds: Some(target.asan.get()),
+        tsan: Tsan::To(target.fiber),
+    };
     // SAFETY: `target` is suspended or not started (checked by the caller:
     // not dead, not running), so its `sp` is a suspended context that only
     // this switch resumes, on a stack its core keeps alive. Our own sp goes
     // into our core, which stays alive while we are suspended: nobody frees
     // a suspended core but through a kill, which resumes it first.
-    let back = unsafe { arch::switch(arg, target.hot.sp.get(), me.hot.sp.as_ptr()) };
-    after_switch(&save);
-    back
+    let back = unsafe { context::switch(arg, target.hot.sp.get(), me.hot.sp.as_ptr(), enter) };
+    learn_switcher(back.bounds);
+    (back.word, back.from)
 }
 
 #[cfg(feature = "asan")]
@@ -740,7 +745,13 @@ fn before_switch(me: Option<&Core>, target: &Core, save: Option<&mut AsanSave>) 
 /// Completes a switch on arrival for the sanitizers.
 #[inline(always)]
 fn after_switch(save: &AsanSave) {
-    let bounds = sanitizer::finish_switch(save);
+    learn_switcher(sanitizer::finish_switch(save));
+}
+
+/// Remembers the bounds of the stack of the greenlet that switched to us,
+/// as ASan reported them on arrival.
+#[inline(always)]
+fn learn_switcher(bounds: (usize, usize)) {
     #[cfg(feature = "asan")]
     {
         let prev = ASAN_PREV.with(Cell::get);

@@ -42,7 +42,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::thread;
 
-use crate::arch;
+use crate::context::{self, Enter, Tsan};
 use crate::stack::{DefaultStack, MAX_STACK_SIZE, MIN_STACK_SIZE, Stack, page_size};
 
 /// How far below the stack pointer the slow path looks for the guard page
@@ -317,7 +317,7 @@ struct Call<F, R> {
 pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
     crate::stack::install_overflow_handler();
     let (lo, hi) = (stack.limit(), stack.top());
-    let link = ptr::with_exposed_provenance_mut::<usize>(hi - arch::LINK_OFFSET);
+    let link = context::link_word(hi);
     let mut call = Call {
         f: ManuallyDrop::new(f),
         result: None,
@@ -328,13 +328,17 @@ pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
     // nothing else uses, with top 16-aligned; we own the stack, and drop it
     // only once the body has finished with it (or never, if this frame is
     // suspended and forgotten).
-    let sp = unsafe { arch::init_stack(hi, run::<F, R>, data) };
+    let sp = unsafe { context::init(hi, run::<F, R>, data) };
     let (prev, seq) = enter(lo, hi);
+    let other = Enter {
+        bounds: Some((lo, hi - lo)),
+        tsan: Tsan::Stay,
+    };
     // SAFETY: `sp` is the fresh context just laid out, resumed only here;
     // `link` is the link word inside its first frame. `run` switches back
     // exactly once, when `f` has returned or panicked, and never expects
     // to be resumed.
-    unsafe { arch::switch(0, sp, link) };
+    unsafe { context::switch(0, sp, link, other) };
     leave(lo, hi, seq, prev);
     match call.result.take() {
         Some(Ok(r)) => r,
@@ -351,6 +355,7 @@ pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
 /// `Call<F, R>` that `on_stack` keeps alive and does not touch until this
 /// switches back.
 unsafe extern "C" fn run<F: FnOnce() -> R, R>(_arg: usize, _from: usize, data: usize) -> ! {
+    let caller = context::arrive();
     let call = ptr::with_exposed_provenance_mut::<Call<F, R>>(data);
     // The closure is moved out of the caller's `Call` only into the call
     // itself: each move of a large closure would be a copy on this stack.
@@ -364,11 +369,14 @@ unsafe extern "C" fn run<F: FnOnce() -> R, R>(_arg: usize, _from: usize, data: u
         (*call).result = Some(result);
         (*call).link
     };
+    let back = Enter {
+        bounds: Some(caller),
+        tsan: Tsan::Stay,
+    };
     // SAFETY: the link word holds the sp that `on_stack` left while
     // switching here; it is suspended in that switch. Nothing of ours
     // needs dropping: this frame is abandoned, never resumed.
-    unsafe { arch::switch(0, *link, link) };
-    unreachable!("stackful: a finished on_stack frame was resumed");
+    unsafe { context::leave_for_good(0, *link, back) }
 }
 
 /// Records `[lo, hi)` as the stack of a running `on_stack` call and caches

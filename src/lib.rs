@@ -38,6 +38,7 @@
 mod arch;
 #[cfg(feature = "std")]
 pub mod bridge;
+mod context;
 pub mod coroutine;
 #[cfg(feature = "std")]
 pub mod generator;

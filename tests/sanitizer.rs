@@ -1,5 +1,5 @@
-//! AddressSanitizer keeps working inside coroutines: a real use of a dead
-//! stack slot on a coroutine's stack is caught (built only with the `asan`
+//! AddressSanitizer keeps working inside coroutines and `on_stack`: a real
+//! use of a dead stack slot on their stacks is caught (built only with the `asan`
 //! feature and `-Zsanitizer=address`; `.ci/run` does that).
 
 #![cfg(feature = "asan")]
@@ -8,7 +8,7 @@ mod util;
 
 use std::hint::black_box;
 
-use stackful::Coroutine;
+use stackful::{Coroutine, DefaultStack};
 
 #[test]
 fn asan_catches_a_use_after_scope_on_a_coroutine_stack() {
@@ -69,4 +69,57 @@ fn asan_catches_a_heap_use_after_free_inside_a_coroutine() {
         stderr.contains("AddressSanitizer: heap-use-after-free"),
         "{stderr}"
     );
+}
+
+#[test]
+fn asan_catches_a_use_after_scope_inside_on_stack() {
+    const ROLE: &str = "on-stack-use-after-scope";
+    if util::child_role().as_deref() == Some(ROLE) {
+        let v = stackful::on_stack(DefaultStack::new(256 * 1024).unwrap(), || {
+            let dangling: *const u8;
+            {
+                let slot = black_box([5u8; 64]);
+                dangling = slot.as_ptr();
+                black_box(&slot);
+            }
+            // SAFETY: none: this read is the bug ASan must catch.
+            unsafe { std::ptr::read_volatile(dangling.add(8)) }
+        });
+        println!("read {v:?} without a report");
+        return;
+    }
+    let out = util::run_child("asan_catches_a_use_after_scope_inside_on_stack", ROLE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the child should have been stopped by ASan:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("AddressSanitizer: stack-use-after-scope"),
+        "{stderr}"
+    );
+}
+
+/// Correct code on `on_stack` stacks, nested and repeated on pooled stacks,
+/// panics crossing them included: ASan reports nothing.
+#[test]
+fn asan_reports_nothing_on_correct_code_inside_on_stack() {
+    fn deep(n: u32) -> u32 {
+        let local = black_box([n as u8; 32]);
+        if n == 0 {
+            return u32::from(local[0]);
+        }
+        stackful::maybe_grow(32 * 1024, 64 * 1024, || deep(n - 1)) + u32::from(local[1])
+    }
+    for round in 0..20u32 {
+        let sum = stackful::on_stack(DefaultStack::new(64 * 1024).unwrap(), || deep(200));
+        assert_eq!(sum, (1..=200).sum::<u32>(), "round {round}");
+        let caught = std::panic::catch_unwind(|| {
+            stackful::on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
+                let _guard = black_box(vec![round; 8]);
+                panic!("crossing");
+            })
+        });
+        assert!(caught.is_err());
+    }
 }
