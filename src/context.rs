@@ -167,7 +167,8 @@ impl Tsan {
 pub(crate) struct Back {
     /// The word it carried.
     pub(crate) word: usize,
-    /// Its sp, as it left it.
+    /// Its sp, as it left it (the greenlets' link word wants it).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub(crate) from: usize,
     /// The bounds (bottom, size) of its stack, as ASan reported them on
     /// arrival; (0, 0) without ASan, or when the switch did not leave.
