@@ -34,6 +34,25 @@
 //!   co.resume(&seven); // `seven` does not live long enough: Input is 'static
 //!   ```
 //!
+//! - `Yield` is `'static` too: a yielded value is shared between the
+//!   caller and the suspended body, which may keep a copy of it (a
+//!   `&Mutex<Option<&T>>` that a scoped thread of the body reads), so the
+//!   caller could put its own borrows through it into frames that a
+//!   forgotten coroutine keeps forever. Found by an attack: a scoped thread
+//!   in a forgotten coroutine read a freed box that way.
+//!
+//!   ```compile_fail
+//!   use std::sync::Mutex;
+//!   use stackful::{Coroutine, Yielder};
+//!   type Slot<'a> = &'a Mutex<Option<&'a u64>>;
+//!   fn leaky<'a>() -> Coroutine<(), Slot<'a>, ()> {
+//!       Coroutine::new(|y: &Yielder<(), Slot<'a>>, ()| {
+//!           let slot: Slot<'a> = Box::leak(Box::new(Mutex::new(None)));
+//!           y.suspend(slot); // Yield is 'static: Slot<'a> is not
+//!       })
+//!   }
+//!   ```
+//!
 //! - `Coroutine` is invariant in `Input`: no coercion can change the type of
 //!   what the suspended body already holds, in either direction.
 //!
@@ -50,9 +69,9 @@
 //!   }
 //!   ```
 //!
-//! - `Yield` and `Return` only come out of the body, which can build them
-//!   from nothing but `'static` data (its captures and its inputs); so
-//!   they need not be `'static`, and `Coroutine` is covariant in them: a
+//! - `Return` comes out when the body's frames are gone (a finished body
+//!   has joined its scoped threads), so it need not be `'static`. Yields
+//!   and the return only come out, so `Coroutine` is covariant in both: a
 //!   coroutine that yields `&'static str` is one that yields `&'a str`.
 //!
 //!   ```
@@ -317,6 +336,7 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
         Input: 'static,
+        Yield: 'static,
     {
         Self::with_stack(DefaultStack::default(), f)
     }
@@ -342,6 +362,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
         Input: 'static,
+        Yield: 'static,
     {
         #[cfg(feature = "std")]
         crate::stack::install_overflow_handler();

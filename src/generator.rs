@@ -37,8 +37,8 @@
 //! # Lifetimes
 //!
 //! As for [`Coroutine`] (see [its rules](crate::coroutine#lifetimes-and-variance)):
-//! the body and the sent type are `'static`, and a generator is invariant
-//! in the sent type; what it yields need not be `'static`.
+//! the body, the sent type and the yielded type are `'static`, and a
+//! generator is invariant in the sent type.
 //!
 //! ```compile_fail
 //! let seven = 7u32;
@@ -67,6 +67,7 @@ impl<Yield, Send> Generator<Yield, Send, DefaultStack> {
     where
         F: FnOnce(&Yielder<Send, Yield>) + 'static,
         Send: 'static,
+        Yield: 'static,
     {
         Self::with_stack(DefaultStack::default(), f)
     }
@@ -78,6 +79,7 @@ impl<Yield, Send, S: Stack> Generator<Yield, Send, S> {
     where
         F: FnOnce(&Yielder<Send, Yield>) + 'static,
         Send: 'static,
+        Yield: 'static,
     {
         Generator {
             co: Coroutine::with_stack(stack, move |y, _priming: Send| f(y)),
