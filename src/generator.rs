@@ -6,7 +6,7 @@
 //! `send` or `next` primes it: runs the body up to its first `suspend`,
 //! and the value of that first `send` is discarded, as Python requires it
 //! to be `None`. It is an [`Iterator`] (each `next` sends
-//! `Send::default()`), and dropping it closes it early: the body's stack
+//! `Input::default()`), and dropping it closes it early: the body's stack
 //! unwinds, so the destructors on it run.
 //!
 //! Why a type of its own rather than `Coroutine` itself: `Coroutine`'s
@@ -54,35 +54,35 @@ use std::fmt;
 use crate::coroutine::{Coroutine, CoroutineResult, Yielder};
 use crate::stack::{DefaultStack, Stack};
 
-/// A generator that yields `Yield`s and is sent `Send`s; see the
+/// A generator that yields `Yield`s and is sent `Input`s; see the
 /// [module docs](self).
-pub struct Generator<Yield, Send = (), S: Stack = DefaultStack> {
-    co: Coroutine<Send, Yield, (), S>,
+pub struct Generator<Yield, Input = (), S: Stack = DefaultStack> {
+    co: Coroutine<Input, Yield, (), S>,
 }
 
-impl<Yield, Send> Generator<Yield, Send, DefaultStack> {
+impl<Yield, Input> Generator<Yield, Input, DefaultStack> {
     /// A generator running `f` on a pooled [`DefaultStack`]; nothing runs
     /// until the first `send` or `next`.
     pub fn new<F>(f: F) -> Self
     where
-        F: FnOnce(&Yielder<Send, Yield>) + 'static,
-        Send: 'static,
+        F: FnOnce(&Yielder<Input, Yield>) + 'static,
+        Input: 'static,
         Yield: 'static,
     {
         Self::with_stack(DefaultStack::default(), f)
     }
 }
 
-impl<Yield, Send, S: Stack> Generator<Yield, Send, S> {
+impl<Yield, Input, S: Stack> Generator<Yield, Input, S> {
     /// A generator running `f` on `stack`.
     pub fn with_stack<F>(stack: S, f: F) -> Self
     where
-        F: FnOnce(&Yielder<Send, Yield>) + 'static,
-        Send: 'static,
+        F: FnOnce(&Yielder<Input, Yield>) + 'static,
+        Input: 'static,
         Yield: 'static,
     {
         Generator {
-            co: Coroutine::with_stack(stack, move |y, _priming: Send| f(y)),
+            co: Coroutine::with_stack(stack, move |y, _priming: Input| f(y)),
         }
     }
 
@@ -92,7 +92,7 @@ impl<Yield, Send, S: Stack> Generator<Yield, Send, S> {
     ///
     /// # Panics
     /// With the body's payload, if it panics.
-    pub fn send(&mut self, value: Send) -> Option<Yield> {
+    pub fn send(&mut self, value: Input) -> Option<Yield> {
         if self.co.done() {
             return None;
         }
@@ -103,7 +103,7 @@ impl<Yield, Send, S: Stack> Generator<Yield, Send, S> {
     }
 
     /// Whether the body has returned (or panicked).
-    pub fn is_finished(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.co.done()
     }
 
@@ -114,19 +114,19 @@ impl<Yield, Send, S: Stack> Generator<Yield, Send, S> {
     }
 }
 
-impl<Yield, Send: Default, S: Stack> Iterator for Generator<Yield, Send, S> {
+impl<Yield, Input: Default, S: Stack> Iterator for Generator<Yield, Input, S> {
     type Item = Yield;
 
-    /// Sends `Send::default()` (Python's `next`, which sends `None`).
+    /// Sends `Input::default()` (Python's `next`, which sends `None`).
     fn next(&mut self) -> Option<Yield> {
-        self.send(Send::default())
+        self.send(Input::default())
     }
 }
 
-impl<Yield, Send, S: Stack> fmt::Debug for Generator<Yield, Send, S> {
+impl<Yield, Input, S: Stack> fmt::Debug for Generator<Yield, Input, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Generator")
-            .field("finished", &self.is_finished())
+            .field("done", &self.done())
             .finish()
     }
 }

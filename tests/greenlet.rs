@@ -375,7 +375,7 @@ fn a_generator_closes_early_when_dropped() {
     // A finite generator ends its iteration and stays ended.
     let mut three = Generator::<u8>::new(|y| (0..3).for_each(|i| y.suspend(i)));
     assert_eq!(three.by_ref().collect::<Vec<_>>(), [0, 1, 2]);
-    assert!(three.is_finished());
+    assert!(three.done());
     assert_eq!(three.next(), None);
 }
 
