@@ -8,7 +8,7 @@
 //! ```text
 //!   sp + 16  rbp            (pushed by hand: LLVM reserves it as the frame pointer)
 //!   sp +  8  rbx            (pushed by hand: LLVM reserves it, so asm! cannot name it)
-//!   sp +  0  continuation   (pushed by the `call`: label 2 in `switch`)
+//!   sp +  0  continuation   (where the context goes on: label 2 of its switch)
 //! ```
 //!
 //! Every other callee-saved register is handed to the compiler through the
@@ -18,18 +18,40 @@
 //!
 //! # How a switch runs
 //!
-//! The running context pushes rbp and rbx and *calls the target's
-//! continuation* (the word at the target's sp); the call pushes its own
-//! continuation, which completes its switch frame. The code at the
-//! target's continuation, which is the second half of the target's own
-//! `switch`, then finishes the job on the target's behalf: it stores the
-//! caller's sp where the caller asked (`link`) and hands it over in rax,
-//! moves to its own stack (the caller passed its sp in rsi) and pops its
-//! rbx and rbp. One `call` and no `ret`: 8 instructions a switch.
+//! The running context pushes rbp, rbx and its continuation, stores its sp
+//! where the caller asked (`link`), moves to the target's stack just past
+//! the target's continuation and *departs* to that continuation. What it
+//! finds there is the second half of the target's own switch: it pops the
+//! target's rbx and rbp, and the target runs on, with the word in rdi and
+//! the switcher's `link` in rdx (so `*link`, the switcher's sp, is there for
+//! a target that wants it, at the cost of a load only where it is read).
+//!
+//! The departure comes in three kinds, and only in them do the switches
+//! differ; frames and arrivals are the same, so any context may be resumed
+//! by any kind:
+//!
+//! - [`switch_call`], for a *resume* (a coroutine entered by the code that
+//!   will get it back): the continuation is pushed by a `call` to a stub
+//!   that moves to the target and jumps to it. The `call` pushes the
+//!   continuation onto the CPU's return-stack buffer (RSB) as well;
+//! - [`switch_return`], for a *suspend* (back to whoever resumed): the
+//!   continuation is pushed by hand and the departure is a `ret` from the
+//!   target's stack, which pops the entry that the resume's `call` pushed:
+//!   the RSB predicts it, and stays balanced;
+//! - [`switch_jump`], for a symmetric switch (greenlets): continuation
+//!   pushed by hand, an indirect `jmp`; the RSB is not touched.
+//!
+//! So every `call` is matched by exactly one `ret`, as in ordinary code.
+//! The previous protocol departed with an indirect `call` and arrived with
+//! no `ret`: each switch left an RSB entry that was never popped, and the
+//! real returns after it were predicted from the wrong entries. Measured
+//! here (`benches/callgrind.sh`, pinned, alternating; README): the round
+//! trip took fewer instructions than corosensei's but more time, which the
+//! paired protocol brings back below corosensei's.
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
-//! [`trampoline`], which does that second half and calls the entry function:
+//! [`trampoline`], which pops the frame and calls the entry function:
 //!
 //! ```text
 //!   top                          (16-aligned; what the caller gave init_stack)
@@ -43,7 +65,7 @@
 //!
 //! # Unwinding across the boundary
 //!
-//! [`switch`] stores the sp it leaves into a word the caller names. The
+//! A switch stores the sp it leaves into a word the caller names. The
 //! coroutine layer names the *link* word at `top - 8` of the coroutine's
 //! stack in both directions, so while the coroutine runs that word holds
 //! its resumer's sp, which points at the resumer's switch frame (and while
@@ -91,29 +113,34 @@ static DEAD_FRAME: DeadFrame = DeadFrame {
 };
 
 /// The sp of a context that cannot be resumed: a switch to it returns at
-/// once with the word 0 (and stores nothing through `link`). The layer
-/// above leaves it where a finished context's sp was, so that resuming it
-/// costs no check of its own.
+/// once with the word 0, and leaves the dead sp in `*link`. The layer above
+/// leaves it where a finished context's sp was (its link word), so that
+/// resuming it costs no check of its own.
 pub fn dead_sp() -> usize {
     &DEAD_FRAME as *const DeadFrame as usize
 }
 
 /// The continuation of the dead frame: switches straight back to the
-/// caller (whose continuation is at the top of its stack), passing 0.
+/// caller, passing 0, and puts the dead sp back where the caller's switch
+/// stored its own.
 ///
 /// # Safety
-/// Only [`switch`] may enter it, as the continuation of [`dead_sp`]'s
-/// frame; it follows no Rust calling convention.
+/// Only a switch may enter it, as the continuation of [`dead_sp`]'s frame;
+/// it follows no Rust calling convention.
 #[unsafe(naked)]
 unsafe extern "C" fn dead_continuation() {
     naked_asm!(
-        // The caller's own sp is where it must go back to; the sp it asks
-        // to have stored goes to a word below the stack pointer, which no
-        // one reads.
-        "mov rsi, rsp",
-        "lea rdx, [rsp - 8]",
+        // rsi = the dead sp, rdx = the caller's link, which now holds the
+        // caller's sp. Back onto the caller's stack, at its switch frame;
+        // the link word holds the dead sp again, so the layer above still
+        // finds its context dead.
+        "mov rsp, [rdx]",
+        "mov [rdx], rsi",
+        // The word 0; depart with `ret` to the caller's continuation, which
+        // pops the RSB entry of the caller's `call` (a resume: the only
+        // switch that meets a dead sp).
         "xor edi, edi",
-        "jmp qword ptr [rsp]",
+        "ret",
     )
 }
 
@@ -137,15 +164,15 @@ pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usiz
     sp
 }
 
-/// The continuation of a fresh context: called by the `call` in [`switch`]
-/// with rsp still on the caller's stack, rdi = arg, rsi = our initial sp,
-/// rdx = where the caller wants its sp stored.
+/// The continuation of a fresh context: entered as every continuation is,
+/// with rsp just past it on our stack (initial sp + 8), rdi = arg and rdx =
+/// the switcher's link, which holds the switcher's sp.
 ///
 /// Its CFI sends unwinders through the link word to the resumer's frames.
 ///
 /// # Safety
-/// Only [`switch`] may enter it, into a frame that [`init_stack`] laid
-/// out; it follows no Rust calling convention.
+/// Only a switch may enter it, into a frame that [`init_stack`] laid out;
+/// it follows no Rust calling convention.
 #[unsafe(naked)]
 unsafe extern "C" fn trampoline() {
     naked_asm!(
@@ -163,16 +190,12 @@ unsafe extern "C" fn trampoline() {
         ".cfi_offset rip, -24",
         ".cfi_offset rbx, -16",
         ".cfi_offset rbp, -8",
-        // The second half of the caller's switch, as in `switch`: publish
-        // its sp, move to our stack, pop our rbx (data) and rbp (0).
-        "mov [rdx], rsp",
-        "mov rax, rsp",
-        "lea rsp, [rsi + 8]",
+        // The second half of every switch: pop our rbx (data) and rbp (0).
         "pop rbx",
         "pop rbp",
-        // entry(arg = rdi, from = rsi, data = rdx); rsp = top - 16 is
-        // 16-aligned here, as the ABI requires at a call.
-        "mov rsi, rax",
+        // entry(arg = rdi, from = the switcher's sp, data = rbx); rsp = top -
+        // 16 is 16-aligned here, as the ABI requires at a call.
+        "mov rsi, [rdx]",
         "mov rdx, rbx",
         "call qword ptr [rsp]",
         // entry never returns; if it did, trap rather than run garbage.
@@ -181,54 +204,126 @@ unsafe extern "C" fn trampoline() {
     )
 }
 
+/// One switch, departing as `$depart` says (see "How a switch runs"):
+/// the asm lines that push our continuation and leave, given as string
+/// literals. Returns (the word that came back, the link of the context that
+/// switched back: `*link` is its sp).
+macro_rules! switch {
+    ($arg:expr, $to:expr, $link:expr, $($depart:literal,)+) => {{
+        let (word, link): (usize, *mut usize);
+        // SAFETY: the caller vouches for `to` and `link`. Every register
+        // the other context may change is an output or clobber below,
+        // except rbx, rbp and rsp, which the block saves and restores
+        // itself.
+        unsafe {
+            asm!(
+                // Our switch frame starts with the two registers LLVM
+                // reserves (rbp: frame pointer; rbx: base pointer).
+                "push rbp",
+                "push rbx",
+                // Push our continuation (label 2), store our sp through
+                // rdx, move to the target and depart.
+                $($depart,)+
+                "2:",
+                // Here a context has departed to our continuation: rsp is
+                // just past it on our stack, rdi the word, rdx its link.
+                // Pop our rbx and rbp.
+                "pop rbx",
+                "pop rbp",
+                inout("rdi") $arg => word,
+                inout("rsi") $to => _,
+                inout("rdx") $link => link,
+                // Scratch for the departure.
+                out("rax") _,
+                // System V: r12 to r15 are callee-saved, so the other
+                // context may have changed them; declaring them clobbered
+                // makes the compiler save those that are live.
+                lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
+                // Everything the ABI lets a call clobber (rcx, r8 to r11,
+                // xmm0 to xmm15, the x87 stack, flags) is clobbered here.
+                clobber_abi("sysv64"),
+            );
+        }
+        (word, link)
+    }};
+}
+
 /// Switches from the running context to the suspended context `to`,
-/// passing `arg`; stores the running context's saved sp into `*link`.
+/// passing `arg`, as a *resume*: the departure is a `call`, which the
+/// target's coming [`switch_return`] (or the dead continuation) pairs with
+/// a `ret`. Stores the running context's saved sp into `*link`.
 ///
 /// Returns when some context switches back here: the word it passed and
-/// the sp of the context it left.
+/// its link (`*link` is its sp).
 ///
 /// # Safety
 /// `to` must be the sp of a suspended context (from [`init_stack`] or from
 /// a switch away from it) that is resumed nowhere else, on a stack that is
 /// still alive; `link` must be valid for a write of one word.
 #[inline(always)]
-pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, usize) {
-    let (ret_arg, from): (usize, usize);
-    // SAFETY: the caller vouches for `to` and `link`. Every register the
-    // other context may change is an output or clobber below, except rbx,
-    // rbp and rsp, which the block saves and restores itself.
-    unsafe {
-        asm!(
-            // Start our switch frame with the two registers LLVM reserves
-            // (rbp: frame pointer; rbx: base pointer), then call the
-            // target's continuation: the call pushes ours, at label 2.
-            "push rbp",
-            "push rbx",
-            "call qword ptr [rsi]",
-            "2:",
-            // Here a context has called our continuation: rsp is its sp,
-            // rsi our own, rdx where it wants its sp. Publish its sp there
-            // and in rax, move to our stack past our continuation, and pop
-            // our rbx and rbp.
-            "mov [rdx], rsp",
-            "mov rax, rsp",
-            "lea rsp, [rsi + 8]",
-            "pop rbx",
-            "pop rbp",
-            inout("rdi") arg => ret_arg,
-            inout("rsi") to => _,
-            inout("rdx") link => _,
-            lateout("rax") from,
-            // System V: r12 to r15 are callee-saved, so the other context
-            // may have changed them; declaring them clobbered makes the
-            // compiler save those that are live.
-            lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
-            // Everything the ABI lets a call clobber (rcx, r8 to r11, xmm0
-            // to xmm15, the x87 stack, flags) is clobbered here.
-            clobber_abi("sysv64"),
-        );
-    }
-    (ret_arg, from)
+pub unsafe fn switch_call(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
+    switch!(
+        arg,
+        to,
+        link,
+        // The call pushes our continuation (label 2, the next instruction)
+        // on our stack and on the RSB, and goes to the stub, in a section
+        // of its own so that the continuation follows the call directly:
+        // it publishes our sp, moves to the target past its continuation
+        // and jumps there.
+        "call 3f",
+        ".pushsection .text.stackful_depart,\"ax\",@progbits",
+        "3:",
+        "mov [rdx], rsp",
+        "lea rsp, [rsi + 8]",
+        "jmp qword ptr [rsi]",
+        ".popsection",
+    )
+}
+
+/// Like [`switch_call`], as a *suspend*: back to the context whose resume
+/// entered us, departing with a `ret` that pops the RSB entry of that
+/// resume's `call`. Also a coroutine's last switch.
+///
+/// # Safety
+/// As [`switch_call`]; and `to` should be the context whose resume entered
+/// the running one (anything else is correct, only mispredicted).
+#[inline(always)]
+pub unsafe fn switch_return(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
+    switch!(
+        arg,
+        to,
+        link,
+        // Push our continuation by hand, publish our sp, move onto the
+        // target's continuation and return to it.
+        "lea rax, [rip + 2f]",
+        "push rax",
+        "mov [rdx], rsp",
+        "mov rsp, rsi",
+        "ret",
+    )
+}
+
+/// Like [`switch_call`], for a symmetric switch (greenlets, where who
+/// switches back is anyone's guess): the departure is an indirect `jmp`,
+/// which leaves the RSB as it is.
+///
+/// # Safety
+/// As [`switch_call`].
+#[inline(always)]
+pub unsafe fn switch_jump(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
+    switch!(
+        arg,
+        to,
+        link,
+        // Push our continuation by hand, publish our sp, move to the
+        // target past its continuation and jump to it.
+        "lea rax, [rip + 2f]",
+        "push rax",
+        "mov [rdx], rsp",
+        "lea rsp, [rsi + 8]",
+        "jmp qword ptr [rsi]",
+    )
 }
 
 /// Asks the CPU to bring the cache line holding `addr` closer

@@ -133,6 +133,19 @@ pub(crate) struct Enter {
     pub(crate) tsan: Tsan,
 }
 
+/// How a switch departs (see `arch/`): so that every `call` the CPU's
+/// return predictor sees is matched by one `ret`.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) enum Depart {
+    /// A resume: entered by the code that gets the context back.
+    Call,
+    /// Back to the context whose resume (`Call`) entered the running one.
+    Return,
+    /// A symmetric switch (greenlets): leaves the predictor alone.
+    Jump,
+}
+
 /// What a switch tells ThreadSanitizer (nothing without the `tsan`
 /// feature).
 #[derive(Clone, Copy)]
@@ -185,19 +198,47 @@ pub(crate) struct Back {
 /// As `arch::switch`: `to` is the sp of a suspended context that is resumed
 /// nowhere else, on a live stack; `link` is valid for a write of one word.
 #[inline(always)]
-pub(crate) unsafe fn switch(arg: usize, to: usize, link: *mut usize, enter: Enter) -> Back {
+pub(crate) unsafe fn switch(
+    arg: usize,
+    to: usize,
+    link: *mut usize,
+    depart: Depart,
+    enter: Enter,
+) -> Back {
     let mut save = AsanSave::new();
     if let Some((bottom, size)) = enter.bounds {
         sanitizer::start_switch(Some(&mut save), bottom, size);
     }
     enter.tsan.announce();
     // SAFETY: as the caller promises.
-    let (word, from) = unsafe { arch::switch(arg, to, link) };
+    let (word, back_link) = unsafe { arch_switch(arg, to, link, depart) };
     let bounds = match enter.bounds {
         Some(_) => sanitizer::finish_switch(&save),
         None => (0, 0),
     };
+    // SAFETY: the context that switched back stored its sp through its
+    // link, which stays valid while it is suspended (or, for a context
+    // that left for good, until its stack is reused, which its receiver
+    // does only after reading this). A load that no caller reads is
+    // dropped by the compiler.
+    let from = unsafe { back_link.read() };
     Back { word, from, bounds }
+}
+
+/// `arch`'s switch that departs as `depart` says.
+///
+/// # Safety
+/// As `arch::switch_call`.
+#[inline(always)]
+unsafe fn arch_switch(arg: usize, to: usize, link: *mut usize, depart: Depart) -> (usize, *mut usize) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        match depart {
+            Depart::Call => arch::switch_call(arg, to, link),
+            Depart::Return => arch::switch_return(arg, to, link),
+            Depart::Jump => arch::switch_jump(arg, to, link),
+        }
+    }
 }
 
 /// The first arrival on a new context's stack: completes, for ASan, the
@@ -216,16 +257,16 @@ pub(crate) fn arrive() -> (usize, usize) {
 /// # Safety
 /// As [`switch`]; and nothing switches back to the context that leaves.
 #[inline(always)]
-pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, enter: Enter) -> ! {
+pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, depart: Depart, enter: Enter) -> ! {
     sanitizer::stack_abandoned();
     if let Some((bottom, size)) = enter.bounds {
         sanitizer::start_switch(None, bottom, size);
     }
     enter.tsan.announce();
     let mut scratch = 0usize;
-    // SAFETY: as the caller promises; the sp we leave goes to a word
-    // nobody reads, since nothing resumes this context.
-    unsafe { arch::switch(arg, to, &mut scratch) };
+    // SAFETY: as the caller promises; the sp we leave goes to a word that
+    // nothing resumes from (a receiver may read it as `from`).
+    unsafe { arch_switch(arg, to, &mut scratch, depart) };
     unreachable!("stackful: a context that left for good was resumed");
 }
 

@@ -67,7 +67,7 @@ use std::ptr;
 use std::rc::Rc;
 
 use crate::arch;
-use crate::context::{self, Enter, Tsan, addr, take};
+use crate::context::{self, Depart, Enter, Tsan, addr, take};
 use crate::coroutine::Marker;
 use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
 use crate::stack::{DefaultStack, Stack};
@@ -717,7 +717,9 @@ fn raw_switch(me: &Core, target: &Core, arg: usize) -> (usize, usize) {
     // this switch resumes, on a stack its core keeps alive. Our own sp goes
     // into our core, which stays alive while we are suspended: nobody frees
     // a suspended core but through a kill, which resumes it first.
-    let back = unsafe { context::switch(arg, target.hot.sp.get(), me.hot.sp.as_ptr(), enter) };
+    let back = unsafe {
+        context::switch(arg, target.hot.sp.get(), me.hot.sp.as_ptr(), Depart::Jump, enter)
+    };
     learn_switcher(back.bounds);
     (back.word, back.from)
 }
@@ -905,7 +907,7 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     // greenlet, suspended in a switch or not started; nothing resumes the
     // dead greenlet we leave, so this call never returns and `scratch` is
     // never read.
-    unsafe { arch::switch(0, sp, &mut scratch) };
+    unsafe { arch::switch_jump(0, sp, &mut scratch) };
     unreachable!("stackful: a dead greenlet was resumed");
 }
 
