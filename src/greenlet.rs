@@ -130,6 +130,18 @@ static DEAD: Gate = Gate {
     name: || "nothing (it is dead)",
 };
 
+/// The type of no value: the gate of a killer waiting for its victim.
+enum Killing {}
+
+/// The gate of a greenlet that waits in `kill_core` for its victim's
+/// death, the only thing that may wake it. A static, so that it has one
+/// address: a suspended greenlet waits there exactly when its gate is this
+/// (see [`waits_in_kill`]).
+static KILLING: Gate = Gate {
+    id: TypeId::of::<Killing>(),
+    name: || "nothing (it waits in kill() for another greenlet to die)",
+};
+
 /// The fields a switch touches, first in every [`Core`] so that `CURRENT`
 /// can point at them.
 #[repr(C)]
@@ -194,30 +206,46 @@ thread_local! {
     /// so that a switch costs no reference counting: the running
     /// greenlet's core is kept alive by its own first frame (`entry` holds
     /// an `Rc` to it), or, for the main greenlet, by `MAIN`.
+    ///
+    /// Like `MAIN` and `MAILBOX`, it has no destructor, so it is there for
+    /// every thread-local destructor at thread exit, whatever the order in
+    /// which they run: a greenlet killed by one can always switch.
     static CURRENT: Cell<*const Hot> = const { Cell::new(ptr::without_provenance(SLOW)) };
-    /// The thread's implicit main greenlet.
-    static MAIN: Rc<Core> = {
-        let main = Rc::new(Core {
-            hot: Hot {
-                sp: Cell::new(0),
-                gate: Cell::new(&FRESH),
-                killed_by: Cell::new(ptr::null()),
-                link: Cell::new(ptr::null_mut()),
-            },
-            life: Cell::new(Life::Started),
-            parent: RefCell::new(None),
-            stack: RefCell::new(None),
-            handles: Cell::new(0),
-            main: true,
-            scratch: Cell::new(0),
-            fiber: Fiber::current(),
-            asan: AsanPeer::default(),
-        });
-        main.hot.link.set(main.scratch.as_ptr());
-        main
-    };
+    /// The thread's implicit main greenlet (from `Rc::into_raw`), null
+    /// before the thread's first use; owned by `MAIN_OWNER`, or leaked.
+    static MAIN: Cell<*const Core> = const { Cell::new(ptr::null()) };
+    /// Frees the main greenlet's core at thread exit, if nothing needs it
+    /// any more (see [`MainOwner`]).
+    static MAIN_OWNER: MainOwner = const { MainOwner };
 }
 
+/// Frees the thread's main greenlet at thread exit.
+struct MainOwner;
+
+impl Drop for MainOwner {
+    fn drop(&mut self) {
+        let main = MAIN.with(Cell::get);
+        if main.is_null() || running_ptr() != main {
+            return;
+        }
+        // SAFETY: a non-null MAIN came from Rc::into_raw and still holds
+        // its count (released only here).
+        let main = unsafe { Rc::from_raw(main) };
+        if Rc::strong_count(&main) == 1 {
+            // Nothing else refers to it (a live greenlet would, through its
+            // parent chain): free it, and let a later use (a thread-local
+            // destructor that runs after this one) start over.
+            MAIN.with(|m| m.set(ptr::null()));
+            CURRENT.with(|c| c.set(ptr::without_provenance(SLOW)));
+            drop(main);
+        } else {
+            // Greenlets still refer to it, and thread-local destructors
+            // that run later may kill them, switching from it: it is
+            // leaked, so that `CURRENT` stays valid to the end.
+            let _ = Rc::into_raw(main);
+        }
+    }
+}
 /// The running greenlet's core.
 #[inline(always)]
 fn running_ptr() -> *const Core {
@@ -228,8 +256,38 @@ fn running_ptr() -> *const Core {
 /// The thread's first use of greenlets: the main greenlet is running.
 #[cold]
 fn first_use() -> *const Core {
-    let main = MAIN.with(Rc::as_ptr);
+    let main = MAIN.with(Cell::get);
+    let main = if main.is_null() { new_main() } else { main };
     set_running(main);
+    main
+}
+
+/// Makes the thread's main greenlet, owned by `MAIN_OWNER`; or, if that
+/// is already destroyed (a thread-local destructor at thread exit uses
+/// greenlets after it), leaked.
+#[cold]
+fn new_main() -> *const Core {
+    let main = Rc::new(Core {
+        hot: Hot {
+            sp: Cell::new(0),
+            gate: Cell::new(&FRESH),
+            killed_by: Cell::new(ptr::null()),
+            link: Cell::new(ptr::null_mut()),
+        },
+        life: Cell::new(Life::Started),
+        parent: RefCell::new(None),
+        stack: RefCell::new(None),
+        handles: Cell::new(0),
+        main: true,
+        scratch: Cell::new(0),
+        fiber: Fiber::current(),
+        asan: AsanPeer::default(),
+    });
+    main.hot.link.set(main.scratch.as_ptr());
+    let main = Rc::into_raw(main);
+    MAIN.with(|m| m.set(main));
+    // Registers the owner's destructor; after it ran, nobody frees `main`.
+    let _ = MAIN_OWNER.try_with(|_| ());
     main
 }
 
@@ -271,6 +329,24 @@ fn is_running(core: &Core) -> bool {
     ptr::eq(running_ptr(), core)
 }
 
+/// Whether `core` is a greenlet reached by a kill (running, or waiting in
+/// a kill of its own; a killed greenlet cannot be suspended otherwise).
+fn is_killed(core: &Core) -> bool {
+    !core.hot.killed_by.get().is_null()
+}
+
+/// Whether `core` is suspended in `kill_core`, waiting for its victim to
+/// die. Only its victim's death may wake it.
+///
+/// While a greenlet waits, only greenlets that a kill reached can run
+/// (its victim, their victims, ...: a killed greenlet cannot switch), so
+/// the waiting greenlets form one chain, each waiting for the next, that
+/// ends at the running greenlet: a greenlet that waits always waits for
+/// the caller's death, directly or through that chain.
+fn waits_in_kill(core: &Core) -> bool {
+    ptr::eq(core.hot.gate.get(), &KILLING) && !is_running(core)
+}
+
 /// A counted reference to a greenlet: when the last one goes, a started,
 /// suspended greenlet is killed.
 struct Handle(Rc<Core>);
@@ -292,13 +368,23 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let n = self.0.handles.get() - 1;
         self.0.handles.set(n);
-        if n == 0 && self.0.life.get() != Life::Dead && !self.0.main && !is_running(&self.0) {
-            // A thread that is exiting has no world left to switch in:
-            // the greenlet's stack is then leaked, never freed live.
-            if MAIN.try_with(|_| ()).is_ok() {
-                kill_core(&self.0);
-            }
+        if n == 0 && self.0.life.get() != Life::Dead && !self.0.main {
+            drop_last(&self.0);
         }
+    }
+}
+
+/// The last handle of a live greenlet other than a main one is gone: kill
+/// it, unless it is running (it goes on; if it then switches away with no
+/// handle made again, nothing can reach it and it is leaked, as
+/// `mem::forget` would) or waits in a kill of its own (it waits for the
+/// caller's death, see [`waits_in_kill`]: it goes on once its victim is
+/// dead, as a running greenlet with no handle).
+#[cold]
+#[inline(never)]
+fn drop_last(core: &Core) {
+    if !is_running(core) && !waits_in_kill(core) {
+        kill_core(core);
     }
 }
 
@@ -325,25 +411,47 @@ struct Mail {
 
 thread_local! {
     /// The one mail in flight: posted just before a switch with word 0,
-    /// taken right after it.
-    static MAILBOX: RefCell<Option<Mail>> = const { RefCell::new(None) };
+    /// taken right after it. `ManuallyDrop`, so that it has no destructor
+    /// (see `CURRENT`); it is empty whenever no switch is under way.
+    static MAILBOX: Cell<ManuallyDrop<Option<Mail>>> =
+        const { Cell::new(ManuallyDrop::new(None)) };
 }
 
 /// Posts `mail` for the receiver of the next switch.
 fn post(mail: Mail) {
-    MAILBOX.with(|m| *m.borrow_mut() = Some(mail));
+    let old = MAILBOX.with(|m| m.replace(ManuallyDrop::new(Some(mail))));
+    debug_assert!(old.is_none(), "a mail posted over another");
 }
 
-/// Takes the mail of the switch that just arrived with word 0.
-fn collect(me: &Core, from: usize) -> Kind {
-    let mail = MAILBOX
-        .with(|m| m.borrow_mut().take())
-        .expect("stackful: a switch without its mail");
-    match mail.died {
-        None => link(me, from),
-        Some(dead) => drop(dead.stack.borrow_mut().take()),
+/// Takes the mail of the switch that just arrived with word 0, and links
+/// to its sender unless that one died. A dead sender's core comes back in
+/// the mail: its stack may still hold the value it sent, so the caller
+/// takes that first, then hands the core to [`bury`].
+fn collect(me: &Core, from: usize) -> Mail {
+    let mail = ManuallyDrop::into_inner(MAILBOX.with(Cell::take))
+        .unwrap_or_else(|| internal_error("a switch without its mail"));
+    if mail.died.is_none() {
+        link(me, from);
     }
-    mail.kind
+    mail
+}
+
+/// Frees a dead greenlet's stack (back to the pool) and drops the
+/// reference to its core that its last switch sent (which may drop the
+/// last handle of another greenlet, and kill it).
+fn bury(dead: Option<Rc<Core>>) {
+    if let Some(dead) = dead {
+        let stack = dead.stack.borrow_mut().take();
+        drop(stack);
+    }
+}
+
+/// A broken invariant of this module, found where going on could corrupt
+/// memory: report it and abort.
+#[cold]
+fn internal_error(what: &str) -> ! {
+    eprintln!("stackful: internal error in greenlet: {what}");
+    std::process::abort()
 }
 
 /// The payload with which a killed greenlet's stack unwinds.
@@ -645,14 +753,23 @@ impl<T> Greenlet<T> {
     /// it dead and returns. An unstarted greenlet's closure is dropped.
     /// Killing a dead greenlet does nothing.
     ///
+    /// Two kills that cannot be carried out return at once and do nothing
+    /// (see [Killing](self#killing)): of the running greenlet when a kill
+    /// has reached it already (it is dying), and of a greenlet that waits
+    /// in a `kill` of its own (it waits for the caller to die).
+    ///
     /// # Panics
-    /// When called on the running greenlet or on a main greenlet, which
-    /// cannot be unwound from outside.
+    /// When called on the running greenlet (not being killed) or on a main
+    /// greenlet (not waiting in a kill), which cannot be unwound from
+    /// outside.
     pub fn kill(&self) {
         let core = &self.handle.0;
         if core.life.get() == Life::Dead {
         } else if is_running(core) {
-            panic!("stackful: a greenlet cannot kill itself; return instead");
+            if !is_killed(core) {
+                panic!("stackful: a greenlet cannot kill itself; return instead");
+            }
+        } else if waits_in_kill(core) {
         } else if core.main {
             panic!("stackful: the main greenlet cannot be killed");
         } else {
@@ -775,10 +892,19 @@ fn link(me: &Core, from: usize) {
 #[cold]
 #[inline(never)]
 fn receive_mail<T: 'static>(me: &Core, from: usize) -> T {
-    match collect(me, from) {
-        // SAFETY: as in `switch_to`: the sender checked our type.
-        Kind::Value(v) => unsafe { take::<T>(v) },
-        Kind::Panic(payload) => panic::resume_unwind(payload),
+    let mail = collect(me, from);
+    match mail.kind {
+        Kind::Value(v) => {
+            // SAFETY: as in `switch_to`: the sender checked our type. A
+            // dead sender's stack, where the value is, is freed only after.
+            let value = unsafe { take::<T>(v) };
+            bury(mail.died);
+            value
+        }
+        Kind::Panic(payload) => {
+            bury(mail.died);
+            panic::resume_unwind(payload)
+        }
         Kind::Kill(killer) => {
             mark_killed(me, killer);
             panic::resume_unwind(Box::new(GreenletExit))
@@ -787,26 +913,38 @@ fn receive_mail<T: 'static>(me: &Core, from: usize) -> T {
 }
 
 /// Switches into `target` to unwind it, and waits until it is dead.
+///
+/// The killer's core must stay alive, and its stack where it is, until the
+/// victim's last switch comes back to it (the victim holds it as a raw
+/// pointer, `killed_by`): so nothing but that death may wake it. While it
+/// waits its gate is [`KILLING`], which admits no value; `kill` and the
+/// drop of a last handle leave a waiting greenlet alone; and every other
+/// greenlet that runs meanwhile is itself killed, so it cannot switch, and
+/// its own death goes to its killer, not to its parent.
 fn kill_core(target: &Core) {
     let me_ptr = running_ptr();
     // SAFETY: the running greenlet's core is alive (see CURRENT).
     let me = unsafe { &*me_ptr };
-    // While we wait, no value can be switched into us: we expect a type
-    // nobody else can name.
-    me.hot.gate.set(GateOf::<GreenletExit>::GATE);
+    me.hot.gate.set(&KILLING);
     post(Mail {
         kind: Kind::Kill(me_ptr),
         died: None,
     });
     let (back, from) = raw_switch(me, target, 0);
-    debug_assert_eq!(back, 0, "a dying greenlet answers its killer by mail");
     // A killer that was itself killed (it kills from a destructor while it
     // unwinds) comes back without the SLOW bit: put it back.
     retag(me);
-    match collect(me, from) {
-        Kind::Value(_) | Kind::Kill(_) => {}
-        Kind::Panic(payload) if std::thread::panicking() => drop(payload),
-        Kind::Panic(payload) => panic::resume_unwind(payload),
+    let mail = collect(me, from);
+    let victims_death = back == 0
+        && matches!(mail.kind, Kind::Value(0) | Kind::Panic(_))
+        && mail.died.as_deref().is_some_and(|d| ptr::eq(d, target));
+    if !victims_death {
+        internal_error("a killer was woken before its victim died");
+    }
+    bury(mail.died);
+    match mail.kind {
+        Kind::Panic(payload) if !std::thread::panicking() => panic::resume_unwind(payload),
+        _ => {}
     }
 }
 
@@ -824,24 +962,35 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     after_switch(&AsanSave::new());
     let me = running();
     me.life.set(Life::Started);
-    let first = if msg != 0 {
+    let (first, sender) = if msg != 0 {
         link(&me, from);
-        Kind::Value(msg)
+        (Kind::Value(msg), None)
     } else {
-        collect(&me, from)
+        let mail = collect(&me, from);
+        (mail.kind, mail.died)
     };
     let outcome = match first {
         Kind::Value(v) => {
             // SAFETY: the sender checked that we expect a T (our input
-            // type) and sent the address of a ManuallyDrop<T>.
+            // type) and sent the address of a ManuallyDrop<T>, on its stack,
+            // which a dead sender's `bury` frees only after.
             let input = unsafe { take::<T>(v) };
-            panic::catch_unwind(AssertUnwindSafe(|| f(input)))
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                bury(sender);
+                f(input)
+            }))
         }
         Kind::Kill(killer) => {
+            // A kill comes from a live greenlet: nothing to bury.
+            debug_assert!(sender.is_none());
             mark_killed(&me, killer);
             panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(Box::new(GreenletExit)))
         }
-        Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(payload)),
+        Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| {
+            bury(sender);
+            drop(f)
+        }))
+        .and(Err(payload)),
     };
     me.life.set(Life::Dead);
     me.hot.gate.set(&DEAD);

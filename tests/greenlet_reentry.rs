@@ -258,7 +258,10 @@ impl Drop for KillSelfOnDrop {
     fn drop(&mut self) {
         let me = current::<()>();
         me.kill();
-        push(&self.0, format!("self kill returned, dead {}", me.is_dead()));
+        push(
+            &self.0,
+            format!("self kill returned, dead {}", me.is_dead()),
+        );
     }
 }
 
