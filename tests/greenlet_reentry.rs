@@ -475,3 +475,116 @@ fn a_return_value_is_taken_before_the_dead_greenlets_stack_is_freed() {
         },
     );
 }
+
+/// A greenlet killed while suspended inside a `Coroutine`'s body (which it
+/// resumed) or inside `on_stack`: the unwind runs through the foreign
+/// stack's frames, crosses back onto the greenlet's own, and every
+/// destructor on both runs once.
+#[test]
+fn a_kill_unwinds_through_a_coroutine_or_on_stack_inside_the_greenlet() {
+    use stackful::{Coroutine, DefaultStack};
+    let drops = DropCounter::default();
+    let main = current::<()>();
+    let (d, m) = (drops.clone(), main.clone());
+    let in_coroutine = Greenlet::new(move |()| {
+        let _outer = d.guard();
+        let (d2, m2) = (d.clone(), m.clone());
+        let mut co = Coroutine::<(), (), ()>::new(move |_, ()| {
+            let _inner = d2.guard();
+            m2.switch(());
+            unreachable!("killed while suspended");
+        });
+        co.resume(());
+        unreachable!("killed while suspended");
+    });
+    in_coroutine.switch(());
+    assert_eq!(drops.get(), 0);
+    in_coroutine.kill();
+    assert!(in_coroutine.is_dead());
+    assert_eq!(drops.get(), 2);
+
+    let (d, m) = (drops.clone(), main.clone());
+    let in_on_stack = Greenlet::new(move |()| {
+        let _outer = d.guard();
+        let mut stack = DefaultStack::new(256 * 1024).unwrap();
+        let d2 = d.clone();
+        stackful::on_stack(&mut stack, move || {
+            let _inner = d2.guard();
+            m.switch(());
+            unreachable!("killed while suspended");
+        });
+        unreachable!("killed while suspended");
+    });
+    in_on_stack.switch(());
+    assert_eq!(drops.get(), 2);
+    drop(in_on_stack);
+    assert_eq!(drops.get(), 4);
+}
+
+/// Panics when dropped.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic::panic_any(String::from("drop panicked"));
+    }
+}
+
+/// The panic of a destructor that a kill runs outside an unwind (an
+/// unstarted greenlet's closure, dropped) reaches the killer, whose `kill`
+/// panics with it; a killer that is unwinding already drops it instead (a
+/// second panic there would abort).
+#[test]
+fn a_panic_in_a_killed_closure_reaches_the_killer_unless_it_is_unwinding() {
+    let p = PanicOnDrop;
+    let g = Greenlet::new(move |()| drop(p));
+    let err = panic::catch_unwind(AssertUnwindSafe(|| g.kill())).unwrap_err();
+    assert_eq!(err.downcast_ref::<String>().unwrap(), "drop panicked");
+    assert!(g.is_dead());
+
+    // The killer unwinds (its own panic) when it drops the last handle.
+    let p = PanicOnDrop;
+    let victim = Greenlet::new(move |()| drop(p));
+    let g = Greenlet::new(move |()| {
+        let _v = victim;
+        panic::panic_any(String::from("the killer's own panic"));
+    });
+    let err = panic::catch_unwind(AssertUnwindSafe(|| g.switch(()))).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<String>().unwrap(),
+        "the killer's own panic"
+    );
+    assert!(g.is_dead());
+}
+
+/// A greenlet that drops its own last handle while it runs goes on; once
+/// it switches away nothing can reach it, so it is leaked (its destructors
+/// never run, its stack stays mapped), as `mem::forget` would.
+#[test]
+fn a_greenlet_that_drops_its_own_last_handle_and_leaves_is_leaked() {
+    let drops = DropCounter::default();
+    let g_slot: Rc<RefCell<Option<Greenlet<()>>>> = Rc::default();
+    let x_slot: Rc<RefCell<Option<Greenlet<()>>>> = Rc::default();
+    let main = current::<()>();
+    let (d, gs, xs, m) = (drops.clone(), g_slot.clone(), x_slot.clone(), main.clone());
+    let g = Greenlet::new(move |()| {
+        let _guard = d.guard();
+        // Our handles: the slot's, and x's parent link. Both go.
+        xs.borrow().as_ref().unwrap().set_parent(&m).unwrap();
+        drop(gs.borrow_mut().take());
+        m.switch(());
+        unreachable!("nothing can switch back");
+    });
+    // x returns into g, its parent, which starts with x's value.
+    let x = Greenlet::new(|()| ());
+    x.set_parent(&g).unwrap();
+    *g_slot.borrow_mut() = Some(g);
+    *x_slot.borrow_mut() = Some(x.clone());
+    x.switch(());
+    assert!(x.is_dead());
+    assert!(g_slot.borrow().is_none());
+    assert_eq!(drops.get(), 0, "leaked: its guard is never dropped");
+    // Everything else goes on as usual.
+    let h = Greenlet::new(|v: u8| v + 1);
+    assert_eq!(h.switch(1), 2);
+}
