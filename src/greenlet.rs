@@ -40,11 +40,146 @@
 //! # Killing
 //!
 //! [`Greenlet::kill`] unwinds a greenlet's stack, so every destructor on it
-//! runs, and comes back. Dropping the last handle of a started, suspended
-//! greenlet (or of one never started: its closure is dropped) does the
-//! same, as Python does with `GreenletExit`. A parent link counts as a
-//! handle. A body may catch the unwind with `catch_unwind`, but every
-//! `switch` it makes afterwards panics again at once.
+//! runs, and comes back once the greenlet is dead. Dropping the last handle
+//! of a started, suspended greenlet (or of one never started: its closure
+//! is dropped) does the same, as Python does with `GreenletExit`. A parent
+//! link counts as a handle. A body may catch the unwind with
+//! `catch_unwind`, but every `switch` (and `try_switch`) it makes
+//! afterwards panics again at once: a greenlet that a kill reached never
+//! runs anything but its own unwinding, and its death goes back to its
+//! killer, whatever its parent.
+//!
+//! The killer waits for that death, and only that death wakes it. The
+//! destructors a kill runs may still re-enter this module; each way is
+//! either carried out or refused, never lets the killer go on early:
+//!
+//! - **kill** another greenlet, or **drop** its last handle: it is killed
+//!   from there, the destructor waiting in turn, and so on down a chain of
+//!   kills.
+//! - **kill a greenlet that waits in a kill** (the killer, or any killer up
+//!   the chain; the main greenlet too), or **drop its last handle**: that
+//!   greenlet waits for the caller's death, so the kill cannot happen now
+//!   and does nothing; `kill` returns at once and the waiting greenlet goes
+//!   on once its victim is dead (if its last handle went, it runs without
+//!   one, see below).
+//! - **kill itself**: the kill is under way, so it does nothing.
+//! - **switch** anywhere (the killer included): panics with the kill's
+//!   unwind, which the destructor may catch; nothing switches.
+//! - **create** greenlets, **set_parent**, **parent**, **current**,
+//!   [`running_id`]: work as anywhere.
+//!
+//! A panic that escapes a destructor while it runs during an unwind (a
+//! kill's or a panic's) aborts the process, as anywhere in Rust: a
+//! destructor that may run during a kill must catch what it calls that may
+//! panic, a switch included. A panic raised outside an unwind while a kill
+//! runs (the drop of an unstarted greenlet's closure, or a body that caught
+//! the unwind and then panics) reaches the killer: its `kill` (or the drop
+//! of its handle) panics with it, unless the killer is unwinding already,
+//! in which case it is dropped.
+//!
+//! A greenlet that drops its own last handle while it runs goes on; if it
+//! then switches away with no handle made since (by [`current`], or
+//! [`Greenlet::parent`] from a child) nothing can reach it: it is leaked,
+//! its stack and everything on it, as `mem::forget` would.
+//!
+//! # Threat model
+//!
+//! A greenlet layer is one per thread: the running greenlet, a pointer in
+//! a thread-local, and the thread's main greenlet. What may be running
+//! when an entry point is called, and what happens then:
+//!
+//! - **The main greenlet's stack** (the thread's own) or **a greenlet's
+//!   stack**: every entry point works as documented.
+//! - **A `Coroutine`'s stack, or an `on_stack` / `maybe_grow` segment**,
+//!   entered from a greenlet: the greenlet layer does not see those
+//!   switches, so the greenlet that entered them is the running one, and a
+//!   switch from there suspends it with the foreign frames on top (they are
+//!   borrowed by the greenlet's own frames below, so they stay alive). It
+//!   resumes where it left, and a kill unwinds through those frames and back
+//!   onto its own stack. A scheduler that suspends its tasks from inside
+//!   them must not suspend a task while a greenlet other than the one it
+//!   resumed runs (see [`running_id`]).
+//! - **A destructor run by a kill** (or by the drop of a last handle): on
+//!   the victim's stack, which is the running greenlet and is marked
+//!   killed; see [Killing](self#killing) for what it may do.
+//! - **A thread-local destructor at thread exit**: on the thread's stack,
+//!   the main greenlet running. The layer's own thread-locals have no
+//!   destructor (but one that frees the main greenlet once nothing refers
+//!   to it, and a use after it makes a fresh one), so whatever the order in
+//!   which thread-locals are destroyed, a handle dropped then kills its
+//!   greenlet as anywhere (its destructors run during thread exit, with
+//!   whatever thread-locals are left), and every entry point works.
+//! - **Another thread**: does not compile (see [Threads](self#threads)).
+//!
+//! Entry point by entry point: [`Greenlet::new`], [`current`],
+//! [`running_id`], [`Greenlet::parent`], [`Greenlet::set_parent`] and the
+//! queries never switch; [`Greenlet::switch`] and
+//! [`Greenlet::try_switch`] switch unless refused (a dead target, a wrong
+//! type, a killer that waits, or a caller a kill reached); `kill` and the
+//! drop of a last handle switch into the victim and come back when it is
+//! dead, or do nothing as listed above; a greenlet's return or panic
+//! switches to its nearest live ancestor, or, if a kill reached it, to its
+//! killer.
+//!
+//! # Lifetimes and variance
+//!
+//! A value passed by a switch, a body's input and its return value all
+//! stay on a greenlet's stack for as long as it likes, past the call that
+//! passed them, and a body outlives the call that created it: so the body
+//! and `T` must be `'static` everywhere: [`Greenlet::new`],
+//! [`Greenlet::switch`], [`current`] and [`Greenlet::parent`] require it,
+//! and no handle of a non-`'static` type can be made. A short-lived
+//! reference cannot be switched in:
+//!
+//! ```compile_fail,E0597
+//! use stackful::greenlet::Greenlet;
+//! let keep = Greenlet::new(|r: &'static u32| r);
+//! let short = 7u32;
+//! keep.switch(&short); // `short` does not live long enough
+//! ```
+//!
+//! nor captured by a body:
+//!
+//! ```compile_fail,E0597
+//! let short = 7u32;
+//! let r = &short;
+//! let g = stackful::greenlet::Greenlet::new(move |()| assert_eq!(*r, 7));
+//! g.switch(());
+//! ```
+//!
+//! nor named in a handle to the running greenlet:
+//!
+//! ```compile_fail
+//! fn smuggle<'a>(short: &'a u32) {
+//!     // `&'a u32` must outlive 'static.
+//!     let main = stackful::greenlet::current::<&'a u32>();
+//! }
+//! ```
+//!
+//! `Greenlet<T>` is invariant in `T`: its handle remembers a gate that
+//! admitted a `T` (so that the next switch compares two addresses), and a
+//! handle coerced to a supertype would pass values of that supertype
+//! through the remembered gate. With `for<'a> fn(&'a u32)` coerced to
+//! `fn(&'static u32)`, a function that keeps its argument forever would
+//! reach a body that calls it with a short-lived reference. Neither that
+//! coercion nor a lifetime's shrinking or growing compiles:
+//!
+//! ```compile_fail,E0308
+//! use stackful::greenlet::Greenlet;
+//! fn coerce(g: Greenlet<for<'a> fn(&'a u32)>) -> Greenlet<fn(&'static u32)> {
+//!     g
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use stackful::greenlet::Greenlet;
+//! fn shrink<'a>(g: Greenlet<&'static u32>) -> Greenlet<&'a u32> {
+//!     g
+//! }
+//! ```
+//!
+//! [`SwitchError<T>`] only gives back a value the caller owned: it is
+//! covariant in `T`, as any container of a value is.
 //!
 //! # Threads
 //!
@@ -566,8 +701,9 @@ impl<T> PartialEq for Greenlet<T> {
 
 impl<T> Eq for Greenlet<T> {}
 
-/// The greenlet running now (the thread's main greenlet outside any other).
-pub fn current<T>() -> Greenlet<T> {
+/// The greenlet running now (the thread's main greenlet outside any other),
+/// as a handle whose switches carry a `T` (checked when they happen).
+pub fn current<T: 'static>() -> Greenlet<T> {
     Greenlet::from_handle(Handle::new(running()))
 }
 
