@@ -782,7 +782,8 @@ impl<T: 'static> Greenlet<T> {
     /// Transfers control to this greenlet now, passing `value`; returns
     /// the value passed by whatever switches back to the caller.
     ///
-    /// Switching to the running greenlet returns `value` at once.
+    /// Switching to the running greenlet returns `value` at once (unless a
+    /// kill has reached it: then this panics, as every switch it makes).
     ///
     /// # Panics
     /// With the [`SwitchError`]'s message when the switch is impossible
@@ -828,11 +829,13 @@ impl<T: 'static> Greenlet<T> {
         // SAFETY: the running greenlet's core is alive (see CURRENT).
         let me = unsafe { &*running_ptr() };
         let target = &*self.handle.0;
+        // A greenlet a kill reached makes no switch at all, not even one to
+        // itself.
+        if is_killed(me) {
+            panic::resume_unwind(Box::new(GreenletExit));
+        }
         if ptr::eq(me, target) {
             return Ok(value);
-        }
-        if !me.hot.killed_by.get().is_null() {
-            panic::resume_unwind(Box::new(GreenletExit));
         }
         if let Err(e) = check_target::<T>(target) {
             return Err(e.with_value(value));

@@ -351,7 +351,8 @@ impl Drop for SwitchOnDrop {
     }
 }
 
-/// A greenlet being killed cannot switch, not even to its killer: the
+/// A greenlet being killed cannot switch, not to its killer, not even to
+/// itself (which would otherwise return at once): the
 /// switch raises the kill's unwind again, which the destructor may catch;
 /// the killer is not woken by it.
 #[test]
@@ -371,6 +372,10 @@ fn a_destructor_run_by_a_kill_cannot_switch_to_the_killer_or_anywhere() {
             };
             let _b = SwitchOnDrop {
                 target: other,
+                log: l2.clone(),
+            };
+            let _c = SwitchOnDrop {
+                target: current::<()>(),
                 log: l2,
             };
             current::<()>().parent().unwrap().switch(());
@@ -384,6 +389,7 @@ fn a_destructor_run_by_a_kill_cannot_switch_to_the_killer_or_anywhere() {
     assert_eq!(
         *log.borrow(),
         [
+            "switch refused true false, try_switch refused true false",
             "switch refused true false, try_switch refused true false",
             "switch refused true false, try_switch refused true false",
             "g1: kill returned, g2 dead true",
