@@ -80,7 +80,11 @@
 //! A greenlet that drops its own last handle while it runs goes on; if it
 //! then switches away with no handle made since (by [`current`], or
 //! [`Greenlet::parent`] from a child) nothing can reach it: it is leaked,
-//! its stack and everything on it, as `mem::forget` would.
+//! its stack and everything on it, as `mem::forget` would. Handles are
+//! reference counts, so greenlets that hold each other and nothing else (a
+//! suspended greenlet with a handle to another on its stack, whose parent
+//! link is the first) are leaked when the last handle from outside goes,
+//! as a cycle of `Rc`s is: kill one of them to break the cycle.
 //!
 //! # Threat model
 //!
