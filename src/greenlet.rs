@@ -585,6 +585,14 @@ fn bury(dead: Option<Rc<Core>>) {
     }
 }
 
+/// [`bury`] for a greenlet about to start, which must not unwind before its
+/// body's `catch_unwind`: a panic (of a kill that the drop runs) comes back.
+#[cold]
+#[inline(never)]
+fn bury_caught(dead: Rc<Core>) -> std::thread::Result<()> {
+    panic::catch_unwind(AssertUnwindSafe(|| bury(Some(dead))))
+}
+
 /// A broken invariant of this module, found where going on could corrupt
 /// memory: report it and abort.
 #[cold]
@@ -1118,10 +1126,16 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             // type) and sent the address of a ManuallyDrop<T>, on its stack,
             // which a dead sender's `bury` frees only after.
             let input = unsafe { take::<T>(v) };
-            panic::catch_unwind(AssertUnwindSafe(|| {
-                bury(sender);
-                f(input)
-            }))
+            // Only then may that stack go (outside the body's closure, which
+            // stays as lean as it was for the switches it makes).
+            match sender.map_or(Ok(()), bury_caught) {
+                Ok(()) => panic::catch_unwind(AssertUnwindSafe(|| f(input))),
+                Err(p) => panic::catch_unwind(AssertUnwindSafe(|| {
+                    drop(input);
+                    drop(f)
+                }))
+                .and(Err(p)),
+            }
         }
         Kind::Kill(killer) => {
             // A kill comes from a live greenlet: nothing to bury.
