@@ -385,6 +385,7 @@ impl Drop for MainOwner {
         }
     }
 }
+
 /// The running greenlet's core.
 #[inline(always)]
 fn running_ptr() -> *const Core {
