@@ -75,7 +75,10 @@
 //! runs (the drop of an unstarted greenlet's closure, or a body that caught
 //! the unwind and then panics) reaches the killer: its `kill` (or the drop
 //! of its handle) panics with it, unless the killer is unwinding already,
-//! in which case it is dropped.
+//! in which case it is dropped. "Unwinding" is what
+//! [`std::thread::panicking`] says, and it counts the thread's unwinds, not
+//! the greenlet's: while any greenlet of the thread is suspended in the
+//! middle of an unwind, it is true in all of them.
 //!
 //! A greenlet that drops its own last handle while it runs goes on; if it
 //! then switches away with no handle made since (by [`current`], or
