@@ -40,11 +40,153 @@
 //! # Killing
 //!
 //! [`Greenlet::kill`] unwinds a greenlet's stack, so every destructor on it
-//! runs, and comes back. Dropping the last handle of a started, suspended
-//! greenlet (or of one never started: its closure is dropped) does the
-//! same, as Python does with `GreenletExit`. A parent link counts as a
-//! handle. A body may catch the unwind with `catch_unwind`, but every
-//! `switch` it makes afterwards panics again at once.
+//! runs, and comes back once the greenlet is dead. Dropping the last handle
+//! of a started, suspended greenlet (or of one never started: its closure
+//! is dropped) does the same, as Python does with `GreenletExit`. A parent
+//! link counts as a handle. A body may catch the unwind with
+//! `catch_unwind`, but every `switch` (and `try_switch`) it makes
+//! afterwards panics again at once: a greenlet that a kill reached never
+//! runs anything but its own unwinding, and its death goes back to its
+//! killer, whatever its parent.
+//!
+//! The killer waits for that death, and only that death wakes it. The
+//! destructors a kill runs may still re-enter this module; each way is
+//! either carried out or refused, never lets the killer go on early:
+//!
+//! - **kill** another greenlet, or **drop** its last handle: it is killed
+//!   from there, the destructor waiting in turn, and so on down a chain of
+//!   kills.
+//! - **kill a greenlet that waits in a kill** (the killer, or any killer up
+//!   the chain; the main greenlet too), or **drop its last handle**: that
+//!   greenlet waits for the caller's death, so the kill cannot happen now
+//!   and does nothing; `kill` returns at once and the waiting greenlet goes
+//!   on once its victim is dead (if its last handle went, it runs without
+//!   one, see below).
+//! - **kill itself**: the kill is under way, so it does nothing.
+//! - **switch** anywhere (the killer included): panics with the kill's
+//!   unwind, which the destructor may catch; nothing switches.
+//! - **create** greenlets, **set_parent**, **parent**, **current**,
+//!   [`running_id`]: work as anywhere.
+//!
+//! A panic that escapes a destructor while it runs during an unwind (a
+//! kill's or a panic's) aborts the process, as anywhere in Rust: a
+//! destructor that may run during a kill must catch what it calls that may
+//! panic, a switch included. A panic raised outside an unwind while a kill
+//! runs (the drop of an unstarted greenlet's closure, or a body that caught
+//! the unwind and then panics) reaches the killer: its `kill` (or the drop
+//! of its handle) panics with it, unless the killer is unwinding already,
+//! in which case it is dropped. "Unwinding" is what
+//! [`std::thread::panicking`] says, and it counts the thread's unwinds, not
+//! the greenlet's: while any greenlet of the thread is suspended in the
+//! middle of an unwind, it is true in all of them.
+//!
+//! A greenlet that drops its own last handle while it runs goes on; if it
+//! then switches away with no handle made since (by [`current`], or
+//! [`Greenlet::parent`] from a child) nothing can reach it: it is leaked,
+//! its stack and everything on it, as `mem::forget` would. Handles are
+//! reference counts, so greenlets that hold each other and nothing else (a
+//! suspended greenlet with a handle to another on its stack, whose parent
+//! link is the first) are leaked when the last handle from outside goes,
+//! as a cycle of `Rc`s is: kill one of them to break the cycle.
+//!
+//! # Threat model
+//!
+//! A greenlet layer is one per thread: the running greenlet, a pointer in
+//! a thread-local, and the thread's main greenlet. What may be running
+//! when an entry point is called, and what happens then:
+//!
+//! - **The main greenlet's stack** (the thread's own) or **a greenlet's
+//!   stack**: every entry point works as documented.
+//! - **A `Coroutine`'s stack, or an `on_stack` / `maybe_grow` segment**,
+//!   entered from a greenlet: the greenlet layer does not see those
+//!   switches, so the greenlet that entered them is the running one, and a
+//!   switch from there suspends it with the foreign frames on top (they are
+//!   borrowed by the greenlet's own frames below, so they stay alive). It
+//!   resumes where it left, and a kill unwinds through those frames and back
+//!   onto its own stack. A scheduler that suspends its tasks from inside
+//!   them must not suspend a task while a greenlet other than the one it
+//!   resumed runs (see [`running_id`]).
+//! - **A destructor run by a kill** (or by the drop of a last handle): on
+//!   the victim's stack, which is the running greenlet and is marked
+//!   killed; see [Killing](self#killing) for what it may do.
+//! - **A thread-local destructor at thread exit**: on the thread's stack,
+//!   the main greenlet running. The layer's own thread-locals have no
+//!   destructor (but one that frees the main greenlet once nothing refers
+//!   to it, and a use after it makes a fresh one), so whatever the order in
+//!   which thread-locals are destroyed, a handle dropped then kills its
+//!   greenlet as anywhere (its destructors run during thread exit, with
+//!   whatever thread-locals are left), and every entry point works.
+//! - **Another thread**: does not compile (see [Threads](self#threads)).
+//!
+//! Entry point by entry point: [`Greenlet::new`], [`current`],
+//! [`running_id`], [`Greenlet::parent`], [`Greenlet::set_parent`] and the
+//! queries never switch; [`Greenlet::switch`] and
+//! [`Greenlet::try_switch`] switch unless refused (a dead target, a wrong
+//! type, a killer that waits, or a caller a kill reached); `kill` and the
+//! drop of a last handle switch into the victim and come back when it is
+//! dead, or do nothing as listed above; a greenlet's return or panic
+//! switches to its nearest live ancestor, or, if a kill reached it, to its
+//! killer.
+//!
+//! # Lifetimes and variance
+//!
+//! A value passed by a switch, a body's input and its return value all
+//! stay on a greenlet's stack for as long as it likes, past the call that
+//! passed them, and a body outlives the call that created it: so the body
+//! and `T` must be `'static` everywhere: [`Greenlet::new`],
+//! [`Greenlet::switch`], [`current`] and [`Greenlet::parent`] require it,
+//! and no handle of a non-`'static` type can be made. A short-lived
+//! reference cannot be switched in:
+//!
+//! ```compile_fail,E0597
+//! use stackful::greenlet::Greenlet;
+//! let keep = Greenlet::new(|r: &'static u32| r);
+//! let short = 7u32;
+//! keep.switch(&short); // `short` does not live long enough
+//! ```
+//!
+//! nor captured by a body:
+//!
+//! ```compile_fail,E0597
+//! let short = 7u32;
+//! let r = &short;
+//! let g = stackful::greenlet::Greenlet::new(move |()| assert_eq!(*r, 7));
+//! g.switch(());
+//! ```
+//!
+//! nor named in a handle to the running greenlet:
+//!
+//! ```compile_fail
+//! fn smuggle<'a>(short: &'a u32) {
+//!     // `&'a u32` must outlive 'static.
+//!     let main = stackful::greenlet::current::<&'a u32>();
+//! }
+//! ```
+//!
+//! `Greenlet<T>` is invariant in `T`: its handle remembers a gate that
+//! admitted a `T` (so that the next switch compares two addresses), and a
+//! handle coerced to a supertype would pass values of that supertype
+//! through the remembered gate. With `for<'a> fn(&'a u32)` coerced to
+//! `fn(&'static u32)`, a function that keeps its argument forever would
+//! reach a body that calls it with a short-lived reference. Neither that
+//! coercion nor a lifetime's shrinking or growing compiles:
+//!
+//! ```compile_fail,E0308
+//! use stackful::greenlet::Greenlet;
+//! fn coerce(g: Greenlet<for<'a> fn(&'a u32)>) -> Greenlet<fn(&'static u32)> {
+//!     g
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use stackful::greenlet::Greenlet;
+//! fn shrink<'a>(g: Greenlet<&'static u32>) -> Greenlet<&'a u32> {
+//!     g
+//! }
+//! ```
+//!
+//! [`SwitchError<T>`] only gives back a value the caller owned: it is
+//! covariant in `T`, as any container of a value is.
 //!
 //! # Threads
 //!
@@ -131,6 +273,18 @@ static DEAD: Gate = Gate {
     name: || "nothing (it is dead)",
 };
 
+/// The type of no value: the gate of a killer waiting for its victim.
+enum Killing {}
+
+/// The gate of a greenlet that waits in `kill_core` for its victim's
+/// death, the only thing that may wake it. A static, so that it has one
+/// address: a suspended greenlet waits there exactly when its gate is this
+/// (see [`waits_in_kill`]).
+static KILLING: Gate = Gate {
+    id: TypeId::of::<Killing>(),
+    name: || "nothing (it waits in kill() for another greenlet to die)",
+};
+
 /// The fields a switch touches, first in every [`Core`] so that `CURRENT`
 /// can point at them.
 #[repr(C)]
@@ -195,28 +349,45 @@ thread_local! {
     /// so that a switch costs no reference counting: the running
     /// greenlet's core is kept alive by its own first frame (`entry` holds
     /// an `Rc` to it), or, for the main greenlet, by `MAIN`.
+    ///
+    /// Like `MAIN` and `MAILBOX`, it has no destructor, so it is there for
+    /// every thread-local destructor at thread exit, whatever the order in
+    /// which they run: a greenlet killed by one can always switch.
     static CURRENT: Cell<*const Hot> = const { Cell::new(ptr::without_provenance(SLOW)) };
-    /// The thread's implicit main greenlet.
-    static MAIN: Rc<Core> = {
-        let main = Rc::new(Core {
-            hot: Hot {
-                sp: Cell::new(0),
-                gate: Cell::new(&FRESH),
-                killed_by: Cell::new(ptr::null()),
-                link: Cell::new(ptr::null_mut()),
-            },
-            life: Cell::new(Life::Started),
-            parent: RefCell::new(None),
-            stack: RefCell::new(None),
-            handles: Cell::new(0),
-            main: true,
-            scratch: Cell::new(0),
-            fiber: Fiber::current(),
-            asan: AsanPeer::default(),
-        });
-        main.hot.link.set(main.scratch.as_ptr());
-        main
-    };
+    /// The thread's implicit main greenlet (from `Rc::into_raw`), null
+    /// before the thread's first use; owned by `MAIN_OWNER`, or leaked.
+    static MAIN: Cell<*const Core> = const { Cell::new(ptr::null()) };
+    /// Frees the main greenlet's core at thread exit, if nothing needs it
+    /// any more (see [`MainOwner`]).
+    static MAIN_OWNER: MainOwner = const { MainOwner };
+}
+
+/// Frees the thread's main greenlet at thread exit.
+struct MainOwner;
+
+impl Drop for MainOwner {
+    fn drop(&mut self) {
+        let main = MAIN.with(Cell::get);
+        if main.is_null() || running_ptr() != main {
+            return;
+        }
+        // SAFETY: a non-null MAIN came from Rc::into_raw and still holds
+        // its count (released only here).
+        let main = unsafe { Rc::from_raw(main) };
+        if Rc::strong_count(&main) == 1 {
+            // Nothing else refers to it (a live greenlet would, through its
+            // parent chain): free it, and let a later use (a thread-local
+            // destructor that runs after this one) start over.
+            MAIN.with(|m| m.set(ptr::null()));
+            CURRENT.with(|c| c.set(ptr::without_provenance(SLOW)));
+            drop(main);
+        } else {
+            // Greenlets still refer to it, and thread-local destructors
+            // that run later may kill them, switching from it: it is
+            // leaked, so that `CURRENT` stays valid to the end.
+            let _ = Rc::into_raw(main);
+        }
+    }
 }
 
 /// The running greenlet's core.
@@ -229,8 +400,38 @@ fn running_ptr() -> *const Core {
 /// The thread's first use of greenlets: the main greenlet is running.
 #[cold]
 fn first_use() -> *const Core {
-    let main = MAIN.with(Rc::as_ptr);
+    let main = MAIN.with(Cell::get);
+    let main = if main.is_null() { new_main() } else { main };
     set_running(main);
+    main
+}
+
+/// Makes the thread's main greenlet, owned by `MAIN_OWNER`; or, if that
+/// is already destroyed (a thread-local destructor at thread exit uses
+/// greenlets after it), leaked.
+#[cold]
+fn new_main() -> *const Core {
+    let main = Rc::new(Core {
+        hot: Hot {
+            sp: Cell::new(0),
+            gate: Cell::new(&FRESH),
+            killed_by: Cell::new(ptr::null()),
+            link: Cell::new(ptr::null_mut()),
+        },
+        life: Cell::new(Life::Started),
+        parent: RefCell::new(None),
+        stack: RefCell::new(None),
+        handles: Cell::new(0),
+        main: true,
+        scratch: Cell::new(0),
+        fiber: Fiber::current(),
+        asan: AsanPeer::default(),
+    });
+    main.hot.link.set(main.scratch.as_ptr());
+    let main = Rc::into_raw(main);
+    MAIN.with(|m| m.set(main));
+    // Registers the owner's destructor; after it ran, nobody frees `main`.
+    let _ = MAIN_OWNER.try_with(|_| ());
     main
 }
 
@@ -272,6 +473,24 @@ fn is_running(core: &Core) -> bool {
     ptr::eq(running_ptr(), core)
 }
 
+/// Whether `core` is a greenlet reached by a kill (running, or waiting in
+/// a kill of its own; a killed greenlet cannot be suspended otherwise).
+fn is_killed(core: &Core) -> bool {
+    !core.hot.killed_by.get().is_null()
+}
+
+/// Whether `core` is suspended in `kill_core`, waiting for its victim to
+/// die. Only its victim's death may wake it.
+///
+/// While a greenlet waits, only greenlets that a kill reached can run
+/// (its victim, their victims, ...: a killed greenlet cannot switch), so
+/// the waiting greenlets form one chain, each waiting for the next, that
+/// ends at the running greenlet: a greenlet that waits always waits for
+/// the caller's death, directly or through that chain.
+fn waits_in_kill(core: &Core) -> bool {
+    ptr::eq(core.hot.gate.get(), &KILLING) && !is_running(core)
+}
+
 /// A counted reference to a greenlet: when the last one goes, a started,
 /// suspended greenlet is killed.
 struct Handle(Rc<Core>);
@@ -293,13 +512,23 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let n = self.0.handles.get() - 1;
         self.0.handles.set(n);
-        if n == 0 && self.0.life.get() != Life::Dead && !self.0.main && !is_running(&self.0) {
-            // A thread that is exiting has no world left to switch in:
-            // the greenlet's stack is then leaked, never freed live.
-            if MAIN.try_with(|_| ()).is_ok() {
-                kill_core(&self.0);
-            }
+        if n == 0 && self.0.life.get() != Life::Dead && !self.0.main {
+            drop_last(&self.0);
         }
+    }
+}
+
+/// The last handle of a live greenlet other than a main one is gone: kill
+/// it, unless it is running (it goes on; if it then switches away with no
+/// handle made again, nothing can reach it and it is leaked, as
+/// `mem::forget` would) or waits in a kill of its own (it waits for the
+/// caller's death, see [`waits_in_kill`]: it goes on once its victim is
+/// dead, as a running greenlet with no handle).
+#[cold]
+#[inline(never)]
+fn drop_last(core: &Core) {
+    if !is_running(core) && !waits_in_kill(core) {
+        kill_core(core);
     }
 }
 
@@ -326,25 +555,55 @@ struct Mail {
 
 thread_local! {
     /// The one mail in flight: posted just before a switch with word 0,
-    /// taken right after it.
-    static MAILBOX: RefCell<Option<Mail>> = const { RefCell::new(None) };
+    /// taken right after it. `ManuallyDrop`, so that it has no destructor
+    /// (see `CURRENT`); it is empty whenever no switch is under way.
+    static MAILBOX: Cell<ManuallyDrop<Option<Mail>>> =
+        const { Cell::new(ManuallyDrop::new(None)) };
 }
 
 /// Posts `mail` for the receiver of the next switch.
 fn post(mail: Mail) {
-    MAILBOX.with(|m| *m.borrow_mut() = Some(mail));
+    let old = MAILBOX.with(|m| m.replace(ManuallyDrop::new(Some(mail))));
+    debug_assert!(old.is_none(), "a mail posted over another");
 }
 
-/// Takes the mail of the switch that just arrived with word 0.
-fn collect(me: &Core, from: usize) -> Kind {
-    let mail = MAILBOX
-        .with(|m| m.borrow_mut().take())
-        .expect("stackful: a switch without its mail");
-    match mail.died {
-        None => link(me, from),
-        Some(dead) => drop(dead.stack.borrow_mut().take()),
+/// Takes the mail of the switch that just arrived with word 0, and links
+/// to its sender unless that one died. A dead sender's core comes back in
+/// the mail: its stack may still hold the value it sent, so the caller
+/// takes that first, then hands the core to [`bury`].
+fn collect(me: &Core, from: usize) -> Mail {
+    let mail = ManuallyDrop::into_inner(MAILBOX.with(Cell::take))
+        .unwrap_or_else(|| internal_error("a switch without its mail"));
+    if mail.died.is_none() {
+        link(me, from);
     }
-    mail.kind
+    mail
+}
+
+/// Frees a dead greenlet's stack (back to the pool) and drops the
+/// reference to its core that its last switch sent (which may drop the
+/// last handle of another greenlet, and kill it).
+fn bury(dead: Option<Rc<Core>>) {
+    if let Some(dead) = dead {
+        let stack = dead.stack.borrow_mut().take();
+        drop(stack);
+    }
+}
+
+/// [`bury`] for a greenlet about to start, which must not unwind before its
+/// body's `catch_unwind`: a panic (of a kill that the drop runs) comes back.
+#[cold]
+#[inline(never)]
+fn bury_caught(dead: Rc<Core>) -> std::thread::Result<()> {
+    panic::catch_unwind(AssertUnwindSafe(|| bury(Some(dead))))
+}
+
+/// A broken invariant of this module, found where going on could corrupt
+/// memory: report it and abort.
+#[cold]
+fn internal_error(what: &str) -> ! {
+    eprintln!("stackful: internal error in greenlet: {what}");
+    std::process::abort()
 }
 
 /// The payload with which a killed greenlet's stack unwinds.
@@ -459,8 +718,9 @@ impl<T> PartialEq for Greenlet<T> {
 
 impl<T> Eq for Greenlet<T> {}
 
-/// The greenlet running now (the thread's main greenlet outside any other).
-pub fn current<T>() -> Greenlet<T> {
+/// The greenlet running now (the thread's main greenlet outside any other),
+/// as a handle whose switches carry a `T` (checked when they happen).
+pub fn current<T: 'static>() -> Greenlet<T> {
     Greenlet::from_handle(Handle::new(running()))
 }
 
@@ -539,7 +799,8 @@ impl<T: 'static> Greenlet<T> {
     /// Transfers control to this greenlet now, passing `value`; returns
     /// the value passed by whatever switches back to the caller.
     ///
-    /// Switching to the running greenlet returns `value` at once.
+    /// Switching to the running greenlet returns `value` at once (unless a
+    /// kill has reached it: then this panics, as every switch it makes).
     ///
     /// # Panics
     /// With the [`SwitchError`]'s message when the switch is impossible
@@ -585,11 +846,13 @@ impl<T: 'static> Greenlet<T> {
         // SAFETY: the running greenlet's core is alive (see CURRENT).
         let me = unsafe { &*running_ptr() };
         let target = &*self.handle.0;
+        // A greenlet a kill reached makes no switch at all, not even one to
+        // itself.
+        if is_killed(me) {
+            panic::resume_unwind(Box::new(GreenletExit));
+        }
         if ptr::eq(me, target) {
             return Ok(value);
-        }
-        if !me.hot.killed_by.get().is_null() {
-            panic::resume_unwind(Box::new(GreenletExit));
         }
         if let Err(e) = check_target::<T>(target) {
             return Err(e.with_value(value));
@@ -646,14 +909,23 @@ impl<T> Greenlet<T> {
     /// it dead and returns. An unstarted greenlet's closure is dropped.
     /// Killing a dead greenlet does nothing.
     ///
+    /// Two kills that cannot be carried out return at once and do nothing
+    /// (see [Killing](self#killing)): of the running greenlet when a kill
+    /// has reached it already (it is dying), and of a greenlet that waits
+    /// in a `kill` of its own (it waits for the caller to die).
+    ///
     /// # Panics
-    /// When called on the running greenlet or on a main greenlet, which
-    /// cannot be unwound from outside.
+    /// When called on the running greenlet (not being killed) or on a main
+    /// greenlet (not waiting in a kill), which cannot be unwound from
+    /// outside.
     pub fn kill(&self) {
         let core = &self.handle.0;
         if core.life.get() == Life::Dead {
         } else if is_running(core) {
-            panic!("stackful: a greenlet cannot kill itself; return instead");
+            if !is_killed(core) {
+                panic!("stackful: a greenlet cannot kill itself; return instead");
+            }
+        } else if waits_in_kill(core) {
         } else if core.main {
             panic!("stackful: the main greenlet cannot be killed");
         } else {
@@ -788,10 +1060,19 @@ fn link(me: &Core, from: usize) {
 #[cold]
 #[inline(never)]
 fn receive_mail<T: 'static>(me: &Core, from: usize) -> T {
-    match collect(me, from) {
-        // SAFETY: as in `switch_to`: the sender checked our type.
-        Kind::Value(v) => unsafe { take::<T>(v) },
-        Kind::Panic(payload) => panic::resume_unwind(payload),
+    let mail = collect(me, from);
+    match mail.kind {
+        Kind::Value(v) => {
+            // SAFETY: as in `switch_to`: the sender checked our type. A
+            // dead sender's stack, where the value is, is freed only after.
+            let value = unsafe { take::<T>(v) };
+            bury(mail.died);
+            value
+        }
+        Kind::Panic(payload) => {
+            bury(mail.died);
+            panic::resume_unwind(payload)
+        }
         Kind::Kill(killer) => {
             mark_killed(me, killer);
             panic::resume_unwind(Box::new(GreenletExit))
@@ -800,26 +1081,38 @@ fn receive_mail<T: 'static>(me: &Core, from: usize) -> T {
 }
 
 /// Switches into `target` to unwind it, and waits until it is dead.
+///
+/// The killer's core must stay alive, and its stack where it is, until the
+/// victim's last switch comes back to it (the victim holds it as a raw
+/// pointer, `killed_by`): so nothing but that death may wake it. While it
+/// waits its gate is [`KILLING`], which admits no value; `kill` and the
+/// drop of a last handle leave a waiting greenlet alone; and every other
+/// greenlet that runs meanwhile is itself killed, so it cannot switch, and
+/// its own death goes to its killer, not to its parent.
 fn kill_core(target: &Core) {
     let me_ptr = running_ptr();
     // SAFETY: the running greenlet's core is alive (see CURRENT).
     let me = unsafe { &*me_ptr };
-    // While we wait, no value can be switched into us: we expect a type
-    // nobody else can name.
-    me.hot.gate.set(GateOf::<GreenletExit>::GATE);
+    me.hot.gate.set(&KILLING);
     post(Mail {
         kind: Kind::Kill(me_ptr),
         died: None,
     });
     let (back, from) = raw_switch(me, target, 0);
-    debug_assert_eq!(back, 0, "a dying greenlet answers its killer by mail");
     // A killer that was itself killed (it kills from a destructor while it
     // unwinds) comes back without the SLOW bit: put it back.
     retag(me);
-    match collect(me, from) {
-        Kind::Value(_) | Kind::Kill(_) => {}
-        Kind::Panic(payload) if std::thread::panicking() => drop(payload),
-        Kind::Panic(payload) => panic::resume_unwind(payload),
+    let mail = collect(me, from);
+    let victims_death = back == 0
+        && matches!(mail.kind, Kind::Value(0) | Kind::Panic(_))
+        && mail.died.as_deref().is_some_and(|d| ptr::eq(d, target));
+    if !victims_death {
+        internal_error("a killer was woken before its victim died");
+    }
+    bury(mail.died);
+    match mail.kind {
+        Kind::Panic(payload) if !std::thread::panicking() => panic::resume_unwind(payload),
+        _ => {}
     }
 }
 
@@ -837,24 +1130,41 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     after_switch(&AsanSave::new());
     let me = running();
     me.life.set(Life::Started);
-    let first = if msg != 0 {
+    let (first, sender) = if msg != 0 {
         link(&me, from);
-        Kind::Value(msg)
+        (Kind::Value(msg), None)
     } else {
-        collect(&me, from)
+        let mail = collect(&me, from);
+        (mail.kind, mail.died)
     };
     let outcome = match first {
         Kind::Value(v) => {
             // SAFETY: the sender checked that we expect a T (our input
-            // type) and sent the address of a ManuallyDrop<T>.
+            // type) and sent the address of a ManuallyDrop<T>, on its stack,
+            // which a dead sender's `bury` frees only after.
             let input = unsafe { take::<T>(v) };
-            panic::catch_unwind(AssertUnwindSafe(|| f(input)))
+            // Only then may that stack go (outside the body's closure, which
+            // stays as lean as it was for the switches it makes).
+            match sender.map_or(Ok(()), bury_caught) {
+                Ok(()) => panic::catch_unwind(AssertUnwindSafe(|| f(input))),
+                Err(p) => panic::catch_unwind(AssertUnwindSafe(|| {
+                    drop(input);
+                    drop(f)
+                }))
+                .and(Err(p)),
+            }
         }
         Kind::Kill(killer) => {
+            // A kill comes from a live greenlet: nothing to bury.
+            debug_assert!(sender.is_none());
             mark_killed(&me, killer);
             panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(Box::new(GreenletExit)))
         }
-        Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(payload)),
+        Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| {
+            bury(sender);
+            drop(f)
+        }))
+        .and(Err(payload)),
     };
     me.life.set(Life::Dead);
     me.hot.gate.set(&DEAD);
