@@ -44,6 +44,6 @@ pub(crate) use imp::prefetch;
 #[cfg(feature = "std")]
 pub(crate) use imp::valgrind_request;
 pub(crate) use imp::{
-    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack,
-    switch_call, switch_jump, switch_return,
+    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch_call,
+    switch_jump, switch_return,
 };

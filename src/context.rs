@@ -230,7 +230,12 @@ pub(crate) unsafe fn switch(
 /// # Safety
 /// As `arch::switch_call`.
 #[inline(always)]
-unsafe fn arch_switch(arg: usize, to: usize, link: *mut usize, depart: Depart) -> (usize, *mut usize) {
+unsafe fn arch_switch(
+    arg: usize,
+    to: usize,
+    link: *mut usize,
+    depart: Depart,
+) -> (usize, *mut usize) {
     // SAFETY: as the caller promises.
     unsafe {
         match depart {

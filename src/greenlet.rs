@@ -211,7 +211,7 @@ use std::rc::Rc;
 use crate::arch;
 use crate::context::{self, Depart, Enter, Tsan, addr, take};
 use crate::coroutine::Marker;
-use crate::sanitizer::{self, AsanPeer, AsanSave, Fiber};
+use crate::sanitizer::{AsanPeer, Fiber};
 use crate::stack::{DefaultStack, Stack};
 
 /// Where a greenlet is in its life. Whether a started greenlet is running
@@ -990,7 +990,13 @@ fn raw_switch(me: &Core, target: &Core, arg: usize) -> (usize, usize) {
     // into our core, which stays alive while we are suspended: nobody frees
     // a suspended core but through a kill, which resumes it first.
     let back = unsafe {
-        context::switch(arg, target.hot.sp.get(), me.hot.sp.as_ptr(), Depart::Jump, enter)
+        context::switch(
+            arg,
+            target.hot.sp.get(),
+            me.hot.sp.as_ptr(),
+            Depart::Jump,
+            enter,
+        )
     };
     learn_switcher(back.bounds);
     (back.word, back.from)
@@ -1001,25 +1007,6 @@ thread_local! {
     /// The greenlet that made the last switch (null if it was dying), so
     /// that its stack's bounds, which ASan reports on arrival, are learned.
     static ASAN_PREV: Cell<*const Core> = const { Cell::new(ptr::null()) };
-}
-
-/// Tells the sanitizers about a switch from `me` (`None`: a dying
-/// greenlet, whose `save` is `None` too) into `target`.
-#[inline(always)]
-fn before_switch(me: Option<&Core>, target: &Core, save: Option<&mut AsanSave>) {
-    let (bottom, size) = target.asan.get();
-    sanitizer::start_switch(save, bottom, size);
-    target.fiber.switch_to();
-    #[cfg(feature = "asan")]
-    ASAN_PREV.with(|p| p.set(me.map_or(ptr::null(), |m| m as *const Core)));
-    #[cfg(not(feature = "asan"))]
-    let _ = me;
-}
-
-/// Completes a switch on arrival for the sanitizers.
-#[inline(always)]
-fn after_switch(save: &AsanSave) {
-    learn_switcher(sanitizer::finish_switch(save));
 }
 
 /// Remembers the bounds of the stack of the greenlet that switched to us,
@@ -1125,9 +1112,20 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     from: usize,
     data: usize,
 ) -> ! {
-    // SAFETY: `with_stack` wrote an F at `data`; it is read once, here.
-    let f = unsafe { ptr::read(ptr::with_exposed_provenance::<F>(data)) };
-    after_switch(&AsanSave::new());
+    // The closure stays where `with_stack` wrote it until the call or the
+    // drop that consumes it (every move of a large closure would be a copy
+    // on this stack, which `place_closure` could not count).
+    let f = ptr::with_exposed_provenance_mut::<F>(data);
+    let call = move |input: T| {
+        // SAFETY: `with_stack` wrote an F at `f`; this or `drop_f`
+        // consumes it, once.
+        (unsafe { ptr::read(f) })(input)
+    };
+    let drop_f = move || {
+        // SAFETY: as for `call`.
+        unsafe { ptr::drop_in_place(f) }
+    };
+    learn_switcher(context::arrive());
     let me = running();
     me.life.set(Life::Started);
     let (first, sender) = if msg != 0 {
@@ -1146,10 +1144,10 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             // Only then may that stack go (outside the body's closure, which
             // stays as lean as it was for the switches it makes).
             match sender.map_or(Ok(()), bury_caught) {
-                Ok(()) => panic::catch_unwind(AssertUnwindSafe(|| f(input))),
+                Ok(()) => panic::catch_unwind(AssertUnwindSafe(|| call(input))),
                 Err(p) => panic::catch_unwind(AssertUnwindSafe(|| {
                     drop(input);
-                    drop(f)
+                    drop_f()
                 }))
                 .and(Err(p)),
             }
@@ -1158,11 +1156,11 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             // A kill comes from a live greenlet: nothing to bury.
             debug_assert!(sender.is_none());
             mark_killed(&me, killer);
-            panic::catch_unwind(AssertUnwindSafe(|| drop(f))).and(Err(Box::new(GreenletExit)))
+            panic::catch_unwind(AssertUnwindSafe(drop_f)).and(Err(Box::new(GreenletExit)))
         }
         Kind::Panic(payload) => panic::catch_unwind(AssertUnwindSafe(|| {
             bury(sender);
-            drop(f)
+            drop_f()
         }))
         .and(Err(payload)),
     };
@@ -1209,16 +1207,18 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     let target = unsafe { &*target };
     let sp = target.hot.sp.get();
     set_running(target);
-    // Our stack is finished for good (it goes back to the pool).
-    sanitizer::stack_abandoned();
-    before_switch(None, target, None);
-    let mut scratch = 0usize;
+    // We are dying: the target learns no bounds of ours.
+    #[cfg(feature = "asan")]
+    ASAN_PREV.with(|p| p.set(ptr::null()));
+    let enter = Enter {
+        bounds: Some(target.asan.get()),
+        tsan: Tsan::To(target.fiber),
+    };
     // SAFETY: `sp` is the context of a live (not dead, not running)
     // greenlet, suspended in a switch or not started; nothing resumes the
-    // dead greenlet we leave, so this call never returns and `scratch` is
-    // never read.
-    unsafe { arch::switch_jump(0, sp, &mut scratch) };
-    unreachable!("stackful: a dead greenlet was resumed");
+    // dead greenlet we leave (our stack is finished for good: it goes back
+    // to the pool).
+    unsafe { context::leave_for_good(0, sp, Depart::Jump, enter) }
 }
 
 /// The nearest ancestor that is not dead (the main greenlet at worst).

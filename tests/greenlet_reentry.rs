@@ -512,9 +512,9 @@ fn a_kill_unwinds_through_a_coroutine_or_on_stack_inside_the_greenlet() {
     let (d, m) = (drops.clone(), main.clone());
     let in_on_stack = Greenlet::new(move |()| {
         let _outer = d.guard();
-        let mut stack = DefaultStack::new(256 * 1024).unwrap();
+        let stack = DefaultStack::new(256 * 1024).unwrap();
         let d2 = d.clone();
-        stackful::on_stack(&mut stack, move || {
+        stackful::on_stack(stack, move || {
             let _inner = d2.guard();
             m.switch(());
             unreachable!("killed while suspended");
