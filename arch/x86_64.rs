@@ -209,8 +209,20 @@ unsafe extern "C" fn trampoline() {
 /// literals. Returns (the word that came back, the link of the context that
 /// switched back: `*link` is its sp).
 macro_rules! switch {
-    ($arg:expr, $to:expr, $link:expr, $($depart:literal,)+) => {{
-        let (word, link): (usize, *mut usize);
+    // A resume or a suspend: the context that switches back passes the
+    // same link (a coroutine and its resumer share the link word), so rdx
+    // comes back as it went and the compiler may keep it there.
+    (paired $arg:expr, $to:expr, $link:expr, $($depart:literal,)+) => {
+        switch!(@asm back, $arg, $to, $link, (in("rdx") $link), $($depart,)+)
+    };
+    // A symmetric switch: rdx comes back as the link of whoever switched.
+    (any $arg:expr, $to:expr, $link:expr, $($depart:literal,)+) => {
+        switch!(@asm back, $arg, $to, $link, (inout("rdx") $link => back), $($depart,)+)
+    };
+    (@asm $back:ident, $arg:expr, $to:expr, $link:expr, ($($rdx:tt)*), $($depart:literal,)+) => {{
+        #[allow(unused_mut, unused_assignments)]
+        let mut $back: *mut usize = $link;
+        let word: usize;
         // SAFETY: the caller vouches for `to` and `link`. Every register
         // the other context may change is an output or clobber below,
         // except rbx, rbp and rsp, which the block saves and restores
@@ -232,9 +244,7 @@ macro_rules! switch {
                 "pop rbp",
                 inout("rdi") $arg => word,
                 inout("rsi") $to => _,
-                inout("rdx") $link => link,
-                // Scratch for the departure.
-                out("rax") _,
+                $($rdx)*,
                 // System V: r12 to r15 are callee-saved, so the other
                 // context may have changed them; declaring them clobbered
                 // makes the compiler save those that are live.
@@ -244,7 +254,7 @@ macro_rules! switch {
                 clobber_abi("sysv64"),
             );
         }
-        (word, link)
+        (word, $back)
     }};
 }
 
@@ -254,16 +264,18 @@ macro_rules! switch {
 /// a `ret`. Stores the running context's saved sp into `*link`.
 ///
 /// Returns when some context switches back here: the word it passed and
-/// its link (`*link` is its sp).
+/// its link (`*link` is its sp), which is `link` itself.
 ///
 /// # Safety
 /// `to` must be the sp of a suspended context (from [`init_stack`] or from
 /// a switch away from it) that is resumed nowhere else, on a stack that is
-/// still alive; `link` must be valid for a write of one word.
+/// still alive; `link` must be valid for a write of one word; and every
+/// switch back to this one must pass the same `link` (rdx is assumed to
+/// come back unchanged).
 #[inline(always)]
 pub unsafe fn switch_call(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
     switch!(
-        arg,
+        paired arg,
         to,
         link,
         // The call pushes our continuation (label 2, the next instruction)
@@ -286,18 +298,23 @@ pub unsafe fn switch_call(arg: usize, to: usize, link: *mut usize) -> (usize, *m
 /// resume's `call`. Also a coroutine's last switch.
 ///
 /// # Safety
-/// As [`switch_call`]; and `to` should be the context whose resume entered
-/// the running one (anything else is correct, only mispredicted).
+/// As [`switch_call`] (the same `link` on the way back included); and `to`
+/// should be the context whose resume entered the running one (anything
+/// else is correct, only mispredicted).
 #[inline(always)]
 pub unsafe fn switch_return(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
     switch!(
-        arg,
+        paired arg,
         to,
         link,
-        // Push our continuation by hand, publish our sp, move onto the
+        // Push our continuation (its address is a word of read-only data,
+        // so that one push does it), publish our sp, move onto the
         // target's continuation and return to it.
-        "lea rax, [rip + 2f]",
-        "push rax",
+        "push qword ptr [rip + 4f]",
+        ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
+        ".p2align 3",
+        "4: .quad 2f",
+        ".popsection",
         "mov [rdx], rsp",
         "mov rsp, rsi",
         "ret",
@@ -308,18 +325,23 @@ pub unsafe fn switch_return(arg: usize, to: usize, link: *mut usize) -> (usize, 
 /// switches back is anyone's guess): the departure is an indirect `jmp`,
 /// which leaves the RSB as it is.
 ///
+/// Returns the word and the link of whoever switched back.
+///
 /// # Safety
-/// As [`switch_call`].
+/// As [`switch_call`], but for the link on the way back, which may be any.
 #[inline(always)]
 pub unsafe fn switch_jump(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
     switch!(
-        arg,
+        any arg,
         to,
         link,
-        // Push our continuation by hand, publish our sp, move to the
-        // target past its continuation and jump to it.
-        "lea rax, [rip + 2f]",
-        "push rax",
+        // Push our continuation (as in `switch_return`), publish our sp,
+        // move to the target past its continuation and jump to it.
+        "push qword ptr [rip + 4f]",
+        ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
+        ".p2align 3",
+        "4: .quad 2f",
+        ".popsection",
         "mov [rdx], rsp",
         "lea rsp, [rsi + 8]",
         "jmp qword ptr [rsi]",

@@ -257,21 +257,27 @@ pub(crate) fn arrive() -> (usize, usize) {
 /// The last switch away from a context that is finished for good: to the
 /// suspended context `to`, carrying `arg`, from a stack that may be reused
 /// or freed as soon as this switch is made (ASan forgets its frames and
-/// fake stack). Never returns.
+/// fake stack); our last sp goes to `*link` (a `Return` must pass the link
+/// its resume passed, see `arch::switch_return`). Never returns.
 ///
 /// # Safety
 /// As [`switch`]; and nothing switches back to the context that leaves.
 #[inline(always)]
-pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, depart: Depart, enter: Enter) -> ! {
+pub(crate) unsafe fn leave_for_good(
+    arg: usize,
+    to: usize,
+    link: *mut usize,
+    depart: Depart,
+    enter: Enter,
+) -> ! {
     sanitizer::stack_abandoned();
     if let Some((bottom, size)) = enter.bounds {
         sanitizer::start_switch(None, bottom, size);
     }
     enter.tsan.announce();
-    let mut scratch = 0usize;
-    // SAFETY: as the caller promises; the sp we leave goes to a word that
-    // nothing resumes from (a receiver may read it as `from`).
-    unsafe { arch_switch(arg, to, &mut scratch, depart) };
+    // SAFETY: as the caller promises; nothing resumes from the sp we leave
+    // in `*link` (a receiver may read it as `from`).
+    unsafe { arch_switch(arg, to, link, depart) };
     unreachable!("stackful: a context that left for good was resumed");
 }
 

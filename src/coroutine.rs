@@ -729,7 +729,7 @@ where
     // SAFETY: as in `suspend`: the link word holds the resumer's sp, which
     // switched in and waits for our last word; nothing resumes us again
     // (the resumer marks the coroutine done).
-    unsafe { context::leave_for_good(SIGNAL, *yielder.link, Depart::Return, enter) }
+    unsafe { context::leave_for_good(SIGNAL, *yielder.link, yielder.link, Depart::Return, enter) }
 }
 
 /// A resume of a finished coroutine: drop its input, panic.

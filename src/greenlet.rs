@@ -1214,11 +1214,13 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
         bounds: Some(target.asan.get()),
         tsan: Tsan::To(target.fiber),
     };
+    // Our last sp goes to a word of this dying frame: nothing resumes it.
+    let mut scratch = 0usize;
     // SAFETY: `sp` is the context of a live (not dead, not running)
     // greenlet, suspended in a switch or not started; nothing resumes the
     // dead greenlet we leave (our stack is finished for good: it goes back
     // to the pool).
-    unsafe { context::leave_for_good(0, sp, Depart::Jump, enter) }
+    unsafe { context::leave_for_good(0, sp, &mut scratch, Depart::Jump, enter) }
 }
 
 /// The nearest ancestor that is not dead (the main greenlet at worst).

@@ -376,7 +376,7 @@ unsafe extern "C" fn run<F: FnOnce() -> R, R>(_arg: usize, _from: usize, data: u
     // SAFETY: the link word holds the sp that `on_stack` left while
     // switching here; it is suspended in that switch. Nothing of ours
     // needs dropping: this frame is abandoned, never resumed.
-    unsafe { context::leave_for_good(0, *link, Depart::Return, back) }
+    unsafe { context::leave_for_good(0, *link, link, Depart::Return, back) }
 }
 
 /// Records `[lo, hi)` as the stack of a running `on_stack` call and caches
