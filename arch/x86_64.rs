@@ -19,35 +19,44 @@
 //! # How a switch runs
 //!
 //! The running context pushes rbp, rbx and its continuation, stores its sp
-//! where the caller asked (`link`), moves to the target's stack just past
-//! the target's continuation and *departs* to that continuation. What it
-//! finds there is the second half of the target's own switch: it pops the
-//! target's rbx and rbp, and the target runs on, with the word in rdi and
-//! the switcher's `link` in rdx (so `*link`, the switcher's sp, is there for
-//! a target that wants it, at the cost of a load only where it is read).
+//! where the caller asked (`link`) and *departs* to the target's
+//! continuation, the second half of the target's own switch, which *arrives*:
+//! pops the target's rbx and rbp, and the target runs on, with the word in
+//! rdi and the switcher's `link` in rdx (so `*link`, the switcher's sp, is
+//! there for a target that wants it, at the cost of a load only where it is
+//! read).
 //!
-//! The departure comes in three kinds, and only in them do the switches
-//! differ; frames and arrivals are the same, so any context may be resumed
-//! by any kind:
+//! The departure comes in three kinds, chosen so that the CPU's return
+//! predictor (the return-stack buffer, RSB) sees every `call` matched by
+//! exactly one `ret`, as in ordinary code:
 //!
 //! - [`switch_call`], for a *resume* (a coroutine entered by the code that
-//!   will get it back): the continuation is pushed by a `call` to a stub
-//!   that moves to the target and jumps to it. The `call` pushes the
-//!   continuation onto the CPU's return-stack buffer (RSB) as well;
-//! - [`switch_return`], for a *suspend* (back to whoever resumed): the
-//!   continuation is pushed by hand and the departure is a `ret` from the
-//!   target's stack, which pops the entry that the resume's `call` pushed:
-//!   the RSB predicts it, and stays balanced;
+//!   will get it back): the continuation is pushed by a `call` (which also
+//!   pushes it on the RSB) to a stub that jumps to the target's
+//!   continuation, rsp still on our stack;
+//! - [`switch_return`], for a *suspend* (back to whoever resumed us), and a
+//!   coroutine's last switch: the continuation is pushed by hand, rsp moved
+//!   onto the target's continuation and the departure is a `ret`, which
+//!   pops the RSB entry the resume's `call` pushed: predicted, balanced;
 //! - [`switch_jump`], for a symmetric switch (greenlets): continuation
-//!   pushed by hand, an indirect `jmp`; the RSB is not touched.
+//!   pushed by hand, an indirect `jmp`, rsp still on our stack; the RSB is
+//!   not touched.
 //!
-//! So every `call` is matched by exactly one `ret`, as in ordinary code.
-//! The previous protocol departed with an indirect `call` and arrived with
-//! no `ret`: each switch left an RSB entry that was never popped, and the
-//! real returns after it were predicted from the wrong entries. Measured
-//! here (`benches/callgrind.sh`, pinned, alternating; README): the round
-//! trip took fewer instructions than corosensei's but more time, which the
-//! paired protocol brings back below corosensei's.
+//! A `ret` leaves rsp on the target's stack, a `call` or a `jmp` on ours, so
+//! there are two arrivals: at a resume's continuation (reached by `ret`s
+//! only) rsp is already past it; at a suspend's or a greenlet's
+//! continuation and at the trampoline (reached by `call`s and `jmp`s) the
+//! target moves to its own stack itself (`lea rsp, [rsi + 8]`, rsi being the
+//! sp the switcher was given). rsp never points anywhere but at a live
+//! stack: a resume of a finished coroutine meets the dead frame (a static)
+//! without moving there.
+//!
+//! Why: the previous protocol departed with an indirect `call` and arrived
+//! with no `ret`, so each switch left an RSB entry that was never popped,
+//! and the real returns after it were predicted from the wrong entries.
+//! Its round trip took fewer instructions than corosensei's but more time;
+//! the README has both protocols' figures beside corosensei's, measured in
+//! one sitting (`benches/callgrind.sh`, pinned, alternating).
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
@@ -130,15 +139,13 @@ pub fn dead_sp() -> usize {
 #[unsafe(naked)]
 unsafe extern "C" fn dead_continuation() {
     naked_asm!(
-        // rsi = the dead sp, rdx = the caller's link, which now holds the
-        // caller's sp. Back onto the caller's stack, at its switch frame;
-        // the link word holds the dead sp again, so the layer above still
-        // finds its context dead.
-        "mov rsp, [rdx]",
+        // Entered by a resume (`switch_call`), still on the caller's stack
+        // (rsp = its sp), with rsi = the dead sp and rdx = the caller's
+        // link, which now holds the caller's sp. Put the dead sp back in
+        // the link, so that the layer above still finds its context dead.
         "mov [rdx], rsi",
-        // The word 0; depart with `ret` to the caller's continuation, which
-        // pops the RSB entry of the caller's `call` (a resume: the only
-        // switch that meets a dead sp).
+        // The word 0, and back to the caller's continuation with a `ret`,
+        // which pops the RSB entry of the caller's `call`.
         "xor edi, edi",
         "ret",
     )
@@ -164,9 +171,10 @@ pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usiz
     sp
 }
 
-/// The continuation of a fresh context: entered as every continuation is,
-/// with rsp just past it on our stack (initial sp + 8), rdi = arg and rdx =
-/// the switcher's link, which holds the switcher's sp.
+/// The continuation of a fresh context: entered by a `call` or a `jmp`
+/// departure (a resume, or a greenlet's switch), with rsp still on the
+/// switcher's stack, rsi = our initial sp, rdi = arg and rdx = the
+/// switcher's link, which holds the switcher's sp.
 ///
 /// Its CFI sends unwinders through the link word to the resumer's frames.
 ///
@@ -190,7 +198,9 @@ unsafe extern "C" fn trampoline() {
         ".cfi_offset rip, -24",
         ".cfi_offset rbx, -16",
         ".cfi_offset rbp, -8",
-        // The second half of every switch: pop our rbx (data) and rbp (0).
+        // The arrival of `switch_return`: move to our stack past our
+        // continuation, pop our rbx (data) and rbp (0).
+        "lea rsp, [rsi + 8]",
         "pop rbx",
         "pop rbp",
         // entry(arg = rdi, from = the switcher's sp, data = rbx); rsp = top -
@@ -204,22 +214,27 @@ unsafe extern "C" fn trampoline() {
     )
 }
 
-/// One switch, departing as `$depart` says (see "How a switch runs"):
-/// the asm lines that push our continuation and leave, given as string
-/// literals. Returns (the word that came back, the link of the context that
-/// switched back: `*link` is its sp).
+/// One switch: push rbp and rbx, then the `$depart` lines (push our
+/// continuation, label 2, publish our sp through rdx, depart), then at
+/// label 2 the `$arrive` lines (back on our stack, pop rbx and rbp).
+/// Returns (the word that came back, the link of the context that switched
+/// back: `*link` is its sp).
 macro_rules! switch {
     // A resume or a suspend: the context that switches back passes the
     // same link (a coroutine and its resumer share the link word), so rdx
-    // comes back as it went and the compiler may keep it there.
-    (paired $arg:expr, $to:expr, $link:expr, $($depart:literal,)+) => {
-        switch!(@asm back, $arg, $to, $link, (in("rdx") $link), $($depart,)+)
+    // comes back as it went.
+    (paired $arg:expr, $to:expr, $link:expr, [$($depart:literal,)+], [$($arrive:literal,)+]) => {
+        switch!(@asm back, $arg, $to, $link, (in("rdx") $link), [$($depart,)+], [$($arrive,)+])
     };
     // A symmetric switch: rdx comes back as the link of whoever switched.
-    (any $arg:expr, $to:expr, $link:expr, $($depart:literal,)+) => {
-        switch!(@asm back, $arg, $to, $link, (inout("rdx") $link => back), $($depart,)+)
+    (any $arg:expr, $to:expr, $link:expr, [$($depart:literal,)+], [$($arrive:literal,)+]) => {
+        switch!(
+            @asm back, $arg, $to, $link, (inout("rdx") $link => back),
+            [$($depart,)+], [$($arrive,)+]
+        )
     };
-    (@asm $back:ident, $arg:expr, $to:expr, $link:expr, ($($rdx:tt)*), $($depart:literal,)+) => {{
+    (@asm $back:ident, $arg:expr, $to:expr, $link:expr, ($($rdx:tt)*),
+        [$($depart:literal,)+], [$($arrive:literal,)+]) => {{
         #[allow(unused_mut, unused_assignments)]
         let mut $back: *mut usize = $link;
         let word: usize;
@@ -233,15 +248,11 @@ macro_rules! switch {
                 // reserves (rbp: frame pointer; rbx: base pointer).
                 "push rbp",
                 "push rbx",
-                // Push our continuation (label 2), store our sp through
-                // rdx, move to the target and depart.
                 $($depart,)+
                 "2:",
-                // Here a context has departed to our continuation: rsp is
-                // just past it on our stack, rdi the word, rdx its link.
-                // Pop our rbx and rbp.
-                "pop rbx",
-                "pop rbp",
+                // Here a context has departed to our continuation, with
+                // the word in rdi and its link in rdx.
+                $($arrive,)+
                 inout("rdi") $arg => word,
                 inout("rsi") $to => _,
                 $($rdx)*,
@@ -269,27 +280,35 @@ macro_rules! switch {
 /// # Safety
 /// `to` must be the sp of a suspended context (from [`init_stack`] or from
 /// a switch away from it) that is resumed nowhere else, on a stack that is
-/// still alive; `link` must be valid for a write of one word; and every
-/// switch back to this one must pass the same `link` (rdx is assumed to
-/// come back unchanged).
+/// still alive, or [`dead_sp`]; `link` must be valid for a write of one
+/// word; and every switch back to this one must pass the same `link` (rdx
+/// is assumed to come back unchanged).
 #[inline(always)]
 pub unsafe fn switch_call(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
     switch!(
         paired arg,
         to,
         link,
-        // The call pushes our continuation (label 2, the next instruction)
-        // on our stack and on the RSB, and goes to the stub, in a section
-        // of its own so that the continuation follows the call directly:
-        // it publishes our sp, moves to the target past its continuation
-        // and jumps there.
-        "call 3f",
-        ".pushsection .text.stackful_depart,\"ax\",@progbits",
-        "3:",
-        "mov [rdx], rsp",
-        "lea rsp, [rsi + 8]",
-        "jmp qword ptr [rsi]",
-        ".popsection",
+        [
+            // The call pushes our continuation (label 2, the next
+            // instruction) on our stack and on the RSB, and goes to a stub
+            // in a section of its own, so that the continuation follows
+            // the call directly: it publishes our sp and jumps to the
+            // target's continuation, still on our stack (the target moves
+            // to its own; rsp never points at the dead frame's static).
+            "call 3f",
+            ".pushsection .text.stackful_depart,\"ax\",@progbits",
+            "3:",
+            "mov [rdx], rsp",
+            "jmp qword ptr [rsi]",
+            ".popsection",
+        ],
+        [
+            // We are resumed by a `ret` (a suspend, a coroutine's end, the
+            // dead continuation): rsp is already past our continuation.
+            "pop rbx",
+            "pop rbp",
+        ]
     )
 }
 
@@ -298,26 +317,35 @@ pub unsafe fn switch_call(arg: usize, to: usize, link: *mut usize) -> (usize, *m
 /// resume's `call`. Also a coroutine's last switch.
 ///
 /// # Safety
-/// As [`switch_call`] (the same `link` on the way back included); and `to`
-/// should be the context whose resume entered the running one (anything
-/// else is correct, only mispredicted).
+/// As [`switch_call`] (the same `link` on the way back included); `to` is
+/// the context whose resume entered the running one (a live one, never
+/// [`dead_sp`]: the `ret` moves rsp onto it).
 #[inline(always)]
 pub unsafe fn switch_return(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
     switch!(
         paired arg,
         to,
         link,
-        // Push our continuation (its address is a word of read-only data,
-        // so that one push does it), publish our sp, move onto the
-        // target's continuation and return to it.
-        "push qword ptr [rip + 4f]",
-        ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
-        ".p2align 3",
-        "4: .quad 2f",
-        ".popsection",
-        "mov [rdx], rsp",
-        "mov rsp, rsi",
-        "ret",
+        [
+            // Push our continuation (its address is a word of read-only
+            // data, so that one push does it), publish our sp, move onto
+            // the target's continuation and return to it.
+            "push qword ptr [rip + 4f]",
+            ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
+            ".p2align 3",
+            "4: .quad 2f",
+            ".popsection",
+            "mov [rdx], rsp",
+            "mov rsp, rsi",
+            "ret",
+        ],
+        [
+            // We are resumed by a `call` (a resume): rsp is still the
+            // resumer's, rsi our own sp. Move past our continuation.
+            "lea rsp, [rsi + 8]",
+            "pop rbx",
+            "pop rbp",
+        ]
     )
 }
 
@@ -328,23 +356,31 @@ pub unsafe fn switch_return(arg: usize, to: usize, link: *mut usize) -> (usize, 
 /// Returns the word and the link of whoever switched back.
 ///
 /// # Safety
-/// As [`switch_call`], but for the link on the way back, which may be any.
+/// As [`switch_call`], but for the link on the way back, which may be any;
+/// and `to` is never [`dead_sp`].
 #[inline(always)]
 pub unsafe fn switch_jump(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
     switch!(
         any arg,
         to,
         link,
-        // Push our continuation (as in `switch_return`), publish our sp,
-        // move to the target past its continuation and jump to it.
-        "push qword ptr [rip + 4f]",
-        ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
-        ".p2align 3",
-        "4: .quad 2f",
-        ".popsection",
-        "mov [rdx], rsp",
-        "lea rsp, [rsi + 8]",
-        "jmp qword ptr [rsi]",
+        [
+            // Push our continuation (as in `switch_return`), publish our
+            // sp and jump to the target's continuation, still on our stack.
+            "push qword ptr [rip + 4f]",
+            ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
+            ".p2align 3",
+            "4: .quad 2f",
+            ".popsection",
+            "mov [rdx], rsp",
+            "jmp qword ptr [rsi]",
+        ],
+        [
+            // As in `switch_return`: rsp is the switcher's, rsi our sp.
+            "lea rsp, [rsi + 8]",
+            "pop rbx",
+            "pop rbp",
+        ]
     )
 }
 
