@@ -26,21 +26,28 @@ use crate::sanitizer::{self, AsanSave, Fiber};
 use crate::stack::Stack;
 
 /// The stack that a new context takes before its body's own frames,
-/// besides the first frame and the closure's one copy (see
+/// besides the first frame and the closure's copies (see
 /// [`place_closure`]): the entry's own frames and a forced unwind from a
-/// shallow body, which took at most 6.2 KiB in a debug build on x86_64,
-/// the first unwind of a process (`tests/stack_use.rs` measures it).
-pub(crate) const ENTRY_RESERVE: usize = 8 * 1024;
+/// shallow body, the first unwind of a process, measured in debug builds by
+/// `tests/stack_use.rs`: at most 6.2 KiB on x86_64, 8.9 KiB on aarch64.
+pub(crate) const ENTRY_RESERVE: usize = 12 * 1024;
+
+/// The copies of a closure that may land on its new stack when the body
+/// starts: the entry moves it out of its place once, straight into the
+/// call; a wrapping closure (`Generator`'s, `AsyncCoroutine`'s) moves it
+/// once more in a debug build (found by an adversarial test). Each may be
+/// realigned, so each counts its size plus its alignment.
+pub(crate) const COPIES: usize = 2;
 
 /// Moves `f` to the top of `stack` and lays out below it a first frame
 /// that will call `entry` with the closure's address; returns that address
 /// (16-aligned, the top of the frames) and the new context's sp.
 ///
 /// What the new context takes of the stack before the body's own frames:
-/// the closure at the top, the first frame, one copy of the closure (the
-/// entry must move it out of its place once, straight into the call) and
-/// [`ENTRY_RESERVE`]. Every stack of [`MIN_STACK_SIZE`] bytes or more has
-/// room for that with a closure of up to an eighth of it.
+/// the closure at the top, the first frame, [`COPIES`] copies of the
+/// closure, each with its alignment's padding, and [`ENTRY_RESERVE`].
+/// Every stack of [`MIN_STACK_SIZE`] bytes or more has room for that with a
+/// closure of up to an eighth of it (aligned to at most 16).
 ///
 /// # Panics
 /// When that does not fit in the stack (the closure is too large).
@@ -51,11 +58,15 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
     let (top, limit) = (stack.top(), stack.limit());
     let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
     let size = mem::size_of::<F>();
+    let below = (size + align)
+        .checked_mul(COPIES)
+        .and_then(|copies| copies.checked_add(arch::INIT_FRAME_SIZE + ENTRY_RESERVE));
     let closure = top
         .checked_sub(size)
         .map(|a| a & !(align - 1))
         .filter(|&a| {
-            a.checked_sub(arch::INIT_FRAME_SIZE + size + ENTRY_RESERVE)
+            below
+                .and_then(|below| a.checked_sub(below))
                 .is_some_and(|low| low >= limit)
         });
     let Some(closure) = closure else {
@@ -87,8 +98,9 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
 fn closure_too_large(stack: usize, closure: usize) -> ! {
     panic!(
         "stackful: a stack of {stack} bytes is too small for a closure of {closure} bytes: \
-         the closure, its copy when the body starts and {} more bytes for the first frames \
-         must fit; use a larger stack, or box the closure's large captures",
+         the closure, {COPIES} copies of it when the body starts (each with its alignment) \
+         and {} more bytes for the first frames must fit; use a larger stack, or box the \
+         closure's large captures",
         arch::INIT_FRAME_SIZE + ENTRY_RESERVE
     );
 }

@@ -348,11 +348,12 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// The closure itself is stored at the top of the stack, so creating a
     /// coroutine allocates nothing besides the stack.
     ///
-    /// Of the stack, the coroutine takes twice the closure's size (the
-    /// closure, and its copy when the body starts) and 8 KiB before the
-    /// body's own frames (for the first frames and a forced unwind). On a
-    /// stack of [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) a closure
-    /// of up to an eighth of it fits.
+    /// Of the stack, the coroutine takes three times the closure's size
+    /// (the closure, and room for two copies of it when the body starts,
+    /// each padded to the closure's alignment) and 12 KiB before the body's
+    /// own frames (for the first frames and a forced unwind). On a stack of
+    /// [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) a closure of up to
+    /// an eighth of it fits.
     ///
     /// # Panics
     /// When that does not fit in `stack` (the closure is too large for

@@ -1,8 +1,8 @@
 //! What a coroutine takes of its stack before its body's own frames, and
 //! that every stack size a constructor accepts runs a coroutine.
 //!
-//! `Coroutine::with_stack` counts, below the top: the closure, its one
-//! copy when the body starts, the first frame and 8 KiB for the entry's
+//! `Coroutine::with_stack` counts, below the top: the closure, two copies
+//! of it when the body starts, the first frame and 12 KiB for the entry's
 //! frames and a forced unwind. These tests measure what really lands on
 //! the stack (a buffer filled with a pattern, run on, and scanned for the
 //! lowest byte that changed) in the build under test, debug included,
@@ -16,8 +16,8 @@ use stackful::stack::MIN_STACK_SIZE;
 use stackful::{Coroutine, CoroutineResult, DefaultStack, SliceStack, Stack, Yielder};
 
 /// What `with_stack` counts besides twice the closure: the first frame
-/// (at most 64 bytes on every architecture) and the 8 KiB reserve.
-const COUNTED_BESIDES_THE_CLOSURE: usize = 64 + 8192;
+/// (at most 64 bytes on every architecture) and the 12 KiB reserve.
+const COUNTED_BESIDES_THE_CLOSURE: usize = 64 + 12 * 1024;
 
 /// The pattern the measured stacks are filled with.
 const PATTERN: u8 = 0xA5;

@@ -1,4 +1,4 @@
-//! [`DefaultStack`]: an anonymous mmap with a guard page below it, reused
+//! [`DefaultStack`]: an anonymous mmap with four guard pages below it, reused
 //! from a per-thread pool (needs the `std` feature).
 
 use std::io;
@@ -8,7 +8,7 @@ use super::mapping::Mapping;
 use super::os::page_size;
 use super::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, Stack, pool};
 
-/// A stack in an anonymous private mapping: one guard page, then `size`
+/// A stack in an anonymous private mapping: four guard pages, then `size`
 /// usable bytes. Dropping it returns the mapping to the current thread's
 /// pool (up to [`POOL_CAPACITY`](super::POOL_CAPACITY) stacks), so creating
 /// coroutines costs no system call in the steady state.
@@ -130,7 +130,7 @@ unsafe impl Stack for DefaultStack {
 
     #[inline]
     fn guard_size(&self) -> usize {
-        page_size()
+        super::mapping::GUARD_PAGES * page_size()
     }
 }
 
@@ -164,7 +164,7 @@ mod tests {
             stack.size(),
             (MIN_STACK_SIZE + 1).next_multiple_of(page_size())
         );
-        assert_eq!(stack.guard_size(), page_size());
+        assert_eq!(stack.guard_size(), 4 * page_size());
         assert_eq!(stack.top() % 16, 0);
         // The guard must really fault: the kernel reports EFAULT for a read
         // into it, whichever way it was installed.
@@ -174,7 +174,7 @@ mod tests {
         let errno = unsafe {
             assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
             assert_eq!(libc::write(fds[1], b"x".as_ptr().cast(), 1), 1);
-            let guard = (stack.limit() - page_size()) as *mut libc::c_void;
+            let guard = (stack.limit() - stack.guard_size()) as *mut libc::c_void;
             let n = libc::read(fds[0], guard, 1);
             let errno = io::Error::last_os_error().raw_os_error();
             libc::close(fds[0]);

@@ -1,6 +1,7 @@
 //! [`Mapping`]: the memory of one [`DefaultStack`](super::DefaultStack), an
-//! anonymous private mapping whose lowest page is a guard, registered with
-//! the guard registry and valgrind for as long as it is mapped.
+//! anonymous private mapping whose lowest [`GUARD_PAGES`] pages are a
+//! guard, registered with the guard registry and valgrind for as long as it
+//! is mapped.
 
 use std::io;
 use std::mem::ManuallyDrop;
@@ -11,28 +12,42 @@ use memmap2::{MmapMut, MmapOptions};
 use super::guards;
 use super::os::{MADV_GUARD_INSTALL, guard_install_works};
 
+/// The pages of a stack's guard. One page is not enough: LLVM's stack
+/// probes leave the last page of a frame unprobed, so a frame realigned to
+/// a page (a `#[repr(align(4096))]` local) can end right on the guard, and
+/// the next call then writes 4 KiB and more below the last probe, over a
+/// one-page guard into whatever lies below: with pooled stacks mapped back
+/// to back, the next stack's live frames (found by an adversarial test).
+/// Four pages cover that with room to spare; they cost address space only
+/// (`MADV_GUARD_INSTALL` keeps them in the stack's one mapping). Frames
+/// realigned to more than 8 KiB can still step over, as they can over a
+/// thread's guard.
+pub(crate) const GUARD_PAGES: usize = 4;
+
 /// How many mappings exist in the process (pooled or not).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// One guard page, then the usable bytes; unmapped (and unregistered)
+/// The guard pages, then the usable bytes; unmapped (and unregistered)
 /// when dropped.
 #[derive(Debug)]
 pub(crate) struct Mapping {
-    /// The guard page, then the usable bytes: the top is the mapping's
+    /// The guard pages, then the usable bytes: the top is the mapping's
     /// end. Taken out only by `drop`.
     map: ManuallyDrop<MmapMut>,
-    /// The lowest usable address: the mapping's start plus the guard page
+    /// The lowest usable address: the mapping's start plus the guard
     /// (kept, so that nothing but mapping asks the page size).
     limit: usize,
 }
 
 impl Mapping {
-    /// Maps `usable + page` bytes and installs the guard on the lowest page.
+    /// Maps the guard and `usable` bytes above it, and installs the guard
+    /// on the lowest [`GUARD_PAGES`] pages.
     #[cold]
     #[inline(never)]
     pub(crate) fn new(usable: usize, page: usize) -> io::Result<Mapping> {
+        let guard = GUARD_PAGES * page;
         let map = MmapOptions::new()
-            .len(usable + page)
+            .len(usable + guard)
             .stack()
             .no_reserve_swap()
             .map_anon()
@@ -40,14 +55,14 @@ impl Mapping {
         let base = map.as_ptr() as *mut libc::c_void;
         let guarded = guard_install_works()
             // SAFETY: `base` is the start of a private mapping we own, and
-            // one page of it is inside the mapping.
-            && unsafe { libc::madvise(base, page, MADV_GUARD_INSTALL) } == 0;
-        // SAFETY: as above; PROT_NONE on the first page of our own mapping.
-        if !guarded && unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            // the guard's pages are inside the mapping.
+            && unsafe { libc::madvise(base, guard, MADV_GUARD_INSTALL) } == 0;
+        // SAFETY: as above; PROT_NONE on the first pages of our own mapping.
+        if !guarded && unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
             return Err(exhausted(io::Error::last_os_error(), usable));
         }
-        guards::register(base as usize, page, usable);
-        let (limit, top) = (base as usize + page, base as usize + page + usable);
+        guards::register(base as usize, guard, usable);
+        let (limit, top) = (base as usize + guard, base as usize + guard + usable);
         crate::sanitizer::valgrind_stack_register(limit, top);
         LIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Mapping {
