@@ -786,11 +786,7 @@ impl Hub {
             // Outside any task: nothing can wait here.
             return;
         }
-        let me = self.current_task();
-        if self.waits_on(task, &me) {
-            return;
-        }
-        task.wait_finished(self);
+        task.wait_finished(self, true);
     }
 
     /// A task kills itself: it unwinds from here unless an unwind the hub
@@ -810,20 +806,24 @@ impl Hub {
         }
     }
 
-    /// Whether `victim` waits (in a join or a kill), directly or through
-    /// a chain of such waits, for `me` to finish.
-    fn waits_on(&self, victim: &Rc<Task>, me: &Rc<Task>) -> bool {
-        let mut t = victim.clone();
+    /// The chain of tasks that `target` waits for (in joins and kills),
+    /// up to `me` if it leads there: `Some(chain)` when waiting for
+    /// `target` would close a cycle.
+    pub(crate) fn cycle_through(&self, target: &Rc<Task>, me: &Rc<Task>) -> Option<Vec<Rc<Task>>> {
+        if Rc::ptr_eq(target, me) {
+            return Some(Vec::new());
+        }
+        let mut chain = vec![target.clone()];
         // A chain has at most one link per live task.
         for _ in 0..=self.tasks.borrow().len() {
-            let next = t.waits_for.borrow().upgrade();
+            let next = chain.last().unwrap().waits_for.borrow().upgrade();
             match next {
-                Some(n) if Rc::ptr_eq(&n, me) => return true,
-                Some(n) => t = n,
-                None => return false,
+                Some(n) if Rc::ptr_eq(&n, me) => return Some(chain),
+                Some(n) => chain.push(n),
+                None => return None,
             }
         }
-        false
+        None
     }
 
     /// Runs ready tasks, timers and I/O until the task `main` finishes
@@ -870,6 +870,11 @@ impl Hub {
                             .next_deadline()
                             .map(|d| super::timer::poll_timeout(d, Instant::now()))
                     };
+                    let stuck = timeout.is_none() && self.nothing_can_wake();
+                    if stuck {
+                        // Take what may already be queued before concluding.
+                        timeout = Some(Duration::ZERO);
+                    }
                     if let Some(deadline) = deadline {
                         let now = Instant::now();
                         if now >= deadline {
@@ -877,11 +882,6 @@ impl Hub {
                         }
                         let left = super::timer::poll_timeout(deadline, now);
                         timeout = Some(timeout.map_or(left, |t| t.min(left)));
-                    }
-                    let stuck = timeout.is_none() && self.nothing_can_wake();
-                    if stuck {
-                        // Take what may already be queued before concluding.
-                        timeout = Some(Duration::ZERO);
                     }
                     let remote = self.io.poll(self, timeout);
                     if remote {

@@ -146,6 +146,8 @@ pub(crate) struct Task {
     /// The task this one waits to finish (in a join or a kill), to see a
     /// cycle of kills waiting on each other.
     pub(crate) waits_for: RefCell<Weak<Task>>,
+    /// The wait in `waits_for` is a kill's (given up on a cycle).
+    pub(crate) kill_waiting: Cell<bool>,
     /// The hub found every coroutine waiting with nothing left that could
     /// wake one (set on the main coroutine, raised at its park).
     pub(crate) deadlock: Cell<bool>,
@@ -180,25 +182,42 @@ impl Task {
             interrupt: Cell::new(None),
             waiters: RefCell::new(Vec::new()),
             waits_for: RefCell::new(Weak::new()),
+            kill_waiting: Cell::new(false),
             deadlock: Cell::new(false),
         }
     }
 
-    /// Parks the running task until `self` has finished (a join, or a kill
-    /// that waits for its victim's death).
+    /// Parks the running task until `self` has finished: a join, or with
+    /// `kill` the wait of a kill for its victim's death.
+    ///
+    /// A kill's wait is given up when it would close a cycle of waits (the
+    /// victim waits, through joins and kills, for the killer): when this
+    /// wait would close one, the kills waiting on the cycle are woken to
+    /// see it and give up; a cycle of joins alone is the caller's deadlock,
+    /// as with threads (the hub's deadlock detection reports it).
     #[track_caller]
-    pub(crate) fn wait_finished(self: &Rc<Task>, hub: &Hub) {
+    pub(crate) fn wait_finished(self: &Rc<Task>, hub: &Hub, kill: bool) {
         let me = hub.current_task();
         *me.waits_for.borrow_mut() = Rc::downgrade(self);
+        me.kill_waiting.set(kill);
         /// Forgets what the task waited for, however the wait ends.
         struct Forget<'a>(&'a Task);
         impl Drop for Forget<'_> {
             fn drop(&mut self) {
                 *self.0.waits_for.borrow_mut() = Weak::new();
+                self.0.kill_waiting.set(false);
             }
         }
         let _forget = Forget(&me);
         while self.state.get() != TaskState::Finished {
+            if let Some(chain) = hub.cycle_through(self, &me) {
+                if kill {
+                    return;
+                }
+                for t in chain.iter().filter(|t| t.kill_waiting.get()) {
+                    hub.wake_any(t);
+                }
+            }
             {
                 let mut waiters = self.waiters.borrow_mut();
                 if waiters.len() >= 8 {
@@ -277,7 +296,7 @@ impl<T> JoinHandle<T> {
         if std::ptr::eq(hub.current_ptr(), Rc::as_ptr(&self.task)) {
             panic!("stackful::hub: a coroutine cannot join itself");
         }
-        self.task.wait_finished(hub);
+        self.task.wait_finished(hub, false);
         self.take()
     }
 

@@ -1,0 +1,260 @@
+//! A model-based test of kills whose destructors re-enter the hub: random
+//! programs of tasks, each holding a value whose destructor runs a random
+//! list of hub calls (kill another task or itself, spawn, sleep, join,
+//! drop a handle), while the main task sleeps, kills and joins at random,
+//! and the end of `run` kills the rest. Every run must end (the whole
+//! proptest runs in a child process with a watchdog, so a hang, a crash or
+//! an abort fails it), every destructor must run exactly once, and every
+//! join must report what happened: the value if the body and its own
+//! destructor got to the end, `Killed` otherwise.
+#![cfg(feature = "hub")]
+
+#[path = "util/hub.rs"]
+mod hub_util;
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use stackful::hub::{self, JoinError, JoinHandle, KillHandle};
+use util::DropCounter;
+
+/// What a destructor does, in order.
+#[derive(Debug, Clone, Copy)]
+enum Cleanup {
+    /// Kills task `i % n` (itself included), waiting for its death.
+    Kill(usize),
+    /// Spawns a short task and detaches it.
+    Spawn,
+    /// Sleeps this many milliseconds (0: yields).
+    Sleep(u64),
+    /// Joins task `i % n` if its handle is still there and it was spawned
+    /// after this one (joins go one way: no cycle of joins).
+    Join(usize),
+    /// Drops task `i % n`'s handle (detaches it).
+    DropHandle(usize),
+    /// Kills the task whose destructor this is.
+    KillSelf,
+}
+
+/// What the main task does, in order, before it returns.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Sleep(u64),
+    Kill(usize),
+    Join(usize),
+    DropHandle(usize),
+}
+
+/// One task: the sleeps of its body, then its destructor's program.
+#[derive(Debug, Clone)]
+struct TaskProgram {
+    body: Vec<u64>,
+    cleanup: Vec<Cleanup>,
+}
+
+fn cleanup() -> impl Strategy<Value = Cleanup> {
+    prop_oneof![
+        (0usize..8).prop_map(Cleanup::Kill),
+        Just(Cleanup::Spawn),
+        (0u64..3).prop_map(Cleanup::Sleep),
+        (0usize..8).prop_map(Cleanup::Join),
+        (0usize..8).prop_map(Cleanup::DropHandle),
+        Just(Cleanup::KillSelf),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u64..4).prop_map(Step::Sleep),
+        (0usize..8).prop_map(Step::Kill),
+        (0usize..8).prop_map(Step::Join),
+        (0usize..8).prop_map(Step::DropHandle),
+    ]
+}
+
+fn task() -> impl Strategy<Value = TaskProgram> {
+    (
+        proptest::collection::vec(0u64..4, 0..3),
+        proptest::collection::vec(cleanup(), 0..4),
+    )
+        .prop_map(|(body, cleanup)| TaskProgram { body, cleanup })
+}
+
+/// The state the tasks share.
+#[derive(Default)]
+struct World {
+    handles: RefCell<Vec<Option<JoinHandle<usize>>>>,
+    kills: RefCell<Vec<KillHandle>>,
+    /// What each join saw: the value, or `None` for killed.
+    joined: RefCell<Vec<Vec<Option<usize>>>>,
+    /// Whether each task's body and destructor got to their end.
+    completed: Vec<Cell<bool>>,
+    /// Each task's destructor (counted when the value holding it drops).
+    drops: Vec<DropCounter>,
+    /// Tasks spawned by destructors, and their drops.
+    children: Cell<usize>,
+    child_drops: DropCounter,
+}
+
+impl World {
+    fn n(&self) -> usize {
+        self.completed.len()
+    }
+
+    /// Joins task `j` if its handle is still there, recording the result.
+    fn join(&self, j: usize) {
+        let h = self.handles.borrow_mut()[j].take();
+        if let Some(h) = h {
+            let r = match h.join() {
+                Ok(v) => Some(v),
+                Err(JoinError::Killed) => None,
+                Err(e) => panic!("task {j} ended with {e:?}"),
+            };
+            self.joined.borrow_mut()[j].push(r);
+        }
+    }
+}
+
+/// The value whose drop runs a task's destructor program.
+struct Cleaner {
+    world: Rc<World>,
+    me: usize,
+    program: Vec<Cleanup>,
+    _counted: util::DropGuard,
+}
+
+impl Drop for Cleaner {
+    fn drop(&mut self) {
+        let w = &self.world;
+        let n = w.n();
+        for &c in &self.program {
+            match c {
+                Cleanup::Kill(j) => {
+                    let k = w.kills.borrow()[j % n].clone();
+                    k.kill();
+                }
+                Cleanup::KillSelf => {
+                    let k = w.kills.borrow()[self.me].clone();
+                    k.kill();
+                }
+                Cleanup::Spawn => {
+                    w.children.set(w.children.get() + 1);
+                    let g = w.child_drops.guard();
+                    drop(hub::spawn(move || {
+                        let _g = g;
+                        hub::sleep(Duration::from_millis(1));
+                    }));
+                }
+                Cleanup::Sleep(ms) => hub::sleep(Duration::from_millis(ms)),
+                Cleanup::Join(j) if j % n > self.me => w.join(j % n),
+                Cleanup::Join(_) => {}
+                Cleanup::DropHandle(j) => drop(w.handles.borrow_mut()[j % n].take()),
+            }
+        }
+    }
+}
+
+/// Runs one program and checks it.
+fn check(tasks: Vec<TaskProgram>, main: Vec<Step>) {
+    let n = tasks.len();
+    let world = Rc::new(World {
+        joined: RefCell::new(vec![Vec::new(); n]),
+        completed: (0..n).map(|_| Cell::new(false)).collect(),
+        drops: (0..n).map(|_| DropCounter::default()).collect(),
+        ..World::default()
+    });
+    let w = world.clone();
+    hub::Builder::new()
+        .shutdown_timeout(Some(Duration::from_secs(20)))
+        .run(move || {
+            for (i, t) in tasks.into_iter().enumerate() {
+                let w2 = w.clone();
+                // Captured, so that a task killed before it starts runs its
+                // destructor too (when its closure is dropped).
+                let cleaner = Cleaner {
+                    world: w2.clone(),
+                    me: i,
+                    program: t.cleanup,
+                    _counted: w2.drops[i].guard(),
+                };
+                let h = hub::spawn(move || {
+                    let cleaner = cleaner;
+                    for ms in t.body {
+                        hub::sleep(Duration::from_millis(ms));
+                    }
+                    drop(cleaner);
+                    w2.completed[i].set(true);
+                    i * 10
+                });
+                w.kills.borrow_mut().push(h.kill_handle());
+                w.handles.borrow_mut().push(Some(h));
+            }
+            for s in main {
+                match s {
+                    Step::Sleep(ms) => hub::sleep(Duration::from_millis(ms)),
+                    Step::Kill(j) => {
+                        let k = w.kills.borrow()[j % n].clone();
+                        k.kill();
+                        assert!(k.is_finished(), "kill from a task waits for the death");
+                    }
+                    Step::Join(j) => w.join(j % n),
+                    Step::DropHandle(j) => drop(w.handles.borrow_mut()[j % n].take()),
+                }
+            }
+        });
+    for i in 0..n {
+        assert_eq!(world.drops[i].get(), 1, "task {i}'s destructor ran once");
+        let expected = world.completed[i].get().then_some(i * 10);
+        for r in &world.joined.borrow()[i] {
+            assert_eq!(*r, expected, "task {i}'s join saw what happened");
+        }
+    }
+    assert_eq!(world.child_drops.get(), world.children.get());
+    world.handles.borrow_mut().clear();
+    world.kills.borrow_mut().clear();
+}
+
+#[test]
+fn destructors_that_re_enter_the_hub_while_killed() {
+    hub_util::passes_in_child("destructors_that_re_enter_the_hub_while_killed", || {
+        let cases = if util::emulated() { 16 } else { 128 };
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+        let strategy = (
+            proptest::collection::vec(task(), 1..6),
+            proptest::collection::vec(step(), 0..8),
+        );
+        runner
+            .run(&strategy, |(tasks, main)| {
+                if std::env::var_os("HUB_MODEL_TRACE").is_some() {
+                    eprintln!("CASE {tasks:?} {main:?}");
+                }
+                check(tasks, main);
+                Ok(())
+            })
+            .unwrap();
+    });
+}
+
+/// Cases the model once found, kept.
+#[test]
+fn recorded_cases() {
+    use Cleanup as C;
+    let t = |body: &[u64], cleanup: &[Cleanup]| TaskProgram {
+        body: body.to_vec(),
+        cleanup: cleanup.to_vec(),
+    };
+    hub_util::passes_in_child("recorded_cases", || {
+        check(
+            vec![
+                t(&[3, 2], &[C::Sleep(2), C::KillSelf, C::Sleep(0)]),
+                t(&[0], &[C::Spawn]),
+                t(&[0, 0], &[C::Kill(2), C::DropHandle(1), C::Join(7)]),
+                t(&[3], &[C::Kill(2), C::Spawn, C::KillSelf]),
+            ],
+            vec![Step::DropHandle(4), Step::Kill(5)],
+        );
+    });
+}
