@@ -19,6 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::ptr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -177,7 +178,8 @@ impl IoDriver {
 pub(crate) struct Registration {
     /// The hub it is registered with now, and its key there.
     core: RefCell<Rc<IoCore>>,
-    /// `core`'s address, for the check of each wait.
+    /// `core`'s address, for the check of each wait (null while the
+    /// registration has no poller: a move to a new hub failed).
     core_ptr: Cell<*const IoCore>,
     key: Cell<usize>,
     source: Rc<Source>,
@@ -248,6 +250,7 @@ impl Registration {
             core.sources.borrow_mut().remove(key);
             // Homeless: the next wait tries again.
             self.key.set(usize::MAX);
+            self.core_ptr.set(ptr::null());
             return Err(e);
         }
         for dir in [Dir::Read, Dir::Write] {
@@ -300,7 +303,7 @@ impl Registration {
     #[inline(always)]
     pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
         let hub = scheduler::hub("a socket operation that would block");
-        if self.core_ptr.get() != Rc::as_ptr(&hub.io.core) || self.key.get() == usize::MAX {
+        if self.core_ptr.get() != Rc::as_ptr(&hub.io.core) {
             self.rehome(hub)?;
         }
         let flag = self.source.flag(dir);

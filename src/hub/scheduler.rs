@@ -738,9 +738,6 @@ impl Hub {
                 self.finish(&task);
             }
         }
-        if self.has_deferred.get() {
-            self.retry_deferred();
-        }
     }
 
     /// Marks a task finished, forgets it, and wakes its waiters.
@@ -755,6 +752,10 @@ impl Hub {
         let waiters = std::mem::take(&mut *task.waiters.borrow_mut());
         for w in waiters {
             self.wake(&w.task, w.epoch);
+        }
+        if self.has_deferred.get() {
+            // An unwind may have ended with it.
+            self.retry_deferred();
         }
     }
 
@@ -861,6 +862,10 @@ impl Hub {
                         self.ready.borrow_mut().push_front(task);
                     }
                     budget = EVENT_INTERVAL;
+                    if self.has_deferred.get() {
+                        // An unwind may have been caught meanwhile.
+                        self.retry_deferred();
+                    }
                     self.fire_timers();
                     let mut timeout = if !self.ready.borrow().is_empty() {
                         Some(Duration::ZERO)

@@ -19,8 +19,7 @@ pub(crate) type Co = Coroutine<(), (), (), DefaultStack>;
 pub enum TaskState {
     /// Spawned, and not yet run.
     Pending,
-    /// Running now: it is the caller, or it is killing or waking another
-    /// coroutine from its own code.
+    /// Running now: it is the caller (only one coroutine runs at a time).
     Running,
     /// Started, and waiting (in a sleep, a read, a join, ...) or ready to
     /// continue.
@@ -387,10 +386,11 @@ pub struct KillHandle {
 }
 
 impl KillHandle {
-    /// Kills the coroutine, as [`JoinHandle::kill`] does.
+    /// Kills the coroutine, as [`JoinHandle::kill`] does (from a coroutine,
+    /// it waits for the death).
     ///
     /// # Panics
-    /// Outside the hub that runs the coroutine.
+    /// Outside a hub.
     #[track_caller]
     pub fn kill(&self) {
         scheduler::hub("KillHandle::kill").kill(&self.task);
