@@ -771,3 +771,87 @@ fn a_task_that_catches_a_kill_can_be_killed_again() {
         assert!(h.join().unwrap_err().is_killed());
     });
 }
+
+// ---------------------------------------------------------------------
+// Raising: never inside a destructor during an unwind.
+// ---------------------------------------------------------------------
+
+/// Spawns a task that panics with `msg` after a short sleep, holding a
+/// value whose destructor sets `entered` and then sleeps `ms`.
+fn panicking_task_whose_destructor_sleeps(
+    entered: &Event,
+    drops: &DropCounter,
+    ms: u64,
+    msg: &'static str,
+) -> JoinHandle<()> {
+    let (e, g) = (entered.clone(), drops.guard());
+    hub::spawn(move || {
+        let _g = g;
+        let _c = OnDrop(move || {
+            e.set();
+            hub::sleep(Duration::from_millis(ms));
+        });
+        hub::sleep(MS);
+        panic!("{msg}");
+    })
+}
+
+#[test]
+fn a_kill_of_a_task_unwinding_from_its_own_panic_waits_for_that_unwind() {
+    passes_in_child(
+        "a_kill_of_a_task_unwinding_from_its_own_panic_waits_for_that_unwind",
+        || {
+            hub::run(|| {
+                let entered = Event::new();
+                let drops = DropCounter::default();
+                let h = panicking_task_whose_destructor_sleeps(&entered, &drops, 3, "its own");
+                entered.wait();
+                // Raising the kill in that destructor would abort: kill
+                // waits for the unwind instead, and the panic is the result.
+                h.kill();
+                assert_eq!(drops.get(), 1);
+                assert_eq!(h.join().unwrap_err().panic_message(), Some("its own"));
+            });
+        },
+    );
+}
+
+#[test]
+fn a_kill_delayed_by_another_tasks_unwind_is_delivered_when_it_ends() {
+    passes_in_child(
+        "a_kill_delayed_by_another_tasks_unwind_is_delivered_when_it_ends",
+        || {
+            hub::run(|| {
+                let entered = Event::new();
+                let drops = DropCounter::default();
+                let u = panicking_task_whose_destructor_sleeps(&entered, &drops, 5, "u's");
+                let v = victim_with_cleanup(&drops, || ());
+                entered.wait();
+                // u unwinds from its own panic (the hub cannot tell whose
+                // it is): v's kill waits until it is over, then lands.
+                v.kill();
+                assert!(u.is_finished(), "v died after u's unwind ended");
+                assert!(v.join().unwrap_err().is_killed());
+                assert_eq!(u.join().unwrap_err().panic_message(), Some("u's"));
+                assert_eq!(drops.get(), 2);
+            });
+        },
+    );
+}
+
+#[test]
+fn a_panicking_destructor_run_by_the_loop_at_the_end_is_raised_after_the_cleanup() {
+    let drops = DropCounter::default();
+    let d = drops.clone();
+    let r = panic::catch_unwind(AssertUnwindSafe(move || {
+        hub::run(move || {
+            drop(victim_with_cleanup(&d, || hub::sleep(MS)));
+            let p = PanicOnDrop;
+            hub::call_later(HOUR, move || drop(p));
+            hub::sleep(MS);
+        })
+    }));
+    let msg = message(&*r.unwrap_err());
+    assert_eq!(msg, "the closure's destructor panicked");
+    assert_eq!(drops.get(), 1, "the other tasks were still killed");
+}

@@ -217,6 +217,8 @@ pub(crate) struct Hub {
     /// The end of `run`: tasks are being killed, and new ones are killed
     /// at birth.
     shutting_down: Cell<bool>,
+    /// The first panic of a destructor that the loop ran at the end.
+    loop_panic: RefCell<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 /// How a run of the loop ended.
@@ -448,6 +450,7 @@ impl Hub {
             deferred: RefCell::new(Vec::new()),
             has_deferred: Cell::new(false),
             shutting_down: Cell::new(false),
+            loop_panic: RefCell::new(None),
         })
     }
 
@@ -935,7 +938,10 @@ impl Hub {
                     self.wake(&w.task, w.epoch);
                 }
                 Some(Action::Interrupt { task, scope }) => {
-                    if task.state.get() != TaskState::Finished && task.interrupt.get().is_none() {
+                    // An outer scope's pending interrupt (a smaller id)
+                    // unwinds this one too: it stays.
+                    let outer_pending = task.interrupt.get().is_some_and(|s| s < scope);
+                    if task.state.get() != TaskState::Finished && !outer_pending {
                         task.interrupt.set(Some(scope));
                         self.wake_any(&task);
                     }
@@ -970,7 +976,7 @@ impl Hub {
             self.base_panicking.set(true);
         }
         for msg in self.shared.close() {
-            drop(msg);
+            self.drop_in_loop(msg);
         }
         self.drop_calls();
         let deadline = self
@@ -994,10 +1000,10 @@ impl Hub {
         }
         let leaked = self.leak_the_rest();
         for msg in self.shared.end() {
-            drop(msg);
+            self.drop_in_loop(msg);
         }
         let timers = std::mem::take(&mut *self.timers.borrow_mut());
-        drop(timers);
+        self.drop_in_loop(timers);
         self.blocking.shut_down();
         crate::stack::set_pool_capacity(self.pool_capacity);
         (leaked, outcome)
@@ -1006,8 +1012,18 @@ impl Hub {
     /// Drops the pending `call_later` functions (at the end, nothing new
     /// starts).
     fn drop_calls(&self) {
-        let calls = self.timers.borrow_mut().take_calls();
-        drop(calls);
+        for call in self.timers.borrow_mut().take_calls() {
+            self.drop_in_loop(call);
+        }
+    }
+
+    /// Drops user values in the loop (the end of `run` drops pending work):
+    /// a destructor's panic is kept for `run` to raise once every task has
+    /// finished, so that the shutdown always completes.
+    fn drop_in_loop<V>(&self, v: V) {
+        if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(v))) {
+            self.loop_panic.borrow_mut().get_or_insert(p);
+        }
     }
 
     /// Leaks the tasks that could not finish: their stacks stay mapped and
@@ -1116,8 +1132,14 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
             _ => panic!("{msg}"),
         }
     }
+    let loop_panic = hub.loop_panic.borrow_mut().take();
     match result {
-        Ok(v) => v,
+        Ok(v) => {
+            if let Some(p) = loop_panic {
+                panic::resume_unwind(p);
+            }
+            v
+        }
         Err(JoinError::Panicked(p)) => panic::resume_unwind(p),
         Err(JoinError::Killed) => panic!("stackful::hub: the main coroutine was killed"),
     }
