@@ -14,20 +14,21 @@ use stackful::stack::MIN_STACK_SIZE;
 
 #[test]
 fn the_smallest_accepted_stack_size_runs_tasks_that_sleep() {
-    let sum = hub::Builder::new()
-        .stack_size(MIN_STACK_SIZE)
-        .run(|| {
-            let tasks: Vec<_> = (1..=4u64)
-                .map(|i| {
-                    hub::spawn(move || {
-                        hub::sleep(Duration::from_millis(i));
-                        hub::yield_now();
-                        i
-                    })
+    let sum = hub::Builder::new().stack_size(MIN_STACK_SIZE).run(|| {
+        let tasks: Vec<_> = (1..=4u64)
+            .map(|i| {
+                hub::spawn(move || {
+                    hub::sleep(Duration::from_millis(i));
+                    hub::yield_now();
+                    i
                 })
-                .collect();
-            hub::sleep(Duration::from_millis(1));
-            hub::join_all(tasks).into_iter().map(Result::unwrap).sum::<u64>()
-        });
+            })
+            .collect();
+        hub::sleep(Duration::from_millis(1));
+        hub::join_all(tasks)
+            .into_iter()
+            .map(Result::unwrap)
+            .sum::<u64>()
+    });
     assert_eq!(sum, 10);
 }
