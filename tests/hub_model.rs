@@ -1,7 +1,7 @@
 //! A model-based test of kills whose destructors re-enter the hub: random
 //! programs of tasks, each holding a value whose destructor runs a random
 //! list of hub calls (kill another task or itself, spawn, sleep, join,
-//! drop a handle), while the main task sleeps, kills and joins at random,
+//! drop a handle, time out a sleep), while the main task sleeps, kills and joins at random,
 //! and the end of `run` kills the rest. Every run must end (the whole
 //! proptest runs in a child process with a watchdog, so a hang, a crash or
 //! an abort fails it), every destructor must run exactly once, and every
@@ -37,6 +37,9 @@ enum Cleanup {
     DropHandle(usize),
     /// Kills the task whose destructor this is.
     KillSelf,
+    /// A `timeout` of this many milliseconds around a longer sleep: it
+    /// must fire, even in a destructor run by a kill.
+    Timeout(u64),
 }
 
 /// What the main task does, in order, before it returns.
@@ -63,6 +66,7 @@ fn cleanup() -> impl Strategy<Value = Cleanup> {
         (0usize..8).prop_map(Cleanup::Join),
         (0usize..8).prop_map(Cleanup::DropHandle),
         Just(Cleanup::KillSelf),
+        (0u64..3).prop_map(Cleanup::Timeout),
     ]
 }
 
@@ -152,6 +156,12 @@ impl Drop for Cleaner {
                 Cleanup::Join(j) if j % n > self.me => w.join(j % n),
                 Cleanup::Join(_) => {}
                 Cleanup::DropHandle(j) => drop(w.handles.borrow_mut()[j % n].take()),
+                Cleanup::Timeout(ms) => {
+                    let r = hub::timeout(Duration::from_millis(ms), || {
+                        hub::sleep(Duration::from_millis(ms + 50))
+                    });
+                    assert!(r.is_err(), "the destructor's timeout fired");
+                }
             }
         }
     }
