@@ -817,21 +817,24 @@ fn a_kill_of_a_task_unwinding_from_its_own_panic_waits_for_that_unwind() {
 }
 
 #[test]
-fn a_kill_delayed_by_another_tasks_unwind_is_delivered_when_it_ends() {
+fn a_task_unwinding_from_its_own_panic_does_not_hold_back_the_kill_of_another() {
     passes_in_child(
-        "a_kill_delayed_by_another_tasks_unwind_is_delivered_when_it_ends",
+        "a_task_unwinding_from_its_own_panic_does_not_hold_back_the_kill_of_another",
         || {
             hub::run(|| {
                 let entered = Event::new();
                 let drops = DropCounter::default();
-                let u = panicking_task_whose_destructor_sleeps(&entered, &drops, 5, "u's");
-                let v = victim_with_cleanup(&drops, || ());
+                let u = panicking_task_whose_destructor_sleeps(&entered, &drops, 20, "u's");
+                let v = victim_with_cleanup(&drops, || hub::sleep(MS));
                 entered.wait();
-                // u unwinds from its own panic (the hub cannot tell whose
-                // it is): v's kill waits until it is over, then lands.
+                // The thread unwinds (u's panic, parked in u's destructor):
+                // the hub knows whose unwind it is, and kills v at once.
                 v.kill();
-                assert!(u.is_finished(), "v died after u's unwind ended");
                 assert!(v.join().unwrap_err().is_killed());
+                assert!(!u.is_finished(), "u still unwinds");
+                // Then kills u: not raised in its destructor; u's panic is
+                // its result.
+                u.kill();
                 assert_eq!(u.join().unwrap_err().panic_message(), Some("u's"));
                 assert_eq!(drops.get(), 2);
             });
@@ -854,4 +857,30 @@ fn a_panicking_destructor_run_by_the_loop_at_the_end_is_raised_after_the_cleanup
     let msg = message(&*r.unwrap_err());
     assert_eq!(msg, "the closure's destructor panicked");
     assert_eq!(drops.get(), 1, "the other tasks were still killed");
+}
+
+#[test]
+fn a_deadlock_while_main_unwinds_ends_run_with_the_deadlock_not_an_abort() {
+    let run = in_child(
+        "a_deadlock_while_main_unwinds_ends_run_with_the_deadlock_not_an_abort",
+        Duration::from_secs(30),
+        || {
+            let r = panic::catch_unwind(|| {
+                hub::run(|| {
+                    let never = Event::new();
+                    let _waits = OnDrop(move || never.wait());
+                    panic!("main's own panic");
+                })
+            });
+            println!("RUN PANICKED: {}", message(&*r.unwrap_err()));
+        },
+    );
+    if let Some(run) = run {
+        let out = run.output();
+        assert!(!run.hung && run.code == Some(0), "{out}");
+        assert!(
+            out.contains("RUN PANICKED: stackful::hub: deadlock"),
+            "{out}"
+        );
+    }
 }

@@ -75,7 +75,11 @@
 //! blocking job, no future awaited with [`block_on`], no [`Remote`] held
 //! by another thread — the hub does not sleep forever: the main
 //! coroutine's wait panics with a message naming the deadlock (gevent's
-//! `LoopExit`), and [`run`] unwinds the others and re-raises it.
+//! `LoopExit`), and [`run`] unwinds the others and re-raises it. If the
+//! main coroutine cannot take that panic because it is unwinding already
+//! (its destructors are the ones waiting), `run` panics with the deadlock
+//! at once, leaking the coroutines that cannot finish (see
+//! [`Builder::shutdown_timeout`]).
 //!
 //! # Outside a hub
 //!
@@ -122,8 +126,8 @@ pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yie
 
 /// Runs a hub on the calling thread: runs `f` as its main coroutine,
 /// drives every coroutine spawned meanwhile, and returns `f`'s value when
-/// `f` returns. Coroutines still alive then are killed (their stacks
-/// unwind; see [Ending](self#ending)).
+/// `f` returns. Coroutines still alive then are killed, and `run` waits
+/// for their stacks to unwind (see [Ending](self#ending)).
 ///
 /// `f` and its value must be `'static` (move what it needs into it): a
 /// coroutine's closure lives on its own stack.

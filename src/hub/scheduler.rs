@@ -120,18 +120,27 @@
 //!   destructor opened, whose `catch_unwind` lies above the unwinding
 //!   frames) is raised;
 //! - else the thread unwinds somewhere, and the panic count is per thread,
-//!   not per stack: if the hub raised an unwind into another task (or the
+//!   not per stack: if the hub knows of an unwind in another task (or the
 //!   loop itself unwinds), that explains it and the raise goes ahead;
 //!   otherwise it may be this task's own panic, and the raise waits (the
 //!   park returns as a spurious wake-up; the task is woken again when the
 //!   raise may happen).
 //!
-//! The one case this cannot see: a task unwinding from *its own* panic,
-//! parked in a destructor, while the hub has raised an unwind into another
-//! task that is also still in flight; a kill or interrupt aimed at the
-//! first then is raised inside its destructor, and the process aborts as
-//! Rust aborts on a panic in a destructor during unwinding. Std offers no
-//! per-stack panic count that would tell the two apart.
+//! The unwinds the hub knows of are those it raised, and those it infers:
+//! when a task parks while the thread unwinds and no other unwind is
+//! known, the unwind is that task's own (a panic whose destructor parks),
+//! and the hub marks it as if it had raised it (one load of std's global
+//! panic count after each resume). A mark is dropped when its unwind is
+//! caught by the hub, and all of them whenever the thread is seen not
+//! unwinding at all.
+//!
+//! The one case this cannot see: a task that starts unwinding from *its
+//! own* panic, and parks in a destructor, while an unwind the hub knows of
+//! is in flight in another task; a kill or interrupt aimed at the first
+//! before the other's unwind ends is raised inside its destructor, and the
+//! process aborts as Rust aborts on a panic in a destructor during
+//! unwinding. Std offers no per-stack panic count that would tell the two
+//! apart.
 //!
 //! # The end of `run`
 //!
@@ -517,6 +526,18 @@ impl Hub {
         }
     }
 
+    /// `task` parked while the thread unwinds: if no other unwind is known,
+    /// the unwind is `task`'s own (a panic whose destructor parks), and the
+    /// hub treats it as one it raised (see "Raising" in the module docs).
+    #[cold]
+    #[inline(never)]
+    fn note_unwinding(&self, task: &Task) {
+        if task.unwinding.get().is_none() && self.unwinding.get() == 0 && !self.base_panicking.get()
+        {
+            self.mark_unwinding(task);
+        }
+    }
+
     /// Records that the hub raises an unwind into `task` now.
     pub(crate) fn mark_unwinding(&self, task: &Task) {
         if task.unwinding.get().is_none() {
@@ -732,7 +753,14 @@ impl Hub {
         let r = c.resume(());
         self.current.set(prev);
         match r {
-            CoroutineResult::Yield(()) => task.state.set(TaskState::Suspended),
+            CoroutineResult::Yield(()) => {
+                task.state.set(TaskState::Suspended);
+                // One load of std's global panic count: a task that parks
+                // while the thread unwinds may be unwinding itself.
+                if std::thread::panicking() {
+                    self.note_unwinding(&task);
+                }
+            }
             CoroutineResult::Return(()) => {
                 // Its stack goes back to the thread's pool.
                 let c = co.take().expect("the coroutine was just resumed");
@@ -971,10 +999,6 @@ impl Hub {
     /// for a deadlock rather than the timeout.
     pub(crate) fn shut_down(&self) -> (usize, Outcome) {
         self.shutting_down.set(true);
-        if std::thread::panicking() {
-            // The loop itself unwinds (a failure of the hub's own code).
-            self.base_panicking.set(true);
-        }
         for msg in self.shared.close() {
             self.drop_in_loop(msg);
         }
@@ -1086,6 +1110,9 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
     struct ShutDown<'a>(&'a Hub);
     impl Drop for ShutDown<'_> {
         fn drop(&mut self) {
+            // Only run when the loop itself unwinds (a failure of the
+            // hub's own code): then every task sees `thread::panicking`.
+            self.0.base_panicking.set(true);
             let (leaked, _) = self.0.shut_down();
             if leaked > 0 {
                 eprintln!(

@@ -341,13 +341,19 @@ impl<T> JoinHandle<T> {
     ///   wait could never end.
     /// - A coroutine that kills itself unwinds from this call; if it is
     ///   already unwinding from a kill (the call is in one of its
-    ///   destructors), the call does nothing: it is dying already.
+    ///   destructors), the call does nothing: it is dying already. If it
+    ///   is unwinding from something else (its own panic, a `timeout`),
+    ///   the kill is raised at its next park where it can be.
     /// - Called outside any coroutine (a destructor that the hub's loop
     ///   runs), `kill` asks for the kill and returns; the victim unwinds
     ///   when the loop runs it next.
     ///
     /// A second kill of a coroutine whose kill is unwinding does nothing: a
-    /// kill is never raised inside a destructor.
+    /// kill is never raised inside a destructor that runs during an unwind.
+    /// A kill of a coroutine that is unwinding from its own panic waits
+    /// until that unwind ends (its result is then the panic); a kill that
+    /// is still waiting to be raised when the coroutine returns does
+    /// nothing (`join` gives the value).
     ///
     /// # Panics
     /// Outside a hub. The victim's panics never reach the caller: they are
