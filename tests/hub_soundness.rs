@@ -824,7 +824,8 @@ fn a_task_unwinding_from_its_own_panic_does_not_hold_back_the_kill_of_another() 
             hub::run(|| {
                 let entered = Event::new();
                 let drops = DropCounter::default();
-                let u = panicking_task_whose_destructor_sleeps(&entered, &drops, 20, "u's");
+                let slow = util::scaled(50, 1000) as u64;
+                let u = panicking_task_whose_destructor_sleeps(&entered, &drops, slow, "u's");
                 let v = victim_with_cleanup(&drops, || hub::sleep(MS));
                 entered.wait();
                 // The thread unwinds (u's panic, parked in u's destructor):
