@@ -885,3 +885,47 @@ fn a_deadlock_while_main_unwinds_ends_run_with_the_deadlock_not_an_abort() {
         );
     }
 }
+
+#[test]
+fn a_task_that_parked_while_nothing_unwound_is_killed_at_once_during_anothers_unwind() {
+    passes_in_child(
+        "a_task_that_parked_while_nothing_unwound_is_killed_at_once_during_anothers_unwind",
+        || {
+            hub::run(|| {
+                let drops = DropCounter::default();
+                let slow = util::scaled(40, 800) as u64;
+                // v parks while nothing unwinds.
+                let v = victim_with_cleanup(&drops, || ());
+                hub::sleep(MS);
+                // a dies slowly (a kill's unwind the hub knows of) ...
+                let a =
+                    victim_with_cleanup(&drops, move || hub::sleep(Duration::from_millis(slow)));
+                hub::sleep(MS);
+                let ka = a.kill_handle();
+                let killer = hub::spawn(move || ka.kill());
+                hub::sleep(MS);
+                // ... while u starts a panic of its own, whose destructor
+                // parks: the hub cannot tell that unwind from a's.
+                let entered = Event::new();
+                let u = panicking_task_whose_destructor_sleeps(&entered, &drops, 3 * slow, "u's");
+                entered.wait();
+                while !a.is_finished() {
+                    hub::sleep(MS);
+                }
+                // Now only u unwinds, unknown to the hub. v parked while
+                // nothing unwound: it has no unwind of its own, and is
+                // killed at once.
+                v.kill();
+                assert!(v.join().unwrap_err().is_killed());
+                assert!(!u.is_finished(), "u still unwinds");
+                // u itself is not raised into: its kill waits for its
+                // unwind, whose panic is its result.
+                u.kill();
+                assert_eq!(u.join().unwrap_err().panic_message(), Some("u's"));
+                killer.join().unwrap();
+                assert!(a.join().unwrap_err().is_killed());
+                assert_eq!(drops.get(), 3);
+            });
+        },
+    );
+}

@@ -126,20 +126,28 @@
 //!   park returns as a spurious wake-up; the task is woken again when the
 //!   raise may happen).
 //!
-//! The unwinds the hub knows of are those it raised, and those it infers:
-//! when a task parks while the thread unwinds and no other unwind is
-//! known, the unwind is that task's own (a panic whose destructor parks),
-//! and the hub marks it as if it had raised it (one load of std's global
-//! panic count after each resume). A mark is dropped when its unwind is
-//! caught by the hub, and all of them whenever the thread is seen not
-//! unwinding at all.
+//! The unwinds the hub knows of are those it raised, and those it infers.
+//! After each resume the loop reads std's global panic count (one load):
+//! a task that parks while nothing unwinds has no unwind of its own until
+//! it runs again (it is *calm*), and raising into it is safe whatever else
+//! unwinds. A task that parks while the thread unwinds, when no other
+//! unwind is known and no other parked task may be unwinding, is unwinding
+//! itself (a panic whose destructor parks): the hub marks it as if it had
+//! raised it. Otherwise it is a *suspect*: it may or may not be unwinding.
+//! A suspect is raised into only when an unwind the hub knows of waits (in
+//! a join) for its death, since that unwind cannot end otherwise; a kill's
+//! wait for a suspect is given up, and its kill lands when the suspect is
+//! known (it parks calm, or the thread is seen not unwinding at all, which
+//! also drops every mark and suspicion). A mark is dropped when the hub
+//! catches its unwind.
 //!
-//! The one case this cannot see: a task that starts unwinding from *its
-//! own* panic, and parks in a destructor, while an unwind the hub knows of
-//! is in flight in another task; a kill or interrupt aimed at the first
-//! before the other's unwind ends is raised inside its destructor, and the
+//! What this cannot see: a task unwinding from its own panic that started
+//! while another unwind was in flight, parked in a destructor, and joined
+//! by a coroutine whose own unwind the hub knows of, with a kill or an
+//! interrupt pending; and the tasks of a hub that a destructor runs while
+//! its thread unwinds. Then the raise lands in a destructor, and the
 //! process aborts as Rust aborts on a panic in a destructor during
-//! unwinding. Std offers no per-stack panic count that would tell the two
+//! unwinding. Std offers no per-stack panic count that would tell these
 //! apart.
 //!
 //! # The end of `run`
@@ -211,9 +219,13 @@ pub(crate) struct Hub {
     /// ([`running_id`](crate::greenlet::running_id)): a task may suspend
     /// only while it is the running one.
     greenlet: usize,
-    /// How many live tasks have an unwind in flight that the hub raised
+    /// How many live tasks have an unwind in flight that the hub knows of
     /// (their `unwinding` is set).
     unwinding: Cell<usize>,
+    /// How many parked tasks may be unwinding, unknown to the hub (they
+    /// parked while the thread unwound, and it could not tell whose
+    /// unwind that was).
+    suspects: Cell<usize>,
     /// The thread was unwinding when the hub started (a hub run by a
     /// destructor), or the loop itself is (its own code panicked): then
     /// `thread::panicking` is true in every task.
@@ -371,21 +383,21 @@ fn wrong_greenlet() -> ! {
 #[inline(never)]
 #[track_caller]
 fn unwind_after_park(hub: &Hub, task: &Task) {
-    if task.kill_requested.get() && hub.may_raise(task, None) {
+    if task.kill_requested.get() && hub.may_raise(task, None, true) {
         task.kill_requested.set(false);
         task.killed.set(true);
         hub.mark_unwinding(task);
         panic::resume_unwind(Box::new(KillSelf));
     }
     if let Some(scope) = task.interrupt.get()
-        && hub.may_raise(task, Some(scope))
+        && hub.may_raise(task, Some(scope), true)
     {
         task.interrupt.set(None);
         let outer = task.unwinding.get();
         hub.mark_unwinding(task);
         panic::resume_unwind(Box::new(super::timer::TimeoutUnwind { scope, outer }));
     }
-    if task.deadlock.replace(false) && hub.may_raise(task, None) {
+    if task.deadlock.replace(false) && hub.may_raise(task, None, true) {
         hub.mark_unwinding(task);
         panic!(
             "stackful::hub: deadlock: every coroutine is waiting (in a join, a channel, an \
@@ -455,6 +467,7 @@ impl Hub {
             block_ons: Cell::new(0),
             greenlet: crate::greenlet::running_id(),
             unwinding: Cell::new(0),
+            suspects: Cell::new(0),
             base_panicking: Cell::new(std::thread::panicking()),
             deferred: RefCell::new(Vec::new()),
             has_deferred: Cell::new(false),
@@ -504,13 +517,16 @@ impl Hub {
     /// `timeout` scope `scope`. Never inside a destructor that runs during
     /// an unwind (a panic there aborts the process). See "Raising" in the
     /// module docs.
+    ///
+    /// `parked`: `task` is parked (or has just been resumed from its park
+    /// and has run nothing else), rather than running its own code.
     #[cold]
-    pub(crate) fn may_raise(&self, task: &Task, scope: Option<u64>) -> bool {
+    pub(crate) fn may_raise(&self, task: &Task, scope: Option<u64>, parked: bool) -> bool {
         if !std::thread::panicking() {
             // Nothing unwinds anywhere on this thread: the unwinds the hub
-            // raised and still counts were caught by the tasks' own code.
-            if self.unwinding.get() > 0 {
-                self.unmark_all();
+            // knew of were caught, and no parked task unwinds.
+            if self.unwinding.get() > 0 || self.suspects.get() > 0 {
+                self.all_calm();
             }
             return true;
         }
@@ -519,27 +535,93 @@ impl Hub {
             // unwind: its `catch_unwind` lies above the unwinding frames.
             Some(mark) => scope.is_some_and(|s| s > mark),
             // Some unwind is in flight on this thread, and it is not one
-            // that the hub raised into `task`: if the hub raised one into
-            // another task (or the loop itself unwinds), that explains it.
-            // Otherwise it may be `task`'s own panic: wait.
-            None => self.unwinding.get() > 0 || self.base_panicking.get(),
+            // the hub knows `task` has.
+            None => {
+                if parked && task.parked_calm.get() {
+                    // It parked while nothing unwound: it has none.
+                    true
+                } else if self.base_panicking.get() {
+                    // The loop's own unwind explains it (a hub run by a
+                    // destructor): the blind spot of the module docs.
+                    true
+                } else if parked {
+                    // It parked while something unwound, and the hub
+                    // cannot tell whether that was its own panic: only if
+                    // an unwind it knows of waits for this task's death
+                    // (the raise is then needed for that unwind to end).
+                    self.awaited_by_unwinding(task)
+                } else {
+                    // Its own code runs now (it kills itself): at its next
+                    // park, where the hub knows more.
+                    false
+                }
+            }
         }
     }
 
-    /// `task` parked while the thread unwinds: if no other unwind is known,
-    /// the unwind is `task`'s own (a panic whose destructor parks), and the
-    /// hub treats it as one it raised (see "Raising" in the module docs).
+    /// `task` parks after a run in which the thread was unwinding
+    /// (`unwinding`), or after one that parked so: sorts out whether the
+    /// unwind is its own. If no other unwind is known and no other parked
+    /// task may be unwinding, it is `task`'s own (a panic whose destructor
+    /// parks), and the hub treats it as one it raised; if it cannot tell,
+    /// `task` is a suspect (see "Raising" in the module docs).
     #[cold]
     #[inline(never)]
-    fn note_unwinding(&self, task: &Task) {
-        if task.unwinding.get().is_none() && self.unwinding.get() == 0 && !self.base_panicking.get()
-        {
-            self.mark_unwinding(task);
+    fn note_park(&self, task: &Task, unwinding: bool) {
+        task.parked_calm.set(!unwinding);
+        if !unwinding || task.unwinding.get().is_some() {
+            self.clear_suspect(task);
+            return;
         }
+        let other_suspects = self.suspects.get() - usize::from(task.suspect.get());
+        if self.unwinding.get() == 0 && other_suspects == 0 && !self.base_panicking.get() {
+            self.mark_unwinding(task);
+        } else if !task.suspect.replace(true) {
+            self.suspects.set(self.suspects.get() + 1);
+        }
+    }
+
+    /// `task` is no longer a suspect.
+    fn clear_suspect(&self, task: &Task) {
+        if task.suspect.replace(false) {
+            self.suspects.set(self.suspects.get() - 1);
+        }
+    }
+
+    /// Whether an unwind the hub knows of waits, through joins and kills,
+    /// for `task` to finish.
+    #[cold]
+    fn awaited_by_unwinding(&self, task: &Task) -> bool {
+        let mut seen: Vec<*const Task> = vec![task as *const Task];
+        let mut next: Vec<Rc<Task>> = task
+            .waiters
+            .borrow()
+            .iter()
+            .filter(|w| w.is_live())
+            .map(|w| w.task.clone())
+            .collect();
+        while let Some(t) = next.pop() {
+            if seen.contains(&Rc::as_ptr(&t)) {
+                continue;
+            }
+            if t.unwinding.get().is_some() {
+                return true;
+            }
+            seen.push(Rc::as_ptr(&t));
+            next.extend(
+                t.waiters
+                    .borrow()
+                    .iter()
+                    .filter(|w| w.is_live())
+                    .map(|w| w.task.clone()),
+            );
+        }
+        false
     }
 
     /// Records that the hub raises an unwind into `task` now.
     pub(crate) fn mark_unwinding(&self, task: &Task) {
+        self.clear_suspect(task);
         if task.unwinding.get().is_none() {
             self.unwinding.set(self.unwinding.get() + 1);
             task.unwinding.set(Some(self.next_scope.get()));
@@ -554,12 +636,17 @@ impl Hub {
         }
     }
 
-    /// Forgets every hub-raised unwind (none is in flight).
+    /// Nothing unwinds on the thread: forgets every known unwind and every
+    /// suspect; every parked task parked without an unwind of its own.
     #[cold]
-    fn unmark_all(&self) {
+    fn all_calm(&self) {
         let tasks: Vec<Rc<Task>> = self.tasks.borrow().iter().cloned().collect();
         for t in tasks {
             self.unmark_unwinding(&t);
+            self.clear_suspect(&t);
+            if t.state.get() == TaskState::Suspended {
+                t.parked_calm.set(true);
+            }
         }
         // Tasks out of the slab (being finished) unmark themselves.
     }
@@ -609,10 +696,10 @@ impl Hub {
                     t.deferred.set(false);
                     return false;
                 }
-                let now = (t.kill_requested.get() && self.may_raise(t, None))
+                let now = (t.kill_requested.get() && self.may_raise(t, None, true))
                     || t.interrupt
                         .get()
-                        .is_some_and(|s| self.may_raise(t, Some(s)));
+                        .is_some_and(|s| self.may_raise(t, Some(s), true));
                 if now {
                     t.deferred.set(false);
                     ready.push(t.clone());
@@ -756,9 +843,12 @@ impl Hub {
             CoroutineResult::Yield(()) => {
                 task.state.set(TaskState::Suspended);
                 // One load of std's global panic count: a task that parks
-                // while the thread unwinds may be unwinding itself.
-                if std::thread::panicking() {
-                    self.note_unwinding(&task);
+                // while nothing unwinds has no unwind of its own until it
+                // runs again; one that parks while the thread unwinds may
+                // be unwinding itself.
+                let unwinding = std::thread::panicking();
+                if unwinding | !task.parked_calm.get() {
+                    self.note_park(&task, unwinding);
                 }
             }
             CoroutineResult::Return(()) => {
@@ -775,6 +865,7 @@ impl Hub {
     fn finish(&self, task: &Rc<Task>) {
         task.state.set(TaskState::Finished);
         self.unmark_unwinding(task);
+        self.clear_suspect(task);
         task.kill_requested.set(false);
         task.interrupt.set(None);
         if task.key.get() != usize::MAX {
@@ -826,7 +917,7 @@ impl Hub {
     #[cold]
     #[track_caller]
     fn kill_self(&self, task: &Task) {
-        if self.may_raise(task, None) {
+        if self.may_raise(task, None, false) {
             task.killed.set(true);
             self.mark_unwinding(task);
             panic::resume_unwind(Box::new(KillSelf));
@@ -928,7 +1019,7 @@ impl Hub {
                         match main {
                             // gevent's LoopExit: raise in the main coroutine
                             // rather than sleep forever.
-                            Some(main) if self.may_raise(main, None) => {
+                            Some(main) if self.may_raise(main, None, true) => {
                                 main.deadlock.set(true);
                                 self.wake_any(main);
                             }
@@ -1066,6 +1157,7 @@ impl Hub {
             task.waiters.borrow_mut().clear();
             *task.waits_for.borrow_mut() = std::rc::Weak::new();
             self.unmark_unwinding(task);
+            self.clear_suspect(task);
             task.state.set(TaskState::Finished);
         }
         self.ready.borrow_mut().clear();

@@ -134,6 +134,12 @@ pub(crate) struct Task {
     /// more into the task, except the interrupt of a `timeout` scope
     /// entered after it (a scope a destructor opened).
     pub(crate) unwinding: Cell<Option<u64>>,
+    /// Nothing unwound on the thread when the task last parked, so it has
+    /// no unwind of its own in flight (true before it starts).
+    pub(crate) parked_calm: Cell<bool>,
+    /// It parked while the thread unwound, and the hub could not tell
+    /// whether the unwind was its own.
+    pub(crate) suspect: Cell<bool>,
     /// In the hub's list of tasks whose pending raise had to wait.
     pub(crate) deferred: Cell<bool>,
     /// A [`timeout`](super::timeout) that expired: the id of its scope, to
@@ -177,6 +183,8 @@ impl Task {
             kill_requested: Cell::new(false),
             killed: Cell::new(false),
             unwinding: Cell::new(None),
+            parked_calm: Cell::new(true),
+            suspect: Cell::new(false),
             deferred: Cell::new(false),
             interrupt: Cell::new(None),
             waiters: RefCell::new(Vec::new()),
@@ -209,6 +217,13 @@ impl Task {
         }
         let _forget = Forget(&me);
         while self.state.get() != TaskState::Finished {
+            if kill && self.suspect.get() {
+                // The victim may be unwinding from a panic of its own,
+                // which the hub cannot see: its kill cannot be raised until
+                // that is known, and waiting could hold up the unwind that
+                // would tell (see the scheduler's "Raising").
+                return;
+            }
             if let Some(chain) = hub.cycle_through(self, &me) {
                 if kill {
                     return;
@@ -338,7 +353,10 @@ impl<T> JoinHandle<T> {
     ///   victim runs next. It does not wait when the victim is itself
     ///   waiting, directly or through others, for the caller to finish (a
     ///   destructor that kills the coroutine that is killing it): that
-    ///   wait could never end.
+    ///   wait could never end. Nor when the victim may be unwinding from a
+    ///   panic of its own that the hub cannot tell apart from another
+    ///   coroutine's unwind (see [Killing](super#killing)): its kill lands
+    ///   when that is known.
     /// - A coroutine that kills itself unwinds from this call; if it is
     ///   already unwinding from a kill (the call is in one of its
     ///   destructors), the call does nothing: it is dying already. If it
