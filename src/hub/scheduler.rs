@@ -133,22 +133,23 @@
 //! unwinds. A task that parks while the thread unwinds, when no other
 //! unwind is known and no other parked task may be unwinding, is unwinding
 //! itself (a panic whose destructor parks): the hub marks it as if it had
-//! raised it. Otherwise it is a *suspect*: it may or may not be unwinding.
-//! A suspect is raised into only when an unwind the hub knows of waits (in
-//! a join) for its death, since that unwind cannot end otherwise; a kill's
-//! wait for a suspect is given up, and its kill lands when the suspect is
-//! known (it parks calm, or the thread is seen not unwinding at all, which
-//! also drops every mark and suspicion). A mark is dropped when the hub
-//! catches its unwind.
+//! raised it. Otherwise it is a *suspect*: it may or may not be unwinding,
+//! and nothing is raised into it until it is known (it parks calm, or the
+//! thread is seen not unwinding at all, which also drops every mark and
+//! suspicion); a kill's wait for a suspect is given up. A mark is dropped
+//! when the hub catches its unwind.
 //!
-//! What this cannot see: a task unwinding from its own panic that started
-//! while another unwind was in flight, parked in a destructor, and joined
-//! by a coroutine whose own unwind the hub knows of, with a kill or an
-//! interrupt pending; and the tasks of a hub that a destructor runs while
-//! its thread unwinds. Then the raise lands in a destructor, and the
-//! process aborts as Rust aborts on a panic in a destructor during
-//! unwinding. Std offers no per-stack panic count that would tell these
-//! apart.
+//! The price of never guessing: a suspect that is in fact not unwinding
+//! (it parked while another coroutine's destructor was parked in an
+//! unwind) takes its kill or interrupt only once those unwinds are over, or
+//! when it parks again after they are; a destructor that joins such a
+//! task, with nothing else to end it, waits until then. (A `timeout` in the
+//! destructor of a coroutine unwinding from its own panic that began while
+//! another unwind was in flight fires likewise late.) The one case left
+//! where a raise may land in a destructor: the tasks of a hub that a
+//! destructor runs while its thread unwinds, where every task parks while
+//! the thread unwinds; the loop's own unwind is taken to explain it. Std
+//! offers no per-stack panic count that would tell these apart.
 //!
 //! # The end of `run`
 //!
@@ -544,15 +545,11 @@ impl Hub {
                     // The loop's own unwind explains it (a hub run by a
                     // destructor): the blind spot of the module docs.
                     true
-                } else if parked {
-                    // It parked while something unwound, and the hub
-                    // cannot tell whether that was its own panic: only if
-                    // an unwind it knows of waits for this task's death
-                    // (the raise is then needed for that unwind to end).
-                    self.awaited_by_unwinding(task)
                 } else {
-                    // Its own code runs now (it kills itself): at its next
-                    // park, where the hub knows more.
+                    // It parked while something unwound, and the hub
+                    // cannot tell whether that was its own panic (a
+                    // suspect), or its own code runs now (it kills itself):
+                    // later, when the hub knows.
                     false
                 }
             }
@@ -586,37 +583,6 @@ impl Hub {
         if task.suspect.replace(false) {
             self.suspects.set(self.suspects.get() - 1);
         }
-    }
-
-    /// Whether an unwind the hub knows of waits, through joins and kills,
-    /// for `task` to finish.
-    #[cold]
-    fn awaited_by_unwinding(&self, task: &Task) -> bool {
-        let mut seen: Vec<*const Task> = vec![task as *const Task];
-        let mut next: Vec<Rc<Task>> = task
-            .waiters
-            .borrow()
-            .iter()
-            .filter(|w| w.is_live())
-            .map(|w| w.task.clone())
-            .collect();
-        while let Some(t) = next.pop() {
-            if seen.contains(&Rc::as_ptr(&t)) {
-                continue;
-            }
-            if t.unwinding.get().is_some() {
-                return true;
-            }
-            seen.push(Rc::as_ptr(&t));
-            next.extend(
-                t.waiters
-                    .borrow()
-                    .iter()
-                    .filter(|w| w.is_live())
-                    .map(|w| w.task.clone()),
-            );
-        }
-        false
     }
 
     /// Records that the hub raises an unwind into `task` now.
