@@ -3,10 +3,15 @@
 use std::panic;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crate::stack::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
 
 use super::scheduler;
+
+/// How long the end of `run` waits by default for the killed coroutines'
+/// destructors (see [`Builder::shutdown_timeout`]).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The settings of one hub.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +19,7 @@ pub(crate) struct Config {
     pub(crate) stack_size: usize,
     pub(crate) stack_cache: usize,
     pub(crate) blocking_threads: usize,
+    pub(crate) shutdown_timeout: Option<Duration>,
 }
 
 /// Settings for a hub: the stacks of its coroutines, its blocking pool,
@@ -50,6 +56,7 @@ impl Builder {
                 stack_size: DEFAULT_STACK_SIZE,
                 stack_cache: 1024,
                 blocking_threads: 8,
+                shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
             },
             threads: 1,
         }
@@ -87,6 +94,19 @@ impl Builder {
     /// starts (at least 1); they start on demand and exit after 10 s idle.
     pub fn blocking_threads(mut self, threads: usize) -> Builder {
         self.config.blocking_threads = threads.max(1);
+        self
+    }
+
+    /// How long the end of [`run`](super::run) waits for the coroutines it
+    /// kills to finish unwinding (their destructors may sleep or do I/O),
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`] unless set; `None` waits as long as it
+    /// takes. Past it, or as soon as nothing is left that could wake them
+    /// (a deadlock), the coroutines still unwinding are leaked (their stacks
+    /// stay mapped, the destructors left on them never run) and `run`
+    /// panics saying so, rather than hang or abort (see
+    /// [The end of `run`](super#the-end-of-run)).
+    pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
+        self.config.shutdown_timeout = timeout;
         self
     }
 

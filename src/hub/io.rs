@@ -19,6 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::ptr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -170,10 +171,20 @@ impl IoDriver {
 /// A source registered with a hub: dropping it forgets the source (the
 /// owner deregisters it from the poller first, see
 /// [`deregister`](Registration::deregister)).
+///
+/// A socket belongs to no hub in particular: it is registered with the hub
+/// it was made in, and moves to the hub running on the thread when it must
+/// wait there (a socket made in one `hub::run` and used in a later one).
 pub(crate) struct Registration {
-    core: Rc<IoCore>,
-    key: usize,
+    /// The hub it is registered with now, and its key there.
+    core: RefCell<Rc<IoCore>>,
+    /// `core`'s address, for the check of each wait (null while the
+    /// registration has no poller: a move to a new hub failed).
+    core_ptr: Cell<*const IoCore>,
+    key: Cell<usize>,
     source: Rc<Source>,
+    fd: RawFd,
+    interest: Interest,
 }
 
 impl Registration {
@@ -182,29 +193,75 @@ impl Registration {
     /// # Panics
     /// Outside a hub.
     #[track_caller]
-    pub(crate) fn new(src: &mut impl mio::event::Source, what: &str) -> io::Result<Registration> {
+    pub(crate) fn new(src: &impl AsRawFd, what: &str) -> io::Result<Registration> {
         let hub = scheduler::hub(what);
-        Self::with_interest(hub, src, Interest::READABLE | Interest::WRITABLE)
+        Self::with_interest(
+            hub,
+            src.as_raw_fd(),
+            Interest::READABLE | Interest::WRITABLE,
+        )
     }
 
-    fn with_interest(
-        hub: &Hub,
-        src: &mut impl mio::event::Source,
-        interest: Interest,
-    ) -> io::Result<Registration> {
+    fn with_interest(hub: &Hub, fd: RawFd, interest: Interest) -> io::Result<Registration> {
         let core = hub.io.core.clone();
         let source = Rc::new(Source::default());
         let key = core.sources.borrow_mut().insert(source.clone());
-        if let Err(e) = core.registry.register(src, Token(key), interest) {
+        if let Err(e) = core
+            .registry
+            .register(&mut SourceFd(&fd), Token(key), interest)
+        {
             core.sources.borrow_mut().remove(key);
             return Err(e);
         }
-        Ok(Registration { core, key, source })
+        Ok(Registration {
+            core_ptr: Cell::new(Rc::as_ptr(&core)),
+            core: RefCell::new(core),
+            key: Cell::new(key),
+            source,
+            fd,
+            interest,
+        })
     }
 
-    /// Takes `src` out of the poller (before it is closed).
-    pub(crate) fn deregister(&self, src: &mut impl mio::event::Source) {
-        let _ = self.core.registry.deregister(src);
+    /// Takes the source out of the poller (before it is closed).
+    pub(crate) fn deregister(&self) {
+        let _ = self
+            .core
+            .borrow()
+            .registry
+            .deregister(&mut SourceFd(&self.fd));
+    }
+
+    /// Moves the registration to `hub`, whose thread runs it now (the hub
+    /// it was registered with has ended): out of the old poller, into the
+    /// new one, whose first poll reports the readiness the socket has.
+    #[cold]
+    #[inline(never)]
+    fn rehome(&self, hub: &Hub) -> io::Result<()> {
+        let old = self.core.borrow().clone();
+        let _ = old.registry.deregister(&mut SourceFd(&self.fd));
+        old.sources.borrow_mut().remove(self.key.get());
+        let core = hub.io.core.clone();
+        let key = core.sources.borrow_mut().insert(self.source.clone());
+        let registered = core
+            .registry
+            .register(&mut SourceFd(&self.fd), Token(key), self.interest);
+        if let Err(e) = registered {
+            core.sources.borrow_mut().remove(key);
+            // Homeless: the next wait tries again.
+            self.key.set(usize::MAX);
+            self.core_ptr.set(ptr::null());
+            return Err(e);
+        }
+        for dir in [Dir::Read, Dir::Write] {
+            self.source.flag(dir).set(false);
+            self.source.drained(dir).set(false);
+            self.source.waiters(dir).borrow_mut().clear();
+        }
+        self.key.set(key);
+        self.core_ptr.set(Rc::as_ptr(&core));
+        *self.core.borrow_mut() = core;
+        Ok(())
     }
 
     /// Runs `op` until it does not fail with `WouldBlock`, parking while
@@ -246,6 +303,9 @@ impl Registration {
     #[inline(always)]
     pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
         let hub = scheduler::hub("a socket operation that would block");
+        if self.core_ptr.get() != Rc::as_ptr(&hub.io.core) {
+            self.rehome(hub)?;
+        }
         let flag = self.source.flag(dir);
         flag.set(false);
         loop {
@@ -285,9 +345,10 @@ fn timed_out_error() -> io::Error {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.core.sources.borrow_mut().remove(self.key);
+        let core = self.core.borrow();
+        core.sources.borrow_mut().remove(self.key.get());
         // A descriptor is about to close: wake acceptors that ran out.
-        let waiters = std::mem::take(&mut *self.core.fd_freed.borrow_mut());
+        let waiters = std::mem::take(&mut *core.fd_freed.borrow_mut());
         for w in waiters {
             w.wake();
         }
@@ -306,16 +367,15 @@ pub(crate) fn wait_fd_freed(deadline: Instant) {
 #[track_caller]
 fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()> {
     let hub = scheduler::hub(what);
-    let mut src = SourceFd(&fd);
-    let reg = Registration::with_interest(hub, &mut src, interest)?;
+    let reg = Registration::with_interest(hub, fd, interest)?;
     /// Deregisters however the wait ends.
-    struct Dereg<'a>(&'a Registration, RawFd);
+    struct Dereg<'a>(&'a Registration);
     impl Drop for Dereg<'_> {
         fn drop(&mut self) {
-            self.0.deregister(&mut SourceFd(&self.1));
+            self.0.deregister();
         }
     }
-    let _dereg = Dereg(&reg, fd);
+    let _dereg = Dereg(&reg);
     let flag = reg.source.flag(dir);
     while !flag.get() {
         reg.source

@@ -43,11 +43,31 @@
 //! [`run`] returns when its closure returns. The coroutines still alive
 //! then are killed, in spawn order: their stacks unwind (every destructor
 //! on them runs, their sockets close) and their joiners see
-//! [`JoinError::Killed`]. A panic in the main closure is re-raised by
-//! `run` after that cleanup. A panic in any other coroutine ends only that
-//! coroutine: its [`JoinHandle::join`] returns [`JoinError::Panicked`]
-//! with the payload.
+//! [`JoinError::Killed`]; `run` waits for their destructors, which may
+//! still sleep or do I/O, up to [`Builder::shutdown_timeout`], and panics
+//! saying so if some never finish (see the [`Builder`] method). A panic in
+//! the main closure is re-raised by `run` after that cleanup. A panic in
+//! any other coroutine ends only that coroutine: its
+//! [`JoinHandle::join`] returns [`JoinError::Panicked`] with the payload.
 //!
+//! # Killing
+//!
+//! [`JoinHandle::kill`] unwinds the victim in an ordinary resume of its
+//! own: its pending sleep, read or join raises a private payload, and its
+//! destructors run as ordinary code that may itself sleep, write a goodbye
+//! on a socket, `block_on`, spawn, join or kill. Called from a coroutine,
+//! `kill` waits until the victim has finished (gevent's
+//! `kill(block=True)`); from a destructor that the hub's loop runs, it only
+//! asks. A kill is never raised inside a destructor: a second kill while
+//! the first unwinds does nothing, and a coroutine that kills itself from
+//! a destructor of its own kill goes on unwinding. A coroutine may run
+//! plain [`Coroutine`](crate::Coroutine)s,
+//! [`AsyncCoroutine`](crate::bridge::AsyncCoroutine)s and
+//! [`maybe_grow`](crate::maybe_grow) and suspend inside them, and be killed
+//! there; it may not suspend inside a
+//! [`Greenlet`](crate::greenlet::Greenlet) it started (that panics, naming
+//! the way out).
+
 //! # Deadlock
 //!
 //! When every coroutine waits (in joins, channels, events) and nothing is
@@ -55,7 +75,11 @@
 //! blocking job, no future awaited with [`block_on`], no [`Remote`] held
 //! by another thread — the hub does not sleep forever: the main
 //! coroutine's wait panics with a message naming the deadlock (gevent's
-//! `LoopExit`), and [`run`] unwinds the others and re-raises it.
+//! `LoopExit`), and [`run`] unwinds the others and re-raises it. If the
+//! main coroutine cannot take that panic because it is unwinding already
+//! (its destructors are the ones waiting), `run` panics with the deadlock
+//! at once, leaking the coroutines that cannot finish (see
+//! [`Builder::shutdown_timeout`]).
 //!
 //! # Outside a hub
 //!
@@ -94,7 +118,7 @@ mod timer;
 
 pub use block_on::block_on;
 pub use blocking::spawn_blocking;
-pub use builder::Builder;
+pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use io::{wait_readable, wait_writable};
 pub use remote::{Remote, RemoteJoinHandle, remote};
 pub use task::{JoinError, JoinHandle, KillHandle, TaskState};
@@ -102,8 +126,8 @@ pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yie
 
 /// Runs a hub on the calling thread: runs `f` as its main coroutine,
 /// drives every coroutine spawned meanwhile, and returns `f`'s value when
-/// `f` returns. Coroutines still alive then are killed (their stacks
-/// unwind; see [Ending](self#ending)).
+/// `f` returns. Coroutines still alive then are killed, and `run` waits
+/// for their stacks to unwind (see [Ending](self#ending)).
 ///
 /// `f` and its value must be `'static` (move what it needs into it): a
 /// coroutine's closure lives on its own stack.

@@ -32,7 +32,11 @@ pub(crate) struct Shared {
 
 struct Queue {
     messages: Vec<Message>,
+    /// No more work: the hub is ending (wake-ups still come in, for the
+    /// destructors of the coroutines it kills).
     closed: bool,
+    /// The hub has ended: nothing comes in.
+    ended: bool,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
@@ -47,6 +51,7 @@ impl Shared {
             queue: Mutex::new(Queue {
                 messages: Vec::new(),
                 closed: false,
+                ended: false,
             }),
             notified: AtomicBool::new(false),
             waker,
@@ -57,7 +62,7 @@ impl Shared {
     pub(crate) fn send(&self, msg: Message) -> Result<(), Message> {
         {
             let mut q = lock(&self.queue);
-            if q.closed {
+            if q.ended || (q.closed && matches!(msg, Message::Spawn(_))) {
                 return Err(msg);
             }
             q.messages.push(msg);
@@ -76,10 +81,23 @@ impl Shared {
         std::mem::take(&mut lock(&self.queue).messages)
     }
 
-    /// Refuses further messages; returns those still queued.
+    /// Refuses further work (wake-ups still come in); returns the work
+    /// still queued.
     pub(crate) fn close(&self) -> Vec<Message> {
         let mut q = lock(&self.queue);
         q.closed = true;
+        let (spawns, wakes) = std::mem::take(&mut q.messages)
+            .into_iter()
+            .partition(|m| matches!(m, Message::Spawn(_)));
+        q.messages = wakes;
+        spawns
+    }
+
+    /// Refuses every further message; returns those still queued.
+    pub(crate) fn end(&self) -> Vec<Message> {
+        let mut q = lock(&self.queue);
+        q.closed = true;
+        q.ended = true;
         std::mem::take(&mut q.messages)
     }
 

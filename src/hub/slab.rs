@@ -65,6 +65,19 @@ impl<T> Slab<T> {
         }
     }
 
+    /// How many values are stored.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The stored values, in index order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().filter_map(|s| match s {
+            Slot::Full(v) => Some(v),
+            Slot::Free(_) => None,
+        })
+    }
+
     /// Whether no value is stored.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0

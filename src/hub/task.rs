@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use crate::coroutine::{Coroutine, Yielder};
 use crate::stack::DefaultStack;
@@ -19,8 +19,7 @@ pub(crate) type Co = Coroutine<(), (), (), DefaultStack>;
 pub enum TaskState {
     /// Spawned, and not yet run.
     Pending,
-    /// Running now: it is the caller, or it is killing or waking another
-    /// coroutine from its own code.
+    /// Running now: it is the caller (only one coroutine runs at a time).
     Running,
     /// Started, and waiting (in a sleep, a read, a join, ...) or ready to
     /// continue.
@@ -98,8 +97,9 @@ impl fmt::Display for JoinError {
 
 impl std::error::Error for JoinError {}
 
-/// The payload that unwinds a coroutine that kills itself, or that was
-/// asked to die while it was busy killing another.
+/// The payload that unwinds a killed coroutine: raised at its pending (or
+/// next) park, or at once by a coroutine that kills itself, and caught by
+/// the task's body wrapper, which finishes the task as killed.
 pub(crate) struct KillSelf;
 
 /// One coroutine of a hub, untyped (the value goes through the
@@ -110,7 +110,7 @@ pub(crate) struct Task {
     pub(crate) id: u64,
     /// The task's key in the hub's slab of live tasks.
     pub(crate) key: Cell<usize>,
-    /// The coroutine; `None` once finished or killed.
+    /// The coroutine; `None` once finished.
     pub(crate) co: RefCell<Option<Co>>,
     /// The task's [`Yielder`], which lives in the first frame of its own
     /// stack for as long as the body runs; null before the first resume.
@@ -121,18 +121,38 @@ pub(crate) struct Task {
     pub(crate) epoch: Cell<u64>,
     /// In the ready queue now.
     pub(crate) queued: Cell<bool>,
-    /// Being killed: a panic that reaches the body's top is the core's
-    /// forced unwind, which must go on to the coroutine's first frame.
-    pub(crate) killing: Cell<bool>,
-    /// Asked to die while running: it unwinds at its next park.
+    /// A kill is pending: it is raised at the task's next park where it
+    /// can be (see the scheduler's docs), or, for a task that never
+    /// started, when it is first resumed.
     pub(crate) kill_requested: Cell<bool>,
-    /// Ended by a kill rather than by returning or panicking.
+    /// A kill was raised into the task (its `KillSelf` unwinds, or was
+    /// caught by the body wrapper).
     pub(crate) killed: Cell<bool>,
+    /// An unwind that the hub raised into this task (a kill, a timeout's
+    /// interrupt, a deadlock) is in flight: the value of the hub's scope
+    /// counter when it was raised. While it is set, the hub raises nothing
+    /// more into the task, except the interrupt of a `timeout` scope
+    /// entered after it (a scope a destructor opened).
+    pub(crate) unwinding: Cell<Option<u64>>,
+    /// Nothing unwound on the thread when the task last parked, so it has
+    /// no unwind of its own in flight (true before it starts).
+    pub(crate) parked_calm: Cell<bool>,
+    /// It parked while the thread unwound, and the hub could not tell
+    /// whether the unwind was its own.
+    pub(crate) suspect: Cell<bool>,
+    /// In the hub's list of tasks whose pending raise had to wait.
+    pub(crate) deferred: Cell<bool>,
     /// A [`timeout`](super::timeout) that expired: the id of its scope, to
     /// raise at the next park.
     pub(crate) interrupt: Cell<Option<u64>>,
-    /// The coroutine waiting in [`JoinHandle::join`].
-    pub(crate) joiner: RefCell<Option<Waiter>>,
+    /// The coroutines waiting for this one to finish (in
+    /// [`JoinHandle::join`], or in a [`JoinHandle::kill`] that waits).
+    pub(crate) waiters: RefCell<Vec<Waiter>>,
+    /// The task this one waits to finish (in a join or a kill), to see a
+    /// cycle of kills waiting on each other.
+    pub(crate) waits_for: RefCell<Weak<Task>>,
+    /// The wait in `waits_for` is a kill's (given up on a cycle).
+    pub(crate) kill_waiting: Cell<bool>,
     /// The hub found every coroutine waiting with nothing left that could
     /// wake one (set on the main coroutine, raised at its park).
     pub(crate) deadlock: Cell<bool>,
@@ -160,12 +180,66 @@ impl Task {
             state: Cell::new(TaskState::Pending),
             epoch: Cell::new(0),
             queued: Cell::new(false),
-            killing: Cell::new(false),
             kill_requested: Cell::new(false),
             killed: Cell::new(false),
+            unwinding: Cell::new(None),
+            parked_calm: Cell::new(true),
+            suspect: Cell::new(false),
+            deferred: Cell::new(false),
             interrupt: Cell::new(None),
-            joiner: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            waits_for: RefCell::new(Weak::new()),
+            kill_waiting: Cell::new(false),
             deadlock: Cell::new(false),
+        }
+    }
+
+    /// Parks the running task until `self` has finished: a join, or with
+    /// `kill` the wait of a kill for its victim's death.
+    ///
+    /// A kill's wait is given up when it would close a cycle of waits (the
+    /// victim waits, through joins and kills, for the killer): when this
+    /// wait would close one, the kills waiting on the cycle are woken to
+    /// see it and give up; a cycle of joins alone is the caller's deadlock,
+    /// as with threads (the hub's deadlock detection reports it).
+    #[track_caller]
+    pub(crate) fn wait_finished(self: &Rc<Task>, hub: &Hub, kill: bool) {
+        let me = hub.current_task();
+        *me.waits_for.borrow_mut() = Rc::downgrade(self);
+        me.kill_waiting.set(kill);
+        /// Forgets what the task waited for, however the wait ends.
+        struct Forget<'a>(&'a Task);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                *self.0.waits_for.borrow_mut() = Weak::new();
+                self.0.kill_waiting.set(false);
+            }
+        }
+        let _forget = Forget(&me);
+        while self.state.get() != TaskState::Finished {
+            if kill && self.suspect.get() {
+                // The victim may be unwinding from a panic of its own,
+                // which the hub cannot see: its kill cannot be raised until
+                // that is known, and waiting could hold up the unwind that
+                // would tell (see the scheduler's "Raising").
+                return;
+            }
+            if let Some(chain) = hub.cycle_through(self, &me) {
+                if kill {
+                    return;
+                }
+                for t in chain.iter().filter(|t| t.kill_waiting.get()) {
+                    hub.wake_any(t);
+                }
+            }
+            {
+                let mut waiters = self.waiters.borrow_mut();
+                if waiters.len() >= 8 {
+                    waiters.retain(Waiter::is_live);
+                }
+                waiters.push(Waiter::current(hub));
+            }
+            scheduler::park(hub);
         }
     }
 }
@@ -236,10 +310,7 @@ impl<T> JoinHandle<T> {
         if std::ptr::eq(hub.current_ptr(), Rc::as_ptr(&self.task)) {
             panic!("stackful::hub: a coroutine cannot join itself");
         }
-        while self.task.state.get() != TaskState::Finished {
-            *self.task.joiner.borrow_mut() = Some(Waiter::current(hub));
-            scheduler::park(hub);
-        }
+        self.task.wait_finished(hub, false);
         self.take()
     }
 
@@ -267,18 +338,44 @@ impl<T> JoinHandle<T> {
         self.task.id
     }
 
-    /// Kills the coroutine: its stack unwinds now (its pending sleep, read
-    /// or join panics with a private payload, so every destructor on it
-    /// runs, and its sockets close), its joiner is woken, and `join`
-    /// returns [`JoinError::Killed`]. Does nothing to a finished one.
+    /// Kills the coroutine (gevent's `kill(block=True)`): its pending
+    /// sleep, read or join (or, if it never started, its first resume)
+    /// raises a private payload, so its stack unwinds in an ordinary resume
+    /// of its own: every destructor on it runs, and may itself sleep, do
+    /// I/O, spawn, kill or join (see the [scheduler's rules](super#killing)).
+    /// Its waiters are woken, and `join` returns [`JoinError::Killed`] (or
+    /// [`JoinError::Panicked`] if its unwind ended in a panic of its own,
+    /// such as a panicking destructor of a closure that never ran). Does
+    /// nothing to a finished one.
     ///
-    /// A coroutine that kills itself unwinds from this call. A coroutine
-    /// that is busy (it is running, and called into the code that kills
-    /// this one) unwinds at its next suspension.
+    /// - Called from a coroutine, `kill` waits (cooperatively) until the
+    ///   victim has finished, however long its destructors take; the
+    ///   victim runs next. It does not wait when the victim is itself
+    ///   waiting, directly or through others, for the caller to finish (a
+    ///   destructor that kills the coroutine that is killing it): that
+    ///   wait could never end. Nor when the victim may be unwinding from a
+    ///   panic of its own that the hub cannot tell apart from another
+    ///   coroutine's unwind (see [Killing](super#killing)): its kill lands
+    ///   when that is known.
+    /// - A coroutine that kills itself unwinds from this call; if it is
+    ///   already unwinding from a kill (the call is in one of its
+    ///   destructors), the call does nothing: it is dying already. If it
+    ///   is unwinding from something else (its own panic, a `timeout`),
+    ///   the kill is raised at its next park where it can be.
+    /// - Called outside any coroutine (a destructor that the hub's loop
+    ///   runs), `kill` asks for the kill and returns; the victim unwinds
+    ///   when the loop runs it next.
+    ///
+    /// A second kill of a coroutine whose kill is unwinding does nothing: a
+    /// kill is never raised inside a destructor that runs during an unwind.
+    /// A kill of a coroutine that is unwinding from its own panic waits
+    /// until that unwind ends (its result is then the panic); a kill that
+    /// is still waiting to be raised when the coroutine returns does
+    /// nothing (`join` gives the value).
     ///
     /// # Panics
-    /// Outside the hub that runs the coroutine. If a destructor panics
-    /// while the stack unwinds, that panic reaches the caller.
+    /// Outside a hub. The victim's panics never reach the caller: they are
+    /// the victim's result.
     #[track_caller]
     pub fn kill(&self) {
         let hub = scheduler::hub("JoinHandle::kill");
@@ -313,10 +410,11 @@ pub struct KillHandle {
 }
 
 impl KillHandle {
-    /// Kills the coroutine, as [`JoinHandle::kill`] does.
+    /// Kills the coroutine, as [`JoinHandle::kill`] does (from a coroutine,
+    /// it waits for the death).
     ///
     /// # Panics
-    /// Outside the hub that runs the coroutine.
+    /// Outside a hub.
     #[track_caller]
     pub fn kill(&self) {
         scheduler::hub("KillHandle::kill").kill(&self.task);

@@ -65,6 +65,17 @@ impl Timers {
         self.map.first_key_value().map(|(k, _)| k.0)
     }
 
+    /// Removes the pending `call_later` functions and returns them.
+    pub(crate) fn take_calls(&mut self) -> Vec<Action> {
+        let keys: Vec<TimerKey> = self
+            .map
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Call(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| self.map.remove(k)).collect()
+    }
+
     /// Removes and returns the earliest timer if it is due at `now`.
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<Action> {
         match self.map.first_entry() {
@@ -197,8 +208,13 @@ impl From<Elapsed> for io::Error {
     }
 }
 
-/// The payload that unwinds a [`timeout`] scope whose time ran out.
-pub(crate) struct TimeoutUnwind(pub(crate) u64);
+/// The payload that unwinds a [`timeout`] scope whose time ran out: the
+/// scope's id, and the hub-raised unwind that was in flight in the task
+/// when it was raised (a destructor's scope; see the scheduler's docs).
+pub(crate) struct TimeoutUnwind {
+    pub(crate) scope: u64,
+    pub(crate) outer: Option<u64>,
+}
 
 /// Runs `f` in the calling coroutine, and interrupts it if it has not
 /// returned after `duration` (gevent's `Timeout`): when the time runs out,
@@ -250,16 +266,17 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
     }
     let cancel = Cancel(hub, key, task, scope);
     let r = panic::catch_unwind(AssertUnwindSafe(f));
+    let task = cancel.2.clone();
     drop(cancel);
     match r {
         Ok(v) => Ok(v),
-        Err(p)
-            if p.downcast_ref::<TimeoutUnwind>()
-                .is_some_and(|t| t.0 == scope) =>
-        {
-            Err(Elapsed(()))
-        }
-        Err(p) => panic::resume_unwind(p),
+        Err(p) => match p.downcast_ref::<TimeoutUnwind>() {
+            Some(t) if t.scope == scope => {
+                hub.end_timeout_unwind(&task, t.outer);
+                Err(Elapsed(()))
+            }
+            _ => panic::resume_unwind(p),
+        },
     }
 }
 
@@ -321,6 +338,13 @@ impl CallLater {
 #[track_caller]
 pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallLater {
     let hub = scheduler::hub("hub::call_later");
+    if hub.is_shutting_down() {
+        // The end of `run`: nothing new starts.
+        drop(f);
+        return CallLater {
+            key: (Instant::now(), 0),
+        };
+    }
     let deadline =
         deadline_after(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40));
     let key = hub

@@ -82,8 +82,8 @@ impl TcpListener {
     #[track_caller]
     pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
         listener.set_nonblocking(true)?;
-        let mut io = mio::net::TcpListener::from_std(listener);
-        let reg = Registration::new(&mut io, "TcpListener::bind")?;
+        let io = mio::net::TcpListener::from_std(listener);
+        let reg = Registration::new(&io, "TcpListener::bind")?;
         Ok(TcpListener { io, reg })
     }
 
@@ -136,7 +136,7 @@ impl AsRawFd for TcpListener {
 
 impl Drop for TcpListener {
     fn drop(&mut self) {
-        self.reg.deregister(&mut self.io);
+        self.reg.deregister();
     }
 }
 
@@ -162,8 +162,8 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
-    fn from_mio(mut io: mio::net::TcpStream) -> io::Result<TcpStream> {
-        let reg = Registration::new(&mut io, "TcpStream")?;
+    fn from_mio(io: mio::net::TcpStream) -> io::Result<TcpStream> {
+        let reg = Registration::new(&io, "TcpStream")?;
         Ok(TcpStream {
             io,
             reg,
@@ -365,7 +365,7 @@ impl AsRawFd for TcpStream {
 
 impl Drop for TcpStream {
     fn drop(&mut self) {
-        self.reg.deregister(&mut self.io);
+        self.reg.deregister();
     }
 }
 

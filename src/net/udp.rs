@@ -44,8 +44,8 @@ impl UdpSocket {
     #[track_caller]
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
         each_addr(addr, |a| {
-            let mut io = mio::net::UdpSocket::bind(a)?;
-            let reg = Registration::new(&mut io, "UdpSocket::bind")?;
+            let io = mio::net::UdpSocket::bind(a)?;
+            let reg = Registration::new(&io, "UdpSocket::bind")?;
             Ok(UdpSocket { io, reg })
         })
     }
@@ -134,7 +134,7 @@ impl AsRawFd for UdpSocket {
 
 impl Drop for UdpSocket {
     fn drop(&mut self) {
-        self.reg.deregister(&mut self.io);
+        self.reg.deregister();
     }
 }
 

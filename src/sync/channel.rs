@@ -242,9 +242,22 @@ impl<'a, T> IntoIterator for &'a Receiver<T> {
     }
 }
 
+/// One more handle: a count that would overflow (handles cloned and
+/// forgotten `usize::MAX` times) panics rather than wrap.
+#[inline]
+#[track_caller]
+fn count_one_more(n: usize, what: &str) -> usize {
+    match n.checked_add(1) {
+        Some(n) => n,
+        None => panic!("stackful::sync::channel: too many clones of a {what}"),
+    }
+}
+
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        self.0.senders.set(self.0.senders.get() + 1);
+        self.0
+            .senders
+            .set(count_one_more(self.0.senders.get(), "Sender"));
         Sender(self.0.clone())
     }
 }
@@ -261,7 +274,9 @@ impl<T> Drop for Sender<T> {
 
 impl<T> Clone for Receiver<T> {
     fn clone(&self) -> Self {
-        self.0.receivers.set(self.0.receivers.get() + 1);
+        self.0
+            .receivers
+            .set(count_one_more(self.0.receivers.get(), "Receiver"));
         Receiver(self.0.clone())
     }
 }

@@ -81,8 +81,17 @@ impl Semaphore {
     }
 
     /// Adds `n` permits, waking as many waiters.
+    ///
+    /// # Panics
+    /// When the count of free permits would exceed `usize::MAX` (as std's
+    /// collections panic on a capacity overflow); the count is then
+    /// unchanged.
+    #[track_caller]
     pub fn add_permits(&self, n: usize) {
-        self.0.permits.set(self.0.permits.get() + n);
+        let Some(permits) = self.0.permits.get().checked_add(n) else {
+            permits_overflow(self.0.permits.get(), n);
+        };
+        self.0.permits.set(permits);
         for _ in 0..n {
             if !self.0.waiters.wake_one() {
                 break;
@@ -94,6 +103,17 @@ impl Semaphore {
     pub fn available(&self) -> usize {
         self.0.permits.get()
     }
+}
+
+/// `add_permits`'s panic.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn permits_overflow(free: usize, n: usize) -> ! {
+    panic!(
+        "stackful::sync::Semaphore: adding {n} permits to the {free} free ones would overflow \
+         the count (usize::MAX at most)"
+    )
 }
 
 impl Drop for SemaphorePermit {

@@ -1,0 +1,104 @@
+//! Helpers for the hub's soundness tests (included with
+//! `#[path = "util/hub.rs"] mod hub_util;` beside `mod util;`): run a scenario in a child
+//! process with a watchdog, so that a crash, an abort or a hang of the
+//! scenario fails its test instead of the whole suite.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a child run produced.
+#[derive(Debug)]
+pub struct ChildRun {
+    /// The exit code, `None` if a signal ended it (or the watchdog did).
+    pub code: Option<i32>,
+    /// Whether the watchdog killed it (a hang).
+    pub hung: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ChildRun {
+    /// Everything it printed.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `f` in a child process (this test binary again, running only the
+/// test `test_name`), killed after `limit`; in that child, runs `f`.
+/// Returns what the child did (in the child, `None`).
+pub fn in_child(test_name: &str, limit: Duration, f: impl FnOnce()) -> Option<ChildRun> {
+    if crate::util::child_role().as_deref() == Some(test_name) {
+        f();
+        return None;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = match std::env::var_os("STACKFUL_RUNNER") {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(crate::util::CHILD_ROLE, test_name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the child test process");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let limit = if crate::util::emulated() {
+        limit * 10
+    } else {
+        limit
+    };
+    let (status, hung) = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break (status, false);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            break (child.wait().expect("wait for the child"), true);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Some(ChildRun {
+        code: status.code(),
+        hung,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+    })
+}
+
+/// Runs `f` in a child process and asserts that it passed: no crash, no
+/// abort, no hang, no failed assertion.
+pub fn passes_in_child(test_name: &str, f: impl FnOnce()) {
+    if let Some(run) = in_child(test_name, Duration::from_secs(60), f) {
+        assert!(
+            !run.hung && run.code == Some(0),
+            "the scenario failed in its child process ({}):\n{}",
+            if run.hung {
+                "hung".to_string()
+            } else {
+                format!("exit code {:?}", run.code)
+            },
+            run.output()
+        );
+    }
+}
