@@ -87,7 +87,7 @@
 //! # MXCSR and the x87 control word
 //!
 //! The System V ABI makes the control bits of MXCSR and the x87 control word
-//! callee-saved. [`switch`] does not keep them per context: Rust offers no
+//! callee-saved. A switch does not keep them per context: Rust offers no
 //! stable way to change the rounding mode or exception masks, so they never
 //! differ between contexts in Rust code, and saving them (`stmxcsr`/`ldmxcsr`,
 //! `fnstcw`/`fldcw`) would more than double the cost of a switch
@@ -152,7 +152,7 @@ unsafe extern "C" fn dead_continuation() {
 }
 
 /// Writes the first frame of a new context below `top` and returns the
-/// stack pointer to [`switch`] to. The first switch into it calls
+/// stack pointer to switch to. The first switch into it calls
 /// `entry(arg, from, data)` on this stack, where `arg` is the word passed to
 /// that switch and `from` the sp of the context that switched.
 ///
