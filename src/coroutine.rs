@@ -246,10 +246,11 @@ macro_rules! coroutine_struct {
         /// unwind runs cannot suspend either: its `suspend` panics with a message
         /// that says so, and since a panic that escapes a destructor during
         /// unwinding aborts the process (Rust's rule), finish a coroutine whose
-        /// destructors suspend before dropping it.
+        /// destructors suspend before dropping it. A panic that escapes while the
+        /// stack unwinds reaches the code that dropped the coroutine (unless that
+        /// code is itself unwinding).
         ///
-        /// Two limits of the same nature (found by adversarial tests, and kept
-        /// by `tests/attack_core.rs` as documented behaviour, not as bugs):
+        /// Two limits of the same nature (found by adversarial tests):
         /// - a destructor run by the body's *own* panic may suspend, but the
         ///   thread's panic state crosses the switch with it
         ///   ([`std::thread::panicking`] is true in the resumer until the body
@@ -260,9 +261,7 @@ macro_rules! coroutine_struct {
         /// - a forced unwind is a panic raised at the pending `suspend`, and
         ///   needs stack there (about 6 KiB on x86_64, 9 KiB on aarch64): a body
         ///   suspended closer than that to the bottom of its stack hits the
-        ///   guard when dropped (the overflow message and an abort). A panic that escapes while the stack unwinds
-        /// reaches the code that dropped the coroutine (unless that code is itself
-        /// unwinding).
+        ///   guard when dropped (the overflow message and an abort).
         ///
         /// Without unwinding, that is without the `std` feature or with
         /// `panic = "abort"`, a suspended stack cannot be unwound, so dropping a
