@@ -331,15 +331,14 @@ struct Owns(Coroutine<(), (), ()>, util::DropGuard);
 fn chain(depth: u32, drops: &DropCounter) -> Coroutine<(), (), ()> {
     let inner = (depth > 0).then(|| chain(depth - 1, drops));
     let g = drops.guard();
-    let co = Coroutine::new(move |y: &Yielder<(), ()>, ()| {
+    Coroutine::new(move |y: &Yielder<(), ()>, ()| {
         let _own = inner.map(|mut c| {
             c.resume(());
             Owns(c, g)
         });
         y.suspend(());
         unreachable!();
-    });
-    co
+    })
 }
 
 /// `depth + 1` suspended coroutines, each owned by a frame of the one
@@ -673,7 +672,7 @@ fn holds_remaining_stack_after_stacks_suspended_freed_and_reused_out_of_order() 
                         check_on(lim);
                         y.suspend(());
                         check_on(lim);
-                        maybe_grow(8 * 1024, 16 * 1024, || check_on_any());
+                        maybe_grow(8 * 1024, 16 * 1024, check_on_any);
                     };
                     if slice {
                         let s = slice_stack(size);
