@@ -379,7 +379,6 @@ pub unsafe fn switch_jump(arg: usize, to: usize, link: *mut usize) -> (usize, *m
 /// runs. A hint only: it reads nothing the program can see and never
 /// faults, whatever the address.
 #[inline(always)]
-#[cfg_attr(not(feature = "hub"), allow(dead_code))]
 pub fn prefetch(addr: usize) {
     // SAFETY: a prefetch changes no register, flag or memory, and faults
     // on no address.

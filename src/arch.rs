@@ -39,7 +39,6 @@ cfg_if::cfg_if! {
     }
 }
 
-#[cfg(feature = "hub")]
 pub(crate) use imp::prefetch;
 #[cfg(feature = "std")]
 pub(crate) use imp::valgrind_request;

@@ -454,11 +454,19 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// next coroutines in its queue: brings in the link word and, with
     /// `frames`, reads it and brings in the first lines of the suspended
     /// frames it points at (so a scheduler asks for the link a turn
-    /// earlier). Must not be called on a running coroutine (its link word
-    /// then holds the resumer's sp: harmless, but useless).
-    #[cfg(feature = "hub")]
+    /// earlier, and for the frames the next). A hint only: it changes
+    /// nothing the program can see and never faults; on a running or
+    /// finished coroutine it is merely useless.
+    ///
+    /// ```
+    /// let mut co = stackful::Coroutine::new(|y, ()| y.suspend(1));
+    /// co.resume(());
+    /// co.prefetch(false); // the link word, for a resume a few turns away
+    /// co.prefetch(true); // and the suspended frames, for the next resume
+    /// assert_eq!(co.resume(()).as_return(), Some(()));
+    /// ```
     #[inline]
-    pub(crate) fn prefetch(&self, frames: bool) {
+    pub fn prefetch(&self, frames: bool) {
         /// The lines above a suspended sp that its resume reads first: the
         /// switch frame and its callers' frames.
         const LINES: usize = 4;
