@@ -10,6 +10,21 @@ use std::hint::black_box;
 
 use stackful::{Coroutine, DefaultStack};
 
+/// Runs the test `test` again in a child playing `role`, and checks that
+/// ASan stopped it with a report of `kind`.
+fn child_is_stopped_by_asan(test: &str, role: &str, kind: &str) {
+    let out = util::run_child(test, role);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the child should have been stopped by ASan:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("AddressSanitizer: {kind}")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn asan_catches_a_use_after_scope_on_a_coroutine_stack() {
     const ROLE: &str = "use-after-scope";
@@ -30,15 +45,10 @@ fn asan_catches_a_use_after_scope_on_a_coroutine_stack() {
         println!("read {v:?} without a report");
         return;
     }
-    let out = util::run_child("asan_catches_a_use_after_scope_on_a_coroutine_stack", ROLE);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "the child should have been stopped by ASan:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("AddressSanitizer: stack-use-after-scope"),
-        "{stderr}"
+    child_is_stopped_by_asan(
+        "asan_catches_a_use_after_scope_on_a_coroutine_stack",
+        ROLE,
+        "stack-use-after-scope",
     );
 }
 
@@ -59,15 +69,10 @@ fn asan_catches_a_heap_use_after_free_inside_a_coroutine() {
         println!("read {v:?} without a report");
         return;
     }
-    let out = util::run_child(
+    child_is_stopped_by_asan(
         "asan_catches_a_heap_use_after_free_inside_a_coroutine",
         ROLE,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("AddressSanitizer: heap-use-after-free"),
-        "{stderr}"
+        "heap-use-after-free",
     );
 }
 
@@ -88,15 +93,10 @@ fn asan_catches_a_use_after_scope_inside_on_stack() {
         println!("read {v:?} without a report");
         return;
     }
-    let out = util::run_child("asan_catches_a_use_after_scope_inside_on_stack", ROLE);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "the child should have been stopped by ASan:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("AddressSanitizer: stack-use-after-scope"),
-        "{stderr}"
+    child_is_stopped_by_asan(
+        "asan_catches_a_use_after_scope_inside_on_stack",
+        ROLE,
+        "stack-use-after-scope",
     );
 }
 
