@@ -56,6 +56,18 @@ pub const CHILD_ROLE: &str = "STACKFUL_TEST_CHILD";
 /// only the test `test_name`, and returns its output. Under qemu-user the
 /// child runs through `$STACKFUL_RUNNER`, since the sandbox has no binfmt.
 pub fn run_child(test_name: &str, role: &str) -> Output {
+    run_child_with(test_name, role, &[])
+}
+
+/// The environment for a child that leaks on purpose (what it checks is a
+/// designed leak): LeakSanitizer, in the ASan run, is told not to report.
+pub fn leaks_allowed() -> [(&'static str, String); 1] {
+    let asan = std::env::var("ASAN_OPTIONS").unwrap_or_default();
+    [("ASAN_OPTIONS", format!("{asan}:detect_leaks=0"))]
+}
+
+/// [`run_child`], with more environment variables for the child.
+pub fn run_child_with(test_name: &str, role: &str, env: &[(&str, String)]) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = match std::env::var_os("STACKFUL_RUNNER") {
         Some(runner) => {
@@ -67,6 +79,7 @@ pub fn run_child(test_name: &str, role: &str) -> Output {
     };
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ROLE, role)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("spawn the child test process")
 }
