@@ -8,7 +8,10 @@
 //! Round trips (one resume, one suspend back): `stackful`, `corosensei`,
 //! `context`, `generator`, each an identity coroutine (it yields back what
 //! it receives) on its crate's default stack (stackful and corosensei
-//! 1 MiB, context and generator 32 KiB). `greenlet`: a ping-pong between
+//! 1 MiB, context and generator 32 KiB); `stackful-deep` and
+//! `corosensei-deep`: the same, each side switching from the bottom of a
+//! chain of 4 calls, so that real returns follow every switch (what the
+//! return predictor sees). `greenlet`: a ping-pong between
 //! the main greenlet and one other, two switches, as a round trip is.
 //!
 //! Whole lives (create, resume twice: it yields once, then returns; drop),
@@ -26,9 +29,11 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const WORKLOADS: [&str; 10] = [
+const WORKLOADS: [&str; 12] = [
     "stackful",
     "corosensei",
+    "stackful-deep",
+    "corosensei-deep",
     "context",
     "generator",
     "greenlet",
@@ -54,6 +59,8 @@ fn main() -> ExitCode {
     let elapsed = match name {
         "stackful" => stackful(n),
         "corosensei" => corosensei(n),
+        "stackful-deep" => stackful_deep(n),
+        "corosensei-deep" => corosensei_deep(n),
         "context" => context(n),
         "generator" => generator(n),
         "greenlet" => greenlet(n),
@@ -103,6 +110,48 @@ macro_rules! round_trips {
 
 round_trips!(stackful, stackful);
 round_trips!(corosensei, corosensei);
+
+/// A chain of `DEPTH` calls that the compiler may not inline, with `f` at
+/// its end: every switch made from inside it is followed by `DEPTH` real
+/// returns, as in code that suspends from a callee, so the workload shows
+/// what a switch does to the CPU's return predictor.
+const DEPTH: u32 = 4;
+
+#[inline(never)]
+fn nested<R>(depth: u32, f: &mut dyn FnMut() -> R) -> R {
+    if depth == 0 {
+        return f();
+    }
+    black_box(nested(black_box(depth - 1), f))
+}
+
+/// Round trips as in `round_trips!`, but both sides switch from the bottom
+/// of a chain of `DEPTH` calls.
+macro_rules! deep_round_trips {
+    ($name:ident, $krate:ident) => {
+        #[inline(never)]
+        fn $name(n: u64) -> Duration {
+            use $krate::{Coroutine, CoroutineResult};
+            let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
+                loop {
+                    x = nested(DEPTH, &mut || y.suspend(black_box(x)));
+                }
+            });
+            let start = Instant::now();
+            for i in 0..n {
+                let r = nested(DEPTH, &mut || co.resume(black_box(i)));
+                match r {
+                    CoroutineResult::Yield(v) => black_box(v),
+                    CoroutineResult::Return(()) => unreachable!(),
+                };
+            }
+            start.elapsed()
+        }
+    };
+}
+
+deep_round_trips!(stackful_deep, stackful);
+deep_round_trips!(corosensei_deep, corosensei);
 
 #[inline(never)]
 fn context(n: u64) -> Duration {
