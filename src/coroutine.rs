@@ -248,7 +248,10 @@ macro_rules! coroutine_struct {
         /// unwinding aborts the process (Rust's rule), finish a coroutine whose
         /// destructors suspend before dropping it. A panic that escapes while the
         /// stack unwinds reaches the code that dropped the coroutine (unless that
-        /// code is itself unwinding).
+        /// code is itself unwinding, which is told by [`std::thread::panicking`]:
+        /// a per-thread answer, so a coroutine dropped by one of several
+        /// coroutines on a thread while another is suspended mid-unwind has its
+        /// panic dropped too).
         ///
         /// Two limits of the same nature (found by adversarial tests):
         /// - a destructor run by the body's *own* panic may suspend, but the

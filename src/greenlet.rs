@@ -12,7 +12,7 @@
 //! assert_eq!(echo.switch("hi".into()), "hi!");
 //! // The body returns: its value goes to its parent, the main greenlet.
 //! assert_eq!(echo.switch("so".into()), "so?");
-//! assert!(echo.is_dead());
+//! assert!(echo.done());
 //! ```
 //!
 //! # The model
@@ -638,7 +638,7 @@ impl<T> fmt::Display for SwitchError<T> {
             SwitchError::Dead(_) => write!(
                 f,
                 "cannot switch to a dead greenlet (it returned, panicked or was killed); \
-                 check is_dead() first"
+                 check done() first"
             ),
             SwitchError::WrongType { expected, .. } => write!(
                 f,
@@ -764,9 +764,16 @@ impl<T: 'static> Greenlet<T> {
 
     /// Like [`new`](Greenlet::new), on the given stack.
     ///
+    /// Only a [`DefaultStack`], unlike [`Coroutine::with_stack`](crate::Coroutine::with_stack),
+    /// which takes any [`Stack`]: a greenlet's handles are typed by what
+    /// its body takes, not by its stack, and a dead greenlet's stack is
+    /// given back by whichever greenlet receives its death, so the greenlet
+    /// layer keeps one stack type; and a greenlet has no owner that could
+    /// vouch for a stack without a guard (a [`SliceStack`](crate::SliceStack)).
+    ///
     /// # Panics
-    /// When the stack leaves less than
-    /// [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) below the closure.
+    /// When the closure does not fit in the stack (see
+    /// [`Coroutine::with_stack`](crate::Coroutine::with_stack)).
     pub fn with_stack<F>(stack: DefaultStack, f: F) -> Self
     where
         F: FnOnce(T) -> T + 'static,
@@ -891,12 +898,12 @@ impl<T: 'static> Greenlet<T> {
 
 impl<T> Greenlet<T> {
     /// Whether the greenlet has returned, panicked or been killed.
-    pub fn is_dead(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.handle.0.life.get() == Life::Dead
     }
 
     /// Whether the greenlet has started (a main greenlet always has).
-    pub fn is_started(&self) -> bool {
+    pub fn started(&self) -> bool {
         self.handle.0.life.get() != Life::NotStarted
     }
 

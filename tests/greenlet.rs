@@ -43,12 +43,12 @@ fn values_pass_both_ways() {
         let c = main.switch(b * 3);
         c * 5
     });
-    assert!(!g.is_started());
+    assert!(!g.started());
     assert_eq!(g.switch(1), 2);
-    assert!(g.is_started() && !g.is_dead());
+    assert!(g.started() && !g.done());
     assert_eq!(g.switch(10), 30);
     assert_eq!(g.switch(7), 35);
-    assert!(g.is_dead());
+    assert!(g.done());
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn a_dead_parent_hands_the_value_on_to_its_parent() {
         x
     });
     assert_eq!(parent.switch(5), 5);
-    assert!(parent.is_dead());
+    assert!(parent.done());
     let child = child_slot.borrow_mut().take().unwrap();
     // The child's return skips its dead parent and reaches main.
     assert_eq!(child.switch(21), 42);
@@ -90,7 +90,7 @@ fn a_panic_goes_to_the_parent_with_its_payload() {
     let g = Greenlet::new(|_: u8| -> u8 { panic::panic_any(String::from("boom in greenlet")) });
     let err = panic::catch_unwind(AssertUnwindSafe(|| g.switch(0))).unwrap_err();
     assert_eq!(err.downcast_ref::<String>().unwrap(), "boom in greenlet");
-    assert!(g.is_dead());
+    assert!(g.done());
     // Panic of a grandchild whose parent died: reaches main.
     let slot: Rc<RefCell<Option<Greenlet<u8>>>> = Rc::default();
     let s = slot.clone();
@@ -121,7 +121,7 @@ fn kill_unwinds_the_stack_and_returns() {
     assert_eq!(drops.get(), 0);
     g.kill();
     assert_eq!(drops.get(), 2, "both guards on the greenlet's stack");
-    assert!(g.is_dead());
+    assert!(g.done());
     assert!(!*reached_end.borrow());
     g.kill(); // killing a dead greenlet does nothing
     let err = g.try_switch(()).unwrap_err();
@@ -195,7 +195,7 @@ fn a_killed_greenlet_that_catches_the_unwind_cannot_switch_again() {
     });
     assert_eq!(g.switch(0), 1);
     g.kill();
-    assert!(g.is_dead());
+    assert!(g.done());
     assert_eq!(*log.borrow(), ["caught true", "again true"]);
 }
 
@@ -244,7 +244,7 @@ fn a_killed_greenlet_stays_killed_after_killing_another_while_unwinding() {
     });
     g.switch(());
     g.kill();
-    assert!(g.is_dead());
+    assert!(g.done());
     assert_eq!(*log.borrow(), ["switch refused true"]);
 }
 
@@ -259,7 +259,7 @@ fn set_parent_refuses_a_cycle() {
     assert!(a.set_parent(&a).is_err());
     // b's return now goes to a, which starts with it and returns it to main.
     assert_eq!(b.switch(9), 9);
-    assert!(a.is_dead() && b.is_dead());
+    assert!(a.done() && b.done());
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn a_type_mismatch_is_reported() {
         assert!(msg.contains("waits for a ()"), "{msg}");
     });
     r.switch(());
-    assert!(r.is_dead());
+    assert!(r.done());
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn a_return_value_of_the_wrong_type_for_the_parent_panics_there() {
     let msg = err.downcast_ref::<String>().unwrap();
     assert!(msg.contains("return value went to its parent"), "{msg}");
     assert!(msg.contains("waits for a alloc::string::String"), "{msg}");
-    assert!(child.is_dead() && p.is_dead());
+    assert!(child.done() && p.done());
 }
 
 #[test]
@@ -320,7 +320,7 @@ fn main_cannot_be_killed_and_a_greenlet_cannot_kill_itself() {
         );
     });
     g.switch(());
-    assert!(g.is_dead());
+    assert!(g.done());
 }
 
 #[inline(never)]

@@ -230,13 +230,13 @@ fn perform(w: &Rc<World>, me: usize, op: Op, ctx: Ctx) -> Option<Delivery> {
             let r = panic::catch_unwind(AssertUnwindSafe(|| h.kill()));
             match r {
                 Ok(()) => {
-                    if h.is_dead() {
+                    if h.done() {
                         w.dead.borrow_mut()[x] = true;
                     }
                     if ctx == Ctx::Normal {
                         // Only a greenlet waiting in a kill (none waits
                         // while a body runs) survives a kill from a body.
-                        assert!(h.is_dead(), "{me} killed {x}, which lives");
+                        assert!(h.done(), "{me} killed {x}, which lives");
                     }
                 }
                 Err(p) => {

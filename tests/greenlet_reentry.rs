@@ -61,7 +61,7 @@ impl Drop for KillOnDrop {
             format!(
                 "{}: kill returned, target dead {}",
                 self.who,
-                self.target.is_dead()
+                self.target.done()
             ),
         );
     }
@@ -111,11 +111,11 @@ fn mutual_kill_from_a_destructor_leaves_the_killer_waiting_for_its_victim() {
                 g2.switch(());
                 *s.borrow_mut() = Some(g2.clone());
                 g2.kill();
-                push(&l, format!("g1: kill returned, g2 dead {}", g2.is_dead()));
+                push(&l, format!("g1: kill returned, g2 dead {}", g2.done()));
             });
             g1.switch(());
             push(&log, "main");
-            let g1_dead = g1.is_dead();
+            let g1_dead = g1.done();
             // G1 is freed; then G2 is killed again (it is dead: nothing to
             // do) and freed, before the checks.
             drop(g1);
@@ -153,7 +153,7 @@ fn dropping_the_killers_last_handle_from_the_victims_destructor_does_not_wake_it
                 let _g1_guard = d.guard();
                 let g2 = s2.borrow_mut().take().unwrap();
                 g2.kill();
-                push(&l, format!("g1: kill returned, g2 dead {}", g2.is_dead()));
+                push(&l, format!("g1: kill returned, g2 dead {}", g2.done()));
             });
             let (l, d, s1) = (log.clone(), drops.clone(), g1_slot.clone());
             let g2 = Greenlet::new(move |()| {
@@ -173,7 +173,7 @@ fn dropping_the_killers_last_handle_from_the_victims_destructor_does_not_wake_it
             // last handle of g1; g1 returns to main.
             g2.switch(());
             push(&log, "main");
-            assert!(g2.is_dead());
+            assert!(g2.done());
             assert_eq!(
                 *log.borrow(),
                 [
@@ -233,11 +233,11 @@ fn a_kill_chain_that_kills_back_waits_for_each_victim_in_turn() {
                 });
                 g2.switch(());
                 g2.kill();
-                push(&l, format!("g1: kill returned, g2 dead {}", g2.is_dead()));
+                push(&l, format!("g1: kill returned, g2 dead {}", g2.done()));
             });
             g1.switch(());
             push(&log, "main");
-            let g1_dead = g1.is_dead();
+            let g1_dead = g1.done();
             // Everything is freed before the checks.
             drop(g1);
             assert!(g1_dead);
@@ -263,10 +263,7 @@ impl Drop for KillSelfOnDrop {
     fn drop(&mut self) {
         let me = current::<()>();
         me.kill();
-        push(
-            &self.0,
-            format!("self kill returned, dead {}", me.is_dead()),
-        );
+        push(&self.0, format!("self kill returned, dead {}", me.done()));
     }
 }
 
@@ -287,7 +284,7 @@ fn a_greenlet_being_killed_that_kills_itself_goes_on_dying() {
             });
             g.switch(());
             g.kill();
-            assert!(g.is_dead());
+            assert!(g.done());
             assert_eq!(*log.borrow(), ["self kill returned, dead false"]);
             // Not being killed, the running greenlet still may not kill
             // itself: that is a plain panic, as documented.
@@ -296,7 +293,7 @@ fn a_greenlet_being_killed_that_kills_itself_goes_on_dying() {
                 assert!(r.is_err());
             });
             g.switch(());
-            assert!(g.is_dead());
+            assert!(g.done());
         },
     );
 }
@@ -322,7 +319,7 @@ fn the_victim_killing_the_waiting_main_greenlet_does_nothing() {
             });
             g.switch(());
             g.kill();
-            assert!(g.is_dead());
+            assert!(g.done());
             assert_eq!(
                 *log.borrow(),
                 ["g kills main: kill returned, target dead false"]
@@ -387,10 +384,10 @@ fn a_destructor_run_by_a_kill_cannot_switch_to_the_killer_or_anywhere() {
         });
         g2.switch(());
         g2.kill();
-        push(&l, format!("g1: kill returned, g2 dead {}", g2.is_dead()));
+        push(&l, format!("g1: kill returned, g2 dead {}", g2.done()));
     });
     g1.switch(());
-    assert!(g1.is_dead());
+    assert!(g1.done());
     assert_eq!(
         *log.borrow(),
         [
@@ -427,7 +424,7 @@ fn a_destructor_run_by_a_kill_may_create_kill_drop_and_reparent_greenlets() {
                 &self.log,
                 format!(
                     "busy: killed dead {}, orphan parent is killer {}",
-                    killed.is_dead(),
+                    killed.done(),
                     orphan.parent().unwrap() == self.killer
                 ),
             );
@@ -459,7 +456,7 @@ fn a_destructor_run_by_a_kill_may_create_kill_drop_and_reparent_greenlets() {
     // The orphan, made inside the dead greenlet, returns to main.
     let orphan = ORPHAN.with(|o| o.borrow_mut().take()).unwrap();
     orphan.switch(());
-    assert!(orphan.is_dead());
+    assert!(orphan.done());
     assert_eq!(drops.get(), 3);
 }
 
@@ -511,7 +508,7 @@ fn a_kill_unwinds_through_a_coroutine_or_on_stack_inside_the_greenlet() {
     in_coroutine.switch(());
     assert_eq!(drops.get(), 0);
     in_coroutine.kill();
-    assert!(in_coroutine.is_dead());
+    assert!(in_coroutine.done());
     assert_eq!(drops.get(), 2);
 
     let (d, m) = (drops.clone(), main.clone());
@@ -551,7 +548,7 @@ fn a_panic_in_a_killed_closure_reaches_the_killer_unless_it_is_unwinding() {
     let g = Greenlet::new(move |()| drop(p));
     let err = panic::catch_unwind(AssertUnwindSafe(|| g.kill())).unwrap_err();
     assert_eq!(err.downcast_ref::<String>().unwrap(), "drop panicked");
-    assert!(g.is_dead());
+    assert!(g.done());
 
     // The killer unwinds (its own panic) when it drops the last handle.
     let p = PanicOnDrop;
@@ -565,7 +562,7 @@ fn a_panic_in_a_killed_closure_reaches_the_killer_unless_it_is_unwinding() {
         err.downcast_ref::<String>().unwrap(),
         "the killer's own panic"
     );
-    assert!(g.is_dead());
+    assert!(g.done());
 }
 
 /// A greenlet that drops its own last handle while it runs goes on; once
@@ -598,7 +595,7 @@ fn leaked_greenlet() {
     *g_slot.borrow_mut() = Some(g);
     *x_slot.borrow_mut() = Some(x.clone());
     x.switch(());
-    assert!(x.is_dead());
+    assert!(x.done());
     assert!(g_slot.borrow().is_none());
     assert_eq!(drops.get(), 0, "leaked: its guard is never dropped");
     // Everything else goes on as usual.
