@@ -134,7 +134,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use crate::arch;
 use crate::context::{self, Depart, Enter, Tsan, addr, link_word, spare_word, take};
-use crate::sanitizer::{AsanPeer, Fiber};
+use crate::sanitizer::{self, AsanPeer, Fiber};
 #[cfg(feature = "std")]
 use crate::stack::DefaultStack;
 use crate::stack::Stack;
@@ -514,6 +514,96 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         let stack = unsafe { ManuallyDrop::take(&mut self.stack) };
         mem::forget(self);
         stack
+    }
+
+    /// Unwinds the body now, as a drop would, keeping the handle (for
+    /// corosensei's users: the same name and meaning): if it has started and
+    /// not finished, its pending `suspend` panics with the private payload
+    /// and every destructor on its stack runs (see
+    /// [Panics, drops and unwinding](Coroutine#panics-drops-and-unwinding));
+    /// an unstarted coroutine's closure is dropped. Afterwards [`done`]
+    /// is true, a `resume` panics as for any finished coroutine, and
+    /// [`into_stack`] gives the stack back. Nothing happens to a coroutine
+    /// that is done already.
+    ///
+    /// ```
+    /// use stackful::Coroutine;
+    ///
+    /// let mut co = Coroutine::new(|y, ()| {
+    ///     let _s = String::from("dropped by the unwind");
+    ///     y.suspend(1);
+    /// });
+    /// co.resume(());
+    /// co.force_unwind();
+    /// assert!(co.done());
+    /// let stack = co.into_stack(); // back, for another coroutine
+    /// # drop(stack);
+    /// ```
+    ///
+    /// # Panics
+    /// Without unwinding (no `std`, or `panic = "abort"`) when the body is
+    /// suspended: see [`force_reset`](Coroutine::force_reset) for that case.
+    /// A panic that escapes the unwind (from a destructor) reaches the
+    /// caller, with the coroutine done.
+    ///
+    /// [`done`]: Coroutine::done
+    /// [`into_stack`]: Coroutine::into_stack
+    pub fn force_unwind(&mut self) {
+        if self.started() && !self.done() && !CAN_UNWIND {
+            panic!(
+                "stackful: cannot unwind a suspended coroutine without std or under \
+                 panic = \"abort\"; force_reset abandons it instead (unsafe)"
+            );
+        }
+        self.finish();
+    }
+
+    /// Marks the coroutine done without running anything on its stack
+    /// (corosensei's name and meaning): the frames of a suspended body are
+    /// abandoned where they stand, none of their destructors runs, and an
+    /// unstarted coroutine's closure is leaked. Afterwards [`done`] is true,
+    /// a `resume` panics as for any finished coroutine, and [`into_stack`]
+    /// gives the stack back, for a new coroutine to write over. For builds
+    /// that cannot unwind (no `std`, `panic = "abort"`) and for a stack
+    /// whose body cannot be trusted to unwind (abandoned after a trap).
+    ///
+    /// ```
+    /// use stackful::Coroutine;
+    ///
+    /// let mut co = Coroutine::new(|y, ()| {
+    ///     let n = 7u32; // nothing on this stack needs its drop
+    ///     y.suspend(n);
+    /// });
+    /// co.resume(());
+    /// // SAFETY: the suspended frames hold plain integers only.
+    /// unsafe { co.force_reset() };
+    /// assert!(co.done());
+    /// ```
+    ///
+    /// # Safety
+    /// It is as if the body's frames were `mem::forget`-ed and their memory
+    /// then reused: nothing on the stack may rely on its destructor running
+    /// before its memory is reused. No pinned value whose drop unregisters
+    /// it from elsewhere (a future registered with an executor or a timer,
+    /// an intrusive list node), no guard whose drop keeps other code from
+    /// running on (`std::thread::scope`'s, which joins threads that may
+    /// borrow the stack), nothing that other code holds a reference into.
+    /// Values whose drop only frees (a `Vec`, a `Box`) are merely leaked.
+    ///
+    /// [`done`]: Coroutine::done
+    /// [`into_stack`]: Coroutine::into_stack
+    pub unsafe fn force_reset(&mut self) {
+        if self.done() {
+            return;
+        }
+        // The frames left on the stack are gone for ASan too: a new
+        // coroutine there must not be blamed for their scopes.
+        sanitizer::unpoison_stack(self.stack.limit(), self.stack.top() - self.stack.limit());
+        // SAFETY: the link word is a word of our stack, alive with it; with
+        // the dead sp there, nothing switches to the abandoned context
+        // again (the caller vouches that nothing else needs it).
+        unsafe { self.link.write(arch::dead_sp()) };
+        self.suspended_on.set((0, 0));
     }
 
     /// Switches into the coroutine with the word `arg`; returns the word

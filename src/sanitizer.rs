@@ -28,6 +28,7 @@ unsafe extern "C" {
         size: usize,
     );
     fn __asan_handle_no_return();
+    fn __asan_unpoison_memory_region(addr: *const c_void, size: usize);
     fn __sanitizer_finish_switch_fiber(
         fake_stack_save: *mut c_void,
         bottom_old: *mut *const c_void,
@@ -77,6 +78,21 @@ pub(crate) fn stack_abandoned() {
     unsafe {
         __asan_handle_no_return()
     };
+}
+
+/// Tells ASan that `[bottom, bottom + size)`, a stack whose frames were
+/// abandoned without returning, holds no live scopes any more. A no-op
+/// without the `asan` feature.
+#[inline(always)]
+pub(crate) fn unpoison_stack(bottom: usize, size: usize) {
+    #[cfg(feature = "asan")]
+    // SAFETY: ASan's entry point for memory the program owns; it only
+    // clears the shadow of [bottom, bottom + size), our own stack.
+    unsafe {
+        __asan_unpoison_memory_region(bottom as *const c_void, size)
+    };
+    #[cfg(not(feature = "asan"))]
+    let _ = (bottom, size);
 }
 
 /// Announces a switch to the stack `[bottom, bottom + size)`. `save` keeps

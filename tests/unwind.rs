@@ -141,3 +141,61 @@ fn the_pool_serves_new_coroutines_after_unwinds_caught_and_raised_again() {
         assert_eq!(fresh.resume(3).as_return(), Some(5));
     }
 }
+
+#[test]
+fn force_unwind_runs_the_destructors_and_keeps_the_handle() {
+    let drops = DropCounter::default();
+    let guard = drops.guard();
+    let mut co = Coroutine::new(move |y: &Yielder<(), u32>, ()| {
+        let _guard = guard;
+        y.suspend(1);
+        y.suspend(2);
+    });
+    assert_eq!(co.resume(()).as_yield(), Some(1));
+    co.force_unwind();
+    assert_eq!(drops.get(), 1);
+    assert!(co.done());
+    // Again: nothing happens.
+    co.force_unwind();
+    let err = panic::catch_unwind(AssertUnwindSafe(|| co.resume(()))).unwrap_err();
+    assert!(message(&*err).unwrap().contains("already finished"));
+    // The stack comes back and runs a new coroutine.
+    let stack = co.into_stack();
+    let mut next = Coroutine::with_stack(stack, |y: &Yielder<u32, u32>, a: u32| a + y.suspend(a));
+    assert_eq!(next.resume(3).as_yield(), Some(3));
+    assert_eq!(next.resume(4).as_return(), Some(7));
+}
+
+#[test]
+fn force_unwind_of_an_unstarted_coroutine_drops_its_closure() {
+    let drops = DropCounter::default();
+    let guard = drops.guard();
+    let mut co = Coroutine::<(), (), ()>::new(move |_, ()| drop(guard));
+    co.force_unwind();
+    assert_eq!(drops.get(), 1);
+    assert!(co.done());
+}
+
+#[test]
+fn force_reset_abandons_the_frames_without_running_them() {
+    let drops = DropCounter::default();
+    let guard = drops.guard();
+    let mut co = Coroutine::new(move |y: &Yielder<(), u32>, ()| {
+        let _guard = guard;
+        y.suspend(1);
+        unreachable!("an abandoned body never runs again");
+    });
+    assert_eq!(co.resume(()).as_yield(), Some(1));
+    // SAFETY: the frames hold a drop counter, which is merely leaked.
+    unsafe { co.force_reset() };
+    assert!(co.done());
+    assert_eq!(drops.get(), 0, "nothing on the stack ran");
+    let err = panic::catch_unwind(AssertUnwindSafe(|| co.resume(()))).unwrap_err();
+    assert!(message(&*err).unwrap().contains("already finished"));
+    let stack = co.into_stack();
+    let mut next = Coroutine::with_stack(stack, |y: &Yielder<u32, u32>, a: u32| a * y.suspend(a));
+    assert_eq!(next.resume(3).as_yield(), Some(3));
+    assert_eq!(next.resume(4).as_return(), Some(12));
+    drop(next);
+    assert_eq!(drops.get(), 0);
+}
