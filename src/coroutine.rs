@@ -761,6 +761,73 @@ impl<Input, Yield> Yielder<Input, Yield> {
     }
 }
 
+impl<Input, Yield> Yielder<Input, Yield> {
+    /// Runs `f` on the stack of the context that last resumed the
+    /// coroutine, and returns its value (corosensei's name and meaning): for
+    /// stack-hungry work (a deep recursion, a large buffer, a foreign call
+    /// that wants a big stack) from a coroutine with a small stack. A panic
+    /// in `f` propagates from here, in the body. A backtrace taken inside
+    /// `f` shows the body's frames, then the resumer's.
+    ///
+    /// `f` runs below the resumer's suspended frames, in the part of its
+    /// stack that the resumer is not using while it waits in `resume`; the
+    /// coroutine does not suspend (nothing is switched to but that stack).
+    /// `f` is `Send`, so that nothing tied to the body's own stack (the
+    /// yielder itself, which is neither `Send` nor `Sync`) leaks into it.
+    ///
+    /// ```
+    /// use stackful::{Coroutine, DefaultStack, Yielder};
+    ///
+    /// fn depth(n: u64) -> u64 {
+    ///     if n == 0 { 0 } else { 1 + std::hint::black_box(depth(n - 1)) }
+    /// }
+    /// // 64 KiB of stack, and a recursion that needs more, run on the
+    /// // resumer's (the thread's stack here).
+    /// let stack = DefaultStack::new(64 * 1024).unwrap();
+    /// let mut co = Coroutine::with_stack(stack, |y: &Yielder<u64, ()>, n: u64| {
+    ///     y.on_parent_stack(move || depth(n))
+    /// });
+    /// assert_eq!(co.resume(4_000).as_return(), Some(4_000));
+    /// ```
+    ///
+    /// The yielder cannot leak into the call (it is neither `Send` nor
+    /// `Sync`):
+    ///
+    /// ```compile_fail
+    /// let mut co = stackful::Coroutine::<(), (), ()>::new(|y, ()| {
+    ///     y.on_parent_stack(|| y.suspend(()))
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// With `f`'s payload, if `f` panics.
+    #[cfg(feature = "std")]
+    pub fn on_parent_stack<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        // SAFETY: while the body runs, its link word holds the sp of the
+        // resumer, which waits in its switch.
+        let resumer_sp = unsafe { self.link.read() };
+        // Below the resumer's frames, past a red zone's worth, aligned.
+        let top = (resumer_sp - PARENT_GAP) & !(arch::STACK_ALIGNMENT - 1);
+        // SAFETY: the memory below the resumer's sp is its stack's free
+        // part: the resumer is suspended in `resume` until we switch back,
+        // and we do not before `f` has finished, so nothing else uses it;
+        // its guard (the thread's, or a `DefaultStack`'s) catches an
+        // overflow there as on the resumer's own calls.
+        unsafe { crate::grow::run_at(top, self.resumer.get(), f) }
+    }
+}
+
+/// What [`Yielder::on_parent_stack`] leaves free below the resumer's
+/// suspended sp: more than the 128-byte red zone of x86_64's ABI (the
+/// compiler keeps nothing there across a switch, which is an `asm!` block
+/// that may push, but the margin costs nothing).
+#[cfg(feature = "std")]
+const PARENT_GAP: usize = 256;
+
 impl<Input, Yield> fmt::Debug for Yielder<Input, Yield> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Yielder").finish_non_exhaustive()

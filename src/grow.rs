@@ -317,21 +317,42 @@ struct Call<F, R> {
 pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
     crate::stack::install_overflow_handler();
     let (lo, hi) = (stack.limit(), stack.top());
-    let link = context::link_word(hi);
+    let (prev, seq) = enter(lo, hi);
+    /// Ends the record of the call however `f` ends.
+    struct Leave(usize, usize, u64, Known);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            leave(self.0, self.1, self.2, self.3);
+        }
+    }
+    let _leave = Leave(lo, hi, seq, prev);
+    // SAFETY: `Stack` promises that [limit, top) is writable memory that
+    // nothing else uses, with top 16-aligned; we own the stack, and drop it
+    // only once the body has finished with it (or never, if this frame is
+    // suspended and forgotten).
+    unsafe { run_at(hi, (lo, hi - lo), f) }
+}
+
+/// Runs `f` on a fresh context whose first frame lies below `top`, on the
+/// stack whose bounds (for ASan) are `bounds`, and returns its value; a
+/// panic in `f` propagates with its payload. The one mechanism behind
+/// [`on_stack`] and [`Yielder::on_parent_stack`](crate::Yielder::on_parent_stack).
+///
+/// # Safety
+/// `top` is 16-aligned, and the memory below it, as deep as `f` goes, is
+/// writable memory of a stack that nothing else uses until this returns.
+pub(crate) unsafe fn run_at<R, F: FnOnce() -> R>(top: usize, bounds: (usize, usize), f: F) -> R {
+    let link = context::link_word(top);
     let mut call = Call {
         f: ManuallyDrop::new(f),
         result: None,
         link,
     };
     let data = ptr::from_mut(&mut call).expose_provenance();
-    // SAFETY: `Stack` promises that [limit, top) is writable memory that
-    // nothing else uses, with top 16-aligned; we own the stack, and drop it
-    // only once the body has finished with it (or never, if this frame is
-    // suspended and forgotten).
-    let sp = unsafe { context::init(hi, run::<F, R>, data) };
-    let (prev, seq) = enter(lo, hi);
+    // SAFETY: as the caller promises.
+    let sp = unsafe { context::init(top, run::<F, R>, data) };
     let other = Enter {
-        bounds: Some((lo, hi - lo)),
+        bounds: Some(bounds),
         tsan: Tsan::Stay,
     };
     // SAFETY: `sp` is the fresh context just laid out, resumed only here;
@@ -339,7 +360,6 @@ pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
     // exactly once, when `f` has returned or panicked, and never expects
     // to be resumed.
     unsafe { context::switch(0, sp, link, Depart::Call, other) };
-    leave(lo, hi, seq, prev);
     match call.result.take() {
         Some(Ok(r)) => r,
         Some(Err(payload)) => panic::resume_unwind(payload),
