@@ -381,6 +381,22 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         Input: 'static,
         Yield: 'static,
     {
+        // SAFETY: the closure, the inputs and the yields are 'static.
+        unsafe { Self::with_stack_unchecked(stack, f) }
+    }
+
+    /// [`with_stack`](Coroutine::with_stack) without its `'static` bounds,
+    /// for [`ScopedCoroutine`](crate::scoped::ScopedCoroutine).
+    ///
+    /// # Safety
+    /// Whatever the closure, the inputs and the yields borrow outlives the
+    /// coroutine's frames: the coroutine is finished or dropped (not
+    /// forgotten) before those borrows end.
+    #[inline]
+    pub(crate) unsafe fn with_stack_unchecked<F>(stack: S, f: F) -> Self
+    where
+        F: FnOnce(&Yielder<Input, Yield>, Input) -> Return,
+    {
         #[cfg(feature = "std")]
         crate::stack::install_overflow_handler();
         let (closure, sp) = context::place_closure(&stack, f, entry::<Input, Yield, Return, F>);

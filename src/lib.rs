@@ -51,6 +51,8 @@ pub mod hub;
 #[cfg(feature = "hub")]
 pub mod net;
 mod sanitizer;
+#[cfg(feature = "std")]
+pub mod scoped;
 pub mod stack;
 #[cfg(feature = "hub")]
 pub mod sync;
