@@ -828,6 +828,9 @@ impl<Input, Yield> Yielder<Input, Yield> {
         let resumer_sp = unsafe { self.link.read() };
         // Below the resumer's frames, past a red zone's worth, aligned.
         let top = (resumer_sp - PARENT_GAP) & !(arch::STACK_ALIGNMENT - 1);
+        // To memcheck, the resumer's stack below its sp is dead memory
+        // until its sp goes there: the first frame is written before.
+        sanitizer::valgrind_make_undefined(top - arch::INIT_FRAME_SIZE, arch::INIT_FRAME_SIZE);
         // SAFETY: the memory below the resumer's sp is its stack's free
         // part: the resumer is suspended in `resume` until we switch back,
         // and we do not before `f` has finished, so nothing else uses it;
