@@ -20,29 +20,15 @@
 //!
 //! # How a switch runs
 //!
-//! As on x86_64 (`x86_64.rs` explains the design at length): the running
-//! context stores x29, x19 and its continuation, stores its sp where the
-//! caller asked (`link`, in x2) and *departs* to the target's continuation,
-//! which *arrives*: reloads the target's x29 and x19, with the word in x0
-//! and the switcher's link in x2. The departure comes in three kinds, so
-//! that the return-address predictor sees every `bl` matched by one `ret`:
-//!
-//! - [`switch_call`], a *resume*: a `bl` (which puts our continuation in
-//!   x30 and on the predictor's stack) to a stub that stores x30 in our
-//!   frame, publishes our sp and branches to the target's continuation with
-//!   `br`, sp still on our stack;
-//! - [`switch_return`], a *suspend* and a coroutine's last switch: our
-//!   continuation stored by hand (`adr`), sp moved onto the target's frame,
-//!   x30 loaded from it and `ret`, which pops what the resume's `bl`
-//!   pushed: predicted, balanced;
-//! - [`switch_jump`], a symmetric switch (greenlets): continuation stored by
-//!   hand, `br`, sp still on our stack: the predictor is not touched.
-//!
-//! A `ret` leaves sp on the target's frame, a `bl` or a `br` on ours, so a
-//! resume's continuation (reached by `ret`s) finds its frame at sp, and a
-//! suspend's, a greenlet's and the trampoline (reached by `bl`s and `br`s)
-//! move there themselves (`mov sp, x1`, x1 being the sp the switcher was
-//! given). sp never points anywhere but at a live stack.
+//! As on x86_64 (`x86_64.rs` explains the design, and why at length): the
+//! running context stores x29, x19 and its continuation (`adr`), stores its
+//! sp where the caller asked (`link`, in x2) and *branches* (`br`) to the
+//! target's continuation, still on its own stack. There, the second half of
+//! the target's own [`switch`] moves to the target's frame (x1 holds the sp
+//! the switcher was given) and reloads x29 and x19; the target runs on, with
+//! the word in x0 and the switcher's link in x2. No `bl` and no `ret`: the
+//! return-address predictor is left alone. sp never points anywhere but at a
+//! live stack. 10 instructions a switch.
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
@@ -125,16 +111,18 @@ pub fn dead_sp() -> usize {
 #[unsafe(naked)]
 unsafe extern "C" fn dead_continuation() {
     naked_asm!(
-        // Entered by a resume (`switch_call`), still on the caller's stack
-        // (sp = its frame), with x1 = the dead sp and x2 = the caller's
-        // link, which now holds the caller's sp. Put the dead sp back in
-        // the link, so that the layer above still finds its context dead.
-        "str x1, [x2]",
-        // The word 0, and back to the caller's continuation with a `ret`,
-        // which pops what the caller's `bl` pushed.
+        // Entered as every continuation is, still on the caller's stack,
+        // with x1 = the dead sp and x2 = the caller's link, which now holds
+        // the caller's sp. Put the dead sp back in the link (the layer
+        // above then still finds its context dead), and branch back to the
+        // caller's continuation with x1 = its sp and the word 0, as a
+        // switch from here would.
+        "mov x3, x1",
+        "ldr x1, [x2]",
+        "str x3, [x2]",
         "mov x0, #0",
-        "ldr x30, [sp, #16]",
-        "ret",
+        "ldr x3, [x1, #16]",
+        "br x3",
     )
 }
 
@@ -158,10 +146,9 @@ pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usiz
     sp
 }
 
-/// The continuation of a fresh context: entered by a `bl` or a `br`
-/// departure (a resume, or a greenlet's switch), with sp still on the
-/// switcher's stack, x1 = our initial sp, x0 = arg and x2 = the switcher's
-/// link, which holds the switcher's sp.
+/// The continuation of a fresh context: entered as every continuation is,
+/// with sp still on the switcher's stack, x1 = our initial sp, x0 = arg and
+/// x2 = the switcher's link, which holds the switcher's sp.
 ///
 /// Its CFI sends unwinders through the link word to the resumer's frames.
 ///
@@ -185,8 +172,8 @@ unsafe extern "C" fn trampoline() {
         ".cfi_offset x29, -32",
         ".cfi_offset x19, -24",
         ".cfi_offset x30, -16",
-        // The arrival of `switch_return`: move to our stack, load our x29
-        // (0) and x19 (data).
+        // As every arrival: move to our stack, load our x29 (0) and x19
+        // (data).
         "mov sp, x1",
         "ldp x29, x19, [sp], #32",
         // entry(arg = x0, from = the switcher's sp, data = x19); sp = top -
@@ -201,176 +188,63 @@ unsafe extern "C" fn trampoline() {
     )
 }
 
-/// One switch: store x29 and x19, then the `$depart` lines (store our
-/// continuation, label 2, publish our sp through x2, depart), then at label
-/// 2 the `$arrive` lines (onto our frame, reload x29 and x19). Returns (the
-/// word that came back, the link of the context that switched back: `*link`
-/// is its sp).
-macro_rules! switch {
-    // A resume or a suspend: the context that switches back passes the
-    // same link, so x2 comes back as it went.
-    (paired $arg:expr, $to:expr, $link:expr, [$($depart:literal,)+], [$($arrive:literal,)+]) => {
-        switch!(@asm back, $arg, $to, $link, (in("x2") $link), [$($depart,)+], [$($arrive,)+])
-    };
-    // A symmetric switch: x2 comes back as the link of whoever switched.
-    (any $arg:expr, $to:expr, $link:expr, [$($depart:literal,)+], [$($arrive:literal,)+]) => {
-        switch!(
-            @asm back, $arg, $to, $link, (inout("x2") $link => back),
-            [$($depart,)+], [$($arrive,)+]
-        )
-    };
-    (@asm $back:ident, $arg:expr, $to:expr, $link:expr, ($($x2:tt)*),
-        [$($depart:literal,)+], [$($arrive:literal,)+]) => {{
-        #[allow(unused_mut, unused_assignments)]
-        let mut $back: *mut usize = $link;
-        let word: usize;
-        // SAFETY: the caller vouches for `to` and `link`. Every register
-        // the other context may change is an output or clobber below,
-        // except x19, x29 and sp, which the block saves and restores
-        // itself.
-        unsafe {
-            asm!(
-                // Our switch frame starts with x29 and x19 (LLVM reserves
-                // x29 as the frame pointer and x19 as the base pointer, so
-                // they cannot be clobbers).
-                "stp x29, x19, [sp, #-32]!",
-                $($depart,)+
-                "2:",
-                // Here a context has departed to our continuation, with
-                // the word in x0 and its link in x2.
-                $($arrive,)+
-                inout("x0") $arg => word,
-                inout("x1") $to => _,
-                $($x2)*,
-                // AAPCS64: x20 to x28 are callee-saved, and so are the low
-                // halves of v8 to v15 (d8 to d15); declaring them clobbered
-                // makes the compiler save those that are live.
-                lateout("x20") _, lateout("x21") _, lateout("x22") _, lateout("x23") _,
-                lateout("x24") _, lateout("x25") _, lateout("x26") _, lateout("x27") _,
-                lateout("x28") _,
-                lateout("v8") _, lateout("v9") _, lateout("v10") _, lateout("v11") _,
-                lateout("v12") _, lateout("v13") _, lateout("v14") _, lateout("v15") _,
-                // Everything the ABI lets a call clobber (x0 to x17, x30,
-                // v0 to v7, v16 to v31, flags) is clobbered here; x3 is the
-                // departure's scratch.
-                clobber_abi("C"),
-            );
-        }
-        (word, $back)
-    }};
-}
-
 /// Switches from the running context to the suspended context `to`,
-/// passing `arg`, as a *resume*: the departure is a `bl`, which the
-/// target's coming [`switch_return`] (or the dead continuation) pairs with
-/// a `ret`. Stores the running context's saved sp into `*link`.
+/// passing `arg`; stores the running context's saved sp into `*link`.
 ///
 /// Returns when some context switches back here: the word it passed and
-/// its link (`*link` is its sp), which is `link` itself.
+/// its link (`*link` is its sp).
 ///
 /// # Safety
 /// `to` must be the sp of a suspended context (from [`init_stack`] or from
 /// a switch away from it) that is resumed nowhere else, on a stack that is
 /// still alive, or [`dead_sp`]; `link` must be valid for a write of one
-/// word; and every switch back to this one must pass the same `link` (x2 is
-/// assumed to come back unchanged).
+/// word.
 #[inline(always)]
-pub unsafe fn switch_call(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
-    switch!(
-        paired arg,
-        to,
-        link,
-        [
-            // The bl puts our continuation (label 2, the next instruction)
-            // in x30 and on the return predictor, and goes to a stub in a
-            // section of its own, so that the continuation follows the bl
-            // directly: it stores x30 in our frame, publishes our sp and
-            // branches to the target's continuation, still on our stack
-            // (the target moves to its own; sp never points at the dead
-            // frame's static).
-            "bl 3f",
-            ".pushsection .text.stackful_depart,\"ax\",@progbits",
-            "3:",
-            "str x30, [sp, #16]",
+pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
+    let (word, back): (usize, *mut usize);
+    // SAFETY: the caller vouches for `to` and `link`. Every register the
+    // other context may change is an output or clobber below, except x19,
+    // x29 and sp, which the block saves and restores itself.
+    unsafe {
+        asm!(
+            // Our switch frame: x29 and x19 (LLVM reserves x29 as the frame
+            // pointer and x19 as the base pointer, so they cannot be
+            // clobbers), then our continuation, label 2 (an `adr`: a `bl`
+            // would put it on the return predictor too, with no `ret` ever
+            // to match).
+            "stp x29, x19, [sp, #-32]!",
+            "adr x3, 2f",
+            "str x3, [sp, #16]",
+            // Publish our sp, and branch to the target's continuation,
+            // still on our stack: the target moves to its own.
             "mov x3, sp",
             "str x3, [x2]",
             "ldr x3, [x1, #16]",
             "br x3",
-            ".popsection",
-        ],
-        [
-            // We are resumed by a `ret` (a suspend, a coroutine's end, the
-            // dead continuation): sp is already at our frame.
-            "ldp x29, x19, [sp], #32",
-        ]
-    )
-}
-
-/// Like [`switch_call`], as a *suspend*: back to the context whose resume
-/// entered us, departing with a `ret` that pops what that resume's `bl`
-/// pushed on the return predictor. Also a coroutine's last switch.
-///
-/// # Safety
-/// As [`switch_call`] (the same `link` on the way back included); `to` is
-/// the context whose resume entered the running one (a live one, never
-/// [`dead_sp`]: the `ret` moves sp onto it).
-#[inline(always)]
-pub unsafe fn switch_return(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
-    switch!(
-        paired arg,
-        to,
-        link,
-        [
-            // Store our continuation, publish our sp, move onto the
-            // target's frame and return to its continuation.
-            "adr x3, 2f",
-            "str x3, [sp, #16]",
-            "mov x3, sp",
-            "str x3, [x2]",
-            "mov sp, x1",
-            "ldr x30, [sp, #16]",
-            "ret",
-        ],
-        [
-            // We are resumed by a `bl` (a resume): sp is still the
-            // resumer's, x1 our own sp. Move onto our frame.
+            "2:",
+            // Here a context has branched to our continuation, with sp
+            // still its own, x1 our sp, x0 the word and x2 its link. Move
+            // onto our frame and reload x29 and x19.
             "mov sp, x1",
             "ldp x29, x19, [sp], #32",
-        ]
-    )
-}
-
-/// Like [`switch_call`], for a symmetric switch (greenlets, where who
-/// switches back is anyone's guess): the departure is a `br`, which leaves
-/// the return predictor as it is.
-///
-/// Returns the word and the link of whoever switched back.
-///
-/// # Safety
-/// As [`switch_call`], but for the link on the way back, which may be any;
-/// and `to` is never [`dead_sp`].
-#[inline(always)]
-pub unsafe fn switch_jump(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
-    switch!(
-        any arg,
-        to,
-        link,
-        [
-            // Store our continuation, publish our sp and branch to the
-            // target's continuation, still on our stack.
-            "adr x3, 2f",
-            "str x3, [sp, #16]",
-            "mov x3, sp",
-            "str x3, [x2]",
-            "ldr x3, [x1, #16]",
-            "br x3",
-        ],
-        [
-            // As in `switch_return`: sp is the switcher's, x1 our sp.
-            "mov sp, x1",
-            "ldp x29, x19, [sp], #32",
-        ]
-    )
+            inout("x0") arg => word,
+            inout("x1") to => _,
+            inout("x2") link => back,
+            // AAPCS64: x20 to x28 are callee-saved, and so are the low
+            // halves of v8 to v15 (d8 to d15); declaring them clobbered
+            // makes the compiler save those that are live.
+            lateout("x20") _, lateout("x21") _, lateout("x22") _, lateout("x23") _,
+            lateout("x24") _, lateout("x25") _, lateout("x26") _, lateout("x27") _,
+            lateout("x28") _,
+            lateout("v8") _, lateout("v9") _, lateout("v10") _, lateout("v11") _,
+            lateout("v12") _, lateout("v13") _, lateout("v14") _, lateout("v15") _,
+            // Everything the ABI lets a call clobber (x0 to x17, x30, v0 to
+            // v7, v16 to v31, flags) is clobbered here; x3 is the switch's
+            // scratch.
+            clobber_abi("C"),
+        );
+    }
+    (word, back)
 }
 
 /// Asks the CPU to bring the cache line holding `addr` closer

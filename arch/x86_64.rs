@@ -19,44 +19,28 @@
 //! # How a switch runs
 //!
 //! The running context pushes rbp, rbx and its continuation, stores its sp
-//! where the caller asked (`link`) and *departs* to the target's
-//! continuation, the second half of the target's own switch, which *arrives*:
-//! pops the target's rbx and rbp, and the target runs on, with the word in
-//! rdi and the switcher's `link` in rdx (so `*link`, the switcher's sp, is
-//! there for a target that wants it, at the cost of a load only where it is
-//! read).
+//! where the caller asked (`link`) and *jumps* to the target's continuation,
+//! still on its own stack. What it finds there is the second half of the
+//! target's own [`switch`]: it moves to the target's stack (rsi holds the
+//! sp the switcher was given), pops the target's rbx and rbp, and the target
+//! runs on, with the word in rdi and the switcher's `link` in rdx (so
+//! `*link`, the switcher's sp, is there for a target that wants it, at the
+//! cost of a load only where it is read). 8 instructions a switch.
 //!
-//! The departure comes in three kinds, chosen so that the CPU's return
-//! predictor (the return-stack buffer, RSB) sees every `call` matched by
-//! exactly one `ret`, as in ordinary code:
-//!
-//! - [`switch_call`], for a *resume* (a coroutine entered by the code that
-//!   will get it back): the continuation is pushed by a `call` (which also
-//!   pushes it on the RSB) to a stub that jumps to the target's
-//!   continuation, rsp still on our stack;
-//! - [`switch_return`], for a *suspend* (back to whoever resumed us), and a
-//!   coroutine's last switch: the continuation is pushed by hand, rsp moved
-//!   onto the target's continuation and the departure is a `ret`, which
-//!   pops the RSB entry the resume's `call` pushed: predicted, balanced;
-//! - [`switch_jump`], for a symmetric switch (greenlets): continuation
-//!   pushed by hand, an indirect `jmp`, rsp still on our stack; the RSB is
-//!   not touched.
-//!
-//! A `ret` leaves rsp on the target's stack, a `call` or a `jmp` on ours, so
-//! there are two arrivals: at a resume's continuation (reached by `ret`s
-//! only) rsp is already past it; at a suspend's or a greenlet's
-//! continuation and at the trampoline (reached by `call`s and `jmp`s) the
-//! target moves to its own stack itself (`lea rsp, [rsi + 8]`, rsi being the
-//! sp the switcher was given). rsp never points anywhere but at a live
-//! stack: a resume of a finished coroutine meets the dead frame (a static)
-//! without moving there.
-//!
-//! Why: the previous protocol departed with an indirect `call` and arrived
-//! with no `ret`, so each switch left an RSB entry that was never popped,
-//! and the real returns after it were predicted from the wrong entries.
-//! Its round trip took fewer instructions than corosensei's but more time;
-//! the README has both protocols' figures beside corosensei's, measured in
-//! one sitting (`benches/callgrind.sh`, pinned, alternating).
+//! The continuation is pushed from a word of read-only data and reached by
+//! an indirect `jmp`, so a switch leaves the CPU's return predictor (the
+//! return-stack buffer, RSB) alone. The protocol before entered the target
+//! with an indirect `call` that no `ret` ever matched, pushing an RSB entry
+//! at every switch; a variant tried in between paired a resume's `call`
+//! with the suspend's `ret`, which the steady round trip liked, but a body
+//! suspends first, and returns at last, at a call depth other than the one
+//! it was entered at, so every coroutine's life mispredicted its `ret`s.
+//! Measured side by side (pinned, alternating, 3 x 7 runs; the README has
+//! the table): against corosensei, the round trip 0.91-0.99 (jmp) and
+//! 0.89-0.96 (paired), the pooled life 0.81 (jmp) against 1.23-1.25
+//! (paired); the greenlet ping-pong 6-8 % faster than with the unmatched
+//! `call`. rsp never points anywhere but at a live stack: a resume of a
+//! finished coroutine meets the dead frame (a static) without moving there.
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
@@ -139,15 +123,17 @@ pub fn dead_sp() -> usize {
 #[unsafe(naked)]
 unsafe extern "C" fn dead_continuation() {
     naked_asm!(
-        // Entered by a resume (`switch_call`), still on the caller's stack
-        // (rsp = its sp), with rsi = the dead sp and rdx = the caller's
-        // link, which now holds the caller's sp. Put the dead sp back in
-        // the link, so that the layer above still finds its context dead.
-        "mov [rdx], rsi",
-        // The word 0, and back to the caller's continuation with a `ret`,
-        // which pops the RSB entry of the caller's `call`.
+        // Entered as every continuation is, still on the caller's stack,
+        // with rsi = the dead sp and rdx = the caller's link, which now
+        // holds the caller's sp. Put the dead sp back in the link (the
+        // layer above then still finds its context dead), and jump back to
+        // the caller's continuation with rsi = its sp and the word 0, as a
+        // switch from here would.
+        "mov rax, rsi",
+        "mov rsi, [rdx]",
+        "mov [rdx], rax",
         "xor edi, edi",
-        "ret",
+        "jmp qword ptr [rsi]",
     )
 }
 
@@ -171,10 +157,9 @@ pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usiz
     sp
 }
 
-/// The continuation of a fresh context: entered by a `call` or a `jmp`
-/// departure (a resume, or a greenlet's switch), with rsp still on the
-/// switcher's stack, rsi = our initial sp, rdi = arg and rdx = the
-/// switcher's link, which holds the switcher's sp.
+/// The continuation of a fresh context: entered as every continuation is,
+/// with rsp still on the switcher's stack, rsi = our initial sp, rdi = arg
+/// and rdx = the switcher's link, which holds the switcher's sp.
 ///
 /// Its CFI sends unwinders through the link word to the resumer's frames.
 ///
@@ -198,8 +183,8 @@ unsafe extern "C" fn trampoline() {
         ".cfi_offset rip, -24",
         ".cfi_offset rbx, -16",
         ".cfi_offset rbp, -8",
-        // The arrival of `switch_return`: move to our stack past our
-        // continuation, pop our rbx (data) and rbp (0).
+        // As every arrival: move to our stack past our continuation, pop
+        // our rbx (data) and rbp (0).
         "lea rsp, [rsi + 8]",
         "pop rbx",
         "pop rbp",
@@ -214,174 +199,61 @@ unsafe extern "C" fn trampoline() {
     )
 }
 
-/// One switch: push rbp and rbx, then the `$depart` lines (push our
-/// continuation, label 2, publish our sp through rdx, depart), then at
-/// label 2 the `$arrive` lines (back on our stack, pop rbx and rbp).
-/// Returns (the word that came back, the link of the context that switched
-/// back: `*link` is its sp).
-macro_rules! switch {
-    // A resume or a suspend: the context that switches back passes the
-    // same link (a coroutine and its resumer share the link word), so rdx
-    // comes back as it went.
-    (paired $arg:expr, $to:expr, $link:expr, [$($depart:literal,)+], [$($arrive:literal,)+]) => {
-        switch!(@asm back, $arg, $to, $link, (in("rdx") $link), [$($depart,)+], [$($arrive,)+])
-    };
-    // A symmetric switch: rdx comes back as the link of whoever switched.
-    (any $arg:expr, $to:expr, $link:expr, [$($depart:literal,)+], [$($arrive:literal,)+]) => {
-        switch!(
-            @asm back, $arg, $to, $link, (inout("rdx") $link => back),
-            [$($depart,)+], [$($arrive,)+]
-        )
-    };
-    (@asm $back:ident, $arg:expr, $to:expr, $link:expr, ($($rdx:tt)*),
-        [$($depart:literal,)+], [$($arrive:literal,)+]) => {{
-        #[allow(unused_mut, unused_assignments)]
-        let mut $back: *mut usize = $link;
-        let word: usize;
-        // SAFETY: the caller vouches for `to` and `link`. Every register
-        // the other context may change is an output or clobber below,
-        // except rbx, rbp and rsp, which the block saves and restores
-        // itself.
-        unsafe {
-            asm!(
-                // Our switch frame starts with the two registers LLVM
-                // reserves (rbp: frame pointer; rbx: base pointer).
-                "push rbp",
-                "push rbx",
-                $($depart,)+
-                "2:",
-                // Here a context has departed to our continuation, with
-                // the word in rdi and its link in rdx.
-                $($arrive,)+
-                inout("rdi") $arg => word,
-                inout("rsi") $to => _,
-                $($rdx)*,
-                // System V: r12 to r15 are callee-saved, so the other
-                // context may have changed them; declaring them clobbered
-                // makes the compiler save those that are live.
-                lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
-                // Everything the ABI lets a call clobber (rcx, r8 to r11,
-                // xmm0 to xmm15, the x87 stack, flags) is clobbered here.
-                clobber_abi("sysv64"),
-            );
-        }
-        (word, $back)
-    }};
-}
-
 /// Switches from the running context to the suspended context `to`,
-/// passing `arg`, as a *resume*: the departure is a `call`, which the
-/// target's coming [`switch_return`] (or the dead continuation) pairs with
-/// a `ret`. Stores the running context's saved sp into `*link`.
+/// passing `arg`; stores the running context's saved sp into `*link`.
 ///
 /// Returns when some context switches back here: the word it passed and
-/// its link (`*link` is its sp), which is `link` itself.
+/// its link (`*link` is its sp).
 ///
 /// # Safety
 /// `to` must be the sp of a suspended context (from [`init_stack`] or from
 /// a switch away from it) that is resumed nowhere else, on a stack that is
 /// still alive, or [`dead_sp`]; `link` must be valid for a write of one
-/// word; and every switch back to this one must pass the same `link` (rdx
-/// is assumed to come back unchanged).
+/// word.
 #[inline(always)]
-pub unsafe fn switch_call(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
-    switch!(
-        paired arg,
-        to,
-        link,
-        [
-            // The call pushes our continuation (label 2, the next
-            // instruction) on our stack and on the RSB, and goes to a stub
-            // in a section of its own, so that the continuation follows
-            // the call directly: it publishes our sp and jumps to the
-            // target's continuation, still on our stack (the target moves
-            // to its own; rsp never points at the dead frame's static).
-            "call 3f",
-            ".pushsection .text.stackful_depart,\"ax\",@progbits",
-            "3:",
-            "mov [rdx], rsp",
-            "jmp qword ptr [rsi]",
-            ".popsection",
-        ],
-        [
-            // We are resumed by a `ret` (a suspend, a coroutine's end, the
-            // dead continuation): rsp is already past our continuation.
-            "pop rbx",
-            "pop rbp",
-        ]
-    )
-}
-
-/// Like [`switch_call`], as a *suspend*: back to the context whose resume
-/// entered us, departing with a `ret` that pops the RSB entry of that
-/// resume's `call`. Also a coroutine's last switch.
-///
-/// # Safety
-/// As [`switch_call`] (the same `link` on the way back included); `to` is
-/// the context whose resume entered the running one (a live one, never
-/// [`dead_sp`]: the `ret` moves rsp onto it).
-#[inline(always)]
-pub unsafe fn switch_return(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
-    switch!(
-        paired arg,
-        to,
-        link,
-        [
-            // Push our continuation (its address is a word of read-only
-            // data, so that one push does it), publish our sp, move onto
-            // the target's continuation and return to it.
+pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
+    let (word, back): (usize, *mut usize);
+    // SAFETY: the caller vouches for `to` and `link`. Every register the
+    // other context may change is an output or clobber below, except rbx,
+    // rbp and rsp, which the block saves and restores itself.
+    unsafe {
+        asm!(
+            // Our switch frame: the two registers LLVM reserves (rbp: frame
+            // pointer; rbx: base pointer), then our continuation, label 2,
+            // pushed from a word of read-only data that holds its address
+            // (one instruction; a `call` would push it too, but also onto
+            // the return predictor, with no `ret` ever to match).
+            "push rbp",
+            "push rbx",
             "push qword ptr [rip + 4f]",
             ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
             ".p2align 3",
             "4: .quad 2f",
             ".popsection",
-            "mov [rdx], rsp",
-            "mov rsp, rsi",
-            "ret",
-        ],
-        [
-            // We are resumed by a `call` (a resume): rsp is still the
-            // resumer's, rsi our own sp. Move past our continuation.
-            "lea rsp, [rsi + 8]",
-            "pop rbx",
-            "pop rbp",
-        ]
-    )
-}
-
-/// Like [`switch_call`], for a symmetric switch (greenlets, where who
-/// switches back is anyone's guess): the departure is an indirect `jmp`,
-/// which leaves the RSB as it is.
-///
-/// Returns the word and the link of whoever switched back.
-///
-/// # Safety
-/// As [`switch_call`], but for the link on the way back, which may be any;
-/// and `to` is never [`dead_sp`].
-#[inline(always)]
-pub unsafe fn switch_jump(arg: usize, to: usize, link: *mut usize) -> (usize, *mut usize) {
-    switch!(
-        any arg,
-        to,
-        link,
-        [
-            // Push our continuation (as in `switch_return`), publish our
-            // sp and jump to the target's continuation, still on our stack.
-            "push qword ptr [rip + 4f]",
-            ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
-            ".p2align 3",
-            "4: .quad 2f",
-            ".popsection",
+            // Publish our sp, and jump to the target's continuation, still
+            // on our stack: the target moves to its own.
             "mov [rdx], rsp",
             "jmp qword ptr [rsi]",
-        ],
-        [
-            // As in `switch_return`: rsp is the switcher's, rsi our sp.
+            "2:",
+            // Here a context has jumped to our continuation, with rsp still
+            // its own, rsi our sp, rdi the word and rdx its link. Move onto
+            // our stack past the continuation and pop our rbx and rbp.
             "lea rsp, [rsi + 8]",
             "pop rbx",
             "pop rbp",
-        ]
-    )
+            inout("rdi") arg => word,
+            inout("rsi") to => _,
+            inout("rdx") link => back,
+            // System V: r12 to r15 are callee-saved, so the other context
+            // may have changed them; declaring them clobbered makes the
+            // compiler save those that are live.
+            lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
+            // Everything the ABI lets a call clobber (rax, rcx, r8 to r11,
+            // xmm0 to xmm15, the x87 stack, flags) is clobbered here.
+            clobber_abi("sysv64"),
+        );
+    }
+    (word, back)
 }
 
 /// Asks the CPU to bring the cache line holding `addr` closer

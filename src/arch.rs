@@ -8,11 +8,9 @@
 //! - `LINK_OFFSET`: where, below the top, the link word lives that unwinders
 //!   follow from a coroutine into the code that resumed it;
 //! - `unsafe fn init_stack(top, entry, data) -> sp`: lay out a new context;
-//! - `unsafe fn switch_call`, `switch_return`, `switch_jump`, each
-//!   `(arg, to, link) -> (arg, link of the switcher back)`: the one
-//!   symmetric switch (same frame, same arrival), departing three ways so
-//!   that the CPU's return predictor stays balanced: a resume `call`s, the
-//!   suspend that answers it `ret`urns, a symmetric switch `jmp`s;
+//! - `unsafe fn switch(arg, to, link) -> (arg, link of the switcher back)`:
+//!   the one symmetric switch, which reaches the target with an indirect
+//!   jump (the CPU's return predictor is left alone);
 //! - `fn dead_sp()`: the sp of a context that cannot be resumed: a switch
 //!   to it returns at once, with the word 0, leaving the dead sp in `*link`;
 //! - `fn valgrind_request(default, args) -> usize`: a valgrind client
@@ -43,6 +41,5 @@ pub(crate) use imp::prefetch;
 #[cfg(feature = "std")]
 pub(crate) use imp::valgrind_request;
 pub(crate) use imp::{
-    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch_call,
-    switch_jump, switch_return,
+    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch,
 };

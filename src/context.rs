@@ -145,19 +145,6 @@ pub(crate) struct Enter {
     pub(crate) tsan: Tsan,
 }
 
-/// How a switch departs (see `arch/`): so that every `call` the CPU's
-/// return predictor sees is matched by one `ret`.
-#[derive(Clone, Copy)]
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
-pub(crate) enum Depart {
-    /// A resume: entered by the code that gets the context back.
-    Call,
-    /// Back to the context whose resume (`Call`) entered the running one.
-    Return,
-    /// A symmetric switch (greenlets): leaves the predictor alone.
-    Jump,
-}
-
 /// What a switch tells ThreadSanitizer (nothing without the `tsan`
 /// feature).
 #[derive(Clone, Copy)]
@@ -210,20 +197,14 @@ pub(crate) struct Back {
 /// As `arch::switch`: `to` is the sp of a suspended context that is resumed
 /// nowhere else, on a live stack; `link` is valid for a write of one word.
 #[inline(always)]
-pub(crate) unsafe fn switch(
-    arg: usize,
-    to: usize,
-    link: *mut usize,
-    depart: Depart,
-    enter: Enter,
-) -> Back {
+pub(crate) unsafe fn switch(arg: usize, to: usize, link: *mut usize, enter: Enter) -> Back {
     let mut save = AsanSave::new();
     if let Some((bottom, size)) = enter.bounds {
         sanitizer::start_switch(Some(&mut save), bottom, size);
     }
     enter.tsan.announce();
     // SAFETY: as the caller promises.
-    let (word, back_link) = unsafe { arch_switch(arg, to, link, depart) };
+    let (word, back_link) = unsafe { arch::switch(arg, to, link) };
     let bounds = match enter.bounds {
         Some(_) => sanitizer::finish_switch(&save),
         None => (0, 0),
@@ -237,27 +218,6 @@ pub(crate) unsafe fn switch(
     Back { word, from, bounds }
 }
 
-/// `arch`'s switch that departs as `depart` says.
-///
-/// # Safety
-/// As `arch::switch_call`.
-#[inline(always)]
-unsafe fn arch_switch(
-    arg: usize,
-    to: usize,
-    link: *mut usize,
-    depart: Depart,
-) -> (usize, *mut usize) {
-    // SAFETY: as the caller promises.
-    unsafe {
-        match depart {
-            Depart::Call => arch::switch_call(arg, to, link),
-            Depart::Return => arch::switch_return(arg, to, link),
-            Depart::Jump => arch::switch_jump(arg, to, link),
-        }
-    }
-}
-
 /// The first arrival on a new context's stack: completes, for ASan, the
 /// switch that entered it; returns the bounds of the stack it came from
 /// ((0, 0) without ASan).
@@ -269,19 +229,13 @@ pub(crate) fn arrive() -> (usize, usize) {
 /// The last switch away from a context that is finished for good: to the
 /// suspended context `to`, carrying `arg`, from a stack that may be reused
 /// or freed as soon as this switch is made (ASan forgets its frames and
-/// fake stack); our last sp goes to `*link` (a `Return` must pass the link
-/// its resume passed, see `arch::switch_return`). Never returns.
+/// fake stack); our last sp goes to `*link`, where a receiver may read it
+/// as `from`. Never returns.
 ///
 /// # Safety
 /// As [`switch`]; and nothing switches back to the context that leaves.
 #[inline(always)]
-pub(crate) unsafe fn leave_for_good(
-    arg: usize,
-    to: usize,
-    link: *mut usize,
-    depart: Depart,
-    enter: Enter,
-) -> ! {
+pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, link: *mut usize, enter: Enter) -> ! {
     sanitizer::stack_abandoned();
     if let Some((bottom, size)) = enter.bounds {
         sanitizer::start_switch(None, bottom, size);
@@ -289,7 +243,7 @@ pub(crate) unsafe fn leave_for_good(
     enter.tsan.announce();
     // SAFETY: as the caller promises; nothing resumes from the sp we leave
     // in `*link` (a receiver may read it as `from`).
-    unsafe { arch_switch(arg, to, link, depart) };
+    unsafe { arch::switch(arg, to, link) };
     unreachable!("stackful: a context that left for good was resumed");
 }
 

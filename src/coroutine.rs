@@ -133,7 +133,7 @@ use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::arch;
-use crate::context::{self, Depart, Enter, Tsan, addr, link_word, spare_word, take};
+use crate::context::{self, Enter, Tsan, addr, link_word, spare_word, take};
 use crate::sanitizer::{self, AsanPeer, Fiber};
 #[cfg(feature = "std")]
 use crate::stack::DefaultStack;
@@ -641,7 +641,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         // `self.stack` keeps alive; it holds the suspended coroutine's sp,
         // which only this `Coroutine` resumes, or the arch's dead sp, which
         // comes straight back. The switch leaves our sp there.
-        let back = unsafe { context::switch(arg, *self.link, self.link, Depart::Call, enter) };
+        let back = unsafe { context::switch(arg, *self.link, self.link, enter) };
         self.suspended_on.set(back.bounds);
         back.word
     }
@@ -733,8 +733,7 @@ impl<Input, Yield> Yielder<Input, Yield> {
         // suspended inside `resume` (a Yielder is only reachable from its
         // body, which runs only while resumed); the switch leaves our sp
         // there for the next resume.
-        let back =
-            unsafe { context::switch(addr(&value), *self.link, self.link, Depart::Return, enter) };
+        let back = unsafe { context::switch(addr(&value), *self.link, self.link, enter) };
         self.resumer.set(back.bounds);
         match back.word {
             #[cfg(feature = "std")]
@@ -930,7 +929,7 @@ where
     // SAFETY: as in `suspend`: the link word holds the resumer's sp, which
     // switched in and waits for our last word; nothing resumes us again
     // (the resumer marks the coroutine done).
-    unsafe { context::leave_for_good(SIGNAL, *yielder.link, yielder.link, Depart::Return, enter) }
+    unsafe { context::leave_for_good(SIGNAL, *yielder.link, yielder.link, enter) }
 }
 
 /// A resume of a finished coroutine: drop its input, panic.

@@ -209,7 +209,7 @@ use std::ptr;
 use std::rc::Rc;
 
 use crate::arch;
-use crate::context::{self, Depart, Enter, Tsan, addr, take};
+use crate::context::{self, Enter, Tsan, addr, take};
 use crate::coroutine::Marker;
 use crate::sanitizer::{AsanPeer, Fiber};
 use crate::stack::{DefaultStack, Stack};
@@ -996,15 +996,7 @@ fn raw_switch(me: &Core, target: &Core, arg: usize) -> (usize, usize) {
     // this switch resumes, on a stack its core keeps alive. Our own sp goes
     // into our core, which stays alive while we are suspended: nobody frees
     // a suspended core but through a kill, which resumes it first.
-    let back = unsafe {
-        context::switch(
-            arg,
-            target.hot.sp.get(),
-            me.hot.sp.as_ptr(),
-            Depart::Jump,
-            enter,
-        )
-    };
+    let back = unsafe { context::switch(arg, target.hot.sp.get(), me.hot.sp.as_ptr(), enter) };
     learn_switcher(back.bounds);
     (back.word, back.from)
 }
@@ -1227,7 +1219,7 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
     // greenlet, suspended in a switch or not started; nothing resumes the
     // dead greenlet we leave (our stack is finished for good: it goes back
     // to the pool).
-    unsafe { context::leave_for_good(0, sp, &mut scratch, Depart::Jump, enter) }
+    unsafe { context::leave_for_good(0, sp, &mut scratch, enter) }
 }
 
 /// The nearest ancestor that is not dead (the main greenlet at worst).

@@ -42,7 +42,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::thread;
 
-use crate::context::{self, Depart, Enter, Tsan};
+use crate::context::{self, Enter, Tsan};
 use crate::stack::{DefaultStack, MAX_STACK_SIZE, MIN_STACK_SIZE, Stack, page_size};
 
 /// How far below the stack pointer the slow path looks for the guard page
@@ -359,7 +359,7 @@ pub(crate) unsafe fn run_at<R, F: FnOnce() -> R>(top: usize, bounds: (usize, usi
     // `link` is the link word inside its first frame. `run` switches back
     // exactly once, when `f` has returned or panicked, and never expects
     // to be resumed.
-    unsafe { context::switch(0, sp, link, Depart::Call, other) };
+    unsafe { context::switch(0, sp, link, other) };
     match call.result.take() {
         Some(Ok(r)) => r,
         Some(Err(payload)) => panic::resume_unwind(payload),
@@ -396,7 +396,7 @@ unsafe extern "C" fn run<F: FnOnce() -> R, R>(_arg: usize, _from: usize, data: u
     // SAFETY: the link word holds the sp that `on_stack` left while
     // switching here; it is suspended in that switch. Nothing of ours
     // needs dropping: this frame is abandoned, never resumed.
-    unsafe { context::leave_for_good(0, *link, link, Depart::Return, back) }
+    unsafe { context::leave_for_good(0, *link, link, back) }
 }
 
 /// Records `[lo, hi)` as the stack of a running `on_stack` call and caches
