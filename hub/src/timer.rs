@@ -1,0 +1,355 @@
+//! Timers: [`sleep`], [`timeout`], [`call_later`], kept in one ordered map
+//! per hub keyed by (deadline, sequence number), so that timers with the
+//! same deadline fire in the order they were set.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::scheduler::{self, park_until};
+use super::task::{Task, Waiter};
+
+/// What an expired timer does.
+pub(crate) enum Action {
+    /// Wakes a parked task.
+    Wake(Waiter),
+    /// Interrupts a task inside a [`timeout`] scope.
+    Interrupt { task: Rc<Task>, scope: u64 },
+    /// Runs a [`call_later`] function in a new coroutine.
+    Call(Box<dyn FnOnce()>),
+}
+
+/// A timer's key: its deadline, then the order of setting.
+pub(crate) type TimerKey = (Instant, u64);
+
+/// The timers of one hub.
+#[derive(Default)]
+pub(crate) struct Timers {
+    map: BTreeMap<TimerKey, Action>,
+    seq: u64,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Timers {
+        Timers::default()
+    }
+
+    /// Sets a timer; its key removes it.
+    pub(crate) fn insert(&mut self, deadline: Instant, action: Action) -> TimerKey {
+        self.seq += 1;
+        let key = (deadline, self.seq);
+        self.map.insert(key, action);
+        key
+    }
+
+    /// Removes a timer that has not fired.
+    pub(crate) fn remove(&mut self, key: TimerKey) -> Option<Action> {
+        self.map.remove(&key)
+    }
+
+    /// Whether the timer is still set (it has not fired nor been removed).
+    pub(crate) fn contains(&self, key: TimerKey) -> bool {
+        self.map.contains_key(&key)
+    }
+
+    /// Whether no timer is set.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The earliest deadline.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.map.first_key_value().map(|(k, _)| k.0)
+    }
+
+    /// Removes the pending `call_later` functions and returns them.
+    pub(crate) fn take_calls(&mut self) -> Vec<Action> {
+        let keys: Vec<TimerKey> = self
+            .map
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Call(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| self.map.remove(k)).collect()
+    }
+
+    /// Removes and returns the earliest timer if it is due at `now`.
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<Action> {
+        match self.map.first_entry() {
+            Some(e) if e.key().0 <= now => Some(e.remove()),
+            _ => None,
+        }
+    }
+}
+
+/// How long the poller may sleep before `deadline`: rounded up to whole
+/// milliseconds (epoll's unit), so that a wait shorter than one never
+/// becomes a busy poll of zero.
+pub(crate) fn poll_timeout(deadline: Instant, now: Instant) -> Duration {
+    let left = deadline.saturating_duration_since(now);
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    Duration::from_millis(ms.min(u64::MAX as u128) as u64)
+}
+
+/// A deadline `d` from now, or none if that is beyond what an `Instant`
+/// can hold.
+pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// Suspends the calling coroutine for `duration`, letting the others run.
+///
+/// `sleep(Duration::ZERO)` lets every other ready coroutine run first and
+/// then continues, as `gevent.sleep(0)` does (see [`yield_now`]).
+/// Coroutines whose sleeps end at the same moment wake in the order they
+/// went to sleep.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let start = Instant::now();
+///     hub::sleep(Duration::from_millis(5));
+///     assert!(start.elapsed() >= Duration::from_millis(5));
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn sleep(duration: Duration) {
+    let hub = scheduler::hub("hub::sleep");
+    if duration.is_zero() {
+        hub.yield_now();
+        return;
+    }
+    let Some(deadline) = deadline_after(duration) else {
+        // Longer than the clock can count: sleep until woken by a kill.
+        loop {
+            scheduler::park(hub);
+        }
+    };
+    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+}
+
+/// Suspends the calling coroutine until `deadline`, letting the others
+/// run. A deadline already past lets every other ready coroutine run first
+/// (as [`sleep`] with zero does). Coroutines with the same deadline wake
+/// in the order they went to sleep.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let deadline = Instant::now() + Duration::from_millis(3);
+///     hub::sleep_until(deadline);
+///     assert!(Instant::now() >= deadline);
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn sleep_until(deadline: Instant) {
+    let hub = scheduler::hub("hub::sleep_until");
+    if deadline <= Instant::now() {
+        hub.yield_now();
+        return;
+    }
+    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+}
+
+/// Lets every other ready coroutine run, then continues.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use stackful_hub as hub;
+///
+/// let order = hub::run(|| {
+///     let order = Rc::new(RefCell::new(Vec::new()));
+///     let o = order.clone();
+///     let other = hub::spawn(move || o.borrow_mut().push("other"));
+///     hub::yield_now();
+///     order.borrow_mut().push("main");
+///     other.join().unwrap();
+///     order.take()
+/// });
+/// assert_eq!(order, ["other", "main"]);
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn yield_now() {
+    scheduler::hub("hub::yield_now").yield_now();
+}
+
+/// The error of a [`timeout`] whose time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for io::Error {
+    fn from(e: Elapsed) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, e)
+    }
+}
+
+/// The payload that unwinds a [`timeout`] scope whose time ran out: the
+/// scope's id, and the hub-raised unwind that was in flight in the task
+/// when it was raised (a destructor's scope; see the scheduler's docs).
+pub(crate) struct TimeoutUnwind {
+    pub(crate) scope: u64,
+    pub(crate) outer: Option<u64>,
+}
+
+/// Runs `f` in the calling coroutine, and interrupts it if it has not
+/// returned after `duration` (gevent's `Timeout`): when the time runs out,
+/// the coroutine's pending (or next) suspension — a sleep, a read, a
+/// join — unwinds out of `f`, whose destructors run, and `timeout` returns
+/// [`Elapsed`]. Code that never suspends is not interrupted.
+///
+/// Timeouts nest: each interrupts only its own scope.
+///
+/// ```
+/// use std::time::Duration;
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let quick = hub::timeout(Duration::from_millis(50), || 7);
+///     assert_eq!(quick, Ok(7));
+///     let slow = hub::timeout(Duration::from_millis(5), || hub::sleep(Duration::from_secs(10)));
+///     assert!(slow.is_err());
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine. A panic in `f` goes on to the caller.
+#[track_caller]
+pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
+    let hub = scheduler::hub("hub::timeout");
+    let task = hub.current_task();
+    let Some(deadline) = deadline_after(duration) else {
+        return Ok(f());
+    };
+    let scope = hub.next_scope();
+    let key = hub.timers.borrow_mut().insert(
+        deadline,
+        Action::Interrupt {
+            task: task.clone(),
+            scope,
+        },
+    );
+    /// Cancels the timer, and a raised-but-undelivered interrupt, however
+    /// the scope ends.
+    struct Cancel<'a>(&'a scheduler::Hub, TimerKey, Rc<Task>, u64);
+    impl Drop for Cancel<'_> {
+        fn drop(&mut self) {
+            self.0.timers.borrow_mut().remove(self.1);
+            if self.2.interrupt.get() == Some(self.3) {
+                self.2.interrupt.set(None);
+            }
+        }
+    }
+    let cancel = Cancel(hub, key, task, scope);
+    let r = panic::catch_unwind(AssertUnwindSafe(f));
+    let task = cancel.2.clone();
+    drop(cancel);
+    match r {
+        Ok(v) => Ok(v),
+        Err(p) => match p.downcast_ref::<TimeoutUnwind>() {
+            Some(t) if t.scope == scope => {
+                hub.end_timeout_unwind(&task, t.outer);
+                Err(Elapsed(()))
+            }
+            _ => panic::resume_unwind(p),
+        },
+    }
+}
+
+/// A function scheduled by [`call_later`]: [`cancel`](CallLater::cancel)
+/// stops it if it has not started. Dropping the handle does not cancel.
+#[derive(Debug)]
+pub struct CallLater {
+    key: TimerKey,
+}
+
+impl CallLater {
+    /// Cancels the call; returns `true` if it had not started yet (it now
+    /// never will), `false` if it had already started.
+    ///
+    /// # Panics
+    /// Outside the hub that scheduled it.
+    #[track_caller]
+    pub fn cancel(&self) -> bool {
+        let hub = scheduler::hub("CallLater::cancel");
+        hub.timers.borrow_mut().remove(self.key).is_some()
+    }
+
+    /// Whether the call is still waiting for its time.
+    ///
+    /// # Panics
+    /// Outside the hub that scheduled it.
+    #[track_caller]
+    pub fn is_pending(&self) -> bool {
+        scheduler::hub("CallLater::is_pending")
+            .timers
+            .borrow()
+            .contains(self.key)
+    }
+}
+
+/// Runs `f` in a new coroutine of this hub after `delay` (asyncio's
+/// `call_later`); the handle cancels it until then.
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+/// use std::time::Duration;
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let hits = Rc::new(Cell::new(0));
+///     let h = hits.clone();
+///     hub::call_later(Duration::from_millis(1), move || h.set(h.get() + 1));
+///     let h = hits.clone();
+///     let cancelled = hub::call_later(Duration::from_millis(1), move || h.set(h.get() + 10));
+///     assert!(cancelled.cancel());
+///     hub::sleep(Duration::from_millis(20));
+///     assert_eq!(hits.get(), 1);
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub.
+#[track_caller]
+pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallLater {
+    let hub = scheduler::hub("hub::call_later");
+    if hub.is_shutting_down() {
+        // The end of `run`: nothing new starts.
+        drop(f);
+        return CallLater {
+            key: (Instant::now(), 0),
+        };
+    }
+    let deadline =
+        deadline_after(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40));
+    let key = hub
+        .timers
+        .borrow_mut()
+        .insert(deadline, Action::Call(Box::new(f)));
+    CallLater { key }
+}
