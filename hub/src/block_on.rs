@@ -1,7 +1,6 @@
 //! [`block_on`]: a hub coroutine awaits a [`Future`], suspending only
 //! itself; the future's waker may be called from any thread.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,8 +8,8 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, ThreadId};
 
-use super::remote::{Message, Shared};
-use super::scheduler;
+use crate::driver::queue::{Message, Shared};
+use crate::scheduler;
 
 /// "Not parked" in [`Signal::parked`].
 const RUNNING: u64 = u64::MAX;
@@ -48,7 +47,7 @@ impl Wake for Signal {
                 let ours = self
                     .shared
                     .upgrade()
-                    .is_some_and(|s| Arc::ptr_eq(&s, &hub.shared));
+                    .is_some_and(|s| Arc::ptr_eq(&s, hub.queue()));
                 if ours {
                     hub.wake_local(self.key, self.id, epoch);
                 }
@@ -101,19 +100,19 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         key: task.key.get(),
         id: task.id,
         thread: thread::current().id(),
-        shared: Arc::downgrade(&hub.shared),
+        shared: Arc::downgrade(hub.queue()),
     });
     let waker = Waker::from(signal.clone());
     // While a future is awaited, a waker elsewhere may wake the hub.
-    hub.block_ons.set(hub.block_ons.get() + 1);
+    hub.block_on_started();
     /// Counts the call out however it ends.
-    struct Active<'a>(&'a Cell<usize>);
+    struct Active<'a>(&'a scheduler::Hub);
     impl Drop for Active<'_> {
         fn drop(&mut self) {
-            self.0.set(self.0.get() - 1);
+            self.0.block_on_ended();
         }
     }
-    let _active = Active(&hub.block_ons);
+    let _active = Active(hub);
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
     loop {

@@ -119,6 +119,7 @@
 mod block_on;
 mod blocking;
 mod builder;
+mod driver;
 pub(crate) mod io;
 pub mod net;
 mod prefetch;

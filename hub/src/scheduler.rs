@@ -180,13 +180,13 @@ use std::time::{Duration, Instant};
 use stackful::coroutine::{Coroutine, CoroutineResult};
 use stackful::stack::DefaultStack;
 
-use super::blocking::Pool;
 use super::builder::Config;
 use super::io::IoDriver;
-use super::remote::{Message, Shared};
 use super::slab::Slab;
 use super::task::{JoinError, JoinHandle, KillSelf, Slot, Task, TaskState, Waiter};
-use super::timer::{Action, Timers};
+use crate::driver::pool::{Job, Pool};
+use crate::driver::queue::{Message, Shared};
+use crate::driver::timers::{TimerKey, Timers, poll_timeout};
 
 thread_local! {
     /// The hub running on this thread, null outside [`run`](super::run).
@@ -203,10 +203,10 @@ pub(crate) struct Hub {
     pub(crate) config: Config,
     ready: RefCell<VecDeque<Rc<Task>>>,
     tasks: RefCell<Slab<Rc<Task>>>,
-    pub(crate) timers: RefCell<Timers>,
+    timers: RefCell<Timers<Action>>,
     pub(crate) io: IoDriver,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) blocking: Pool,
+    shared: Arc<Shared>,
+    blocking: Pool,
     /// The running task, or null while the loop itself runs.
     current: Cell<*const Task>,
     /// The thread's stack-pool capacity before the hub raised it to
@@ -215,7 +215,7 @@ pub(crate) struct Hub {
     /// Ids for `timeout` scopes.
     next_scope: Cell<u64>,
     /// `block_on` calls in progress (a waker elsewhere may wake the hub).
-    pub(crate) block_ons: Cell<usize>,
+    block_ons: Cell<usize>,
     /// The greenlet that the hub's loop runs in, and so its tasks
     /// ([`running_id`](stackful::greenlet::running_id)): a task may suspend
     /// only while it is the running one.
@@ -241,6 +241,37 @@ pub(crate) struct Hub {
     shutting_down: Cell<bool>,
     /// The first panic of a destructor that the loop ran at the end.
     loop_panic: RefCell<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+/// What an expired timer does.
+pub(crate) enum Action {
+    /// Wakes a parked task.
+    Wake(Waiter),
+    /// Interrupts a task inside a [`timeout`](crate::timeout) scope.
+    Interrupt { task: Rc<Task>, scope: u64 },
+    /// Runs a [`call_later`](crate::call_later) function in a new coroutine.
+    Call(Box<dyn FnOnce()>),
+}
+
+/// The payload that unwinds a [`timeout`](crate::timeout) scope whose
+/// time ran out: the scope's id, and the hub-raised unwind that was in
+/// flight in the task when it was raised (a destructor's scope; see the
+/// module docs).
+pub(crate) struct TimeoutUnwind {
+    scope: u64,
+    outer: Option<u64>,
+}
+
+impl TimeoutUnwind {
+    /// The id of the scope whose time ran out.
+    pub(crate) fn scope(&self) -> u64 {
+        self.scope
+    }
+
+    /// The hub-raised unwind that was in flight when it was raised.
+    pub(crate) fn outer(&self) -> Option<u64> {
+        self.outer
+    }
 }
 
 /// How a run of the loop ended.
@@ -396,7 +427,7 @@ fn unwind_after_park(hub: &Hub, task: &Task) {
         task.interrupt.set(None);
         let outer = task.unwinding.get();
         hub.mark_unwinding(task);
-        panic::resume_unwind(Box::new(super::timer::TimeoutUnwind { scope, outer }));
+        panic::resume_unwind(Box::new(TimeoutUnwind { scope, outer }));
     }
     if task.deadlock.replace(false) && hub.may_raise(task, None, true) {
         hub.mark_unwinding(task);
@@ -430,20 +461,17 @@ pub(crate) fn park_until(hub: &Hub, deadline: Option<Instant>) -> bool {
 #[track_caller]
 #[inline(never)]
 fn park_with_timer(hub: &Hub, deadline: Instant) -> bool {
-    let key = hub
-        .timers
-        .borrow_mut()
-        .insert(deadline, Action::Wake(Waiter::current(hub)));
+    let key = hub.set_timer(deadline, Action::Wake(Waiter::current(hub)));
     /// Removes the timer however the park ends.
-    struct Remove<'a>(&'a Hub, super::timer::TimerKey);
+    struct Remove<'a>(&'a Hub, TimerKey);
     impl Drop for Remove<'_> {
         fn drop(&mut self) {
-            self.0.timers.borrow_mut().remove(self.1);
+            self.0.cancel_timer(self.1);
         }
     }
     let guard = Remove(hub, key);
     park(hub);
-    let fired = !hub.timers.borrow().contains(key);
+    let fired = !hub.timer_is_set(key);
     drop(guard);
     fired
 }
@@ -961,7 +989,7 @@ impl Hub {
                         self.timers
                             .borrow()
                             .next_deadline()
-                            .map(|d| super::timer::poll_timeout(d, Instant::now()))
+                            .map(|d| poll_timeout(d, Instant::now()))
                     };
                     let stuck = timeout.is_none() && self.nothing_can_wake();
                     if stuck {
@@ -973,7 +1001,7 @@ impl Hub {
                         if now >= deadline {
                             return Outcome::TimedOut;
                         }
-                        let left = super::timer::poll_timeout(deadline, now);
+                        let left = poll_timeout(deadline, now);
                         timeout = Some(timeout.map_or(left, |t| t.min(left)));
                     }
                     let remote = self.io.poll(self, timeout);
@@ -1090,10 +1118,52 @@ impl Hub {
         (leaked, outcome)
     }
 
+    /// The cross-thread queue, which other threads (a [`Remote`](crate::Remote),
+    /// a waker, a blocking job) send their messages on.
+    pub(crate) fn queue(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Hands `job` to the blocking pool.
+    pub(crate) fn submit_blocking(&self, job: Job) {
+        self.blocking.submit(job);
+    }
+
+    /// A `block_on` call starts: while it lasts, a waker elsewhere may
+    /// wake the hub (it is not deadlocked).
+    pub(crate) fn block_on_started(&self) {
+        self.block_ons.set(self.block_ons.get() + 1);
+    }
+
+    /// A `block_on` call ends.
+    pub(crate) fn block_on_ended(&self) {
+        self.block_ons.set(self.block_ons.get() - 1);
+    }
+
+    /// Sets a timer that does `action` at `deadline`; its key cancels it.
+    pub(crate) fn set_timer(&self, deadline: Instant, action: Action) -> TimerKey {
+        self.timers.borrow_mut().insert(deadline, action)
+    }
+
+    /// Cancels a timer; returns whether it was still set (it had not
+    /// fired). Its action is dropped.
+    pub(crate) fn cancel_timer(&self, key: TimerKey) -> bool {
+        self.timers.borrow_mut().remove(key).is_some()
+    }
+
+    /// Whether a timer is still set (it has not fired nor been cancelled).
+    pub(crate) fn timer_is_set(&self, key: TimerKey) -> bool {
+        self.timers.borrow().contains(key)
+    }
+
     /// Drops the pending `call_later` functions (at the end, nothing new
     /// starts).
     fn drop_calls(&self) {
-        for call in self.timers.borrow_mut().take_calls() {
+        for call in self
+            .timers
+            .borrow_mut()
+            .take_where(|a| matches!(a, Action::Call(_)))
+        {
             self.drop_in_loop(call);
         }
     }

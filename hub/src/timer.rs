@@ -1,104 +1,17 @@
-//! Timers: [`sleep`], [`timeout`], [`call_later`], kept in one ordered map
-//! per hub keyed by (deadline, sequence number), so that timers with the
-//! same deadline fire in the order they were set.
+//! The time functions: [`sleep`], [`timeout`], [`call_later`], on the
+//! scheduler's timers (the timer driver, `driver::timers`, fires them in
+//! deadline order, those with the same deadline in the order they were
+//! set).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::scheduler::{self, park_until};
-use super::task::{Task, Waiter};
-
-/// What an expired timer does.
-pub(crate) enum Action {
-    /// Wakes a parked task.
-    Wake(Waiter),
-    /// Interrupts a task inside a [`timeout`] scope.
-    Interrupt { task: Rc<Task>, scope: u64 },
-    /// Runs a [`call_later`] function in a new coroutine.
-    Call(Box<dyn FnOnce()>),
-}
-
-/// A timer's key: its deadline, then the order of setting.
-pub(crate) type TimerKey = (Instant, u64);
-
-/// The timers of one hub.
-#[derive(Default)]
-pub(crate) struct Timers {
-    map: BTreeMap<TimerKey, Action>,
-    seq: u64,
-}
-
-impl Timers {
-    pub(crate) fn new() -> Timers {
-        Timers::default()
-    }
-
-    /// Sets a timer; its key removes it.
-    pub(crate) fn insert(&mut self, deadline: Instant, action: Action) -> TimerKey {
-        self.seq += 1;
-        let key = (deadline, self.seq);
-        self.map.insert(key, action);
-        key
-    }
-
-    /// Removes a timer that has not fired.
-    pub(crate) fn remove(&mut self, key: TimerKey) -> Option<Action> {
-        self.map.remove(&key)
-    }
-
-    /// Whether the timer is still set (it has not fired nor been removed).
-    pub(crate) fn contains(&self, key: TimerKey) -> bool {
-        self.map.contains_key(&key)
-    }
-
-    /// Whether no timer is set.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// The earliest deadline.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.map.first_key_value().map(|(k, _)| k.0)
-    }
-
-    /// Removes the pending `call_later` functions and returns them.
-    pub(crate) fn take_calls(&mut self) -> Vec<Action> {
-        let keys: Vec<TimerKey> = self
-            .map
-            .iter()
-            .filter(|(_, a)| matches!(a, Action::Call(_)))
-            .map(|(k, _)| *k)
-            .collect();
-        keys.iter().filter_map(|k| self.map.remove(k)).collect()
-    }
-
-    /// Removes and returns the earliest timer if it is due at `now`.
-    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<Action> {
-        match self.map.first_entry() {
-            Some(e) if e.key().0 <= now => Some(e.remove()),
-            _ => None,
-        }
-    }
-}
-
-/// How long the poller may sleep before `deadline`: rounded up to whole
-/// milliseconds (epoll's unit), so that a wait shorter than one never
-/// becomes a busy poll of zero.
-pub(crate) fn poll_timeout(deadline: Instant, now: Instant) -> Duration {
-    let left = deadline.saturating_duration_since(now);
-    let ms = left.as_nanos().div_ceil(1_000_000);
-    Duration::from_millis(ms.min(u64::MAX as u128) as u64)
-}
-
-/// A deadline `d` from now, or none if that is beyond what an `Instant`
-/// can hold.
-pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
-    Instant::now().checked_add(d)
-}
+use crate::driver::timers::{TimerKey, deadline_after};
+use crate::scheduler::{self, Action, TimeoutUnwind, park_until};
+use crate::task::Task;
 
 /// Suspends the calling coroutine for `duration`, letting the others run.
 ///
@@ -208,14 +121,6 @@ impl From<Elapsed> for io::Error {
     }
 }
 
-/// The payload that unwinds a [`timeout`] scope whose time ran out: the
-/// scope's id, and the hub-raised unwind that was in flight in the task
-/// when it was raised (a destructor's scope; see the scheduler's docs).
-pub(crate) struct TimeoutUnwind {
-    pub(crate) scope: u64,
-    pub(crate) outer: Option<u64>,
-}
-
 /// Runs `f` in the calling coroutine, and interrupts it if it has not
 /// returned after `duration` (gevent's `Timeout`): when the time runs out,
 /// the coroutine's pending (or next) suspension — a sleep, a read, a
@@ -246,7 +151,7 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
         return Ok(f());
     };
     let scope = hub.next_scope();
-    let key = hub.timers.borrow_mut().insert(
+    let key = hub.set_timer(
         deadline,
         Action::Interrupt {
             task: task.clone(),
@@ -258,7 +163,7 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
     struct Cancel<'a>(&'a scheduler::Hub, TimerKey, Rc<Task>, u64);
     impl Drop for Cancel<'_> {
         fn drop(&mut self) {
-            self.0.timers.borrow_mut().remove(self.1);
+            self.0.cancel_timer(self.1);
             if self.2.interrupt.get() == Some(self.3) {
                 self.2.interrupt.set(None);
             }
@@ -271,8 +176,8 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
     match r {
         Ok(v) => Ok(v),
         Err(p) => match p.downcast_ref::<TimeoutUnwind>() {
-            Some(t) if t.scope == scope => {
-                hub.end_timeout_unwind(&task, t.outer);
+            Some(t) if t.scope() == scope => {
+                hub.end_timeout_unwind(&task, t.outer());
                 Err(Elapsed(()))
             }
             _ => panic::resume_unwind(p),
@@ -296,7 +201,7 @@ impl CallLater {
     #[track_caller]
     pub fn cancel(&self) -> bool {
         let hub = scheduler::hub("CallLater::cancel");
-        hub.timers.borrow_mut().remove(self.key).is_some()
+        hub.cancel_timer(self.key)
     }
 
     /// Whether the call is still waiting for its time.
@@ -305,10 +210,7 @@ impl CallLater {
     /// Outside the hub that scheduled it.
     #[track_caller]
     pub fn is_pending(&self) -> bool {
-        scheduler::hub("CallLater::is_pending")
-            .timers
-            .borrow()
-            .contains(self.key)
+        scheduler::hub("CallLater::is_pending").timer_is_set(self.key)
     }
 }
 
@@ -347,9 +249,6 @@ pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallLater {
     }
     let deadline =
         deadline_after(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40));
-    let key = hub
-        .timers
-        .borrow_mut()
-        .insert(deadline, Action::Call(Box::new(f)));
+    let key = hub.set_timer(deadline, Action::Call(Box::new(f)));
     CallLater { key }
 }
