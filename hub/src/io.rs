@@ -1,172 +1,24 @@
-//! Readiness: the hub's mio `Poll`, the record of each registered source,
-//! and [`wait_readable`] / [`wait_writable`] for any file descriptor.
-//!
-//! Sources are registered edge-triggered for both directions once. Each
-//! keeps a readable and a writable flag: an event sets them, and an
-//! operation that fails with `WouldBlock` clears its flag and parks the
-//! coroutine until the next event sets it again. No event can slip in
-//! between the failing call and the park: events are handled only by the
-//! hub's loop, which runs only while every coroutine is parked.
-//!
-//! A stream read that fills less than its buffer has drained the socket,
-//! and a stream write that takes less than it was given has filled it (as
-//! tokio also reckons): the source is then marked *drained* for that
-//! direction until the next event, and the next operation parks at once
-//! instead of making a system call bound to fail with `WouldBlock`. With
-//! edge-triggered events that is safe: any data (or room) that comes later
-//! brings an event of its own.
+//! [`wait_readable`] / [`wait_writable`] for any file descriptor, and the
+//! registration through which the hub's sockets wait, on the readiness
+//! driver (`driver::poller`, whose docs tell how readiness is tracked).
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::Interest;
 
-use super::scheduler::{self, Hub, park_until};
-use super::slab::Slab;
-use super::task::Waiter;
+pub(crate) use crate::driver::poller::Dir;
+use crate::scheduler::{self, Hub, park_until};
+use crate::task::Waiter;
 
-/// The token of the cross-thread waker.
-const WAKER: Token = Token(usize::MAX);
-
-/// A direction of readiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dir {
-    Read,
-    Write,
-}
-
-/// The readiness of one registered source, and who waits for it.
-#[derive(Default)]
-pub(crate) struct Source {
-    readable: Cell<bool>,
-    writable: Cell<bool>,
-    /// Drained for reading, filled for writing (see the module docs):
-    /// until the next event, an operation parks without trying.
-    read_drained: Cell<bool>,
-    write_drained: Cell<bool>,
-    /// An event has reported the peer's end of the stream, a hang-up or an
-    /// error: a call then answers at once (end of file, or the error)
-    /// however little the last one moved, so nothing is marked drained.
-    closed: Cell<bool>,
-    readers: RefCell<Vec<Waiter>>,
-    writers: RefCell<Vec<Waiter>>,
-}
-
-impl Source {
-    fn flag(&self, dir: Dir) -> &Cell<bool> {
-        match dir {
-            Dir::Read => &self.readable,
-            Dir::Write => &self.writable,
-        }
-    }
-
-    fn drained(&self, dir: Dir) -> &Cell<bool> {
-        match dir {
-            Dir::Read => &self.read_drained,
-            Dir::Write => &self.write_drained,
-        }
-    }
-
-    fn waiters(&self, dir: Dir) -> &RefCell<Vec<Waiter>> {
-        match dir {
-            Dir::Read => &self.readers,
-            Dir::Write => &self.writers,
-        }
-    }
-
-    /// Marks `dir` ready and wakes its waiters.
-    fn ready(&self, hub: &Hub, dir: Dir) {
-        self.flag(dir).set(true);
-        self.drained(dir).set(false);
-        // Drained in place, keeping the vector's buffer for the next wait
-        // (waking only queues tasks: nothing else touches this list).
-        for w in self.waiters(dir).borrow_mut().drain(..) {
-            hub.wake(&w.task, w.epoch);
-        }
-    }
-}
-
-/// What a registration needs after the hub's loop has gone (a socket may
-/// outlive its hub): the registry and the table of sources.
-pub(crate) struct IoCore {
-    registry: Registry,
-    sources: RefCell<Slab<Rc<Source>>>,
-    /// Coroutines waiting for a descriptor to be closed (an `accept` that
-    /// failed for lack of descriptors).
-    fd_freed: RefCell<Vec<Waiter>>,
-}
-
-/// The hub's poller.
-pub(crate) struct IoDriver {
-    poll: RefCell<Poll>,
-    events: RefCell<Events>,
-    pub(crate) core: Rc<IoCore>,
-}
-
-impl IoDriver {
-    pub(crate) fn new() -> io::Result<IoDriver> {
-        let poll = Poll::new()?;
-        let registry = poll.registry().try_clone()?;
-        Ok(IoDriver {
-            poll: RefCell::new(poll),
-            events: RefCell::new(Events::with_capacity(1024)),
-            core: Rc::new(IoCore {
-                registry,
-                sources: RefCell::new(Slab::new()),
-                fd_freed: RefCell::new(Vec::new()),
-            }),
-        })
-    }
-
-    /// Whether no source is registered (no socket can wake anyone).
-    pub(crate) fn has_no_sources(&self) -> bool {
-        self.core.sources.borrow().is_empty()
-    }
-
-    /// The waker that other threads use to interrupt the poll.
-    pub(crate) fn waker(&self) -> io::Result<mio::Waker> {
-        mio::Waker::new(self.poll.borrow().registry(), WAKER)
-    }
-
-    /// Waits for events up to `timeout` (none: until one comes), sets the
-    /// readiness they report and wakes the waiters. Returns whether the
-    /// cross-thread waker fired.
-    pub(crate) fn poll(&self, hub: &Hub, timeout: Option<Duration>) -> bool {
-        let mut events = self.events.borrow_mut();
-        if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                return false;
-            }
-            panic!("stackful::hub: polling for I/O failed: {e}");
-        }
-        let mut remote = false;
-        let sources = self.core.sources.borrow();
-        for ev in events.iter() {
-            if ev.token() == WAKER {
-                remote = true;
-                continue;
-            }
-            let Some(src) = sources.get(ev.token().0) else {
-                continue;
-            };
-            if ev.is_read_closed() || ev.is_write_closed() || ev.is_error() {
-                src.closed.set(true);
-            }
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                src.ready(hub, Dir::Read);
-            }
-            if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
-                src.ready(hub, Dir::Write);
-            }
-        }
-        remote
-    }
-}
+/// A source's record, its waiters the scheduler's.
+type Source = crate::driver::poller::Source<Waiter>;
+/// The registry part of the hub's poller.
+type IoCore = crate::driver::poller::IoCore<Waiter>;
 
 /// A source registered with a hub: dropping it forgets the source (the
 /// owner deregisters it from the poller first, see
@@ -203,16 +55,9 @@ impl Registration {
     }
 
     fn with_interest(hub: &Hub, fd: RawFd, interest: Interest) -> io::Result<Registration> {
-        let core = hub.io.core.clone();
+        let core = hub.io_core().clone();
         let source = Rc::new(Source::default());
-        let key = core.sources.borrow_mut().insert(source.clone());
-        if let Err(e) = core
-            .registry
-            .register(&mut SourceFd(&fd), Token(key), interest)
-        {
-            core.sources.borrow_mut().remove(key);
-            return Err(e);
-        }
+        let key = core.register(fd, source.clone(), interest)?;
         Ok(Registration {
             core_ptr: Cell::new(Rc::as_ptr(&core)),
             core: RefCell::new(core),
@@ -225,11 +70,7 @@ impl Registration {
 
     /// Takes the source out of the poller (before it is closed).
     pub(crate) fn deregister(&self) {
-        let _ = self
-            .core
-            .borrow()
-            .registry
-            .deregister(&mut SourceFd(&self.fd));
+        self.core.borrow().deregister(self.fd);
     }
 
     /// Moves the registration to `hub`, whose thread runs it now (the hub
@@ -239,20 +80,18 @@ impl Registration {
     #[inline(never)]
     fn rehome(&self, hub: &Hub) -> io::Result<()> {
         let old = self.core.borrow().clone();
-        let _ = old.registry.deregister(&mut SourceFd(&self.fd));
-        old.sources.borrow_mut().remove(self.key.get());
-        let core = hub.io.core.clone();
-        let key = core.sources.borrow_mut().insert(self.source.clone());
-        let registered = core
-            .registry
-            .register(&mut SourceFd(&self.fd), Token(key), self.interest);
-        if let Err(e) = registered {
-            core.sources.borrow_mut().remove(key);
-            // Homeless: the next wait tries again.
-            self.key.set(usize::MAX);
-            self.core_ptr.set(ptr::null());
-            return Err(e);
-        }
+        old.deregister(self.fd);
+        old.forget(self.key.get());
+        let core = hub.io_core().clone();
+        let key = match core.register(self.fd, self.source.clone(), self.interest) {
+            Ok(key) => key,
+            Err(e) => {
+                // Homeless: the next wait tries again.
+                self.key.set(usize::MAX);
+                self.core_ptr.set(ptr::null());
+                return Err(e);
+            }
+        };
         for dir in [Dir::Read, Dir::Write] {
             self.source.flag(dir).set(false);
             self.source.drained(dir).set(false);
@@ -292,7 +131,7 @@ impl Registration {
     /// filled less than its buffer, or its write took less than it was
     /// given.
     pub(crate) fn drained(&self, dir: Dir) {
-        if !self.source.closed.get() {
+        if !self.source.is_closed() {
             self.source.drained(dir).set(true);
         }
     }
@@ -303,7 +142,7 @@ impl Registration {
     #[inline(always)]
     pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
         let hub = scheduler::hub("a socket operation that would block");
-        if self.core_ptr.get() != Rc::as_ptr(&hub.io.core) {
+        if self.core_ptr.get() != Rc::as_ptr(hub.io_core()) {
             self.rehome(hub)?;
         }
         let flag = self.source.flag(dir);
@@ -346,9 +185,9 @@ fn timed_out_error() -> io::Error {
 impl Drop for Registration {
     fn drop(&mut self) {
         let core = self.core.borrow();
-        core.sources.borrow_mut().remove(self.key.get());
+        core.forget(self.key.get());
         // A descriptor is about to close: wake acceptors that ran out.
-        let waiters = std::mem::take(&mut *core.fd_freed.borrow_mut());
+        let waiters = core.take_fd_freed();
         for w in waiters {
             w.wake();
         }
@@ -359,7 +198,7 @@ impl Drop for Registration {
 /// `accept` that failed for lack of descriptors).
 pub(crate) fn wait_fd_freed(deadline: Instant) {
     let hub = scheduler::hub("TcpListener::accept");
-    hub.io.core.fd_freed.borrow_mut().push(Waiter::current(hub));
+    hub.io_core().wait_fd_freed(Waiter::current(hub));
     park_until(hub, Some(deadline));
 }
 

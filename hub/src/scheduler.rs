@@ -181,9 +181,9 @@ use stackful::coroutine::{Coroutine, CoroutineResult};
 use stackful::stack::DefaultStack;
 
 use super::builder::Config;
-use super::io::IoDriver;
 use super::slab::Slab;
 use super::task::{JoinError, JoinHandle, KillSelf, Slot, Task, TaskState, Waiter};
+use crate::driver::poller::{IoCore, IoDriver};
 use crate::driver::pool::{Job, Pool};
 use crate::driver::queue::{Message, Shared};
 use crate::driver::timers::{TimerKey, Timers, poll_timeout};
@@ -204,7 +204,7 @@ pub(crate) struct Hub {
     ready: RefCell<VecDeque<Rc<Task>>>,
     tasks: RefCell<Slab<Rc<Task>>>,
     timers: RefCell<Timers<Action>>,
-    pub(crate) io: IoDriver,
+    io: IoDriver<Waiter>,
     shared: Arc<Shared>,
     blocking: Pool,
     /// The running task, or null while the loop itself runs.
@@ -1004,7 +1004,9 @@ impl Hub {
                         let left = poll_timeout(deadline, now);
                         timeout = Some(timeout.map_or(left, |t| t.min(left)));
                     }
-                    let remote = self.io.poll(self, timeout);
+                    let remote = self.io.poll(timeout, |w| {
+                        self.wake(&w.task, w.epoch);
+                    });
                     if remote {
                         self.drain_remote();
                     }
@@ -1116,6 +1118,12 @@ impl Hub {
         self.blocking.shut_down();
         stackful::stack::set_pool_capacity(self.pool_capacity);
         (leaked, outcome)
+    }
+
+    /// The readiness driver's registry part, which sockets register with.
+    #[inline(always)]
+    pub(crate) fn io_core(&self) -> &Rc<IoCore<Waiter>> {
+        self.io.core()
     }
 
     /// The cross-thread queue, which other threads (a [`Remote`](crate::Remote),

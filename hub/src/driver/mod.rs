@@ -8,8 +8,10 @@
 //!   scheduler's type;
 //! - `queue`: the cross-thread queue (wake a task by its numbers, run work
 //!   in a new coroutine) and the waker that interrupts the poll;
+//! - `poller`: readiness (mio's poll, each source's flags and waiters);
 //! - `pool`: the blocking threads, which run jobs and count them.
 
+pub(crate) mod poller;
 pub(crate) mod pool;
 pub(crate) mod queue;
 pub(crate) mod timers;
