@@ -97,8 +97,8 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     let signal = Arc::new(Signal {
         woken: AtomicBool::new(false),
         parked: AtomicU64::new(RUNNING),
-        key: task.key.get(),
-        id: task.id,
+        key: task.key(),
+        id: task.id(),
         thread: thread::current().id(),
         shared: Arc::downgrade(hub.queue()),
     });
@@ -120,10 +120,10 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             // A wake-up sent for a park we skipped must not wake the
             // coroutine's next, unrelated park: move on a generation.
-            task.epoch.set(task.epoch.get().wrapping_add(1));
+            task.skip_epoch();
             return v;
         }
-        signal.parked.store(task.epoch.get(), Ordering::SeqCst);
+        signal.parked.store(task.epoch(), Ordering::SeqCst);
         if !signal.woken.load(Ordering::SeqCst) {
             scheduler::park(hub);
         }

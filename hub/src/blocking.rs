@@ -36,11 +36,11 @@ where
 {
     let hub = scheduler::hub("hub::spawn_blocking");
     let task = hub.current_task();
-    let (key, id) = (task.key.get(), task.id);
+    let (key, id) = (task.key(), task.id());
     // The result, and the park the coroutine is in (its generation), under
     // one lock: the job either sees the coroutine's latest park or the
     // coroutine sees the result before parking.
-    let slot = Arc::new(Mutex::new((None, task.epoch.get())));
+    let slot = Arc::new(Mutex::new((None, task.epoch())));
     let out = slot.clone();
     let shared = hub.queue().clone();
     hub.submit_blocking(Box::new(move || {
@@ -61,7 +61,7 @@ where
                     drop(s);
                     panic::resume_unwind(p)
                 }
-                None => s.1 = task.epoch.get(),
+                None => s.1 = task.epoch(),
             }
         }
         scheduler::park(hub);

@@ -7,20 +7,11 @@ use std::time::Duration;
 
 use stackful::stack::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
 
-use super::scheduler;
+use crate::scheduler::{self, Config};
 
 /// How long the end of `run` waits by default for the killed coroutines'
 /// destructors (see [`Builder::shutdown_timeout`]).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The settings of one hub.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Config {
-    pub(crate) stack_size: usize,
-    pub(crate) stack_cache: usize,
-    pub(crate) blocking_threads: usize,
-    pub(crate) shutdown_timeout: Option<Duration>,
-}
 
 /// Settings for a hub: the stacks of its coroutines, its blocking pool,
 /// and how many threads run a hub each.
@@ -36,7 +27,10 @@ pub(crate) struct Config {
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Builder {
-    config: Config,
+    stack_size: usize,
+    stack_cache: usize,
+    blocking_threads: usize,
+    shutdown_timeout: Option<Duration>,
     threads: usize,
 }
 
@@ -52,12 +46,10 @@ impl Builder {
     /// kept by the hub for reuse, up to 8 blocking threads, one thread.
     pub fn new() -> Builder {
         Builder {
-            config: Config {
-                stack_size: DEFAULT_STACK_SIZE,
-                stack_cache: 1024,
-                blocking_threads: 8,
-                shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
-            },
+            stack_size: DEFAULT_STACK_SIZE,
+            stack_cache: 1024,
+            blocking_threads: 8,
+            shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
             threads: 1,
         }
     }
@@ -75,7 +67,7 @@ impl Builder {
             "stackful::hub: a stack size of {bytes} bytes is outside \
              MIN_STACK_SIZE..=MAX_STACK_SIZE ({MIN_STACK_SIZE}..={MAX_STACK_SIZE})"
         );
-        self.config.stack_size = bytes;
+        self.stack_size = bytes;
         self
     }
 
@@ -86,14 +78,14 @@ impl Builder {
     /// makes bursts of short coroutines cheaper; a smaller one gives memory
     /// back sooner.
     pub fn stack_cache(mut self, stacks: usize) -> Builder {
-        self.config.stack_cache = stacks;
+        self.stack_cache = stacks;
         self
     }
 
     /// The most threads the [`spawn_blocking`](super::spawn_blocking) pool
     /// starts (at least 1); they start on demand and exit after 10 s idle.
     pub fn blocking_threads(mut self, threads: usize) -> Builder {
-        self.config.blocking_threads = threads.max(1);
+        self.blocking_threads = threads.max(1);
         self
     }
 
@@ -106,7 +98,7 @@ impl Builder {
     /// panics saying so, rather than hang or abort (see
     /// [The end of `run`](super#the-end-of-run)).
     pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
-        self.config.shutdown_timeout = timeout;
+        self.shutdown_timeout = timeout;
         self
     }
 
@@ -124,7 +116,15 @@ impl Builder {
     /// # Panics
     /// Inside a hub; with `f`'s payload if `f` panics.
     pub fn run<T: 'static>(self, f: impl FnOnce() -> T + 'static) -> T {
-        scheduler::run(self.config, f)
+        scheduler::run(
+            Config::new(
+                self.stack_size,
+                self.stack_cache,
+                self.blocking_threads,
+                self.shutdown_timeout,
+            ),
+            f,
+        )
     }
 
     /// Runs one hub on each of `threads` threads: the calling thread runs

@@ -12,8 +12,7 @@ use std::time::Instant;
 use mio::Interest;
 
 pub(crate) use crate::driver::poller::Dir;
-use crate::scheduler::{self, Hub, park_until};
-use crate::task::Waiter;
+use crate::scheduler::{self, Hub, Waiter, park_until};
 
 /// A source's record, its waiters the scheduler's.
 type Source = crate::driver::poller::Source<Waiter>;

@@ -101,13 +101,28 @@
 //!
 //! # Layout
 //!
-//! `scheduler` holds the loop and the thread-local through which a
-//! coroutine suspends (it explains why that is sound and why the hub is
-//! built on [`Coroutine`](stackful::Coroutine)); `task` the tasks and
-//! handles; `timer` the timers; `io` readiness; `remote` the cross-thread
-//! queue; `blocking` the thread pool; `block_on` futures; `builder` the
-//! settings; `prefetch` a cache hint. [`net`] holds the sockets and
-//! [`sync`] the channels, events and semaphores, beside the scheduler.
+//! Three layers, each importing only from those below it (no file
+//! imports one above it, and no file reaches into another's fields):
+//!
+//! 1. **Leaves and drivers.** `task` (the states and outcomes of a task),
+//!    `slab`, `prefetch` (a cache hint); `driver/`: `timers` (the ordered
+//!    map of deadlines), `poller` (readiness: mio's poll, each source's
+//!    flags and waiters), `queue` (the cross-thread queue and its waker),
+//!    `pool` (the blocking threads). A driver owns its data and knows
+//!    nothing of the scheduler's tasks nor of the user functions: what a
+//!    timer does and who waits for a socket are type parameters.
+//! 2. **The scheduler** (`scheduler`): the tasks (each a
+//!    [`Coroutine`](stackful::Coroutine), on the core's public API), the
+//!    drivers it owns, the run loop, and the primitives the user functions
+//!    build on (spawn, park, wake, kill); it explains why suspending from
+//!    anywhere is sound and why the hub is built on `Coroutine`.
+//! 3. **The user functions**, on the scheduler: `lib.rs` ([`run`],
+//!    [`spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
+//!    `timer` ([`sleep`], [`timeout`], [`call_later`]), `io`
+//!    ([`wait_readable`], and the registration the sockets wait through),
+//!    `block_on`, `remote` ([`Remote`]), `blocking` ([`spawn_blocking`]),
+//!    `builder` ([`Builder`]); and beside them [`net`] (the sockets, on
+//!    `io`) and [`sync`] (channels, events and semaphores).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
@@ -120,6 +135,7 @@ mod block_on;
 mod blocking;
 mod builder;
 mod driver;
+mod handle;
 pub(crate) mod io;
 pub mod net;
 mod prefetch;
@@ -133,9 +149,10 @@ mod timer;
 pub use block_on::block_on;
 pub use blocking::spawn_blocking;
 pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use handle::{JoinHandle, KillHandle};
 pub use io::{wait_readable, wait_writable};
 pub use remote::{Remote, RemoteJoinHandle, remote};
-pub use task::{JoinError, JoinHandle, KillHandle, TaskState};
+pub use task::{JoinError, TaskState};
 pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yield_now};
 
 /// Runs a hub on the calling thread: runs `f` as its main coroutine,
@@ -176,7 +193,7 @@ pub fn run<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
 /// Outside a hub; when no stack can be mapped for it.
 #[track_caller]
 pub fn spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> JoinHandle<T> {
-    scheduler::hub("hub::spawn").spawn(f)
+    JoinHandle::new(scheduler::hub("hub::spawn").spawn(f))
 }
 
 /// Waits for every coroutine of `handles` (`gevent.joinall`) and returns

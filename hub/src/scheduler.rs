@@ -173,20 +173,240 @@ use std::collections::VecDeque;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stackful::coroutine::{Coroutine, CoroutineResult};
+use stackful::coroutine::{Coroutine, CoroutineResult, Yielder};
 use stackful::stack::DefaultStack;
 
-use super::builder::Config;
-use super::slab::Slab;
-use super::task::{JoinError, JoinHandle, KillSelf, Slot, Task, TaskState, Waiter};
 use crate::driver::poller::{IoCore, IoDriver};
 use crate::driver::pool::{Job, Pool};
 use crate::driver::queue::{Message, Shared};
 use crate::driver::timers::{TimerKey, Timers, poll_timeout};
+use crate::slab::Slab;
+use crate::task::{JoinError, KillSelf, TaskState};
+
+/// The coroutine that runs a task's body.
+pub(crate) type Co = Coroutine<(), (), (), DefaultStack>;
+
+/// One coroutine of a hub, untyped (the value goes through the
+/// [`JoinHandle`](crate::JoinHandle)'s slot). Its fields are the
+/// scheduler's; other files read what they need through its methods.
+pub(crate) struct Task {
+    /// Unique within the process, so that a cross-thread wake-up naming a
+    /// slab key can tell a reused key from its task.
+    id: u64,
+    /// The task's key in the hub's slab of live tasks.
+    key: Cell<usize>,
+    /// The coroutine; `None` once finished.
+    co: RefCell<Option<Co>>,
+    /// The task's [`Yielder`], which lives in the first frame of its own
+    /// stack for as long as the body runs; null before the first resume.
+    yielder: Cell<*const Yielder<(), ()>>,
+    state: Cell<TaskState>,
+    /// Counts the task's resumptions: a [`Waiter`] made during one run
+    /// wakes the task only from the park that ends that run.
+    epoch: Cell<u64>,
+    /// In the ready queue now.
+    queued: Cell<bool>,
+    /// A kill is pending: it is raised at the task's next park where it
+    /// can be (see the scheduler's docs), or, for a task that never
+    /// started, when it is first resumed.
+    kill_requested: Cell<bool>,
+    /// A kill was raised into the task (its `KillSelf` unwinds, or was
+    /// caught by the body wrapper).
+    killed: Cell<bool>,
+    /// An unwind that the hub raised into this task (a kill, a timeout's
+    /// interrupt, a deadlock) is in flight: the value of the hub's scope
+    /// counter when it was raised. While it is set, the hub raises nothing
+    /// more into the task, except the interrupt of a `timeout` scope
+    /// entered after it (a scope a destructor opened).
+    unwinding: Cell<Option<u64>>,
+    /// Nothing unwound on the thread when the task last parked, so it has
+    /// no unwind of its own in flight (true before it starts).
+    parked_calm: Cell<bool>,
+    /// It parked while the thread unwound, and the hub could not tell
+    /// whether the unwind was its own.
+    suspect: Cell<bool>,
+    /// In the hub's list of tasks whose pending raise had to wait.
+    deferred: Cell<bool>,
+    /// A [`timeout`](crate::timeout) that expired: the id of its scope, to
+    /// raise at the next park.
+    interrupt: Cell<Option<u64>>,
+    /// The coroutines waiting for this one to finish (in
+    /// [`JoinHandle::join`](crate::JoinHandle::join), or in a [`JoinHandle::kill`](crate::JoinHandle::kill) that waits).
+    waiters: RefCell<Vec<Waiter>>,
+    /// The task this one waits to finish (in a join or a kill), to see a
+    /// cycle of kills waiting on each other.
+    waits_for: RefCell<Weak<Task>>,
+    /// The wait in `waits_for` is a kill's (given up on a cycle).
+    kill_waiting: Cell<bool>,
+    /// The hub found every coroutine waiting with nothing left that could
+    /// wake one (set on the main coroutine, raised at its park).
+    deadlock: Cell<bool>,
+}
+
+impl Task {
+    /// Its number, unique in the process.
+    #[inline(always)]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its key in the hub's slab of live tasks.
+    #[inline(always)]
+    pub(crate) fn key(&self) -> usize {
+        self.key.get()
+    }
+
+    /// The number of its current run (see [`Waiter`]).
+    #[inline(always)]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    /// Moves on a generation without parking, so that a wake-up sent for a
+    /// park it skipped cannot wake its next, unrelated park.
+    #[inline(always)]
+    pub(crate) fn skip_epoch(&self) {
+        self.epoch.set(self.epoch.get().wrapping_add(1));
+    }
+
+    /// Where it is in its life.
+    #[inline(always)]
+    pub(crate) fn state(&self) -> TaskState {
+        self.state.get()
+    }
+
+    /// Forgets the interrupt of the `timeout` scope `scope` if it was
+    /// raised and not yet delivered (the scope ended first).
+    pub(crate) fn clear_interrupt(&self, scope: u64) {
+        if self.interrupt.get() == Some(scope) {
+            self.interrupt.set(None);
+        }
+    }
+
+    /// Warms the cache for resuming this task soon (see
+    /// `Hub::prefetch_next`): its coroutine's link word, and with `frames`
+    /// the suspended frames it points at.
+    #[inline]
+    pub(crate) fn prefetch_coroutine(&self, frames: bool) {
+        if let Ok(co) = self.co.try_borrow()
+            && let Some(co) = co.as_ref()
+        {
+            co.prefetch(frames);
+        }
+    }
+
+    pub(crate) fn new(id: u64) -> Task {
+        Task {
+            id,
+            key: Cell::new(usize::MAX),
+            co: RefCell::new(None),
+            yielder: Cell::new(std::ptr::null()),
+            state: Cell::new(TaskState::Pending),
+            epoch: Cell::new(0),
+            queued: Cell::new(false),
+            kill_requested: Cell::new(false),
+            killed: Cell::new(false),
+            unwinding: Cell::new(None),
+            parked_calm: Cell::new(true),
+            suspect: Cell::new(false),
+            deferred: Cell::new(false),
+            interrupt: Cell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            waits_for: RefCell::new(Weak::new()),
+            kill_waiting: Cell::new(false),
+            deadlock: Cell::new(false),
+        }
+    }
+
+    /// Parks the running task until `self` has finished: a join, or with
+    /// `kill` the wait of a kill for its victim's death.
+    ///
+    /// A kill's wait is given up when it would close a cycle of waits (the
+    /// victim waits, through joins and kills, for the killer): when this
+    /// wait would close one, the kills waiting on the cycle are woken to
+    /// see it and give up; a cycle of joins alone is the caller's deadlock,
+    /// as with threads (the hub's deadlock detection reports it).
+    #[track_caller]
+    pub(crate) fn wait_finished(self: &Rc<Task>, hub: &Hub, kill: bool) {
+        let me = hub.current_task();
+        *me.waits_for.borrow_mut() = Rc::downgrade(self);
+        me.kill_waiting.set(kill);
+        /// Forgets what the task waited for, however the wait ends.
+        struct Forget<'a>(&'a Task);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                *self.0.waits_for.borrow_mut() = Weak::new();
+                self.0.kill_waiting.set(false);
+            }
+        }
+        let _forget = Forget(&me);
+        while self.state.get() != TaskState::Finished {
+            if kill && self.suspect.get() {
+                // The victim may be unwinding from a panic of its own,
+                // which the hub cannot see: its kill cannot be raised until
+                // that is known, and waiting could hold up the unwind that
+                // would tell (see the scheduler's "Raising").
+                return;
+            }
+            if let Some(chain) = hub.cycle_through(self, &me) {
+                if kill {
+                    return;
+                }
+                for t in chain.iter().filter(|t| t.kill_waiting.get()) {
+                    hub.wake_any(t);
+                }
+            }
+            {
+                let mut waiters = self.waiters.borrow_mut();
+                if waiters.len() >= 8 {
+                    waiters.retain(Waiter::is_live);
+                }
+                waiters.push(Waiter::current(hub));
+            }
+            park(hub);
+        }
+    }
+}
+
+/// A way to wake one task from one park: made by the task before it
+/// parks, handed to whatever it waits for. Waking it again, or after the
+/// task moved on (it was woken by something else, or killed), does
+/// nothing, so stale waiters left in queues are harmless.
+pub(crate) struct Waiter {
+    task: Rc<Task>,
+    epoch: u64,
+}
+
+impl Waiter {
+    /// A waiter for the running task's next park.
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine.
+    #[track_caller]
+    pub(crate) fn current(hub: &Hub) -> Waiter {
+        let task = hub.current_task();
+        let epoch = task.epoch.get();
+        Waiter { task, epoch }
+    }
+
+    /// Wakes the task if it is still in the park this waiter was made
+    /// for; returns whether it did.
+    pub(crate) fn wake(&self) -> bool {
+        try_with_hub(|hub| hub.wake(&self.task, self.epoch)).unwrap_or(false)
+    }
+
+    /// Whether waking would still do something.
+    pub(crate) fn is_live(&self) -> bool {
+        self.task.epoch.get() == self.epoch && self.task.state.get() != TaskState::Finished
+    }
+}
+
+/// The slot where a task's body leaves its value.
+pub(crate) type Slot<T> = Rc<Cell<Option<Result<T, JoinError>>>>;
 
 thread_local! {
     /// The hub running on this thread, null outside [`run`](super::run).
@@ -200,7 +420,7 @@ const EVENT_INTERVAL: u32 = 61;
 
 /// One thread's hub.
 pub(crate) struct Hub {
-    pub(crate) config: Config,
+    config: Config,
     ready: RefCell<VecDeque<Rc<Task>>>,
     tasks: RefCell<Slab<Rc<Task>>>,
     timers: RefCell<Timers<Action>>,
@@ -271,6 +491,34 @@ impl TimeoutUnwind {
     /// The hub-raised unwind that was in flight when it was raised.
     pub(crate) fn outer(&self) -> Option<u64> {
         self.outer
+    }
+}
+
+/// The settings of one hub (what a [`Builder`](crate::Builder) sets).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    stack_size: usize,
+    stack_cache: usize,
+    blocking_threads: usize,
+    shutdown_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// The settings: the size of each task's stack, the stacks the
+    /// thread's pool keeps while the hub runs, the blocking threads at
+    /// most, and how long the end of `run` waits for killed tasks.
+    pub(crate) fn new(
+        stack_size: usize,
+        stack_cache: usize,
+        blocking_threads: usize,
+        shutdown_timeout: Option<Duration>,
+    ) -> Config {
+        Config {
+            stack_size,
+            stack_cache,
+            blocking_threads,
+            shutdown_timeout,
+        }
     }
 }
 
@@ -708,8 +956,13 @@ impl Hub {
         }
     }
 
-    /// Spawns `f` as a new task, ready to run after those already ready.
-    pub(crate) fn spawn<T: 'static, F: FnOnce() -> T + 'static>(&self, f: F) -> JoinHandle<T> {
+    /// Spawns `f` as a new task, ready to run after those already ready;
+    /// returns the task and the slot where its body leaves its result
+    /// (what a [`JoinHandle`](crate::JoinHandle) holds).
+    pub(crate) fn spawn<T: 'static, F: FnOnce() -> T + 'static>(
+        &self,
+        f: F,
+    ) -> (Rc<Task>, Slot<T>) {
         let task = Rc::new(Task::new(next_task_id()));
         let slot: Slot<T> = Rc::new(Cell::new(None));
         let out = slot.clone();
@@ -753,7 +1006,7 @@ impl Hub {
         task.key.set(self.tasks.borrow_mut().insert(task.clone()));
         task.queued.set(true);
         self.ready.borrow_mut().push_back(task.clone());
-        JoinHandle { task, slot }
+        (task, slot)
     }
 
     /// Wakes `task` if it is still in the park that `epoch` names and not
@@ -1259,8 +1512,8 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
         }
     }
     let shutdown = ShutDown(&hub);
-    let main = hub.spawn(f);
-    let outcome = hub.run_until(&main.task);
+    let (main, slot) = hub.spawn(f);
+    let outcome = hub.run_until(&main);
     std::mem::forget(shutdown);
     let (leaked, end) = hub.shut_down();
     drop(installed);
@@ -1271,7 +1524,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
              coroutine(s) were left unfinished and their stacks leaked"
         );
     }
-    let result = main.take();
+    let result = slot.take().unwrap_or(Err(JoinError::Killed));
     if leaked > 0 {
         let why = match end {
             Outcome::TimedOut => format!(

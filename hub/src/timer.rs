@@ -10,8 +10,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::driver::timers::{TimerKey, deadline_after};
-use crate::scheduler::{self, Action, TimeoutUnwind, park_until};
-use crate::task::Task;
+use crate::scheduler::{self, Action, Task, TimeoutUnwind, park_until};
 
 /// Suspends the calling coroutine for `duration`, letting the others run.
 ///
@@ -164,9 +163,7 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
     impl Drop for Cancel<'_> {
         fn drop(&mut self) {
             self.0.cancel_timer(self.1);
-            if self.2.interrupt.get() == Some(self.3) {
-                self.2.interrupt.set(None);
-            }
+            self.2.clear_interrupt(self.3);
         }
     }
     let cancel = Cancel(hub, key, task, scope);

@@ -26,8 +26,7 @@ pub use semaphore::{Semaphore, SemaphorePermit};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
-use crate::scheduler;
-use crate::task::Waiter;
+use crate::scheduler::{self, Waiter};
 
 /// Coroutines waiting for something, in arrival order.
 #[derive(Default)]
