@@ -107,8 +107,7 @@ impl<W> Source<W> {
     }
 
     /// Marks `dir` ready and hands its waiters to `wake`.
-    #[inline(always)]
-    fn ready(&self, dir: Dir, wake: &mut impl FnMut(W)) {
+    fn ready(&self, dir: Dir, wake: impl Fn(W)) {
         self.flag(dir).set(true);
         self.drained(dir).set(false);
         // Drained in place, keeping the vector's buffer for the next wait
@@ -212,7 +211,7 @@ impl<W> IoDriver<W> {
     /// Waits for events up to `timeout` (none: until one comes), sets the
     /// readiness they report and hands the waiters to `wake`. Returns
     /// whether the cross-thread waker fired.
-    pub(crate) fn poll(&self, timeout: Option<Duration>, mut wake: impl FnMut(W)) -> bool {
+    pub(crate) fn poll(&self, timeout: Option<Duration>, wake: impl Fn(W) + Copy) -> bool {
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -234,10 +233,10 @@ impl<W> IoDriver<W> {
                 src.closed.set(true);
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                src.ready(Dir::Read, &mut wake);
+                src.ready(Dir::Read, wake);
             }
             if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
-                src.ready(Dir::Write, &mut wake);
+                src.ready(Dir::Write, wake);
             }
         }
         remote

@@ -30,6 +30,7 @@ impl<A> Timers<A> {
     }
 
     /// Sets a timer; its key removes it.
+    #[inline]
     pub(crate) fn insert(&mut self, deadline: Instant, action: A) -> TimerKey {
         self.seq += 1;
         let key = (deadline, self.seq);
@@ -38,21 +39,25 @@ impl<A> Timers<A> {
     }
 
     /// Removes a timer that has not fired.
+    #[inline]
     pub(crate) fn remove(&mut self, key: TimerKey) -> Option<A> {
         self.map.remove(&key)
     }
 
     /// Whether the timer is still set (it has not fired nor been removed).
+    #[inline]
     pub(crate) fn contains(&self, key: TimerKey) -> bool {
         self.map.contains_key(&key)
     }
 
     /// Whether no timer is set.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// The earliest deadline.
+    #[inline]
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.map.first_key_value().map(|(k, _)| k.0)
     }
@@ -70,6 +75,7 @@ impl<A> Timers<A> {
     }
 
     /// Removes and returns the earliest timer if it is due at `now`.
+    #[inline]
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<A> {
         match self.map.first_entry() {
             Some(e) if e.key().0 <= now => Some(e.remove()),
