@@ -46,16 +46,10 @@ pub mod generator;
 pub mod greenlet;
 #[cfg(feature = "std")]
 mod grow;
-#[cfg(feature = "hub")]
-pub mod hub;
-#[cfg(feature = "hub")]
-pub mod net;
 mod sanitizer;
 #[cfg(feature = "std")]
 pub mod scoped;
 pub mod stack;
-#[cfg(feature = "hub")]
-pub mod sync;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};
 

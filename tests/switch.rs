@@ -205,6 +205,10 @@ fn overflow(depth: u64) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "overflow-handler"),
+    ignore = "the report is the overflow-handler feature's (off by default)"
+)]
 fn overflowing_a_coroutine_stack_is_reported_and_aborts() {
     const ROLE: &str = "overflow";
     if util::child_role().as_deref() == Some(ROLE) {

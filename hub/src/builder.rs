@@ -1,0 +1,182 @@
+//! [`Builder`]: a hub's settings, and hubs on several threads.
+
+use std::panic;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use stackful::stack::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
+
+use crate::scheduler::{self, Config};
+
+/// How long the end of `run` waits by default for the killed coroutines'
+/// destructors (see [`Builder::shutdown_timeout`]).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings for a hub: the stacks of its coroutines, its blocking pool,
+/// and how many threads run a hub each.
+///
+/// ```
+/// use stackful_hub as hub;
+///
+/// let v = hub::Builder::new()
+///     .stack_size(64 * 1024)
+///     .blocking_threads(2)
+///     .run(|| hub::spawn(|| 1 + 1).join().unwrap());
+/// assert_eq!(v, 2);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Builder {
+    stack_size: usize,
+    stack_cache: usize,
+    blocking_threads: usize,
+    shutdown_timeout: Option<Duration>,
+    threads: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// The defaults: stacks of [`DEFAULT_STACK_SIZE`] (1 MiB of address
+    /// space, of which only touched pages cost memory), 1,024 free stacks
+    /// kept by the hub for reuse, up to 8 blocking threads, one thread.
+    pub fn new() -> Builder {
+        Builder {
+            stack_size: DEFAULT_STACK_SIZE,
+            stack_cache: 1024,
+            blocking_threads: 8,
+            shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
+            threads: 1,
+        }
+    }
+
+    /// The usable size of each coroutine's stack, rounded up to pages.
+    /// Stacks come from the core's pool (see
+    /// [`DefaultStack`](stackful::DefaultStack)) and go back to the hub's
+    /// cache when a coroutine finishes.
+    ///
+    /// # Panics
+    /// Outside [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        assert!(
+            (MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&bytes),
+            "stackful::hub: a stack size of {bytes} bytes is outside \
+             MIN_STACK_SIZE..=MAX_STACK_SIZE ({MIN_STACK_SIZE}..={MAX_STACK_SIZE})"
+        );
+        self.stack_size = bytes;
+        self
+    }
+
+    /// How many stacks of finished coroutines the hub keeps for new ones:
+    /// while the hub runs, its thread's stack pool keeps at least this many
+    /// (see [`set_pool_capacity`](stackful::stack::set_pool_capacity); the
+    /// previous capacity comes back when the hub ends). A bigger cache
+    /// makes bursts of short coroutines cheaper; a smaller one gives memory
+    /// back sooner.
+    pub fn stack_cache(mut self, stacks: usize) -> Builder {
+        self.stack_cache = stacks;
+        self
+    }
+
+    /// The most threads the [`spawn_blocking`](super::spawn_blocking) pool
+    /// starts (at least 1); they start on demand and exit after 10 s idle.
+    pub fn blocking_threads(mut self, threads: usize) -> Builder {
+        self.blocking_threads = threads.max(1);
+        self
+    }
+
+    /// How long the end of [`run`](super::run) waits for the coroutines it
+    /// kills to finish unwinding (their destructors may sleep or do I/O),
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`] unless set; `None` waits as long as it
+    /// takes. Past it, or as soon as nothing is left that could wake them
+    /// (a deadlock), the coroutines still unwinding are leaked (their stacks
+    /// stay mapped, the destructors left on them never run) and `run`
+    /// panics saying so, rather than hang or abort (see
+    /// [The end of `run`](super#the-end-of-run)).
+    pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How many threads [`run_on_threads`](Builder::run_on_threads) runs
+    /// a hub on (at least 1).
+    pub fn threads(mut self, threads: usize) -> Builder {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Runs a hub with these settings on the calling thread until `f`
+    /// returns (see [`run`](super::run)). The `threads` setting does not
+    /// apply here.
+    ///
+    /// # Panics
+    /// Inside a hub; with `f`'s payload if `f` panics.
+    pub fn run<T: 'static>(self, f: impl FnOnce() -> T + 'static) -> T {
+        scheduler::run(
+            Config::new(
+                self.stack_size,
+                self.stack_cache,
+                self.blocking_threads,
+                self.shutdown_timeout,
+            ),
+            f,
+        )
+    }
+
+    /// Runs one hub on each of `threads` threads: the calling thread runs
+    /// `f(0)` and new threads run `f(1)`, `f(2)`, ... Returns their values
+    /// in that order once all have returned. Coroutines never move
+    /// between threads; to share a port, each hub binds its own listener
+    /// with [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport).
+    ///
+    /// ```
+    /// let ids = stackful_hub::Builder::new()
+    ///     .threads(2)
+    ///     .run_on_threads(|i| stackful_hub::spawn(move || i * 10).join().unwrap());
+    /// assert_eq!(ids, [0, 10]);
+    /// ```
+    ///
+    /// # Panics
+    /// When a thread cannot start; with the first payload if any hub's `f`
+    /// panics (after every thread has ended).
+    pub fn run_on_threads<T, F>(self, f: F) -> Vec<T>
+    where
+        F: Fn(usize) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let f = Arc::new(f);
+        let others: Vec<_> = (1..self.threads)
+            .map(|i| {
+                let f = f.clone();
+                thread::Builder::new()
+                    .name(format!("stackful-hub-{i}"))
+                    .spawn(move || self.run(move || f(i)))
+                    .expect("stackful::hub: cannot start a hub thread")
+            })
+            .collect();
+        let g = f.clone();
+        let first = panic::catch_unwind(panic::AssertUnwindSafe(|| self.run(move || g(0))));
+        let mut out = Vec::with_capacity(self.threads);
+        let mut panicked = None;
+        match first {
+            Ok(v) => out.push(v),
+            Err(p) => panicked = Some(p),
+        }
+        for t in others {
+            match t.join() {
+                Ok(v) => out.push(v),
+                Err(p) => {
+                    panicked.get_or_insert(p);
+                }
+            }
+        }
+        if let Some(p) = panicked {
+            panic::resume_unwind(p);
+        }
+        out
+    }
+}

@@ -1,0 +1,170 @@
+//! The handles of a spawned coroutine: [`JoinHandle`], which joins,
+//! reads the state of or kills it, and [`KillHandle`], which only kills.
+
+use std::fmt;
+use std::rc::Rc;
+
+use crate::scheduler::{self, Slot, Task};
+use crate::task::{JoinError, TaskState};
+
+/// Owns a spawned coroutine's result: [`join`](JoinHandle::join) waits for
+/// it. Dropping the handle detaches the coroutine, which runs on.
+///
+/// ```
+/// use stackful_hub as hub;
+///
+/// let sum = hub::run(|| {
+///     let a = hub::spawn(|| 20);
+///     let b = hub::spawn(|| 22);
+///     a.join().unwrap() + b.join().unwrap()
+/// });
+/// assert_eq!(sum, 42);
+/// ```
+pub struct JoinHandle<T> {
+    task: Rc<Task>,
+    slot: Slot<T>,
+}
+
+impl<T> JoinHandle<T> {
+    /// The handle of a task just spawned, with the slot its body fills.
+    pub(crate) fn new((task, slot): (Rc<Task>, Slot<T>)) -> JoinHandle<T> {
+        JoinHandle { task, slot }
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits, cooperatively, until the coroutine has finished, and returns
+    /// its value, or why there is none.
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine, and when a coroutine joins itself.
+    #[track_caller]
+    pub fn join(self) -> Result<T, JoinError> {
+        let hub = scheduler::hub("JoinHandle::join");
+        if std::ptr::eq(hub.current_ptr(), Rc::as_ptr(&self.task)) {
+            panic!("stackful::hub: a coroutine cannot join itself");
+        }
+        self.task.wait_finished(hub, false);
+        self.take()
+    }
+
+    /// The result of a finished task.
+    pub(crate) fn take(&self) -> Result<T, JoinError> {
+        match self.slot.take() {
+            Some(r) => r,
+            None => Err(JoinError::Killed),
+        }
+    }
+
+    /// Whether the coroutine has finished (returned, panicked or was
+    /// killed): [`join`](JoinHandle::join) would return at once.
+    pub fn is_finished(&self) -> bool {
+        self.task.state() == TaskState::Finished
+    }
+
+    /// Where the coroutine is in its life.
+    pub fn state(&self) -> TaskState {
+        self.task.state()
+    }
+
+    /// A number that names this coroutine among all of the process's.
+    pub fn id(&self) -> u64 {
+        self.task.id()
+    }
+
+    /// Kills the coroutine (gevent's `kill(block=True)`): its pending
+    /// sleep, read or join (or, if it never started, its first resume)
+    /// raises a private payload, so its stack unwinds in an ordinary resume
+    /// of its own: every destructor on it runs, and may itself sleep, do
+    /// I/O, spawn, kill or join (see the [scheduler's rules](crate#killing)).
+    /// Its waiters are woken, and `join` returns [`JoinError::Killed`] (or
+    /// [`JoinError::Panicked`] if its unwind ended in a panic of its own,
+    /// such as a panicking destructor of a closure that never ran). Does
+    /// nothing to a finished one.
+    ///
+    /// - Called from a coroutine, `kill` waits (cooperatively) until the
+    ///   victim has finished, however long its destructors take; the
+    ///   victim runs next. It does not wait when the victim is itself
+    ///   waiting, directly or through others, for the caller to finish (a
+    ///   destructor that kills the coroutine that is killing it): that
+    ///   wait could never end. Nor when the victim may be unwinding from a
+    ///   panic of its own that the hub cannot tell apart from another
+    ///   coroutine's unwind (see [Killing](crate#killing)): its kill lands
+    ///   when that is known.
+    /// - A coroutine that kills itself unwinds from this call; if it is
+    ///   already unwinding from a kill (the call is in one of its
+    ///   destructors), the call does nothing: it is dying already. If it
+    ///   is unwinding from something else (its own panic, a `timeout`),
+    ///   the kill is raised at its next park where it can be.
+    /// - Called outside any coroutine (a destructor that the hub's loop
+    ///   runs), `kill` asks for the kill and returns; the victim unwinds
+    ///   when the loop runs it next.
+    ///
+    /// A second kill of a coroutine whose kill is unwinding does nothing: a
+    /// kill is never raised inside a destructor that runs during an unwind.
+    /// A kill of a coroutine that is unwinding from its own panic waits
+    /// until that unwind ends (its result is then the panic); a kill that
+    /// is still waiting to be raised when the coroutine returns does
+    /// nothing (`join` gives the value).
+    ///
+    /// # Panics
+    /// Outside a hub. The victim's panics never reach the caller: they are
+    /// the victim's result.
+    #[track_caller]
+    pub fn kill(&self) {
+        let hub = scheduler::hub("JoinHandle::kill");
+        hub.kill(&self.task);
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("id", &self.task.id())
+            .field("state", &self.task.state())
+            .finish()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// A handle that can kill this coroutine, and be cloned and kept while
+    /// this `JoinHandle` is joined (gevent's greenlet objects are shared
+    /// this way).
+    pub fn kill_handle(&self) -> KillHandle {
+        KillHandle {
+            task: self.task.clone(),
+        }
+    }
+}
+
+/// Kills one coroutine; made by [`JoinHandle::kill_handle`].
+#[derive(Clone)]
+pub struct KillHandle {
+    task: Rc<Task>,
+}
+
+impl KillHandle {
+    /// Kills the coroutine, as [`JoinHandle::kill`] does (from a coroutine,
+    /// it waits for the death).
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn kill(&self) {
+        scheduler::hub("KillHandle::kill").kill(&self.task);
+    }
+
+    /// Whether the coroutine has finished.
+    pub fn is_finished(&self) -> bool {
+        self.task.state() == TaskState::Finished
+    }
+}
+
+impl fmt::Debug for KillHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KillHandle")
+            .field("id", &self.task.id())
+            .field("state", &self.task.state())
+            .finish()
+    }
+}

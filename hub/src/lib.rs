@@ -1,0 +1,213 @@
+//! The hub: a gevent-style cooperative scheduler on the stackful
+//! coroutines of the [`stackful`] crate, built on its public API only.
+//! Plain sequential code
+//! runs in coroutines on one thread, and every [`sleep`], every socket
+//! read or write of [`net`], every join or channel receive
+//! switches to another ready coroutine by itself.
+//!
+//! ```
+//! use std::time::Duration;
+//! use stackful_hub as hub;
+//!
+//! let total = hub::run(|| {
+//!     let workers: Vec<_> = (1..=3u64)
+//!         .map(|i| {
+//!             hub::spawn(move || {
+//!                 hub::sleep(Duration::from_millis(i));
+//!                 i * 100
+//!             })
+//!         })
+//!         .collect();
+//!     hub::join_all(workers).into_iter().map(Result::unwrap).sum::<u64>()
+//! });
+//! assert_eq!(total, 600);
+//! ```
+//!
+//! # The model
+//!
+//! [`run`] starts a hub on the calling thread and runs its closure as the
+//! *main* coroutine; [`spawn`] adds coroutines. Only one coroutine runs at
+//! a time, and it runs until it suspends: in a sleep, a wait for a socket,
+//! a join, a channel, a [`yield_now`]. So coroutines share data through
+//! `Rc` and `RefCell` with no locks. A coroutine that computes for long
+//! without suspending holds up all the others: give it to
+//! [`spawn_blocking`].
+//!
+//! Ready coroutines run in the order they became ready; between runs of
+//! ready coroutines the hub fires due timers and polls its sockets
+//! (readiness from mio, edge-triggered), at least every 61 coroutine runs
+//! so that busy coroutines cannot starve I/O. Timers with the same
+//! deadline fire in the order they were set; the poller's sleep is
+//! rounded up to whole milliseconds, so a sub-millisecond wait never spins.
+//!
+//! # Ending
+//!
+//! [`run`] returns when its closure returns. The coroutines still alive
+//! then are killed, in spawn order: their stacks unwind (every destructor
+//! on them runs, their sockets close) and their joiners see
+//! [`JoinError::Killed`]; `run` waits for their destructors, which may
+//! still sleep or do I/O, up to [`Builder::shutdown_timeout`], and panics
+//! saying so if some never finish (see the [`Builder`] method). A panic in
+//! the main closure is re-raised by `run` after that cleanup. A panic in
+//! any other coroutine ends only that coroutine: its
+//! [`JoinHandle::join`] returns [`JoinError::Panicked`] with the payload.
+//!
+//! # Killing
+//!
+//! [`JoinHandle::kill`] unwinds the victim in an ordinary resume of its
+//! own: its pending sleep, read or join raises a private payload, and its
+//! destructors run as ordinary code that may itself sleep, write a goodbye
+//! on a socket, `block_on`, spawn, join or kill. Called from a coroutine,
+//! `kill` waits until the victim has finished (gevent's
+//! `kill(block=True)`); from a destructor that the hub's loop runs, it only
+//! asks. A kill is never raised inside a destructor: a second kill while
+//! the first unwinds does nothing, and a coroutine that kills itself from
+//! a destructor of its own kill goes on unwinding. A coroutine may run
+//! plain [`Coroutine`](stackful::Coroutine)s,
+//! [`AsyncCoroutine`](stackful::bridge::AsyncCoroutine)s and
+//! [`maybe_grow`](stackful::maybe_grow) and suspend inside them, and be killed
+//! there; it may not suspend inside a
+//! [`Greenlet`](stackful::greenlet::Greenlet) it started (that panics, naming
+//! the way out).
+
+//! # Deadlock
+//!
+//! When every coroutine waits (in joins, channels, events) and nothing is
+//! left that could wake one — no timer, no registered socket, no
+//! blocking job, no future awaited with [`block_on`], no [`Remote`] held
+//! by another thread — the hub does not sleep forever: the main
+//! coroutine's wait panics with a message naming the deadlock (gevent's
+//! `LoopExit`), and [`run`] unwinds the others and re-raises it. If the
+//! main coroutine cannot take that panic because it is unwinding already
+//! (its destructors are the ones waiting), `run` panics with the deadlock
+//! at once, leaking the coroutines that cannot finish (see
+//! [`Builder::shutdown_timeout`]).
+//!
+//! # Outside a hub
+//!
+//! Every function of this module, and every call that would suspend, panics
+//! with a message naming `hub::run` when called outside a hub, rather than
+//! blocking or hanging.
+//!
+//! # Threads
+//!
+//! A hub and its coroutines belong to one thread (the handles are neither
+//! `Send` nor `Sync`). Other threads reach it through a [`Remote`]: they
+//! hand it work and await the result as a [`Future`].
+//! A hub coroutine awaits any future with [`block_on`]. For several cores,
+//! [`Builder::run_on_threads`] runs one hub per thread, and
+//! [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport)
+//! lets their listeners share a port.
+//!
+//! # Layout
+//!
+//! Three layers, each importing only from those below it (no file
+//! imports one above it, and no file reaches into another's fields):
+//!
+//! 1. **Leaves and drivers.** `task` (the states and outcomes of a task),
+//!    `slab`, `prefetch` (a cache hint); `driver/`: `timers` (the ordered
+//!    map of deadlines), `poller` (readiness: mio's poll, each source's
+//!    flags and waiters), `queue` (the cross-thread queue and its waker),
+//!    `pool` (the blocking threads). A driver owns its data and knows
+//!    nothing of the scheduler's tasks nor of the user functions: what a
+//!    timer does and who waits for a socket are type parameters.
+//! 2. **The scheduler** (`scheduler`): the tasks (each a
+//!    [`Coroutine`](stackful::Coroutine), on the core's public API), the
+//!    drivers it owns, the run loop, and the primitives the user functions
+//!    build on (spawn, park, wake, kill); it explains why suspending from
+//!    anywhere is sound and why the hub is built on `Coroutine`.
+//! 3. **The user functions**, on the scheduler: `lib.rs` ([`run`],
+//!    [`spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
+//!    `timer` ([`sleep`], [`timeout`], [`call_later`]), `io`
+//!    ([`wait_readable`], and the registration the sockets wait through),
+//!    `block_on`, `remote` ([`Remote`]), `blocking` ([`spawn_blocking`]),
+//!    `builder` ([`Builder`]); and beside them [`net`] (the sockets, on
+//!    `io`) and [`sync`] (channels, events and semaphores).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::undocumented_unsafe_blocks
+)]
+
+mod block_on;
+mod blocking;
+mod builder;
+mod driver;
+mod handle;
+pub(crate) mod io;
+pub mod net;
+mod prefetch;
+mod remote;
+pub(crate) mod scheduler;
+mod slab;
+pub mod sync;
+pub(crate) mod task;
+mod timer;
+
+pub use block_on::block_on;
+pub use blocking::spawn_blocking;
+pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use handle::{JoinHandle, KillHandle};
+pub use io::{wait_readable, wait_writable};
+pub use remote::{Remote, RemoteJoinHandle, remote};
+pub use task::{JoinError, TaskState};
+pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yield_now};
+
+/// Runs a hub on the calling thread: runs `f` as its main coroutine,
+/// drives every coroutine spawned meanwhile, and returns `f`'s value when
+/// `f` returns. Coroutines still alive then are killed, and `run` waits
+/// for their stacks to unwind (see [Ending](self#ending)).
+///
+/// `f` and its value must be `'static` (move what it needs into it): a
+/// coroutine's closure lives on its own stack.
+///
+/// ```
+/// let v = stackful_hub::run(|| "done");
+/// assert_eq!(v, "done");
+/// ```
+///
+/// # Panics
+/// Inside a hub (a thread runs one hub at a time); when the poller cannot
+/// be created; with `f`'s payload if `f` panics.
+pub fn run<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
+    Builder::new().run(f)
+}
+
+/// Spawns `f` as a new coroutine of this thread's hub (`gevent.spawn`). It
+/// starts once the coroutines already ready have had their turn; the
+/// handle joins it, reads its state, or kills it.
+///
+/// ```
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let h = hub::spawn(|| 2 + 2);
+///     assert_eq!(h.state(), hub::TaskState::Pending);
+///     assert_eq!(h.join().unwrap(), 4);
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub; when no stack can be mapped for it.
+#[track_caller]
+pub fn spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> JoinHandle<T> {
+    JoinHandle::new(scheduler::hub("hub::spawn").spawn(f))
+}
+
+/// Waits for every coroutine of `handles` (`gevent.joinall`) and returns
+/// their results in the same order.
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn join_all<T>(handles: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Result<T, JoinError>> {
+    handles.into_iter().map(JoinHandle::join).collect()
+}
+
+/// Whether the calling thread is running a hub (so that the functions of
+/// this module work here).
+pub fn in_hub() -> bool {
+    scheduler::try_with_hub(|_| ()).is_some()
+}

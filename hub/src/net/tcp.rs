@@ -1,0 +1,380 @@
+//! TCP: a listener that accepts without spinning when descriptors run
+//! out, and a stream with `Read`, `Write`, deadlines and shutdown.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::io::{Dir, Registration, wait_fd_freed};
+
+use super::each_addr;
+
+/// The listen backlog: as tokio's and the kernel's usual `somaxconn`.
+const BACKLOG: i32 = 1024;
+
+/// How long an `accept` that ran out of descriptors waits at most before
+/// it tries again (it also tries again as soon as a hub socket closes).
+const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A TCP socket that listens for connections; [`accept`](TcpListener::accept)
+/// suspends the calling coroutine until one comes.
+pub struct TcpListener {
+    io: mio::net::TcpListener,
+    reg: Registration,
+}
+
+impl TcpListener {
+    /// Binds a listener to `addr` (with `SO_REUSEADDR`, a backlog of 1,024).
+    ///
+    /// # Errors
+    /// As `bind` and `listen` fail; the last address's error when `addr`
+    /// resolves to several.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        each_addr(addr, |a| Self::bind_with(a, false))
+    }
+
+    /// Binds a listener to `addr` with `SO_REUSEPORT` as well, so that
+    /// several listeners (one per hub thread, see
+    /// [`Builder::run_on_threads`](crate::Builder::run_on_threads))
+    /// share the port and the kernel spreads connections over them. Bind
+    /// the first to port 0 to get a free port, the others to that port.
+    ///
+    /// # Errors
+    /// As `bind` fails (`AddrInUse` when the port is held by a socket
+    /// without `SO_REUSEPORT`).
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn bind_reuseport(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        each_addr(addr, |a| Self::bind_with(a, true))
+    }
+
+    #[track_caller]
+    fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        Self::from_std(socket.into())
+    }
+
+    /// Takes over a standard listener (made non-blocking here).
+    ///
+    /// # Errors
+    /// When it cannot be made non-blocking or registered.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        let io = mio::net::TcpListener::from_std(listener);
+        let reg = Registration::new(&io, "TcpListener::bind")?;
+        Ok(TcpListener { io, reg })
+    }
+
+    /// Waits for a connection and returns it with the peer's address.
+    ///
+    /// When the process or the system runs out of file descriptors
+    /// (`EMFILE`, `ENFILE`) or of buffers, `accept` does not fail and does
+    /// not spin: it waits until a socket of the hub closes, or 100 ms,
+    /// and tries again; the connection waits in the backlog meanwhile.
+    /// Connections aborted before they were accepted are skipped.
+    ///
+    /// # Errors
+    /// Other failures of `accept(2)`.
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine, when no connection is waiting.
+    #[track_caller]
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            match self.io.accept() {
+                Ok((s, addr)) => return Ok((TcpStream::from_mio(s)?, addr)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.reg.wait(Dir::Read, None)?;
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        wait_fd_freed(Instant::now() + EMFILE_BACKOFF);
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    /// As `getsockname` fails.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.as_raw_fd()
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        self.reg.deregister();
+    }
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("addr", &self.local_addr().ok())
+            .field("fd", &self.as_raw_fd())
+            .finish()
+    }
+}
+
+/// A TCP connection. `Read` and `Write` (also through `&TcpStream`, so
+/// that one coroutine can read while another writes) suspend the calling
+/// coroutine while the socket is not ready.
+pub struct TcpStream {
+    // Declared before `reg`: the descriptor closes before the registration
+    // goes, which wakes acceptors waiting for a free descriptor.
+    io: mio::net::TcpStream,
+    reg: Registration,
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
+}
+
+impl TcpStream {
+    fn from_mio(io: mio::net::TcpStream) -> io::Result<TcpStream> {
+        let reg = Registration::new(&io, "TcpStream")?;
+        Ok(TcpStream {
+            io,
+            reg,
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
+        })
+    }
+
+    /// Connects to `addr`, trying each address it resolves to.
+    ///
+    /// # Errors
+    /// The last address's error (`ConnectionRefused`, ...).
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine.
+    #[track_caller]
+    pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        each_addr(addr, |a| Self::connect_until(a, None))
+    }
+
+    /// Connects to `addr`, failing with `TimedOut` after `timeout`.
+    ///
+    /// # Errors
+    /// `TimedOut`, or as [`connect`](TcpStream::connect).
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine.
+    #[track_caller]
+    pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        Self::connect_until(*addr, Instant::now().checked_add(timeout))
+    }
+
+    #[track_caller]
+    fn connect_until(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<TcpStream> {
+        let s = Self::from_mio(mio::net::TcpStream::connect(addr)?)?;
+        loop {
+            // Writable means connected, or failed.
+            s.reg.wait(Dir::Write, deadline)?;
+            if let Some(e) = s.io.take_error()? {
+                return Err(e);
+            }
+            match s.io.peer_addr() {
+                Ok(_) => return Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes over a connected standard stream (made non-blocking here).
+    ///
+    /// # Errors
+    /// When it cannot be made non-blocking or registered.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(true)?;
+        Self::from_mio(mio::net::TcpStream::from_std(stream))
+    }
+
+    /// The remote address.
+    ///
+    /// # Errors
+    /// `NotConnected` once the peer is gone.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.peer_addr()
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// As `getsockname` fails.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    /// Shuts down the read half, the write half (the peer reads EOF), or
+    /// both.
+    ///
+    /// # Errors
+    /// As `shutdown(2)` fails (`NotConnected`).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.io.shutdown(how)
+    }
+
+    /// Sets `TCP_NODELAY`.
+    ///
+    /// # Errors
+    /// As `setsockopt` fails.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.io.set_nodelay(nodelay)
+    }
+
+    /// Whether `TCP_NODELAY` is set.
+    ///
+    /// # Errors
+    /// As `getsockopt` fails.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.io.nodelay()
+    }
+
+    /// Bounds each read: a read that waits longer fails with `TimedOut`.
+    /// `None` (the default) waits as long as it takes.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) {
+        self.read_timeout.set(timeout);
+    }
+
+    /// Bounds each write (each call of `write`, so `write_all` may take
+    /// longer in total): a write that waits longer fails with `TimedOut`,
+    /// for a peer that never reads.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
+        self.write_timeout.set(timeout);
+    }
+
+    /// The read timeout.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout.get()
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        self.write_timeout.get()
+    }
+
+    #[track_caller]
+    fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len();
+        let n = self
+            .reg
+            .io(Dir::Read, deadline(self.read_timeout.get()), || {
+                (&self.io).read(buf)
+            })?;
+        // Less than asked for: the socket is drained until its next event.
+        if n > 0 && n < len {
+            self.reg.drained(Dir::Read);
+        }
+        Ok(n)
+    }
+
+    #[track_caller]
+    fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
+        let n = self
+            .reg
+            .io(Dir::Write, deadline(self.write_timeout.get()), || {
+                (&self.io).write(buf)
+            })?;
+        // Less than given: the send buffer is full until its next event.
+        if n > 0 && n < buf.len() {
+            self.reg.drained(Dir::Write);
+        }
+        Ok(n)
+    }
+}
+
+/// The deadline of a call that starts now and may wait `timeout`.
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+impl Read for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+}
+
+impl Read for &TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+}
+
+impl Write for TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for &TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.as_raw_fd()
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        self.reg.deregister();
+    }
+}
+
+impl fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.local_addr().ok())
+            .field("peer", &self.peer_addr().ok())
+            .field("fd", &self.as_raw_fd())
+            .finish()
+    }
+}

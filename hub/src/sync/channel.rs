@@ -1,0 +1,363 @@
+//! Channels between the coroutines of a hub, bounded or unbounded, with
+//! any number of senders and receivers.
+//!
+//! ```
+//! use stackful_hub::{self as hub, sync::channel};
+//!
+//! let got = hub::run(|| {
+//!     let (tx, rx) = channel::bounded(2);
+//!     let producer = hub::spawn(move || {
+//!         for i in 0..5 {
+//!             tx.send(i).unwrap(); // parks while 2 values wait
+//!         }
+//!     });
+//!     let got: Vec<i32> = rx.iter().collect(); // ends when the sender is gone
+//!     producer.join().unwrap();
+//!     got
+//! });
+//! assert_eq!(got, [0, 1, 2, 3, 4]);
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::rc::Rc;
+
+use super::WaitQueue;
+
+struct Chan<T> {
+    buf: RefCell<VecDeque<T>>,
+    cap: Option<usize>,
+    senders: Cell<usize>,
+    receivers: Cell<usize>,
+    /// Receivers waiting for a value.
+    recv_q: WaitQueue,
+    /// Senders waiting for room.
+    send_q: WaitQueue,
+}
+
+fn new<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
+    let chan = Rc::new(Chan {
+        buf: RefCell::new(VecDeque::new()),
+        cap,
+        senders: Cell::new(1),
+        receivers: Cell::new(1),
+        recv_q: WaitQueue::default(),
+        send_q: WaitQueue::default(),
+    });
+    (Sender(chan.clone()), Receiver(chan))
+}
+
+/// A channel that holds any number of values: `send` never waits.
+pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
+    new(None)
+}
+
+/// A channel that holds up to `capacity` values: `send` waits while it is
+/// full.
+///
+/// # Panics
+/// When `capacity` is 0 (a rendezvous channel is not provided).
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    assert!(
+        capacity > 0,
+        "stackful_hub::sync::channel::bounded: the capacity must be at least 1"
+    );
+    new(Some(capacity))
+}
+
+/// The sending side; clone it for more senders. When the last one is
+/// dropped, receivers get the values left and then [`RecvError`].
+pub struct Sender<T>(Rc<Chan<T>>);
+
+/// The receiving side; clone it for more receivers (each value goes to
+/// one). When the last one is dropped, `send` fails with [`SendError`].
+pub struct Receiver<T>(Rc<Chan<T>>);
+
+/// `send` failed: every receiver is gone. The value comes back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub struct SendError<T>(pub T);
+
+/// `recv` failed: the channel is empty and every sender is gone.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct RecvError;
+
+/// Why [`Sender::try_send`] failed; the value comes back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum TrySendError<T> {
+    /// The channel is full.
+    Full(T),
+    /// Every receiver is gone.
+    Disconnected(T),
+}
+
+/// Why [`Receiver::try_recv`] failed.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum TryRecvError {
+    /// No value is waiting.
+    Empty,
+    /// No value is waiting and every sender is gone.
+    Disconnected,
+}
+
+impl<T> Sender<T> {
+    /// Sends `value`, waiting (cooperatively) while a bounded channel is
+    /// full.
+    ///
+    /// # Errors
+    /// [`SendError`] with the value when every receiver is gone.
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine, when it must wait.
+    #[track_caller]
+    pub fn send(&self, mut value: T) -> Result<(), SendError<T>> {
+        loop {
+            match self.try_send(value) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(v)) => return Err(SendError(v)),
+                Err(TrySendError::Full(v)) => {
+                    value = v;
+                    self.0.send_q.wait("Sender::send");
+                }
+            }
+        }
+    }
+
+    /// Sends `value` if there is room now.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] or [`TrySendError::Disconnected`], with the
+    /// value.
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        let c = &self.0;
+        if c.receivers.get() == 0 {
+            return Err(TrySendError::Disconnected(value));
+        }
+        {
+            let mut buf = c.buf.borrow_mut();
+            if c.cap.is_some_and(|cap| buf.len() >= cap) {
+                return Err(TrySendError::Full(value));
+            }
+            buf.push_back(value);
+        }
+        c.recv_q.wake_one();
+        Ok(())
+    }
+
+    /// How many values wait in the channel.
+    pub fn len(&self) -> usize {
+        self.0.buf.borrow().len()
+    }
+
+    /// Whether no value waits in the channel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The capacity of a bounded channel.
+    pub fn capacity(&self) -> Option<usize> {
+        self.0.cap
+    }
+
+    /// Whether every receiver is gone.
+    pub fn is_closed(&self) -> bool {
+        self.0.receivers.get() == 0
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Takes the oldest value, waiting (cooperatively) while there is
+    /// none.
+    ///
+    /// # Errors
+    /// [`RecvError`] when the channel is empty and every sender is gone.
+    ///
+    /// # Panics
+    /// Outside a hub's coroutine, when it must wait.
+    #[track_caller]
+    pub fn recv(&self) -> Result<T, RecvError> {
+        loop {
+            match self.try_recv() {
+                Ok(v) => return Ok(v),
+                Err(TryRecvError::Disconnected) => return Err(RecvError),
+                Err(TryRecvError::Empty) => self.0.recv_q.wait("Receiver::recv"),
+            }
+        }
+    }
+
+    /// Takes the oldest value if there is one.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] or [`TryRecvError::Disconnected`].
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        let c = &self.0;
+        let v = c.buf.borrow_mut().pop_front();
+        match v {
+            Some(v) => {
+                if c.cap.is_some() {
+                    c.send_q.wake_one();
+                }
+                Ok(v)
+            }
+            None if c.senders.get() == 0 => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// An iterator that receives until the channel is empty and closed.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter(self)
+    }
+
+    /// How many values wait in the channel.
+    pub fn len(&self) -> usize {
+        self.0.buf.borrow().len()
+    }
+
+    /// Whether no value waits in the channel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Receives until the channel is empty and every sender is gone; from
+/// [`Receiver::iter`].
+#[derive(Debug)]
+pub struct Iter<'a, T>(&'a Receiver<T>);
+
+impl<T> Iterator for Iter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.0.recv().ok()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Receiver<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+/// One more handle: a count that would overflow (handles cloned and
+/// forgotten `usize::MAX` times) panics rather than wrap.
+#[inline]
+#[track_caller]
+fn count_one_more(n: usize, what: &str) -> usize {
+    match n.checked_add(1) {
+        Some(n) => n,
+        None => panic!("stackful_hub::sync::channel: too many clones of a {what}"),
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.0
+            .senders
+            .set(count_one_more(self.0.senders.get(), "Sender"));
+        Sender(self.0.clone())
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let n = self.0.senders.get() - 1;
+        self.0.senders.set(n);
+        if n == 0 {
+            self.0.recv_q.wake_all();
+        }
+    }
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Self {
+        self.0
+            .receivers
+            .set(count_one_more(self.0.receivers.get(), "Receiver"));
+        Receiver(self.0.clone())
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let n = self.0.receivers.get() - 1;
+        self.0.receivers.set(n);
+        if n == 0 {
+            self.0.send_q.wake_all();
+        }
+    }
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("len", &self.len())
+            .field("capacity", &self.0.cap)
+            .finish()
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("len", &self.len())
+            .field("capacity", &self.0.cap)
+            .finish()
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SendError(..)")
+    }
+}
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sending on a channel whose receivers are gone")
+    }
+}
+
+impl<T> std::error::Error for SendError<T> {}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("receiving on an empty channel whose senders are gone")
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("the channel is full"),
+            TrySendError::Disconnected(_) => f.write_str("the channel's receivers are gone"),
+        }
+    }
+}
+
+impl<T> std::error::Error for TrySendError<T> {}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => f.write_str("the channel is empty"),
+            TryRecvError::Disconnected => f.write_str("the channel is empty and closed"),
+        }
+    }
+}
+
+impl std::error::Error for TryRecvError {}

@@ -1,0 +1,80 @@
+//! Coordination between the coroutines of one hub: [`channel`]s (bounded
+//! and unbounded), [`Event`] and [`Semaphore`]. They are cooperative: a
+//! coroutine that must wait parks and the others run, with no OS lock and
+//! no atomic operation, since a hub's coroutines share one thread. Their
+//! handles are neither `Send` nor `Sync`.
+//!
+//! Across threads, hand work to a hub with a [`Remote`] (from
+//! [`hub::remote`](crate::remote())) and await its result as a future
+//! or block on it; a hub coroutine awaits another thread's future with
+//! [`hub::block_on`](crate::block_on).
+//!
+//! Waiters are woken in the order they started waiting. A coroutine that
+//! is killed, or whose [`timeout`](crate::timeout) expires, while it
+//! waits passes its wake-up on to the next waiter, so no value or permit
+//! is stranded.
+
+pub mod channel;
+mod event;
+mod semaphore;
+
+pub use crate::{Remote, RemoteJoinHandle};
+pub use channel::{Receiver, Sender, bounded, unbounded};
+pub use event::Event;
+pub use semaphore::{Semaphore, SemaphorePermit};
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use crate::scheduler::{self, Waiter};
+
+/// Coroutines waiting for something, in arrival order.
+#[derive(Default)]
+pub(crate) struct WaitQueue {
+    waiters: RefCell<VecDeque<Waiter>>,
+}
+
+impl WaitQueue {
+    /// Parks the calling coroutine until [`wake_one`](WaitQueue::wake_one)
+    /// or [`wake_all`](WaitQueue::wake_all) (or a spurious wake-up: callers
+    /// check their condition in a loop). If the coroutine unwinds out of
+    /// the wait (killed, timed out), it wakes the next waiter in its place.
+    #[track_caller]
+    pub(crate) fn wait(&self, what: &str) {
+        let hub = scheduler::hub(what);
+        self.waiters.borrow_mut().push_back(Waiter::current(hub));
+        /// Passes the wake-up on if the wait unwinds.
+        struct PassOn<'a>(&'a WaitQueue);
+        impl Drop for PassOn<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.wake_one();
+                }
+            }
+        }
+        let guard = PassOn(self);
+        scheduler::park(hub);
+        std::mem::forget(guard);
+    }
+
+    /// Wakes the longest-waiting coroutine that is still waiting; returns
+    /// whether there was one.
+    pub(crate) fn wake_one(&self) -> bool {
+        loop {
+            let Some(w) = self.waiters.borrow_mut().pop_front() else {
+                return false;
+            };
+            if w.wake() {
+                return true;
+            }
+        }
+    }
+
+    /// Wakes every waiting coroutine.
+    pub(crate) fn wake_all(&self) {
+        let all = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in all {
+            w.wake();
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The time functions: [`sleep`], [`timeout`], [`call_later`], on the
+//! scheduler's timers (the timer driver, `driver::timers`, fires them in
+//! deadline order, those with the same deadline in the order they were
+//! set).
+
+use std::fmt;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::driver::timers::{TimerKey, deadline_after};
+use crate::scheduler::{self, Action, Task, TimeoutUnwind, park_until};
+
+/// Suspends the calling coroutine for `duration`, letting the others run.
+///
+/// `sleep(Duration::ZERO)` lets every other ready coroutine run first and
+/// then continues, as `gevent.sleep(0)` does (see [`yield_now`]).
+/// Coroutines whose sleeps end at the same moment wake in the order they
+/// went to sleep.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let start = Instant::now();
+///     hub::sleep(Duration::from_millis(5));
+///     assert!(start.elapsed() >= Duration::from_millis(5));
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn sleep(duration: Duration) {
+    let hub = scheduler::hub("hub::sleep");
+    if duration.is_zero() {
+        hub.yield_now();
+        return;
+    }
+    let Some(deadline) = deadline_after(duration) else {
+        // Longer than the clock can count: sleep until woken by a kill.
+        loop {
+            scheduler::park(hub);
+        }
+    };
+    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+}
+
+/// Suspends the calling coroutine until `deadline`, letting the others
+/// run. A deadline already past lets every other ready coroutine run first
+/// (as [`sleep`] with zero does). Coroutines with the same deadline wake
+/// in the order they went to sleep.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let deadline = Instant::now() + Duration::from_millis(3);
+///     hub::sleep_until(deadline);
+///     assert!(Instant::now() >= deadline);
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn sleep_until(deadline: Instant) {
+    let hub = scheduler::hub("hub::sleep_until");
+    if deadline <= Instant::now() {
+        hub.yield_now();
+        return;
+    }
+    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+}
+
+/// Lets every other ready coroutine run, then continues.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use stackful_hub as hub;
+///
+/// let order = hub::run(|| {
+///     let order = Rc::new(RefCell::new(Vec::new()));
+///     let o = order.clone();
+///     let other = hub::spawn(move || o.borrow_mut().push("other"));
+///     hub::yield_now();
+///     order.borrow_mut().push("main");
+///     other.join().unwrap();
+///     order.take()
+/// });
+/// assert_eq!(order, ["other", "main"]);
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine.
+#[track_caller]
+pub fn yield_now() {
+    scheduler::hub("hub::yield_now").yield_now();
+}
+
+/// The error of a [`timeout`] whose time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for io::Error {
+    fn from(e: Elapsed) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, e)
+    }
+}
+
+/// Runs `f` in the calling coroutine, and interrupts it if it has not
+/// returned after `duration` (gevent's `Timeout`): when the time runs out,
+/// the coroutine's pending (or next) suspension — a sleep, a read, a
+/// join — unwinds out of `f`, whose destructors run, and `timeout` returns
+/// [`Elapsed`]. Code that never suspends is not interrupted.
+///
+/// Timeouts nest: each interrupts only its own scope.
+///
+/// ```
+/// use std::time::Duration;
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let quick = hub::timeout(Duration::from_millis(50), || 7);
+///     assert_eq!(quick, Ok(7));
+///     let slow = hub::timeout(Duration::from_millis(5), || hub::sleep(Duration::from_secs(10)));
+///     assert!(slow.is_err());
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub's coroutine. A panic in `f` goes on to the caller.
+#[track_caller]
+pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
+    let hub = scheduler::hub("hub::timeout");
+    let task = hub.current_task();
+    let Some(deadline) = deadline_after(duration) else {
+        return Ok(f());
+    };
+    let scope = hub.next_scope();
+    let key = hub.set_timer(
+        deadline,
+        Action::Interrupt {
+            task: task.clone(),
+            scope,
+        },
+    );
+    /// Cancels the timer, and a raised-but-undelivered interrupt, however
+    /// the scope ends.
+    struct Cancel<'a>(&'a scheduler::Hub, TimerKey, Rc<Task>, u64);
+    impl Drop for Cancel<'_> {
+        fn drop(&mut self) {
+            self.0.cancel_timer(self.1);
+            self.2.clear_interrupt(self.3);
+        }
+    }
+    let cancel = Cancel(hub, key, task, scope);
+    let r = panic::catch_unwind(AssertUnwindSafe(f));
+    let task = cancel.2.clone();
+    drop(cancel);
+    match r {
+        Ok(v) => Ok(v),
+        Err(p) => match p.downcast_ref::<TimeoutUnwind>() {
+            Some(t) if t.scope() == scope => {
+                hub.end_timeout_unwind(&task, t.outer());
+                Err(Elapsed(()))
+            }
+            _ => panic::resume_unwind(p),
+        },
+    }
+}
+
+/// A function scheduled by [`call_later`]: [`cancel`](CallLater::cancel)
+/// stops it if it has not started. Dropping the handle does not cancel.
+#[derive(Debug)]
+pub struct CallLater {
+    key: TimerKey,
+}
+
+impl CallLater {
+    /// Cancels the call; returns `true` if it had not started yet (it now
+    /// never will), `false` if it had already started.
+    ///
+    /// # Panics
+    /// Outside the hub that scheduled it.
+    #[track_caller]
+    pub fn cancel(&self) -> bool {
+        let hub = scheduler::hub("CallLater::cancel");
+        hub.cancel_timer(self.key)
+    }
+
+    /// Whether the call is still waiting for its time.
+    ///
+    /// # Panics
+    /// Outside the hub that scheduled it.
+    #[track_caller]
+    pub fn is_pending(&self) -> bool {
+        scheduler::hub("CallLater::is_pending").timer_is_set(self.key)
+    }
+}
+
+/// Runs `f` in a new coroutine of this hub after `delay` (asyncio's
+/// `call_later`); the handle cancels it until then.
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+/// use std::time::Duration;
+/// use stackful_hub as hub;
+///
+/// hub::run(|| {
+///     let hits = Rc::new(Cell::new(0));
+///     let h = hits.clone();
+///     hub::call_later(Duration::from_millis(1), move || h.set(h.get() + 1));
+///     let h = hits.clone();
+///     let cancelled = hub::call_later(Duration::from_millis(1), move || h.set(h.get() + 10));
+///     assert!(cancelled.cancel());
+///     hub::sleep(Duration::from_millis(20));
+///     assert_eq!(hits.get(), 1);
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub.
+#[track_caller]
+pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallLater {
+    let hub = scheduler::hub("hub::call_later");
+    if hub.is_shutting_down() {
+        // The end of `run`: nothing new starts.
+        drop(f);
+        return CallLater {
+            key: (Instant::now(), 0),
+        };
+    }
+    let deadline =
+        deadline_after(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40));
+    let key = hub.set_timer(deadline, Action::Call(Box::new(f)));
+    CallLater { key }
+}
