@@ -58,7 +58,7 @@ impl<T> JoinHandle<T> {
 
     /// Whether the coroutine has finished (returned, panicked or was
     /// killed): [`join`](JoinHandle::join) would return at once.
-    pub fn is_finished(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.task.state() == TaskState::Finished
     }
 
@@ -155,7 +155,7 @@ impl KillHandle {
     }
 
     /// Whether the coroutine has finished.
-    pub fn is_finished(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.task.state() == TaskState::Finished
     }
 }

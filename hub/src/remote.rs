@@ -25,7 +25,7 @@ use crate::task::{JoinError, KillSelf};
 ///     // Another thread asks this hub to compute something.
 ///     let asker = std::thread::spawn(move || remote.spawn(|| 6 * 7).join());
 ///     // Meanwhile the hub serves; this coroutine waits without blocking it.
-///     while !asker.is_finished() {
+///     while !asker.done() {
 ///         hub::sleep(std::time::Duration::from_millis(1));
 ///     }
 ///     asker.join().unwrap()
@@ -104,7 +104,7 @@ impl<T> RemoteJoinHandle<T> {
     }
 
     /// Whether the result is there.
-    pub fn is_finished(&self) -> bool {
+    pub fn done(&self) -> bool {
         lock(&self.rx.0.state).done
     }
 }
@@ -120,7 +120,7 @@ impl<T> Future for RemoteJoinHandle<T> {
 impl<T> fmt::Debug for RemoteJoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteJoinHandle")
-            .field("finished", &self.is_finished())
+            .field("done", &self.done())
             .finish()
     }
 }

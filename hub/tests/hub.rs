@@ -159,7 +159,7 @@ fn states_go_pending_suspended_finished_and_running_for_self() {
             hub::sleep(Duration::from_millis(2));
         });
         assert_eq!(h.state(), TaskState::Pending);
-        assert!(!h.is_finished());
+        assert!(!h.done());
         hub::yield_now();
         assert_eq!(h.state(), TaskState::Suspended);
         *me.borrow_mut() = Some(h);
@@ -167,7 +167,7 @@ fn states_go_pending_suspended_finished_and_running_for_self() {
         assert_eq!(seen.get(), Some(TaskState::Running));
         let h = me.borrow_mut().take().unwrap();
         assert_eq!(h.state(), TaskState::Suspended);
-        while !h.is_finished() {
+        while !h.done() {
             hub::sleep(Duration::from_millis(1));
         }
         assert_eq!(h.state(), TaskState::Finished);
@@ -195,10 +195,10 @@ fn kill_unwinds_a_suspended_coroutine_and_wakes_its_joiner() {
         let killer = hub::spawn(move || {
             hub::sleep(Duration::from_millis(2));
             v.kill();
-            assert!(v.is_finished());
+            assert!(v.done());
         });
         let start = Instant::now();
-        while !victim.is_finished() {
+        while !victim.done() {
             hub::sleep(Duration::from_millis(1));
         }
         assert!(start.elapsed() < Duration::from_secs(60));
@@ -217,9 +217,9 @@ fn a_joiner_blocked_in_join_is_woken_by_kill() {
         let killer = victim.kill_handle();
         hub::spawn(move || {
             hub::sleep(Duration::from_millis(2));
-            assert!(!killer.is_finished());
+            assert!(!killer.done());
             killer.kill();
-            assert!(killer.is_finished());
+            assert!(killer.done());
         });
         // Parks in join until the kill wakes it.
         assert!(victim.join().unwrap_err().is_killed());
@@ -259,7 +259,7 @@ fn a_coroutine_that_kills_itself_unwinds_and_reports_killed() {
             unreachable!("kill of self does not return");
         });
         *cell.borrow_mut() = Some(h);
-        while !cell.borrow().as_ref().unwrap().is_finished() {
+        while !cell.borrow().as_ref().unwrap().done() {
             hub::yield_now();
         }
         assert_eq!(drops.get(), 1);

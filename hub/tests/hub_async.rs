@@ -176,7 +176,7 @@ fn work_still_running_when_the_hub_ends_is_reported_killed() {
     let (remote, hub_thread) = hub_thread(stop.clone());
     let pending = remote.spawn(|| hub::sleep(Duration::from_secs(3600)));
     std::thread::sleep(Duration::from_millis(20));
-    assert!(!pending.is_finished());
+    assert!(!pending.done());
     stop.store(true, Ordering::Release);
     hub_thread.join().unwrap();
     assert!(matches!(pending.join(), Err(JoinError::Killed)));

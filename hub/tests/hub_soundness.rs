@@ -157,7 +157,7 @@ fn a_task_killed_while_it_sleeps_inside_a_coroutine_finishes_as_killed() {
                 hub::sleep(MS);
                 assert_eq!(h.state(), TaskState::Suspended);
                 h.kill();
-                assert!(h.is_finished(), "kill from a task waits for the death");
+                assert!(h.done(), "kill from a task waits for the death");
                 assert!(h.join().unwrap_err().is_killed());
                 assert_eq!((inner.get(), outer.get()), (1, 1));
             });
@@ -301,7 +301,7 @@ fn a_kill_whose_victim_panics_finishes_the_victim_and_wakes_its_joiner() {
                 // The panic is the victim's result: kill returns.
                 let r = panic::catch_unwind(AssertUnwindSafe(|| killer.kill()));
                 assert!(r.is_ok(), "kill does not raise the victim's panic");
-                assert!(killer.is_finished());
+                assert!(killer.done());
                 let err = joiner.join().unwrap().unwrap_err();
                 assert_eq!(
                     err.panic_message(),
@@ -509,7 +509,7 @@ fn two_tasks_whose_destructors_kill_each_other_both_finish() {
                     .extend([a.kill_handle(), b.kill_handle()]);
                 hub::sleep(MS);
                 a.kill();
-                assert!(a.is_finished() && b.is_finished());
+                assert!(a.done() && b.done());
                 assert_eq!(drops.get(), 2);
                 assert!(a.join().unwrap_err().is_killed());
                 assert!(b.join().unwrap_err().is_killed());
@@ -831,7 +831,7 @@ fn a_task_unwinding_from_its_own_panic_does_not_hold_back_the_kill_of_another() 
                 // the hub knows whose unwind it is, and kills v at once.
                 v.kill();
                 assert!(v.join().unwrap_err().is_killed());
-                assert!(!u.is_finished(), "u still unwinds");
+                assert!(!u.done(), "u still unwinds");
                 // Then kills u: not raised in its destructor; u's panic is
                 // its result.
                 u.kill();
@@ -908,7 +908,7 @@ fn a_task_that_parked_while_nothing_unwound_is_killed_at_once_during_anothers_un
                 let entered = Event::new();
                 let u = panicking_task_whose_destructor_sleeps(&entered, &drops, 3 * slow, "u's");
                 entered.wait();
-                while !a.is_finished() {
+                while !a.done() {
                     hub::sleep(MS);
                 }
                 // Now only u unwinds, unknown to the hub. v parked while
@@ -916,7 +916,7 @@ fn a_task_that_parked_while_nothing_unwound_is_killed_at_once_during_anothers_un
                 // killed at once.
                 v.kill();
                 assert!(v.join().unwrap_err().is_killed());
-                assert!(!u.is_finished(), "u still unwinds");
+                assert!(!u.done(), "u still unwinds");
                 // u itself is not raised into: its kill waits for its
                 // unwind, whose panic is its result.
                 u.kill();

@@ -139,7 +139,7 @@ fn an_event_releases_every_waiter_and_can_be_cleared() {
         let e = ev.clone();
         let late = hub::spawn(move || e.wait());
         hub::sleep(Duration::from_millis(2));
-        assert!(!late.is_finished());
+        assert!(!late.done());
         ev.set();
         late.join().unwrap();
     });
