@@ -25,7 +25,7 @@ use crate::task::{JoinError, KillSelf};
 ///     // Another thread asks this hub to compute something.
 ///     let asker = std::thread::spawn(move || remote.spawn(|| 6 * 7).join());
 ///     // Meanwhile the hub serves; this coroutine waits without blocking it.
-///     while !asker.done() {
+///     while !asker.is_finished() {
 ///         hub::sleep(std::time::Duration::from_millis(1));
 ///     }
 ///     asker.join().unwrap()
