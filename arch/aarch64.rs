@@ -247,6 +247,42 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
     (word, back)
 }
 
+/// Writes the registers of a trap's recovery into the `ucontext_t` of an
+/// `SA_SIGINFO` handler: pc, sp, the first two arguments (x0, x1), and the
+/// link register x30 (0, which ends backtraces).
+///
+/// # Safety
+/// `ucontext` is the third argument of the running `SA_SIGINFO` handler.
+#[cfg(feature = "std")]
+pub unsafe fn write_trap_regs(
+    ucontext: *mut core::ffi::c_void,
+    pc: usize,
+    sp: usize,
+    args: [usize; 2],
+) {
+    let uc = ucontext.cast::<libc::ucontext_t>();
+    // SAFETY: as the caller promises, a live ucontext_t the kernel restores
+    // from when the handler returns.
+    unsafe {
+        let mc = &mut (*uc).uc_mcontext;
+        mc.pc = pc as u64;
+        mc.sp = sp as u64;
+        mc.regs[0] = args[0] as u64;
+        mc.regs[1] = args[1] as u64;
+        mc.regs[30] = 0;
+    }
+}
+
+/// The stack pointer a trap's recovery enters its function with, from a
+/// 16-aligned `sp`: `sp` itself (AAPCS64 calls push nothing; x30 is 0).
+///
+/// # Safety
+/// None beyond the type's; `unsafe` to match the other architectures.
+#[cfg(feature = "std")]
+pub unsafe fn trap_entry_sp(sp: usize) -> usize {
+    sp
+}
+
 /// Asks the CPU to bring the cache line holding `addr` closer
 /// (`prfm pldl1keep`: into L1, for a load), ahead of a switch that will read
 /// it: a scheduler warms the next context's stack while the current one

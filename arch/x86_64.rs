@@ -256,6 +256,43 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
     (word, back)
 }
 
+/// Writes the registers of a trap's recovery into the `ucontext_t` of an
+/// `SA_SIGINFO` handler: rip, rsp, and the first two arguments (rdi, rsi).
+///
+/// # Safety
+/// `ucontext` is the third argument of the running `SA_SIGINFO` handler.
+#[cfg(feature = "std")]
+pub unsafe fn write_trap_regs(
+    ucontext: *mut core::ffi::c_void,
+    pc: usize,
+    sp: usize,
+    args: [usize; 2],
+) {
+    let uc = ucontext.cast::<libc::ucontext_t>();
+    // SAFETY: as the caller promises, a live ucontext_t the kernel restores
+    // from when the handler returns.
+    unsafe {
+        let gregs = &mut (*uc).uc_mcontext.gregs;
+        gregs[libc::REG_RIP as usize] = pc as i64;
+        gregs[libc::REG_RSP as usize] = sp as i64;
+        gregs[libc::REG_RDI as usize] = args[0] as i64;
+        gregs[libc::REG_RSI as usize] = args[1] as i64;
+    }
+}
+
+/// The stack pointer a trap's recovery enters its function with, from a
+/// 16-aligned `sp`: as if called, a return address (0, which ends
+/// backtraces) at `sp - 8`.
+///
+/// # Safety
+/// The word below `sp` is writable memory of the stack.
+#[cfg(feature = "std")]
+pub unsafe fn trap_entry_sp(sp: usize) -> usize {
+    // SAFETY: as the caller promises.
+    unsafe { ((sp - 8) as *mut usize).write(0) };
+    sp - 8
+}
+
 /// Asks the CPU to bring the cache line holding `addr` closer
 /// (`prefetcht0`: into every cache level), ahead of a switch that will read
 /// it: a scheduler warms the next context's stack while the current one

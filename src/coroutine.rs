@@ -622,6 +622,23 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         self.suspended_on.set((0, 0));
     }
 
+    /// The handle a signal handler uses to send this coroutine back to its
+    /// resumer after a trap (see [`CoroutineTrapHandler`](crate::CoroutineTrapHandler)
+    /// and the `trap` module's docs): valid while this coroutine lives on
+    /// this stack.
+    #[cfg(feature = "std")]
+    pub fn trap_handler(&self) -> crate::CoroutineTrapHandler<Return> {
+        let top = self.stack.top();
+        let closure = self.link as usize + arch::LINK_OFFSET;
+        crate::trap::CoroutineTrapHandler {
+            link: self.link as usize,
+            low: self.stack.limit() - self.stack.guard_size(),
+            top,
+            frames_top: closure - arch::INIT_FRAME_SIZE,
+            _return: PhantomData,
+        }
+    }
+
     /// Switches into the coroutine with the word `arg`; returns the word
     /// it sends back.
     #[inline(always)]
@@ -930,6 +947,38 @@ where
     // switched in and waits for our last word; nothing resumes us again
     // (the resumer marks the coroutine done).
     unsafe { context::leave_for_good(SIGNAL, *yielder.link, yielder.link, enter) }
+}
+
+/// Where a coroutine goes on after a trap (see `trap.rs`): entered with the
+/// registers a signal handler wrote, at the top of the coroutine's stack,
+/// every frame below abandoned; runs the closure at `slot` and leaves its
+/// outcome to the resumer as the coroutine's ending.
+///
+/// # Safety
+/// Only `CoroutineTrapHandler::setup_trap_handler`'s registers enter it: an
+/// `F` at `slot`, `link` the coroutine's link word, holding its resumer's
+/// sp (the coroutine was running when it trapped).
+#[cfg(feature = "std")]
+pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, link: usize) -> ! {
+    let link = ptr::with_exposed_provenance_mut::<usize>(link);
+    let call = || {
+        // SAFETY: `setup_trap_handler` wrote an F at `slot`; it is moved out
+        // once, straight into the call.
+        (unsafe { ptr::read(ptr::with_exposed_provenance::<F>(slot)) })()
+    };
+    let ending = ManuallyDrop::new(match panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(r) => Ending::Returned(r),
+        Err(p) => Ending::Panicked(p),
+    });
+    // SAFETY: the spare word of the coroutine's stack is free while it runs.
+    unsafe { spare_word(link).write(addr(&ending)) };
+    let enter = Enter {
+        bounds: Some((0, 0)),
+        tsan: Tsan::Suspend,
+    };
+    // SAFETY: the link word holds the resumer's sp, suspended in `resume`
+    // while the coroutine ran; nothing resumes this context again.
+    unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
 }
 
 /// A resume of a finished coroutine: drop its input, panic.

@@ -50,8 +50,12 @@ mod sanitizer;
 #[cfg(feature = "std")]
 pub mod scoped;
 pub mod stack;
+#[cfg(feature = "std")]
+mod trap;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};
+#[cfg(feature = "std")]
+pub use trap::{CoroutineTrapHandler, TrapHandlerRegs};
 
 /// The README's examples, run as doc tests so that what it shows compiles
 /// and works.

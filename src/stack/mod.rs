@@ -40,12 +40,17 @@ pub use pool::{raise_pool_capacity, set_pool_capacity, trim_pool};
 #[cfg(feature = "std")]
 pub use slice::SliceStack;
 
-/// Sets up the overflow handler (with the `overflow-handler` feature; a
-/// no-op without it): every place that is about to run code on a stack of
-/// ours calls it, so that each thread gets its alternate signal stack.
+/// Sets up the overflow handler now (with the `overflow-handler` feature;
+/// a no-op without it), as creating the first stack would: the process's
+/// SIGSEGV and SIGBUS handler once, and this thread's alternate signal
+/// stack. Every place that is about to run code on a stack of ours calls
+/// it. An embedder with a signal handler of its own (trap recovery, see
+/// [`CoroutineTrapHandler`](crate::CoroutineTrapHandler)) calls it first
+/// and installs its handler after, so that its handler comes first; the
+/// crate never installs its own again.
 #[cfg(feature = "std")]
 #[inline(always)]
-pub(crate) fn install_overflow_handler() {
+pub fn install_overflow_handler() {
     #[cfg(feature = "overflow-handler")]
     overflow::install();
 }
