@@ -477,8 +477,9 @@ fn run(script: Vec<Op>, dtor_programs: Vec<Vec<Op>>, max: usize) {
 /// Every destructor ran once, but for greenlets leaked in a cycle of
 /// references (as with `Rc`: a greenlet suspended with another's handle on
 /// its stack, the target of its pending switch, while that one's parent
-/// link holds it): each greenlet still alive must be held by another in
-/// that set, or nothing would hold it and it would have been killed. A
+/// link, directly or through dead parents, holds it): each greenlet still
+/// alive must be held by another in that set, or nothing would hold it and
+/// it would have been killed. A
 /// leaked greenlet's destructor has not run, or has started and is
 /// suspended in it.
 fn check_drops(w: &World) {
@@ -498,15 +499,27 @@ fn check_drops(w: &World) {
             "greenlet {x} is dead, and its destructor never ran: {drops:?}"
         );
     }
-    // The cores still alive: the leaked greenlets, and the dead ones whose
-    // handle a leaked one holds on its stack.
+    // The cores still alive: the leaked greenlets, and, transitively, the
+    // cores they keep: a handle one holds on its stack, and every core's
+    // parent link (a dead greenlet keeps its parent for its children's
+    // returns, so a chain of dead parents can close a cycle too).
     let mut alive: Vec<bool> = (0..n).map(|i| i != 0 && !dead[i]).collect();
-    for i in 0..n {
-        if i != 0
-            && !dead[i]
-            && let Some(t) = holds[i]
-        {
-            alive[t] = t != 0;
+    loop {
+        let mut grew = false;
+        for i in 1..n {
+            if !alive[i] {
+                continue;
+            }
+            let held = [(!dead[i]).then_some(holds[i]).flatten(), parent[i]];
+            for t in held.into_iter().flatten() {
+                if t != 0 && !alive[t] {
+                    alive[t] = true;
+                    grew = true;
+                }
+            }
+        }
+        if !grew {
+            break;
         }
     }
     for x in (1..n).filter(|&x| !dead[x]) {
