@@ -199,7 +199,7 @@
 //! std::thread::spawn(move || g.switch(1));
 //! ```
 
-use std::any::{Any, TypeId, type_name};
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
@@ -207,6 +207,12 @@ use std::mem::ManuallyDrop;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::rc::Rc;
+
+mod error;
+mod gate;
+
+pub use error::SwitchError;
+use gate::{DEAD, FRESH, Gate, GateOf, KILLING};
 
 use crate::arch;
 use crate::context::{self, Enter, Tsan, addr, take};
@@ -222,68 +228,6 @@ enum Life {
     Started,
     Dead,
 }
-
-/// What a switch into a greenlet must carry: a type, and its name for
-/// errors. A suspended greenlet's `gate` points at the [`GateOf`] constant
-/// of the type its pending switch (or its body) takes; a dead one's at
-/// [`DEAD`], a killer's (while it waits) at `GateOf<GreenletExit>`, which
-/// no value's type matches. A running greenlet's gate is whatever it was
-/// (a switch to oneself is found by comparing cores). Types are compared
-/// by id, not by the constant's address: one type's constant may have one
-/// address per codegen unit (handles remember an address that passed, see
-/// `Greenlet::seen`, so the fast path compares addresses only).
-struct Gate {
-    id: TypeId,
-    name: fn() -> &'static str,
-}
-
-/// The gate of a greenlet waiting for a `T`.
-struct GateOf<T>(PhantomData<T>);
-
-impl<T: 'static> GateOf<T> {
-    const GATE: &'static Gate = &Gate {
-        id: TypeId::of::<T>(),
-        name: type_name::<T>,
-    };
-}
-
-impl Gate {
-    /// Whether a switch carrying a `T` may pass this gate.
-    #[inline(always)]
-    fn admits<T: 'static>(&'static self) -> bool {
-        self.id == TypeId::of::<T>()
-    }
-}
-
-/// Types of no value: the gates of a main greenlet that has not left yet
-/// and of a dead greenlet.
-enum Fresh {}
-enum Dead {}
-
-/// The gate of a main greenlet before its first switch (it is running, so
-/// nothing can switch to it yet).
-static FRESH: Gate = Gate {
-    id: TypeId::of::<Fresh>(),
-    name: || "nothing (it is running)",
-};
-
-/// The gate of a dead greenlet.
-static DEAD: Gate = Gate {
-    id: TypeId::of::<Dead>(),
-    name: || "nothing (it is dead)",
-};
-
-/// The type of no value: the gate of a killer waiting for its victim.
-enum Killing {}
-
-/// The gate of a greenlet that waits in `kill_core` for its victim's
-/// death, the only thing that may wake it. A static, so that it has one
-/// address: a suspended greenlet waits there exactly when its gate is this
-/// (see [`waits_in_kill`]).
-static KILLING: Gate = Gate {
-    id: TypeId::of::<Killing>(),
-    name: || "nothing (it waits in kill() for another greenlet to die)",
-};
 
 /// The fields a switch touches, first in every [`Core`] so that `CURRENT`
 /// can point at them.
@@ -608,64 +552,6 @@ fn internal_error(what: &str) -> ! {
 
 /// The payload with which a killed greenlet's stack unwinds.
 struct GreenletExit;
-
-/// Why a switch (or `set_parent`) could not happen. The value that was to
-/// be passed comes back in it.
-pub enum SwitchError<T> {
-    /// The target greenlet has finished, panicked or been killed.
-    Dead(T),
-    /// The target is suspended in a switch of another type, or its body
-    /// takes another type.
-    WrongType {
-        /// The value that was to be passed.
-        value: T,
-        /// The type the target expects.
-        expected: &'static str,
-    },
-    /// The new parent would make the parent chain a cycle.
-    Cycle,
-}
-
-impl<T> fmt::Debug for SwitchError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl<T> fmt::Display for SwitchError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SwitchError::Dead(_) => write!(
-                f,
-                "cannot switch to a dead greenlet (it returned, panicked or was killed); \
-                 check done() first"
-            ),
-            SwitchError::WrongType { expected, .. } => write!(
-                f,
-                "cannot switch to this greenlet with a {}: it waits for a {expected}",
-                type_name::<T>()
-            ),
-            SwitchError::Cycle => write!(
-                f,
-                "cannot set this parent: the greenlet would become its own ancestor"
-            ),
-        }
-    }
-}
-
-impl<T> std::error::Error for SwitchError<T> {}
-
-impl SwitchError<()> {
-    /// The same error, carrying `value` back.
-    #[cold]
-    fn with_value<T>(self, value: T) -> SwitchError<T> {
-        match self {
-            SwitchError::Dead(()) => SwitchError::Dead(value),
-            SwitchError::WrongType { expected, .. } => SwitchError::WrongType { value, expected },
-            SwitchError::Cycle => SwitchError::Cycle,
-        }
-    }
-}
 
 /// A handle to a greenlet of the current thread whose body takes and
 /// returns a `T`. Cheap to clone; see the [module docs](self).

@@ -1,0 +1,63 @@
+//! [`SwitchError`]: why a greenlet switch (or `set_parent`) could not
+//! happen, with the value that was to be passed.
+
+use std::any::type_name;
+use std::fmt;
+
+/// Why a switch (or `set_parent`) could not happen. The value that was to
+/// be passed comes back in it.
+pub enum SwitchError<T> {
+    /// The target greenlet has finished, panicked or been killed.
+    Dead(T),
+    /// The target is suspended in a switch of another type, or its body
+    /// takes another type.
+    WrongType {
+        /// The value that was to be passed.
+        value: T,
+        /// The type the target expects.
+        expected: &'static str,
+    },
+    /// The new parent would make the parent chain a cycle.
+    Cycle,
+}
+
+impl<T> fmt::Debug for SwitchError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<T> fmt::Display for SwitchError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwitchError::Dead(_) => write!(
+                f,
+                "cannot switch to a dead greenlet (it returned, panicked or was killed); \
+                 check done() first"
+            ),
+            SwitchError::WrongType { expected, .. } => write!(
+                f,
+                "cannot switch to this greenlet with a {}: it waits for a {expected}",
+                type_name::<T>()
+            ),
+            SwitchError::Cycle => write!(
+                f,
+                "cannot set this parent: the greenlet would become its own ancestor"
+            ),
+        }
+    }
+}
+
+impl<T> std::error::Error for SwitchError<T> {}
+
+impl SwitchError<()> {
+    /// The same error, carrying `value` back.
+    #[cold]
+    pub(super) fn with_value<T>(self, value: T) -> SwitchError<T> {
+        match self {
+            SwitchError::Dead(()) => SwitchError::Dead(value),
+            SwitchError::WrongType { expected, .. } => SwitchError::WrongType { value, expected },
+            SwitchError::Cycle => SwitchError::Cycle,
+        }
+    }
+}
