@@ -143,7 +143,10 @@ fn corosensei_recoveries(n: u32) -> f64 {
     for _ in 0..n {
         let mut co = Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| recurse(0) as u32);
         TRAP.set(Trap::Corosensei(co.trap_handler()));
-        assert!(matches!(co.resume(()), corosensei::CoroutineResult::Return(42)));
+        assert!(matches!(
+            co.resume(()),
+            corosensei::CoroutineResult::Return(42)
+        ));
         stack = co.into_stack();
     }
     start.elapsed().as_nanos() as f64 / f64::from(n)

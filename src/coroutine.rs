@@ -364,8 +364,8 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// The closure itself is stored at the top of the stack, so creating a
     /// coroutine allocates nothing besides the stack.
     ///
-    /// Of the stack, the coroutine takes three times the closure's size
-    /// (the closure, and room for two copies of it when the body starts,
+    /// Of the stack, the coroutine takes four times the closure's size
+    /// (the closure, and room for three copies of it when the body starts,
     /// each padded to the closure's alignment) and 12 KiB before the body's
     /// own frames (for the first frames and a forced unwind). On a stack of
     /// [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) a closure of up to

@@ -1,7 +1,7 @@
 //! What a coroutine takes of its stack before its body's own frames, and
 //! that every stack size a constructor accepts runs a coroutine.
 //!
-//! `Coroutine::with_stack` counts, below the top: the closure, two copies
+//! `Coroutine::with_stack` counts, below the top: the closure, three copies
 //! of it when the body starts, the first frame and 12 KiB for the entry's
 //! frames and a forced unwind. These tests measure what really lands on
 //! the stack (a buffer filled with a pattern, run on, and scanned for the

@@ -88,7 +88,7 @@ pub unsafe trait Stack {
 /// `Builder::stack_size` accept: 32 KiB.
 ///
 /// What it bounds: every stack of this size runs a coroutine whose closure
-/// is at most an eighth of it (a new coroutine takes three times its
+/// is at most an eighth of it (a new coroutine takes four times its
 /// closure's size and 12 KiB before the body's own frames, see
 /// [`Coroutine::with_stack`](crate::Coroutine::with_stack)), and can
 /// unwind it when it is dropped (a forced unwind from a shallow body took
