@@ -247,6 +247,17 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
     (word, back)
 }
 
+/// The stack pointer of a signal's context: sp of an `SA_SIGINFO`
+/// handler's `ucontext_t`.
+///
+/// # Safety
+/// `ucontext` is the third argument of the running `SA_SIGINFO` handler.
+#[cfg(feature = "std")]
+pub unsafe fn context_sp(ucontext: *const core::ffi::c_void) -> usize {
+    // SAFETY: as the caller promises.
+    unsafe { (*ucontext.cast::<libc::ucontext_t>()).uc_mcontext.sp as usize }
+}
+
 /// Writes the registers of a trap's recovery into the `ucontext_t` of an
 /// `SA_SIGINFO` handler: pc, sp, the first two arguments (x0, x1), and the
 /// link register x30 (0, which ends backtraces).

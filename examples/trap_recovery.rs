@@ -30,32 +30,22 @@ thread_local! {
     static TRAP: Cell<Trap> = const { Cell::new(Trap::None) };
 }
 
-/// The stack pointer of a signal's context.
-///
-/// # Safety
-/// `uc` is an `SA_SIGINFO` handler's third argument.
-unsafe fn context_sp(uc: *mut libc::c_void) -> usize {
-    let ctx = uc.cast::<libc::ucontext_t>();
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as the caller promises.
-    let sp = unsafe { (*ctx).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: as the caller promises.
-    let sp = unsafe { (*ctx).uc_mcontext.sp } as usize;
-    sp
-}
-
 extern "C" fn on_fault(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: an SA_SIGINFO handler's third argument.
-    let sp = unsafe { context_sp(uc) };
+    let in_bounds = |t: &stackful::CoroutineTrapHandler<u32>| unsafe { t.context_in_bounds(uc) };
     match TRAP.get() {
-        Trap::Stackful(trap) if trap.stack_ptr_in_bounds(sp) => {
+        Trap::Stackful(trap) if in_bounds(&trap) => {
             // SAFETY: the coroutine's own code faulted (a recursion that
             // holds nothing), and this handler runs on an alternate stack.
             unsafe { trap.setup_trap_handler(|| 42).write_to(uc) };
         }
         #[cfg(target_arch = "x86_64")]
-        Trap::Corosensei(trap) if trap.stack_ptr_in_bounds(sp) => {
+        Trap::Corosensei(trap)
+            // SAFETY: as above (x86_64: rsp).
+            if trap.stack_ptr_in_bounds(unsafe {
+                (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+            }) =>
+        {
             // SAFETY: as above; corosensei leaves writing the registers to
             // its user.
             unsafe {

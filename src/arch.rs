@@ -16,7 +16,7 @@
 //! - `fn valgrind_request(default, args) -> usize`: a valgrind client
 //!   request (a few instructions that do nothing outside valgrind);
 //! - `fn prefetch(addr)`: a cache hint for a stack about to be switched to;
-//! - `unsafe fn write_trap_regs(ucontext, pc, sp, args)` and
+//! - `unsafe fn context_sp(ucontext)`, `unsafe fn write_trap_regs(ucontext, pc, sp, args)` and
 //!   `unsafe fn trap_entry_sp(sp)`: a trap's recovery (`src/trap.rs`): the
 //!   registers written into a signal handler's `ucontext_t`, and the stack
 //!   pointer a function is entered with as if called.
@@ -46,4 +46,4 @@ pub(crate) use imp::{
     INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch,
 };
 #[cfg(feature = "std")]
-pub(crate) use imp::{trap_entry_sp, valgrind_request, write_trap_regs};
+pub(crate) use imp::{context_sp, trap_entry_sp, valgrind_request, write_trap_regs};

@@ -37,13 +37,8 @@
 //! }
 //!
 //! extern "C" fn on_segv(_: i32, _: *mut libc::siginfo_t, uc: *mut std::ffi::c_void) {
-//!     let ctx = uc.cast::<libc::ucontext_t>();
-//!     // x86_64 shown; on aarch64 the stack pointer is `uc_mcontext.sp`.
-//!     #[cfg(target_arch = "x86_64")]
-//!     let sp = unsafe { (*ctx).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;
-//!     #[cfg(target_arch = "aarch64")]
-//!     let sp = unsafe { (*ctx).uc_mcontext.sp } as usize;
-//!     if let Some(trap) = TRAP.get().filter(|t| t.stack_ptr_in_bounds(sp)) {
+//!     // SAFETY (the filter): this handler's own context.
+//!     if let Some(trap) = TRAP.get().filter(|t| unsafe { t.context_in_bounds(uc) }) {
 //!         // SAFETY: a fault of the coroutine's own code (a guest that
 //!         // touches nothing else), on an alternate signal stack.
 //!         unsafe { trap.setup_trap_handler(|| 42).write_to(uc) };
@@ -141,6 +136,18 @@ impl<Return> CoroutineTrapHandler<Return> {
     /// recognised).
     pub fn stack_ptr_in_bounds(&self, sp: usize) -> bool {
         self.low <= sp && sp < self.top
+    }
+
+    /// [`stack_ptr_in_bounds`](CoroutineTrapHandler::stack_ptr_in_bounds) of
+    /// the stack pointer in a signal handler's `ucontext_t` (its third
+    /// argument), read as the architecture lays it out: what a handler
+    /// asks first, without code of its own per architecture.
+    ///
+    /// # Safety
+    /// `ucontext` is the third argument of the running `SA_SIGINFO` handler.
+    pub unsafe fn context_in_bounds(&self, ucontext: *const core::ffi::c_void) -> bool {
+        // SAFETY: as the caller promises.
+        self.stack_ptr_in_bounds(unsafe { arch::context_sp(ucontext) })
     }
 
     /// Prepares the interrupted coroutine to run `f` at the top of its

@@ -18,25 +18,9 @@ thread_local! {
     static PANIC_IN_F: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The stack pointer of a signal's context.
-///
-/// # Safety
-/// `uc` is an `SA_SIGINFO` handler's third argument.
-unsafe fn context_sp(uc: *mut libc::c_void) -> usize {
-    let ctx = uc.cast::<libc::ucontext_t>();
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as the caller promises.
-    let sp = unsafe { (*ctx).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: as the caller promises.
-    let sp = unsafe { (*ctx).uc_mcontext.sp } as usize;
-    sp
-}
-
 extern "C" fn on_fault(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: an SA_SIGINFO handler's third argument.
-    let sp = unsafe { context_sp(uc) };
-    if let Some(trap) = TRAP.get().filter(|t| t.stack_ptr_in_bounds(sp)) {
+    if let Some(trap) = TRAP.get().filter(|t| unsafe { t.context_in_bounds(uc) }) {
         let regs = if PANIC_IN_F.get() {
             // SAFETY: a fault of the test's own coroutine code, which holds
             // nothing; on the alternate stack installed below.
