@@ -35,10 +35,11 @@
 //! absolute word in the instruction stream (a text relocation) nor read
 //! from a word of data (whose address would be one). It is computed
 //! instead: the compiler puts the address of [`dead_continuation`] (a
-//! symbol it knows how to reach from PIC code, through the GOT address it
-//! keeps anyway) into edi, and the switch subtracts the link-time constant
-//! `dead_continuation - 2f` (an `R_386_PC32` relocation of the immediate).
-//! 9 instructions a switch, plus the compiler's load of that address.
+//! symbol it knows how to reach from PIC code: one load from the GOT,
+//! whose address it keeps anyway) into edi, and the switch subtracts the
+//! link-time constant `dead_continuation - 2f` (an `R_386_PC32` relocation
+//! of the immediate). 9 instructions a switch, plus the compiler's load of
+//! that address: 10 (x86_64's 8, one push from read-only data).
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
