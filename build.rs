@@ -7,6 +7,7 @@ use std::env;
 const SUPPORTED: &[(&str, &str, &str)] = &[
     ("x86_64", "linux", "tested natively"),
     ("aarch64", "linux", "tested under QEMU (qemu-aarch64)"),
+    ("x86", "linux", "tested under QEMU (qemu-i386)"),
 ];
 
 fn main() {
@@ -16,7 +17,11 @@ fn main() {
     if !SUPPORTED.iter().any(|&(a, o, _)| a == arch && o == os) {
         let list: Vec<String> = SUPPORTED
             .iter()
-            .map(|(a, o, how)| format!("{a}-unknown-{o}-gnu ({how})"))
+            .map(|&(a, o, how)| {
+                // Target triples name 32-bit x86 after its CPU, not its arch.
+                let cpu = if a == "x86" { "i686" } else { a };
+                format!("{cpu}-unknown-{o}-gnu ({how})")
+            })
             .collect();
         panic!(
             "stackful does not support the target {arch}-{os}: its context switch is written \

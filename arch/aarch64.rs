@@ -286,11 +286,12 @@ pub unsafe fn write_trap_regs(
 
 /// The stack pointer a trap's recovery enters its function with, from a
 /// 16-aligned `sp`: `sp` itself (AAPCS64 calls push nothing; x30 is 0).
+/// The arguments go in registers ([`write_trap_regs`]), not here.
 ///
 /// # Safety
 /// None beyond the type's; `unsafe` to match the other architectures.
 #[cfg(feature = "std")]
-pub unsafe fn trap_entry_sp(sp: usize) -> usize {
+pub unsafe fn trap_entry_sp(sp: usize, _args: [usize; 2]) -> usize {
     sp
 }
 

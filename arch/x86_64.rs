@@ -295,12 +295,13 @@ pub unsafe fn write_trap_regs(
 
 /// The stack pointer a trap's recovery enters its function with, from a
 /// 16-aligned `sp`: as if called, a return address (0, which ends
-/// backtraces) at `sp - 8`.
+/// backtraces) at `sp - 8`. The arguments go in registers
+/// ([`write_trap_regs`]), not here.
 ///
 /// # Safety
 /// The word below `sp` is writable memory of the stack.
 #[cfg(feature = "std")]
-pub unsafe fn trap_entry_sp(sp: usize) -> usize {
+pub unsafe fn trap_entry_sp(sp: usize, _args: [usize; 2]) -> usize {
     // SAFETY: as the caller promises.
     unsafe { ((sp - 8) as *mut usize).write(0) };
     sp - 8

@@ -59,7 +59,9 @@ fn empty(slots: &mut Slots) {
     unsafe { core::arch::asm!("/* {0} */", in(reg) slots, options(nostack, preserves_flags)) };
 }
 
-#[cfg(target_arch = "x86_64")]
+// The same instructions on 32-bit x86 (i686), whose ABI keeps the same
+// state callee-saved.
+#[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
 mod imp {
     use super::Slots;
     use core::arch::asm;

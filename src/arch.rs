@@ -17,9 +17,10 @@
 //!   request (a few instructions that do nothing outside valgrind);
 //! - `fn prefetch(addr)`: a cache hint for a stack about to be switched to;
 //! - `unsafe fn context_sp(ucontext)`, `unsafe fn write_trap_regs(ucontext, pc, sp, args)` and
-//!   `unsafe fn trap_entry_sp(sp)`: a trap's recovery (`src/trap.rs`): the
-//!   registers written into a signal handler's `ucontext_t`, and the stack
-//!   pointer a function is entered with as if called.
+//!   `unsafe fn trap_entry_sp(sp, args)`: a trap's recovery (`src/trap.rs`):
+//!   the registers written into a signal handler's `ucontext_t`, and the
+//!   stack pointer a function is entered with as if called with `args`
+//!   (which i686 passes on the stack, the others in registers).
 //!
 //! Everything above this module is architecture-free.
 
@@ -36,8 +37,11 @@ cfg_if::cfg_if! {
     } else if #[cfg(target_arch = "aarch64")] {
         #[path = "../arch/aarch64.rs"]
         mod imp;
+    } else if #[cfg(target_arch = "x86")] {
+        #[path = "../arch/i686.rs"]
+        mod imp;
     } else {
-        compile_error!("stackful supports x86_64 and aarch64 (Linux) only; see build.rs");
+        compile_error!("stackful supports x86_64, aarch64 and i686 (Linux) only; see build.rs");
     }
 }
 

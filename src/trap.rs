@@ -119,7 +119,8 @@ impl TrapHandlerRegs {
     /// to an `SA_SIGINFO` signal handler (its third argument), so that the
     /// interrupted thread goes on with them when the handler returns. On
     /// x86_64: rip, rsp, rdi and rsi; on aarch64: pc, sp, x0, x1 and x30
-    /// (0, which ends backtraces).
+    /// (0, which ends backtraces); on i686: eip and esp (the arguments are
+    /// on the stack already).
     ///
     /// # Safety
     /// `ucontext` is the third argument of the running `SA_SIGINFO` handler,
@@ -192,12 +193,13 @@ impl<Return> CoroutineTrapHandler<Return> {
         unsafe { core::ptr::write(core::ptr::with_exposed_provenance_mut::<F>(slot), f) };
         let sp = slot & !(arch::STACK_ALIGNMENT - 1);
         let entry = crate::coroutine::trap_entry::<F, Return> as *const () as usize;
+        let args = [slot, self.link];
         // SAFETY: below `slot`, in the stack too.
-        let sp = unsafe { arch::trap_entry_sp(sp) };
+        let sp = unsafe { arch::trap_entry_sp(sp, args) };
         TrapHandlerRegs {
             pc: entry,
             sp,
-            args: [slot, self.link],
+            args,
         }
     }
 }

@@ -105,6 +105,43 @@ fn call_with_patterns(seed: u64, f: extern "C" fn(*mut ()), arg: *mut ()) -> u64
             clobber_abi("C"),
         );
     }
+    // SAFETY: as above: the block pushes ebx, ebp, esi and edi and pops
+    // them before it ends, and aligns esp to 16 for the call itself (the
+    // old esp kept on the aligned stack), the argument pushed as i386's
+    // cdecl wants.
+    #[cfg(target_arch = "x86")]
+    unsafe {
+        // 32-bit registers: a pattern from both halves of the seed.
+        let seed32 = (seed ^ (seed >> 32)) as u32;
+        let mask32: u32;
+        std::arch::asm!(
+            // Save the callee-saved registers we are about to overwrite.
+            "push ebx", "push ebp", "push esi", "push edi",
+            // Align esp to 16 below them, keeping the old esp and the seed
+            // there (where the callee must preserve them too), then the
+            // argument, so that esp is 16-aligned at the call.
+            "mov ebx, esp", "and esp, -16",
+            "push ebx", "push eax", "sub esp, 4", "push edx",
+            // Load the pattern: seed + 1 .. seed + 4.
+            "lea ebx, [eax + 1]", "lea ebp, [eax + 2]", "lea esi, [eax + 3]", "lea edi, [eax + 4]",
+            "call ecx",
+            "add esp, 8", "pop eax",
+            // Compare, setting bit i when register i lost its pattern.
+            "xor ecx, ecx",
+            "lea edx, [eax + 1]", "cmp ebx, edx", "setne dl", "movzx edx, dl", "or ecx, edx",
+            "lea edx, [eax + 2]", "cmp ebp, edx", "setne dl", "movzx edx, dl", "shl edx, 1", "or ecx, edx",
+            "lea edx, [eax + 3]", "cmp esi, edx", "setne dl", "movzx edx, dl", "shl edx, 2", "or ecx, edx",
+            "lea edx, [eax + 4]", "cmp edi, edx", "setne dl", "movzx edx, dl", "shl edx, 3", "or ecx, edx",
+            // Back to the old esp, and restore what we saved.
+            "pop esp",
+            "pop edi", "pop esi", "pop ebp", "pop ebx",
+            inout("eax") seed32 => _,
+            inout("ecx") f => mask32,
+            in("edx") arg,
+            clobber_abi("C"),
+        );
+        mask = u64::from(mask32);
+    }
     mask
 }
 

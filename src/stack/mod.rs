@@ -104,7 +104,15 @@ pub const MIN_STACK_SIZE: usize = 32 * 1024;
 
 /// The largest stack `DefaultStack::new` accepts: 128 GiB, a quarter of
 /// the smallest address space Linux gives a process on aarch64 (39 bits).
+/// (1 GiB on 32-bit targets.)
+#[cfg(target_pointer_width = "64")]
 pub const MAX_STACK_SIZE: usize = 128 << 30;
+
+/// The largest stack `DefaultStack::new` accepts: 128 GiB on 64-bit
+/// targets; here, on a 32-bit one, 1 GiB, a quarter of the 4 GiB address
+/// space (of which a process gets 3 GiB on i386 Linux).
+#[cfg(target_pointer_width = "32")]
+pub const MAX_STACK_SIZE: usize = 1 << 30;
 
 /// The size of `DefaultStack::default`: 1 MiB of address space, of which
 /// only the pages a coroutine touches take memory.

@@ -590,7 +590,31 @@ mod tests {
         install(); // sets the page size that `lookup` needs
         let (page, n) = (page(), 20_000);
         // Addresses that are not canonical, so no real guard of this process is among them.
-        let guard = |i: usize| 0x7000_0000_0000_0000 + i * 8 * page;
+        #[cfg(target_pointer_width = "64")]
+        let base = 0x7000_0000_0000_0000;
+        // A 32-bit address space has no such addresses: a range reserved
+        // here (PROT_NONE) for the test instead, where no real guard can lie.
+        #[cfg(target_pointer_width = "32")]
+        let (reserved, reserved_len) = {
+            let len = (n * 8 + 1) * page;
+            // SAFETY: a fresh anonymous mapping, at an address of the
+            // kernel's choosing; nothing else sees it.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            (p, len)
+        };
+        #[cfg(target_pointer_width = "32")]
+        let base = reserved as usize + page;
+        let guard = |i: usize| base + i * 8 * page;
         let len = |i: usize| (1 + i % 3) * page;
         for i in 0..n {
             register(guard(i), len(i), 1000 + i);
@@ -614,6 +638,9 @@ mod tests {
             unregister(guard(i));
             assert_eq!(lookup(guard(i) + len(i) / 2), None);
         }
+        // SAFETY: the mapping made above, which nothing refers to any more.
+        #[cfg(target_pointer_width = "32")]
+        assert_eq!(unsafe { libc::munmap(reserved, reserved_len) }, 0);
     }
 
     #[test]
@@ -629,11 +656,15 @@ mod tests {
         line.push(b" ");
         line.push_num(usize::MAX, 16);
         line.push(b" ");
-        line.push_num(0x7f3a_5c1f_f000, 16);
-        assert_eq!(
-            &line.buf[..line.len],
-            b"a 0 65536 ffffffffffffffff 7f3a5c1ff000"
+        #[cfg(target_pointer_width = "64")]
+        let (addr, expected) = (
+            0x7f3a_5c1f_f000,
+            &b"a 0 65536 ffffffffffffffff 7f3a5c1ff000"[..],
         );
+        #[cfg(target_pointer_width = "32")]
+        let (addr, expected) = (0xb7f3_c000, &b"a 0 65536 ffffffff b7f3c000"[..]);
+        line.push_num(addr, 16);
+        assert_eq!(&line.buf[..line.len], expected);
         (0..100).for_each(|_| line.push(b"xyz"));
         assert_eq!(line.len, 192);
     }
