@@ -7,7 +7,17 @@ use std::env;
 const SUPPORTED: &[(&str, &str, &str)] = &[
     ("x86_64", "linux", "tested natively"),
     ("aarch64", "linux", "tested under QEMU (qemu-aarch64)"),
+    ("riscv64", "linux", "tested under QEMU (qemu-riscv64)"),
 ];
+
+/// The first part of the target triple for an architecture (`target_arch`
+/// names the ISA; the triple names the extensions it requires).
+fn triple_arch(arch: &str) -> &str {
+    match arch {
+        "riscv64" => "riscv64gc",
+        other => other,
+    }
+}
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -16,7 +26,7 @@ fn main() {
     if !SUPPORTED.iter().any(|&(a, o, _)| a == arch && o == os) {
         let list: Vec<String> = SUPPORTED
             .iter()
-            .map(|(a, o, how)| format!("{a}-unknown-{o}-gnu ({how})"))
+            .map(|&(a, o, how)| format!("{}-unknown-{o}-gnu ({how})", triple_arch(a)))
             .collect();
         panic!(
             "stackful does not support the target {arch}-{os}: its context switch is written \

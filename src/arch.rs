@@ -36,8 +36,11 @@ cfg_if::cfg_if! {
     } else if #[cfg(target_arch = "aarch64")] {
         #[path = "../arch/aarch64.rs"]
         mod imp;
+    } else if #[cfg(target_arch = "riscv64")] {
+        #[path = "../arch/riscv64.rs"]
+        mod imp;
     } else {
-        compile_error!("stackful supports x86_64 and aarch64 (Linux) only; see build.rs");
+        compile_error!("stackful supports x86_64, aarch64 and riscv64 (Linux) only; see build.rs");
     }
 }
 

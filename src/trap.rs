@@ -119,7 +119,7 @@ impl TrapHandlerRegs {
     /// to an `SA_SIGINFO` signal handler (its third argument), so that the
     /// interrupted thread goes on with them when the handler returns. On
     /// x86_64: rip, rsp, rdi and rsi; on aarch64: pc, sp, x0, x1 and x30
-    /// (0, which ends backtraces).
+    /// (0, which ends backtraces); on riscv64: pc, sp, a0, a1 and ra (0).
     ///
     /// # Safety
     /// `ucontext` is the third argument of the running `SA_SIGINFO` handler,
