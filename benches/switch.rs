@@ -20,7 +20,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -65,6 +64,7 @@ fn round_trip(c: &mut Criterion) {
     {
         use context::stack::ProtectedFixedSizeStack;
         use context::{Context, Transfer};
+        use std::time::Instant;
         extern "C" fn identity(mut t: Transfer) -> ! {
             loop {
                 // SAFETY: `t.context` is the resumer, suspended in its own
