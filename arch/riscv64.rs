@@ -36,10 +36,12 @@
 //! (a1 holds the sp the switcher was given) and moves onto it; the target
 //! runs on, with the word in a0 and the switcher's link in a2. No `jal`
 //! and no `ret`: the return-address predictor is left alone. The jump goes
-//! through t1, not t0 or ra: the psABI's hints make a `jr` through x1 or x5
-//! a return (a pop of the predictor's stack) and a `jalr` that writes one
-//! of them a call (a push). sp never points anywhere but at a live stack.
-//! 12 instructions a switch (9 to leave, 3 to arrive).
+//! through t1, not t0 or ra: the ISA's return-address-stack hints (the
+//! unprivileged spec, under JALR) make a `jr` through x1 or x5 a return (a
+//! pop of the predictor's stack) and a `jalr` that writes one of them a
+//! call (a push). sp never points anywhere but at a live stack. 12
+//! instructions a switch, counting `lla` as its auipc and addi: 9 to leave,
+//! 3 to arrive (34 bytes with the compressed forms).
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
@@ -70,10 +72,12 @@
 //!
 //! # fcsr
 //!
-//! The psABI makes fcsr's rounding mode (frm) callee-saved and its
-//! exception flags (fflags) caller-saved. A switch does not keep frm per
-//! context, for the reason given for MXCSR in `x86_64.rs`: Rust code cannot
-//! change it, and every switch would pay for it.
+//! The psABI gives fcsr (the rounding mode frm and the accrued exception
+//! flags fflags) thread storage duration, as C11 does the floating-point
+//! environment: it belongs to the thread, not to a call. A switch does not
+//! keep it per context, for the reason given for MXCSR in `x86_64.rs`: Rust
+//! code cannot change the rounding mode, and every switch would pay for it
+//! (`benches/fp_control.rs`).
 //!
 //! # valgrind
 //!

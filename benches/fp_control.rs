@@ -181,8 +181,9 @@ mod imp {
     use super::Slots;
     use core::arch::asm;
 
-    /// Saves frm, fcsr's rounding mode (the callee-saved part of fcsr;
-    /// fflags, the accrued exceptions, is caller-saved), into `slots.ours`.
+    /// Saves frm, fcsr's rounding mode (what a switch would keep per
+    /// context; fflags, the accrued exceptions, are the thread's), into
+    /// `slots.ours`.
     #[inline(always)]
     pub fn save(slots: &mut Slots) {
         // SAFETY: stores 8 bytes into `slots.ours`, which has 16.
