@@ -8,7 +8,18 @@ const SUPPORTED: &[(&str, &str, &str)] = &[
     ("x86_64", "linux", "tested natively"),
     ("aarch64", "linux", "tested under QEMU (qemu-aarch64)"),
     ("x86", "linux", "tested under QEMU (qemu-i386)"),
+    ("riscv64", "linux", "tested under QEMU (qemu-riscv64)"),
 ];
+
+/// The first part of the target triple for an architecture (`target_arch`
+/// names the ISA; the triple names the extensions or the CPU it requires).
+fn triple_arch(arch: &str) -> &str {
+    match arch {
+        "riscv64" => "riscv64gc",
+        "x86" => "i686",
+        other => other,
+    }
+}
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -17,11 +28,7 @@ fn main() {
     if !SUPPORTED.iter().any(|&(a, o, _)| a == arch && o == os) {
         let list: Vec<String> = SUPPORTED
             .iter()
-            .map(|&(a, o, how)| {
-                // Target triples name 32-bit x86 after its CPU, not its arch.
-                let cpu = if a == "x86" { "i686" } else { a };
-                format!("{cpu}-unknown-{o}-gnu ({how})")
-            })
+            .map(|&(a, o, how)| format!("{}-unknown-{o}-gnu ({how})", triple_arch(a)))
             .collect();
         panic!(
             "stackful does not support the target {arch}-{os}: its context switch is written \

@@ -1,14 +1,16 @@
 //! What keeping the floating-point control state per context would cost.
 //!
-//! stackful's switch does not save MXCSR and the x87 control word (x86_64)
-//! or FPCR (aarch64); see the top comment of `arch/x86_64.rs`. A switch
-//! that kept them would add, per switch: save ours, load theirs. This
-//! bench measures, in one run (`cargo bench --bench fp_control`):
+//! stackful's switch does not save MXCSR and the x87 control word (x86_64),
+//! FPCR (aarch64) or fcsr's rounding mode (riscv64); see the top comment of
+//! `arch/x86_64.rs`. A switch that kept them would add, per switch: save
+//! ours, load theirs. This bench measures, in one run
+//! (`cargo bench --bench fp_control`):
 //!
 //! - `fp_control/empty`: an empty `asm!` block (the loop alone);
 //! - `fp_control/save`: saving only (x86_64: `stmxcsr`, `fnstcw`);
 //! - `fp_control/save_load`: what one switch would add (x86_64: `stmxcsr`,
-//!   `fnstcw`, `ldmxcsr`, `fldcw`; aarch64: `mrs`/`str`, `ldr`/`msr fpcr`);
+//!   `fnstcw`, `ldmxcsr`, `fldcw`; aarch64: `mrs`/`str`, `ldr`/`msr fpcr`;
+//!   riscv64: `frrm`/`sd`, `ld`/`fsrm`);
 //! - on x86_64, `fp_control/save_load_mxcsr_only` and `.._x87_only`: the
 //!   two halves of `save_load` apart;
 //! - `round_trip/plain`: a stackful round trip (two switches), for scale;
@@ -173,6 +175,51 @@ mod imp {
     }
 
     /// FPCR is the whole state: no parts to measure apart.
+    pub const PARTS: &[super::Part] = &[];
+}
+
+#[cfg(target_arch = "riscv64")]
+mod imp {
+    use super::Slots;
+    use core::arch::asm;
+
+    /// Saves frm, fcsr's rounding mode (what a switch would keep per
+    /// context; fflags, the accrued exceptions, are the thread's), into
+    /// `slots.ours`.
+    #[inline(always)]
+    pub fn save(slots: &mut Slots) {
+        // SAFETY: stores 8 bytes into `slots.ours`, which has 16.
+        unsafe {
+            asm!(
+                "frrm {t}",
+                "sd {t}, 0({p})",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                t = out(reg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Saves ours, then loads theirs: what one switch would add.
+    #[inline(always)]
+    pub fn save_load(slots: &mut Slots) {
+        // SAFETY: `ours` and `theirs` are 16 bytes each and adjacent
+        // (repr(C)); `theirs` holds a valid frm, read from this thread by
+        // `Slots::current`.
+        unsafe {
+            asm!(
+                "frrm {t}",
+                "sd {t}, 0({p})",
+                "ld {t}, 16({p})",
+                "fsrm {t}",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                t = out(reg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// frm is the whole state: no parts to measure apart.
     pub const PARTS: &[super::Part] = &[];
 }
 

@@ -20,7 +20,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -60,9 +59,12 @@ fn round_trip(c: &mut Criterion) {
         });
     }
 
+    // boost.context has no riscv64 port (see Cargo.toml).
+    #[cfg(not(target_arch = "riscv64"))]
     {
         use context::stack::ProtectedFixedSizeStack;
         use context::{Context, Transfer};
+        use std::time::Instant;
         extern "C" fn identity(mut t: Transfer) -> ! {
             loop {
                 // SAFETY: `t.context` is the resumer, suspended in its own
@@ -131,6 +133,7 @@ fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
 /// context: the same life as [`stackful_once`]. A boost.context function
 /// never returns: it "ends" by switching back for the last time, after
 /// which nothing resumes it and its stack may be freed or reused.
+#[cfg(not(target_arch = "riscv64"))]
 fn context_once(stack: &context::stack::Stack) {
     use context::{Context, Transfer};
     extern "C" fn once(t: Transfer) -> ! {
@@ -187,6 +190,7 @@ fn lifecycle_fresh(c: &mut Criterion) {
         })
     });
 
+    #[cfg(not(target_arch = "riscv64"))]
     g.bench_function("context", |b| {
         b.iter(|| {
             let stack = context::stack::ProtectedFixedSizeStack::new(STACK_SIZE).unwrap();
@@ -241,8 +245,11 @@ fn lifecycle_pooled(c: &mut Criterion) {
     });
 
     // context: one ProtectedFixedSizeStack, reused by every context.
-    let stack = context::stack::ProtectedFixedSizeStack::new(STACK_SIZE).unwrap();
-    g.bench_function("context", |b| b.iter(|| context_once(&stack)));
+    #[cfg(not(target_arch = "riscv64"))]
+    {
+        let stack = context::stack::ProtectedFixedSizeStack::new(STACK_SIZE).unwrap();
+        g.bench_function("context", |b| b.iter(|| context_once(&stack)));
+    }
 
     // generator has no stack pool, but a finished generator can be
     // re-initialised in place on its own stack with `scoped_init` (its doc says

@@ -40,8 +40,11 @@ cfg_if::cfg_if! {
     } else if #[cfg(target_arch = "x86")] {
         #[path = "../arch/i686.rs"]
         mod imp;
+    } else if #[cfg(target_arch = "riscv64")] {
+        #[path = "../arch/riscv64.rs"]
+        mod imp;
     } else {
-        compile_error!("stackful supports x86_64, aarch64 and i686 (Linux) only; see build.rs");
+        compile_error!("stackful supports x86_64, aarch64, i686 and riscv64 (Linux) only; see build.rs");
     }
 }
 

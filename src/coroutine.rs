@@ -262,9 +262,10 @@ macro_rules! coroutine_struct {
         ///   unwind, which aborts the process (Rust's rule for a panic that
         ///   escapes a destructor during unwinding);
         /// - a forced unwind is a panic raised at the pending `suspend`, and
-        ///   needs stack there (about 6 KiB on x86_64, 9 KiB on aarch64): a body
-        ///   suspended closer than that to the bottom of its stack hits the
-        ///   guard when dropped (the overflow message and an abort).
+        ///   needs stack there (about 6 KiB on x86_64, 9 KiB on aarch64 and
+        ///   riscv64): a body suspended closer than that to the bottom of its
+        ///   stack hits the guard when dropped (the overflow message and an
+        ///   abort).
         ///
         /// Without unwinding, that is without the `std` feature or with
         /// `panic = "abort"`, a suspended stack cannot be unwound, so dropping a

@@ -142,6 +142,88 @@ fn call_with_patterns(seed: u64, f: extern "C" fn(*mut ()), arg: *mut ()) -> u64
         );
         mask = u64::from(mask32);
     }
+    // SAFETY: as above: ra, s0 to s11 and fs0 to fs11 are stored on the
+    // stack (208 bytes keep sp 16-aligned) and reloaded before the block
+    // ends.
+    #[cfg(target_arch = "riscv64")]
+    unsafe {
+        std::arch::asm!(
+            // Save the callee-saved registers we are about to overwrite,
+            // ra (the call below writes it), and the seed.
+            "addi sp, sp, -208",
+            "sd s0, 0(sp)", "sd s1, 8(sp)", "sd s2, 16(sp)", "sd s3, 24(sp)",
+            "sd s4, 32(sp)", "sd s5, 40(sp)", "sd s6, 48(sp)", "sd s7, 56(sp)",
+            "sd s8, 64(sp)", "sd s9, 72(sp)", "sd s10, 80(sp)", "sd s11, 88(sp)",
+            "fsd fs0, 96(sp)", "fsd fs1, 104(sp)", "fsd fs2, 112(sp)", "fsd fs3, 120(sp)",
+            "fsd fs4, 128(sp)", "fsd fs5, 136(sp)", "fsd fs6, 144(sp)", "fsd fs7, 152(sp)",
+            "fsd fs8, 160(sp)", "fsd fs9, 168(sp)", "fsd fs10, 176(sp)", "fsd fs11, 184(sp)",
+            "sd ra, 192(sp)", "sd t3, 200(sp)",
+            // Load the pattern: seed + 1 .. seed + 12 into s0..s11,
+            // seed + 13 .. seed + 24 into fs0..fs11 (as raw bits).
+            "addi s0, t3, 1", "addi s1, t3, 2", "addi s2, t3, 3", "addi s3, t3, 4",
+            "addi s4, t3, 5", "addi s5, t3, 6", "addi s6, t3, 7", "addi s7, t3, 8",
+            "addi s8, t3, 9", "addi s9, t3, 10", "addi s10, t3, 11", "addi s11, t3, 12",
+            "addi t5, t3, 13", "fmv.d.x fs0, t5", "addi t5, t3, 14", "fmv.d.x fs1, t5",
+            "addi t5, t3, 15", "fmv.d.x fs2, t5", "addi t5, t3, 16", "fmv.d.x fs3, t5",
+            "addi t5, t3, 17", "fmv.d.x fs4, t5", "addi t5, t3, 18", "fmv.d.x fs5, t5",
+            "addi t5, t3, 19", "fmv.d.x fs6, t5", "addi t5, t3, 20", "fmv.d.x fs7, t5",
+            "addi t5, t3, 21", "fmv.d.x fs8, t5", "addi t5, t3, 22", "fmv.d.x fs9, t5",
+            "addi t5, t3, 23", "fmv.d.x fs10, t5", "addi t5, t3, 24", "fmv.d.x fs11, t5",
+            "jalr t4",
+            "ld t3, 200(sp)",
+            // Compare, setting bit i when register i lost its pattern.
+            "li t4, 0",
+            "addi t5, t3, 1", "xor t5, t5, s0", "snez t5, t5", "slli t5, t5, 0", "or t4, t4, t5",
+            "addi t5, t3, 2", "xor t5, t5, s1", "snez t5, t5", "slli t5, t5, 1", "or t4, t4, t5",
+            "addi t5, t3, 3", "xor t5, t5, s2", "snez t5, t5", "slli t5, t5, 2", "or t4, t4, t5",
+            "addi t5, t3, 4", "xor t5, t5, s3", "snez t5, t5", "slli t5, t5, 3", "or t4, t4, t5",
+            "addi t5, t3, 5", "xor t5, t5, s4", "snez t5, t5", "slli t5, t5, 4", "or t4, t4, t5",
+            "addi t5, t3, 6", "xor t5, t5, s5", "snez t5, t5", "slli t5, t5, 5", "or t4, t4, t5",
+            "addi t5, t3, 7", "xor t5, t5, s6", "snez t5, t5", "slli t5, t5, 6", "or t4, t4, t5",
+            "addi t5, t3, 8", "xor t5, t5, s7", "snez t5, t5", "slli t5, t5, 7", "or t4, t4, t5",
+            "addi t5, t3, 9", "xor t5, t5, s8", "snez t5, t5", "slli t5, t5, 8", "or t4, t4, t5",
+            "addi t5, t3, 10", "xor t5, t5, s9", "snez t5, t5", "slli t5, t5, 9", "or t4, t4, t5",
+            "addi t5, t3, 11", "xor t5, t5, s10", "snez t5, t5", "slli t5, t5, 10", "or t4, t4, t5",
+            "addi t5, t3, 12", "xor t5, t5, s11", "snez t5, t5", "slli t5, t5, 11", "or t4, t4, t5",
+            "addi t5, t3, 13", "fmv.x.d t6, fs0", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 12", "or t4, t4, t5",
+            "addi t5, t3, 14", "fmv.x.d t6, fs1", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 13", "or t4, t4, t5",
+            "addi t5, t3, 15", "fmv.x.d t6, fs2", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 14", "or t4, t4, t5",
+            "addi t5, t3, 16", "fmv.x.d t6, fs3", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 15", "or t4, t4, t5",
+            "addi t5, t3, 17", "fmv.x.d t6, fs4", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 16", "or t4, t4, t5",
+            "addi t5, t3, 18", "fmv.x.d t6, fs5", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 17", "or t4, t4, t5",
+            "addi t5, t3, 19", "fmv.x.d t6, fs6", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 18", "or t4, t4, t5",
+            "addi t5, t3, 20", "fmv.x.d t6, fs7", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 19", "or t4, t4, t5",
+            "addi t5, t3, 21", "fmv.x.d t6, fs8", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 20", "or t4, t4, t5",
+            "addi t5, t3, 22", "fmv.x.d t6, fs9", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 21", "or t4, t4, t5",
+            "addi t5, t3, 23", "fmv.x.d t6, fs10", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 22", "or t4, t4, t5",
+            "addi t5, t3, 24", "fmv.x.d t6, fs11", "xor t5, t5, t6", "snez t5, t5",
+            "slli t5, t5, 23", "or t4, t4, t5",
+            // Restore what we saved.
+            "ld s0, 0(sp)", "ld s1, 8(sp)", "ld s2, 16(sp)", "ld s3, 24(sp)",
+            "ld s4, 32(sp)", "ld s5, 40(sp)", "ld s6, 48(sp)", "ld s7, 56(sp)",
+            "ld s8, 64(sp)", "ld s9, 72(sp)", "ld s10, 80(sp)", "ld s11, 88(sp)",
+            "fld fs0, 96(sp)", "fld fs1, 104(sp)", "fld fs2, 112(sp)", "fld fs3, 120(sp)",
+            "fld fs4, 128(sp)", "fld fs5, 136(sp)", "fld fs6, 144(sp)", "fld fs7, 152(sp)",
+            "fld fs8, 160(sp)", "fld fs9, 168(sp)", "fld fs10, 176(sp)", "fld fs11, 184(sp)",
+            "ld ra, 192(sp)",
+            "addi sp, sp, 208",
+            inout("t3") seed => _,
+            inout("t4") f => mask,
+            in("a0") arg,
+            clobber_abi("C"),
+        );
+    }
     mask
 }
 
