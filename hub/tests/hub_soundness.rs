@@ -245,7 +245,7 @@ fn maybe_grow_inside_a_task_may_sleep_and_be_killed_there() {
         || {
             hub::run(|| {
                 // A red zone larger than any stack: always a fresh stack.
-                const ALWAYS: usize = 1 << 40;
+                const ALWAYS: usize = usize::MAX;
                 let h = hub::spawn(|| {
                     stackful::maybe_grow(ALWAYS, 64 * 1024, || {
                         hub::sleep(MS);
