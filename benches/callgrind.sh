@@ -14,7 +14,10 @@
 #   `life`: the whole lives (stackful pooled and reused, and the peers').
 # Environment: N1 (1000000), N2 (2000000), RUNS (5), TIMED (10000000),
 #              CPU (1), OUT (/tmp: where the callgrind files go); `life`
-#              divides the counts by 10.
+#              divides the counts by 10. TARGET=i686-unknown-linux-gnu
+#              measures the 32-bit x86 build instead (built by .ci/cross,
+#              statically linked; this machine's kernel and valgrind run
+#              it natively).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +36,16 @@ fi
 
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 
-cargo build --release --example roundtrips >&2
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bin="$target_dir/release/examples/roundtrips"
+case "${TARGET:-}" in
+    "")
+        cargo build --release --example roundtrips >&2
+        target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+        bin="$target_dir/release/examples/roundtrips" ;;
+    i686-unknown-linux-gnu)
+        .ci/cross "$TARGET" build --release --example roundtrips >&2
+        bin="target/cross/$TARGET/release/examples/roundtrips" ;;
+    *) echo "callgrind.sh: TARGET is x86_64's default or i686-unknown-linux-gnu (valgrind runs no other here)" >&2; exit 2 ;;
+esac
 [ -x "$bin" ] || { echo "callgrind.sh: no binary at $bin" >&2; exit 1; }
 
 pin=()
