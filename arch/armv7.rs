@@ -35,18 +35,19 @@
 //!
 //! Rust's armv7-unknown-linux-gnueabihf compiles to ARM code (the
 //! 4-byte instruction set); Debian's armhf glibc, which the tests link
-//! statically, is Thumb-2 code. A branch to an address whose bit 0 is set
-//! enters Thumb state, one whose bit 0 is clear ARM state, when it is a
-//! branch that *interworks*: `bx`, `blx` and, on ARMv7, a load into pc
-//! (`ldr pc`). Every branch to a continuation or an entry below is one of
-//! those, and every address it goes to is either a function pointer (which
-//! has bit 0 set exactly when the function is Thumb code) or a label's
-//! address from `adr`, to which a Thumb build (`target_feature =
+//! statically, compiles its C functions to Thumb-2 code (its hand-written
+//! `memcpy` and `memset` are ARM code). A branch to an address whose bit 0
+//! is set enters Thumb state, one whose bit 0 is clear ARM state, when it
+//! is a branch that *interworks*: `bx`, `blx` and, on ARMv7, a load into
+//! pc (`ldr pc`). Every branch to a continuation or an entry below is one
+//! of those, and every address it goes to is either a function pointer
+//! (which has bit 0 set exactly when the function is Thumb code) or a
+//! label's address from `adr`, to which a Thumb build (`target_feature =
 //! "thumb-mode"`, as on thumbv7neon-unknown-linux-gnueabihf) adds bit 0
 //! with one more instruction. A trap's recovery sets the state bit (T) in
 //! the signal context's CPSR from bit 0 of the pc it writes
 //! ([`write_trap_regs`]): the fault may have stopped Thumb code (glibc's
-//! `memcpy`, say) while the recovery's entry is ARM code.
+//! `strnlen`, say: `tests/trap.rs`) while the recovery's entry is ARM code.
 //!
 //! # How a switch runs
 //!
