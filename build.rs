@@ -9,6 +9,7 @@ const SUPPORTED: &[(&str, &str, &str)] = &[
     ("aarch64", "linux", "tested under QEMU (qemu-aarch64)"),
     ("x86", "linux", "tested under QEMU (qemu-i386)"),
     ("riscv64", "linux", "tested under QEMU (qemu-riscv64)"),
+    ("arm", "linux", "tested under QEMU (qemu-arm)"),
 ];
 
 /// The first part of the target triple for an architecture (`target_arch`
@@ -17,7 +18,18 @@ fn triple_arch(arch: &str) -> &str {
     match arch {
         "riscv64" => "riscv64gc",
         "x86" => "i686",
+        "arm" => "armv7",
         other => other,
+    }
+}
+
+/// The last part of the target triple: the ABI, which for 32-bit ARM also
+/// names the floating-point calling convention (hard-float: arguments in
+/// VFP registers).
+fn triple_env(arch: &str) -> &str {
+    match arch {
+        "arm" => "gnueabihf",
+        _ => "gnu",
     }
 }
 
@@ -28,7 +40,7 @@ fn main() {
     if !SUPPORTED.iter().any(|&(a, o, _)| a == arch && o == os) {
         let list: Vec<String> = SUPPORTED
             .iter()
-            .map(|&(a, o, how)| format!("{}-unknown-{o}-gnu ({how})", triple_arch(a)))
+            .map(|&(a, o, how)| format!("{}-unknown-{o}-{} ({how})", triple_arch(a), triple_env(a)))
             .collect();
         panic!(
             "stackful does not support the target {arch}-{os}: its context switch is written \

@@ -1,16 +1,17 @@
 //! What keeping the floating-point control state per context would cost.
 //!
 //! stackful's switch does not save MXCSR and the x87 control word (x86_64),
-//! FPCR (aarch64) or fcsr's rounding mode (riscv64); see the top comment of
-//! `arch/x86_64.rs`. A switch that kept them would add, per switch: save
-//! ours, load theirs. This bench measures, in one run
+//! FPCR (aarch64), fcsr's rounding mode (riscv64) or FPSCR (armv7); see the
+//! top comment of `arch/x86_64.rs`. A switch that kept them would add, per
+//! switch: save ours, load theirs. This bench measures, in one run
 //! (`cargo bench --bench fp_control`):
 //!
 //! - `fp_control/empty`: an empty `asm!` block (the loop alone);
 //! - `fp_control/save`: saving only (x86_64: `stmxcsr`, `fnstcw`);
 //! - `fp_control/save_load`: what one switch would add (x86_64: `stmxcsr`,
 //!   `fnstcw`, `ldmxcsr`, `fldcw`; aarch64: `mrs`/`str`, `ldr`/`msr fpcr`;
-//!   riscv64: `frrm`/`sd`, `ld`/`fsrm`);
+//!   riscv64: `frrm`/`sd`, `ld`/`fsrm`; armv7: `vmrs`/`str`, `ldr`/`vmsr
+//!   fpscr`);
 //! - on x86_64, `fp_control/save_load_mxcsr_only` and `.._x87_only`: the
 //!   two halves of `save_load` apart;
 //! - `round_trip/plain`: a stackful round trip (two switches), for scale;
@@ -220,6 +221,51 @@ mod imp {
     }
 
     /// frm is the whole state: no parts to measure apart.
+    pub const PARTS: &[super::Part] = &[];
+}
+
+#[cfg(target_arch = "arm")]
+mod imp {
+    use super::Slots;
+    use core::arch::asm;
+
+    /// Saves FPSCR into `slots.ours`: its control bits (rounding mode,
+    /// flush-to-zero, default NaN, the trap enables) are what a switch
+    /// would keep per context; one word holds them with the flags.
+    #[inline(always)]
+    pub fn save(slots: &mut Slots) {
+        // SAFETY: stores 4 bytes into `slots.ours`, which has 16.
+        unsafe {
+            asm!(
+                "vmrs {t}, fpscr",
+                "str {t}, [{p}]",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                t = out(reg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Saves ours, then loads theirs: what one switch would add.
+    #[inline(always)]
+    pub fn save_load(slots: &mut Slots) {
+        // SAFETY: `ours` and `theirs` are 16 bytes each and adjacent
+        // (repr(C)); `theirs` holds a valid FPSCR, read from this thread by
+        // `Slots::current`.
+        unsafe {
+            asm!(
+                "vmrs {t}, fpscr",
+                "str {t}, [{p}]",
+                "ldr {t}, [{p}, #16]",
+                "vmsr fpscr, {t}",
+                p = in(reg) slots.ours.as_mut_ptr(),
+                t = out(reg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// FPSCR is the whole state: no parts to measure apart.
     pub const PARTS: &[super::Part] = &[];
 }
 

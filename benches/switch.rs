@@ -44,6 +44,8 @@ fn round_trip(c: &mut Criterion) {
         });
     }
 
+    // corosensei is not built on arm (see Cargo.toml).
+    #[cfg(not(target_arch = "arm"))]
     {
         use corosensei::{Coroutine, CoroutineResult};
         let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
@@ -122,6 +124,7 @@ fn stackful_once<S: stackful::Stack + 'static>(stack: S) -> S {
 }
 
 /// corosensei: the same life as [`stackful_once`].
+#[cfg(not(target_arch = "arm"))]
 fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
     use corosensei::{Coroutine, CoroutineResult};
     let mut co = Coroutine::<u64, u64, u64, S>::with_stack(stack, |y, x| y.suspend(x) + 1);
@@ -183,6 +186,7 @@ fn lifecycle_fresh(c: &mut Criterion) {
         })
     });
 
+    #[cfg(not(target_arch = "arm"))]
     g.bench_function("corosensei", |b| {
         b.iter(|| {
             let stack = corosensei::stack::DefaultStack::new(STACK_SIZE).unwrap();
@@ -239,10 +243,13 @@ fn lifecycle_pooled(c: &mut Criterion) {
 
     // corosensei: one DefaultStack, handed in with `with_stack` and taken
     // back with `into_stack`.
-    let mut stack = Some(corosensei::stack::DefaultStack::new(STACK_SIZE).unwrap());
-    g.bench_function("corosensei", |b| {
-        b.iter(|| stack = Some(corosensei_once(stack.take().unwrap())))
-    });
+    #[cfg(not(target_arch = "arm"))]
+    {
+        let mut stack = Some(corosensei::stack::DefaultStack::new(STACK_SIZE).unwrap());
+        g.bench_function("corosensei", |b| {
+            b.iter(|| stack = Some(corosensei_once(stack.take().unwrap())))
+        });
+    }
 
     // context: one ProtectedFixedSizeStack, reused by every context.
     #[cfg(not(target_arch = "riscv64"))]

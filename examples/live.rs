@@ -67,8 +67,11 @@ impl Live for stackful::Coroutine<(), (), ()> {
     }
 }
 
+// corosensei is not built on arm (see Cargo.toml).
+#[cfg(not(target_arch = "arm"))]
 type Corosensei = corosensei::Coroutine<(), (), (), corosensei::stack::DefaultStack>;
 
+#[cfg(not(target_arch = "arm"))]
 impl Live for Corosensei {
     const NAME: &'static str = "corosensei";
 
@@ -107,10 +110,15 @@ fn main() -> ExitCode {
     let count = numbers.first().copied().unwrap_or(100_000);
     let stack_kib = numbers.get(1).copied().unwrap_or(64);
     if corosensei {
-        run::<Corosensei>(count, stack_kib)
-    } else {
-        run::<stackful::Coroutine<(), (), ()>>(count, stack_kib)
+        #[cfg(not(target_arch = "arm"))]
+        return run::<Corosensei>(count, stack_kib);
+        #[cfg(target_arch = "arm")]
+        {
+            eprintln!("live: corosensei is not built on arm (see Cargo.toml)");
+            return ExitCode::FAILURE;
+        }
     }
+    run::<stackful::Coroutine<(), (), ()>>(count, stack_kib)
 }
 
 fn run<C: Live>(count: usize, stack_kib: usize) -> ExitCode {

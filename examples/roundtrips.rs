@@ -58,8 +58,10 @@ fn main() -> ExitCode {
     };
     let elapsed = match name {
         "stackful" => stackful(n),
+        #[cfg(not(target_arch = "arm"))]
         "corosensei" => corosensei(n),
         "stackful-deep" => stackful_deep(n),
+        #[cfg(not(target_arch = "arm"))]
         "corosensei-deep" => corosensei_deep(n),
         #[cfg(not(target_arch = "riscv64"))]
         "context" => context(n),
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         "greenlet" => greenlet(n),
         "stackful-life" => stackful_life(n),
         "stackful-life-reuse" => stackful_life_reuse(n),
+        #[cfg(not(target_arch = "arm"))]
         "corosensei-life" => corosensei_life(n),
         #[cfg(not(target_arch = "riscv64"))]
         "context-life" => context_life(n),
@@ -111,6 +114,8 @@ macro_rules! round_trips {
 }
 
 round_trips!(stackful, stackful);
+// corosensei is not built on arm (see Cargo.toml).
+#[cfg(not(target_arch = "arm"))]
 round_trips!(corosensei, corosensei);
 
 /// A chain of `DEPTH` calls that the compiler may not inline, with `f` at
@@ -153,6 +158,7 @@ macro_rules! deep_round_trips {
 }
 
 deep_round_trips!(stackful_deep, stackful);
+#[cfg(not(target_arch = "arm"))]
 deep_round_trips!(corosensei_deep, corosensei);
 
 /// context (boost.context: no riscv64 port, see Cargo.toml).
@@ -258,6 +264,7 @@ reuse_life!(
     stackful,
     stackful::DefaultStack
 );
+#[cfg(not(target_arch = "arm"))]
 reuse_life!(
     /// corosensei: the same.
     corosensei_life,

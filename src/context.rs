@@ -43,7 +43,8 @@ pub(crate) const COPIES: usize = 3;
 
 /// Moves `f` to the top of `stack` and lays out below it a first frame
 /// that will call `entry` with the closure's address; returns that address
-/// (16-aligned, the top of the frames) and the new context's sp.
+/// (aligned to `arch::STACK_ALIGNMENT` at least: 16, or 8 on armv7; the
+/// top of the frames) and the new context's sp.
 ///
 /// What the new context takes of the stack before the body's own frames:
 /// the closure at the top, the first frame, [`COPIES`] copies of the
@@ -88,8 +89,8 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
     // stack alone; `closure` lies inside it, aligned for F, with
     // size_of::<F>() bytes up to `top` (checked above).
     unsafe { ptr.write(f) };
-    // SAFETY: `closure` is 16-aligned and the INIT_FRAME_SIZE bytes below
-    // it are inside the stack (checked above).
+    // SAFETY: `closure` is STACK_ALIGNMENT-aligned and the INIT_FRAME_SIZE
+    // bytes below it are inside the stack (checked above).
     let sp = unsafe { init(closure, entry, closure) };
     (closure, sp)
 }
@@ -111,7 +112,7 @@ fn closure_too_large(stack: usize, closure: usize) -> ! {
 /// data)` on the first switch into it; returns the new context's sp.
 ///
 /// # Safety
-/// As `arch::init_stack`: `top` is 16-aligned and the
+/// As `arch::init_stack`: `top` is `arch::STACK_ALIGNMENT`-aligned and the
 /// `arch::INIT_FRAME_SIZE` bytes below it are writable memory of a stack
 /// that nothing else uses.
 #[inline(always)]

@@ -120,7 +120,9 @@ impl TrapHandlerRegs {
     /// interrupted thread goes on with them when the handler returns. On
     /// x86_64: rip, rsp, rdi and rsi; on aarch64: pc, sp, x0, x1 and x30
     /// (0, which ends backtraces); on i686: eip and esp (the arguments are
-    /// on the stack already); on riscv64: pc, sp, a0, a1 and ra (0).
+    /// on the stack already); on riscv64: pc, sp, a0, a1 and ra (0); on
+    /// armv7: pc, sp, r0, r1, lr (0) and CPSR's Thumb bit (from bit 0 of
+    /// the entry's address).
     ///
     /// # Safety
     /// `ucontext` is the third argument of the running `SA_SIGINFO` handler,

@@ -659,11 +659,15 @@ fn check_remaining_here() {
     deeper(a);
 }
 
-/// A SliceStack of `n` bytes (a Box on the heap: freed and reused often).
+/// A SliceStack of at least `n` usable bytes (a Box on the heap: freed and
+/// reused often). The box has 16 bytes more: the stack's ends are rounded
+/// to 16, and malloc aligns to 8 only on some targets (32-bit ARM's glibc),
+/// which would leave `n - 8` usable, below `MIN_STACK_SIZE` for the
+/// smallest `n`.
 fn slice_stack(n: usize) -> SliceStack {
     // SAFETY: the bodies run on these are shallow (a few KiB), within the
     // contract of `SliceStack::new`.
-    unsafe { SliceStack::new(vec![0u8; n].into_boxed_slice()) }
+    unsafe { SliceStack::new(vec![0u8; n + 16].into_boxed_slice()) }
 }
 
 /// `remaining_stack` measured against the stack's own limit.

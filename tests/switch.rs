@@ -224,6 +224,74 @@ fn call_with_patterns(seed: u64, f: extern "C" fn(*mut ()), arg: *mut ()) -> u64
             clobber_abi("C"),
         );
     }
+    // SAFETY: as above: r4 to r11, lr and d8 to d15 are pushed (100
+    // bytes, and the seed's 4 keep sp 8-aligned for the call, as AAPCS
+    // requires) and popped before the block ends. r6 and r11 (which LLVM
+    // reserves, so they cannot be operands) are saved and restored by the
+    // block like the others.
+    #[cfg(target_arch = "arm")]
+    unsafe {
+        // 32-bit registers: a pattern from both halves of the seed.
+        let seed32 = (seed ^ (seed >> 32)) as u32;
+        let mask32: u32;
+        std::arch::asm!(
+            // Save the callee-saved registers we are about to overwrite,
+            // lr (the call below writes it), and the seed.
+            "push {{r4-r11, lr}}",
+            "vpush {{d8-d15}}",
+            "push {{r1}}",
+            // Load the pattern: seed + 1 .. seed + 8 into r4..r11, and
+            // into d8..d15 the 64 bits (seed + 9 .. seed + 16) in the low
+            // word and its complement in the high word.
+            "add r4, r1, #1", "add r5, r1, #2", "add r6, r1, #3", "add r7, r1, #4",
+            "add r8, r1, #5", "add r9, r1, #6", "add r10, r1, #7", "add r11, r1, #8",
+            "add r3, r1, #9", "mvn r12, r3", "vmov d8, r3, r12",
+            "add r3, r1, #10", "mvn r12, r3", "vmov d9, r3, r12",
+            "add r3, r1, #11", "mvn r12, r3", "vmov d10, r3, r12",
+            "add r3, r1, #12", "mvn r12, r3", "vmov d11, r3, r12",
+            "add r3, r1, #13", "mvn r12, r3", "vmov d12, r3, r12",
+            "add r3, r1, #14", "mvn r12, r3", "vmov d13, r3, r12",
+            "add r3, r1, #15", "mvn r12, r3", "vmov d14, r3, r12",
+            "add r3, r1, #16", "mvn r12, r3", "vmov d15, r3, r12",
+            "blx r2",
+            "pop {{r1}}",
+            // Compare, setting bit i when register i lost its pattern:
+            // r4..r11 are bits 0 to 7, d8..d15 bits 8 to 15 (either half).
+            "mov r2, #0",
+            "add r3, r1, #1", "cmp r4, r3", "orrne r2, r2, #1",
+            "add r3, r1, #2", "cmp r5, r3", "orrne r2, r2, #2",
+            "add r3, r1, #3", "cmp r6, r3", "orrne r2, r2, #4",
+            "add r3, r1, #4", "cmp r7, r3", "orrne r2, r2, #8",
+            "add r3, r1, #5", "cmp r8, r3", "orrne r2, r2, #16",
+            "add r3, r1, #6", "cmp r9, r3", "orrne r2, r2, #32",
+            "add r3, r1, #7", "cmp r10, r3", "orrne r2, r2, #64",
+            "add r3, r1, #8", "cmp r11, r3", "orrne r2, r2, #128",
+            "vmov r3, r12, d8", "sub r3, r3, r1", "cmp r3, #9", "orrne r2, r2, #0x100",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #9", "orrne r2, r2, #0x100",
+            "vmov r3, r12, d9", "sub r3, r3, r1", "cmp r3, #10", "orrne r2, r2, #0x200",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #10", "orrne r2, r2, #0x200",
+            "vmov r3, r12, d10", "sub r3, r3, r1", "cmp r3, #11", "orrne r2, r2, #0x400",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #11", "orrne r2, r2, #0x400",
+            "vmov r3, r12, d11", "sub r3, r3, r1", "cmp r3, #12", "orrne r2, r2, #0x800",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #12", "orrne r2, r2, #0x800",
+            "vmov r3, r12, d12", "sub r3, r3, r1", "cmp r3, #13", "orrne r2, r2, #0x1000",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #13", "orrne r2, r2, #0x1000",
+            "vmov r3, r12, d13", "sub r3, r3, r1", "cmp r3, #14", "orrne r2, r2, #0x2000",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #14", "orrne r2, r2, #0x2000",
+            "vmov r3, r12, d14", "sub r3, r3, r1", "cmp r3, #15", "orrne r2, r2, #0x4000",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #15", "orrne r2, r2, #0x4000",
+            "vmov r3, r12, d15", "sub r3, r3, r1", "cmp r3, #16", "orrne r2, r2, #0x8000",
+            "mvn r12, r12", "sub r12, r12, r1", "cmp r12, #16", "orrne r2, r2, #0x8000",
+            // Restore what we saved.
+            "vpop {{d8-d15}}",
+            "pop {{r4-r11, lr}}",
+            inout("r1") seed32 => _,
+            inout("r2") f => mask32,
+            in("r0") arg,
+            clobber_abi("C"),
+        );
+        mask = u64::from(mask32);
+    }
     mask
 }
 

@@ -157,6 +157,41 @@ fn a_read_of_a_protected_page_comes_back_as_a_return() {
     );
 }
 
+fn protected_read_in_libc_comes_back_as_a_return() {
+    // SAFETY: a fresh PROT_NONE page, never unmapped (the child ends).
+    let page = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let page = page as usize;
+    let mut co = Coroutine::new(move |_: &Yielder<(), ()>, ()| {
+        // SAFETY: none: this read faults, inside the C library, which is
+        // the point.
+        unsafe { libc::strnlen(black_box(page) as *const libc::c_char, 4096) as u32 }
+    });
+    TRAP.set(Some(co.trap_handler()));
+    assert_eq!(co.resume(()).as_return(), Some(42));
+}
+
+/// The fault stops foreign code, not Rust's: on armv7, Debian's armhf
+/// glibc compiles its C functions (`strnlen` among them) to Thumb code,
+/// while the recovery's entry is ARM code, so the recovery must switch the
+/// instruction set (CPSR's T bit), which `write_to` does.
+#[test]
+#[cfg_attr(feature = "asan", ignore = "ASan takes SIGSEGV itself")]
+fn a_fault_inside_the_c_library_comes_back_as_a_return() {
+    in_child(
+        "a_fault_inside_the_c_library_comes_back_as_a_return",
+        protected_read_in_libc_comes_back_as_a_return,
+    );
+}
+
 fn panic_in_f_reaches_the_resumer() {
     PANIC_IN_F.set(true);
     let mut co = Coroutine::with_stack(
