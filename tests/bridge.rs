@@ -386,8 +386,11 @@ impl Wake for Unpark {
 #[test]
 fn a_hand_written_poll_loop_drives_it() {
     let (tx, rx) = futures::channel::oneshot::channel::<&str>();
+    // The feeder sends once the first poll has come back Pending (not after
+    // a sleep, which a loaded machine under emulation may outlast).
+    let (polled, first_poll_done) = std::sync::mpsc::channel::<()>();
     let feeder = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(10));
+        first_poll_done.recv().unwrap();
         tx.send("fed").unwrap();
     });
     let task = AsyncCoroutine::new(move |y| format!("{} then {}", y.block_on(rx).unwrap(), 1));
@@ -399,7 +402,12 @@ fn a_hand_written_poll_loop_drives_it() {
         polls += 1;
         match task.as_mut().poll(&mut cx) {
             Poll::Ready(out) => break out,
-            Poll::Pending => thread::park(),
+            Poll::Pending => {
+                if polls == 1 {
+                    polled.send(()).unwrap();
+                }
+                thread::park()
+            }
         }
     };
     assert_eq!(out, "fed then 1");
