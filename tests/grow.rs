@@ -105,9 +105,12 @@ fn remaining_stack_on_a_spawned_thread_matches_its_size() {
         .unwrap()
         .expect("a spawned thread's stack is known");
     // std rounds the size up to pages and may add its own TLS; the thread
-    // has used a little of it.
+    // has used a little of it. glibc may hand the thread a cached stack of
+    // a thread that ended (the test harness's, 2 MiB), as long as it is at
+    // most four times the size asked for (nptl's get_cached_stack): seen
+    // under qemu-aarch64 with 2,091,031 bytes left.
     assert!(
-        remaining < size + 64 * 1024 && remaining > size - 64 * 1024,
+        remaining < 4 * size && remaining > size - 64 * 1024,
         "{remaining}"
     );
 }
