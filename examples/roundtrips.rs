@@ -61,14 +61,14 @@ fn main() -> ExitCode {
         "corosensei" => corosensei(n),
         "stackful-deep" => stackful_deep(n),
         "corosensei-deep" => corosensei_deep(n),
-        #[cfg(not(target_arch = "riscv64"))]
+        #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
         "context" => context(n),
         "generator" => generator(n),
         "greenlet" => greenlet(n),
         "stackful-life" => stackful_life(n),
         "stackful-life-reuse" => stackful_life_reuse(n),
         "corosensei-life" => corosensei_life(n),
-        #[cfg(not(target_arch = "riscv64"))]
+        #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
         "context-life" => context_life(n),
         "generator-life" => generator_life(n),
         _ => return usage(&format!("unknown workload {name:?}")),
@@ -155,8 +155,8 @@ macro_rules! deep_round_trips {
 deep_round_trips!(stackful_deep, stackful);
 deep_round_trips!(corosensei_deep, corosensei);
 
-/// context (boost.context: no riscv64 port, see Cargo.toml).
-#[cfg(not(target_arch = "riscv64"))]
+/// context (boost.context: not on riscv64 or powerpc64le, see Cargo.toml).
+#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
 #[inline(never)]
 fn context(n: u64) -> Duration {
     use context::stack::ProtectedFixedSizeStack;
@@ -267,7 +267,7 @@ reuse_life!(
 
 /// context: one whole life on one reused stack. A boost.context function
 /// never returns: it ends by switching back for the last time.
-#[cfg(not(target_arch = "riscv64"))]
+#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
 #[inline(never)]
 fn context_life(n: u64) -> Duration {
     use context::stack::ProtectedFixedSizeStack;
