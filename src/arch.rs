@@ -43,8 +43,11 @@ cfg_if::cfg_if! {
     } else if #[cfg(target_arch = "riscv64")] {
         #[path = "../arch/riscv64.rs"]
         mod imp;
+    } else if #[cfg(all(target_arch = "powerpc64", target_endian = "little"))] {
+        #[path = "../arch/powerpc64.rs"]
+        mod imp;
     } else {
-        compile_error!("stackful supports x86_64, aarch64, i686 and riscv64 (Linux) only; see build.rs");
+        compile_error!("stackful supports x86_64, aarch64, i686, riscv64 and powerpc64le (Linux) only; see build.rs");
     }
 }
 

@@ -120,7 +120,9 @@ impl TrapHandlerRegs {
     /// interrupted thread goes on with them when the handler returns. On
     /// x86_64: rip, rsp, rdi and rsi; on aarch64: pc, sp, x0, x1 and x30
     /// (0, which ends backtraces); on i686: eip and esp (the arguments are
-    /// on the stack already); on riscv64: pc, sp, a0, a1 and ra (0).
+    /// on the stack already); on riscv64: pc, sp, a0, a1 and ra (0); on
+    /// powerpc64le: NIP, r1, r3, r4, r12 (the entry's address, from which
+    /// its global entry point derives its TOC pointer) and LR (0).
     ///
     /// # Safety
     /// `ucontext` is the third argument of the running `SA_SIGINFO` handler,
