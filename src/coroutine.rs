@@ -368,7 +368,8 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// Of the stack, the coroutine takes four times the closure's size
     /// (the closure, and room for three copies of it when the body starts,
     /// each padded to the closure's alignment) and 12 KiB before the body's
-    /// own frames (for the first frames and a forced unwind). On a stack of
+    /// own frames (for the first frames and a forced unwind; 15.5 KiB on
+    /// powerpc64le, whose unwinder takes more). On a stack of
     /// [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) a closure of up to
     /// an eighth of it fits.
     ///
