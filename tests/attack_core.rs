@@ -876,7 +876,9 @@ fn holds_panics_crossing_on_stack_inside_coroutines_keep_their_payload() {
     let mut co = Coroutine::<(), (), ()>::new(|y, ()| {
         let r = panic::catch_unwind(AssertUnwindSafe(|| {
             on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
-                on_stack(slice_stack(PANICKING_SLICE_STACK), || panic::panic_any(42u32))
+                on_stack(slice_stack(PANICKING_SLICE_STACK), || {
+                    panic::panic_any(42u32)
+                })
             })
         }));
         assert_eq!(*r.unwrap_err().downcast::<u32>().unwrap(), 42);
