@@ -20,17 +20,19 @@
 //! ELFv2 makes r14 to r31, f14 to f31, v20 to v31, vrsave and the fields
 //! cr2 to cr4 of the condition register nonvolatile (callee-saved), and r1
 //! (the stack pointer) and r2 (the TOC pointer) preserved across a call.
-//! LLVM reserves r29 (the base pointer), r30 and r31 (the frame pointer),
-//! and Rust's `asm!` refuses r2, r13, lr, ctr and vrsave as operands: an
-//! `asm!` block can neither name nor clobber them, so the switch stores
-//! r2, r29, r30 and r31 itself. Every other nonvolatile register is handed
-//! to the compiler through the clobber list of the `asm!` block
-//! (`clobber_abi("C")` plus r14 to r28, f14 to f31, v20 to v31 and cr2 to
-//! cr4), so the compiler saves only those that are live across the switch,
-//! once per function rather than once per switch. r13, the thread
-//! pointer, which must stay the running thread's, is never touched. vrsave
-//! is never touched either: ELFv2 code for Linux does not use it (LLVM and
-//! GCC emit no access to it), so there is nothing per context in it.
+//! Rust's `asm!` refuses r2 and r13 (reserved by the system), r29 and r30
+//! (used internally by LLVM: r29 as the base pointer) and r31 (the frame
+//! pointer) as operands, and lr, ctr and vrsave too (`clobber_abi` clobbers
+//! lr and ctr): an `asm!` block can neither name nor clobber r2, r29, r30
+//! or r31, so the switch stores them itself. Every other nonvolatile
+//! register is handed to the compiler through the clobber list of the
+//! `asm!` block (`clobber_abi("C")` plus r14 to r28, f14 to f31, v20 to v31
+//! and cr2 to cr4), so the compiler saves only those that are live across
+//! the switch, once per function rather than once per switch. r13, the
+//! thread pointer, which must stay the running thread's, is never touched.
+//! vrsave is never touched either: ELFv2 code for Linux does not use it
+//! (LLVM emits no access to it on this target), so it holds nothing per
+//! context.
 //!
 //! r2 is kept per context rather than assumed: ELFv2 lets a function
 //! that needs no TOC keep its caller's r2 (a function called through its
@@ -92,8 +94,9 @@
 //!
 //! # FPSCR and VSCR
 //!
-//! ELFv2 makes the rounding mode and the exception enables of FPSCR (and
-//! VSCR's non-Java bit) *limited-access*: a function may change them only
+//! ELFv2 makes the rounding modes and the exception enables of FPSCR (RN,
+//! DRN, NI and VE to XE; and VSCR's non-Java bit NJ) *limited-access*: a
+//! function may change them only
 //! if that is its purpose, and they are otherwise preserved across calls,
 //! as C11 treats the floating-point environment. A switch does not keep
 //! them per context, for the reason given for MXCSR in `x86_64.rs`: Rust

@@ -234,8 +234,10 @@ mod imp {
     /// POWER8, the target's baseline) into `slots.ours`. What a switch would
     /// keep per context is its control part: the exception enables (field
     /// 6: VE, OE, UE, ZE) and XE, NI and the rounding mode RN (field 7),
-    /// the fields ELFv2 makes limited-access; the status bits are the
-    /// thread's.
+    /// the fields ELFv2 makes limited-access with DRN, the decimal rounding
+    /// mode in the upper word, which a switch would keep too (one more
+    /// `mtfsf`, left out: no Rust code uses decimal floating point); the
+    /// status bits are the thread's.
     #[inline(always)]
     pub fn save(slots: &mut Slots) {
         // SAFETY: stores 8 bytes into `slots.ours`, which has 16; the base
