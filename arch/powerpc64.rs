@@ -51,13 +51,18 @@
 //! and moves onto it; the target runs on, with the word in r3 and the
 //! switcher's link in r5. No `bl`, `bctrl` or `blr`: the return-address
 //! predictor (the link stack) is left alone. The continuation's address is
-//! read with `bcl 20,31,$+4`, the form the Power ISA names (Book I,
+//! read with `bcl 20,31,$+4`, the form the Power ISA gives (Book I,
 //! Branch Instructions, programming note) for obtaining the address of
-//! the next instruction, which processors do not take for a call: power
-//! has no pc-relative addressing before ISA 3.1, and a TOC-relative
-//! address would depend on r2 being this module's TOC (see above). sp
-//! never points anywhere but at a live stack. 18 instructions a switch:
-//! 13 to leave, 5 to arrive.
+//! the next instruction among the uses that keep return-address
+//! prediction right: POWER cores recognise it and push nothing on the link
+//! stack. (POWER8 and POWER9 have no pc-relative addressing, which came
+//! with ISA 3.1, and a TOC-relative address would depend on r2 being this
+//! module's TOC: see above.) sp never points anywhere but at a live stack.
+//! The frame lies where ELFv2 puts the red zone (288 bytes below r1, which
+//! signal delivery skips), but the compiler keeps nothing there around the
+//! block: an `asm!` block without `nostack` counts as a call, and this one
+//! clobbers lr, so the function it is inlined into has a frame of its own.
+//! 18 instructions a switch: 13 to leave, 5 to arrive.
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks like resuming one that was suspended: its continuation is
@@ -96,12 +101,11 @@
 //!
 //! ELFv2 makes the rounding modes and the exception enables of FPSCR (RN,
 //! DRN, NI and VE to XE; and VSCR's non-Java bit NJ) *limited-access*: a
-//! function may change them only
-//! if that is its purpose, and they are otherwise preserved across calls,
-//! as C11 treats the floating-point environment. A switch does not keep
-//! them per context, for the reason given for MXCSR in `x86_64.rs`: Rust
-//! code cannot change them, and every switch would pay for it
-//! (`benches/fp_control.rs`).
+//! function may change them only if that is its purpose, and they are
+//! otherwise preserved across calls, as C11 treats the floating-point
+//! environment. A switch does not keep them per context, for the reason
+//! given for MXCSR in `x86_64.rs`: Rust code cannot change them, and every
+//! switch would pay for it (`benches/fp_control.rs`).
 //!
 //! # Rust 1.95
 //!
@@ -335,9 +339,11 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
             // Everything the ABI lets a call clobber (r0, r3 to r12, f0 to
             // f13, v0 to v19, cr0, cr1, cr5 to cr7, lr, ctr, xer) is
             // clobbered here; r6 is the switch's scratch. (rustc 1.96's list
-            // also names vs0 to vs31, whose second doublewords are volatile,
-            // and so covers f14 to f31 as well: tests/switch.rs did not miss
-            // a dropped f23 above. They are named for the ABI's sake.)
+            // also clobbers vs0 to vs31, the VSX registers whose second
+            // doublewords are volatile, and so f14 to f31, their first
+            // doublewords, already: tests/switch.rs still passed with f23
+            // left out above. They are named for the ABI's sake, and for a
+            // compiler whose list does not.)
             clobber_abi("C"),
         );
     }
