@@ -862,8 +862,11 @@ impl<Input, Yield> Yielder<Input, Yield> {
 /// suspended sp: more than the 128-byte red zone of x86_64's ABI (the
 /// compiler keeps nothing there across a switch, which is an `asm!` block
 /// that may push, but the margin costs nothing).
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(target_arch = "powerpc64")))]
 const PARENT_GAP: usize = 256;
+/// As above: more than ELFv2's red zone, 288 bytes.
+#[cfg(all(feature = "std", target_arch = "powerpc64"))]
+const PARENT_GAP: usize = 512;
 
 impl<Input, Yield> fmt::Debug for Yielder<Input, Yield> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
