@@ -10,6 +10,9 @@ const SUPPORTED: &[(&str, &str, &str)] = &[
     ("x86", "linux", "tested under QEMU (qemu-i386)"),
     ("riscv64", "linux", "tested under QEMU (qemu-riscv64)"),
     ("arm", "linux", "tested under QEMU (qemu-arm)"),
+    // ELFv2 little-endian only: big-endian powerpc64 (ELFv1, function
+    // descriptors) has no switch here.
+    ("powerpc64", "linux", "tested under QEMU (qemu-ppc64le)"),
 ];
 
 /// The first part of the target triple for an architecture (`target_arch`
@@ -19,6 +22,7 @@ fn triple_arch(arch: &str) -> &str {
         "riscv64" => "riscv64gc",
         "x86" => "i686",
         "arm" => "armv7",
+        "powerpc64" => "powerpc64le",
         other => other,
     }
 }
@@ -37,6 +41,14 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let endian = env::var("CARGO_CFG_TARGET_ENDIAN").unwrap_or_default();
+    // powerpc64 is supported little-endian only (the ELFv2 ABI); the
+    // others exist in one byte order.
+    let arch = if arch == "powerpc64" && endian != "little" {
+        format!("{arch} ({endian}-endian)")
+    } else {
+        arch
+    };
     if !SUPPORTED.iter().any(|&(a, o, _)| a == arch && o == os) {
         let list: Vec<String> = SUPPORTED
             .iter()

@@ -1,7 +1,8 @@
 //! What keeping the floating-point control state per context would cost.
 //!
 //! stackful's switch does not save MXCSR and the x87 control word (x86_64),
-//! FPCR (aarch64), fcsr's rounding mode (riscv64) or FPSCR (armv7); see the
+//! FPCR (aarch64), fcsr's rounding mode (riscv64), FPSCR (armv7) or FPSCR's
+//! control fields (powerpc64le); see the
 //! top comment of `arch/x86_64.rs`. A switch that kept them would add, per
 //! switch: save ours, load theirs. This bench measures, in one run
 //! (`cargo bench --bench fp_control`):
@@ -11,7 +12,7 @@
 //! - `fp_control/save_load`: what one switch would add (x86_64: `stmxcsr`,
 //!   `fnstcw`, `ldmxcsr`, `fldcw`; aarch64: `mrs`/`str`, `ldr`/`msr fpcr`;
 //!   riscv64: `frrm`/`sd`, `ld`/`fsrm`; armv7: `vmrs`/`str`, `ldr`/`vmsr
-//!   fpscr`);
+//!   fpscr`; powerpc64le: `mffs`/`stfd`, `lfd`/`mtfsf`);
 //! - on x86_64, `fp_control/save_load_mxcsr_only` and `.._x87_only`: the
 //!   two halves of `save_load` apart;
 //! - `round_trip/plain`: a stackful round trip (two switches), for scale;
@@ -266,6 +267,59 @@ mod imp {
     }
 
     /// FPSCR is the whole state: no parts to measure apart.
+    pub const PARTS: &[super::Part] = &[];
+}
+
+#[cfg(target_arch = "powerpc64")]
+mod imp {
+    use super::Slots;
+    use core::arch::asm;
+
+    /// Saves FPSCR (through an FPR: `mffs` is the only way to read it on
+    /// POWER8, the target's baseline) into `slots.ours`. What a switch would
+    /// keep per context is its control part: the exception enables (field
+    /// 6: VE, OE, UE, ZE) and XE, NI and the rounding mode RN (field 7),
+    /// the fields ELFv2 makes limited-access with DRN, the decimal rounding
+    /// mode in the upper word, which a switch would keep too (one more
+    /// `mtfsf`, left out: no Rust code uses decimal floating point); the
+    /// status bits are the thread's.
+    #[inline(always)]
+    pub fn save(slots: &mut Slots) {
+        // SAFETY: stores 8 bytes into `slots.ours`, which has 16; the base
+        // register is never r0 (which a D-form address reads as 0).
+        unsafe {
+            asm!(
+                "mffs {f}",
+                "stfd {f}, 0({p})",
+                p = in(reg_nonzero) slots.ours.as_mut_ptr(),
+                f = out(freg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Saves ours, then loads theirs: what one switch would add
+    /// (`mtfsf 0x03` writes fields 6 and 7 only).
+    #[inline(always)]
+    pub fn save_load(slots: &mut Slots) {
+        // SAFETY: `ours` and `theirs` are 16 bytes each and adjacent
+        // (repr(C)); `theirs` holds a valid FPSCR, read from this thread by
+        // `Slots::current`, and only its control fields are written back.
+        unsafe {
+            asm!(
+                "mffs {f}",
+                "stfd {f}, 0({p})",
+                "lfd {f}, 16({p})",
+                "mtfsf 0x03, {f}",
+                p = in(reg_nonzero) slots.ours.as_mut_ptr(),
+                f = out(freg) _,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// FPSCR's control fields are the whole state: no parts to measure
+    /// apart.
     pub const PARTS: &[super::Part] = &[];
 }
 

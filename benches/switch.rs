@@ -61,8 +61,9 @@ fn round_trip(c: &mut Criterion) {
         });
     }
 
-    // boost.context has no riscv64 port (see Cargo.toml).
-    #[cfg(not(target_arch = "riscv64"))]
+    // boost.context has no riscv64 port, and its build script does not
+    // know powerpc64le (see Cargo.toml).
+    #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
     {
         use context::stack::ProtectedFixedSizeStack;
         use context::{Context, Transfer};
@@ -136,7 +137,7 @@ fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
 /// context: the same life as [`stackful_once`]. A boost.context function
 /// never returns: it "ends" by switching back for the last time, after
 /// which nothing resumes it and its stack may be freed or reused.
-#[cfg(not(target_arch = "riscv64"))]
+#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
 fn context_once(stack: &context::stack::Stack) {
     use context::{Context, Transfer};
     extern "C" fn once(t: Transfer) -> ! {
@@ -194,7 +195,7 @@ fn lifecycle_fresh(c: &mut Criterion) {
         })
     });
 
-    #[cfg(not(target_arch = "riscv64"))]
+    #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
     g.bench_function("context", |b| {
         b.iter(|| {
             let stack = context::stack::ProtectedFixedSizeStack::new(STACK_SIZE).unwrap();
@@ -252,7 +253,7 @@ fn lifecycle_pooled(c: &mut Criterion) {
     }
 
     // context: one ProtectedFixedSizeStack, reused by every context.
-    #[cfg(not(target_arch = "riscv64"))]
+    #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
     {
         let stack = context::stack::ProtectedFixedSizeStack::new(STACK_SIZE).unwrap();
         g.bench_function("context", |b| b.iter(|| context_once(&stack)));

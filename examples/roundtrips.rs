@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         "stackful-deep" => stackful_deep(n),
         #[cfg(not(target_arch = "arm"))]
         "corosensei-deep" => corosensei_deep(n),
-        #[cfg(not(target_arch = "riscv64"))]
+        #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
         "context" => context(n),
         "generator" => generator(n),
         "greenlet" => greenlet(n),
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         "stackful-life-reuse" => stackful_life_reuse(n),
         #[cfg(not(target_arch = "arm"))]
         "corosensei-life" => corosensei_life(n),
-        #[cfg(not(target_arch = "riscv64"))]
+        #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
         "context-life" => context_life(n),
         "generator-life" => generator_life(n),
         _ => return usage(&format!("unknown workload {name:?}")),
@@ -161,8 +161,8 @@ deep_round_trips!(stackful_deep, stackful);
 #[cfg(not(target_arch = "arm"))]
 deep_round_trips!(corosensei_deep, corosensei);
 
-/// context (boost.context: no riscv64 port, see Cargo.toml).
-#[cfg(not(target_arch = "riscv64"))]
+/// context (boost.context: not on riscv64 or powerpc64le, see Cargo.toml).
+#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
 #[inline(never)]
 fn context(n: u64) -> Duration {
     use context::stack::ProtectedFixedSizeStack;
@@ -274,7 +274,7 @@ reuse_life!(
 
 /// context: one whole life on one reused stack. A boost.context function
 /// never returns: it ends by switching back for the last time.
-#[cfg(not(target_arch = "riscv64"))]
+#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
 #[inline(never)]
 fn context_life(n: u64) -> Duration {
     use context::stack::ProtectedFixedSizeStack;

@@ -46,8 +46,13 @@ cfg_if::cfg_if! {
     } else if #[cfg(target_arch = "arm")] {
         #[path = "../arch/armv7.rs"]
         mod imp;
+    } else if #[cfg(all(target_arch = "powerpc64", target_endian = "little"))] {
+        #[path = "../arch/powerpc64.rs"]
+        mod imp;
     } else {
-        compile_error!("stackful supports x86_64, aarch64, i686, riscv64 and armv7 (Linux) only; see build.rs");
+        compile_error!(
+            "stackful supports x86_64, aarch64, i686, riscv64, armv7 and powerpc64le (Linux) only; see build.rs"
+        );
     }
 }
 

@@ -122,7 +122,9 @@ impl TrapHandlerRegs {
     /// (0, which ends backtraces); on i686: eip and esp (the arguments are
     /// on the stack already); on riscv64: pc, sp, a0, a1 and ra (0); on
     /// armv7: pc, sp, r0, r1, lr (0) and CPSR's Thumb bit (from bit 0 of
-    /// the entry's address).
+    /// the entry's address); on
+    /// powerpc64le: NIP, r1, r3, r4, r12 (the entry's address, from which
+    /// its global entry point derives its TOC pointer) and LR (0).
     ///
     /// # Safety
     /// `ucontext` is the third argument of the running `SA_SIGINFO` handler,

@@ -89,17 +89,20 @@ pub unsafe trait Stack {
 ///
 /// What it bounds: every stack of this size runs a coroutine whose closure
 /// is at most an eighth of it (a new coroutine takes four times its
-/// closure's size and 12 KiB before the body's own frames, see
+/// closure's size and 12 KiB (15.5 KiB on powerpc64le) before the body's
+/// own frames, see
 /// [`Coroutine::with_stack`](crate::Coroutine::with_stack)), and can
 /// unwind it when it is dropped (a forced unwind from a shallow body took
 /// up to 9 KiB on aarch64, which is why 16 KiB, the figure until 0.1, was
 /// too little). What the body itself uses comes on top,
 /// and a panic is a large part of it: measured on x86_64, the first panic
 /// of a process with the default panic hook took 23 KB of the stack it
-/// was raised on, a later one 11 KB, with a silent hook 3 KB. On a
+/// was raised on, a later one 11 KB, with a silent hook 3 KB (on
+/// powerpc64le, in a debug build under qemu-ppc64le: 51 KB, 34 KB and
+/// 14 KB). On a
 /// [`DefaultStack`] running past the bottom hits the guard pages (a message
 /// and an abort, as a thread's overflow does); a body that may panic wants
-/// 64 KiB or more.
+/// 64 KiB or more (128 KiB on powerpc64le).
 pub const MIN_STACK_SIZE: usize = 32 * 1024;
 
 /// The largest stack `DefaultStack::new` accepts: 128 GiB, a quarter of

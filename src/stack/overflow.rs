@@ -343,11 +343,14 @@ mod tests {
     /// checks that it died by `signal` (or, for `None`, exited successfully) within two minutes;
     /// returns its stderr. Where the binary cannot be executed directly (an aarch64 test binary
     /// under qemu-user without binfmt_misc: exec fails with ENOEXEC, or, from a static binary, the
-    /// child exits with 127), it runs under `qemu-<arch>` instead.
+    /// child exits with 127), it runs under qemu-user instead: `STACKFUL_RUNNER` (which
+    /// `.ci/cross` sets: qemu-user's name is not always the arch's, `qemu-ppc64le` for
+    /// powerpc64le), else `qemu-<arch>`.
     fn run_child(name: &str, signal: Option<c_int>) -> String {
         let exe = std::env::current_exe().unwrap();
         let test = format!("{}::{name}", module_path!().split_once("::").unwrap().1);
-        let qemu = format!("qemu-{}", std::env::consts::ARCH);
+        let qemu = std::env::var("STACKFUL_RUNNER")
+            .unwrap_or_else(|_| format!("qemu-{}", std::env::consts::ARCH));
         for runner in [None, Some(qemu.as_str())] {
             let mut command = Command::new(runner.map_or(exe.as_os_str(), OsStr::new));
             command.args(runner.map(|_| &exe)).arg(&test);
