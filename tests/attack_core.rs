@@ -334,13 +334,6 @@ child_test!(
     /// Debug build: the closure's own frame (a 4096-aligned ZST capture)
     /// steps over the guard of a MIN_STACK_SIZE stack: a bare SIGSEGV in
     /// the memory below the guard, no overflow report. (Release: fine.)
-    #[cfg_attr(
-        target_arch = "powerpc64",
-        ignore = "on powerpc64le the drop's forced unwind takes 14.8 KiB, and this body suspends \
-                  20 KiB below the top (the closure's frames, each realigned to a page): the \
-                  32 KiB stack runs out and the guard stops it (the overflow report with the \
-                  overflow-handler feature, a SIGSEGV at the guard without)"
-    )]
     holds_a_closure_capturing_a_page_aligned_zst_stops_at_the_guard,
     {
         let p = PageZst;
@@ -545,7 +538,7 @@ fn holds_pool_functions_called_from_forced_unwind_destructors() {
     for _ in 0..10 {
         let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
             let _c = Churn;
-            on_stack(DefaultStack::new(32 * 1024).unwrap(), || y.suspend(()));
+            on_stack(DefaultStack::new(MIN_STACK_SIZE).unwrap(), || y.suspend(()));
         });
         co.resume(());
         drop(co);
@@ -635,15 +628,15 @@ fn holds_generator_close_while_suspended_inside_on_stack_and_maybe_grow() {
         let _a = a;
         on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
             let _b = b;
-            maybe_grow(1 << 30, 32 * 1024, || {
+            maybe_grow(1 << 30, MIN_STACK_SIZE, || {
                 y.suspend(remaining_stack().unwrap());
             });
         });
     });
     let r = g.next().unwrap();
-    // Within the 32 KiB stack maybe_grow made, whose size is rounded up to
+    // Within the MIN_STACK_SIZE stack maybe_grow made, whose size is rounded up to
     // the page size (64 KiB on a kernel with 64 KiB pages).
-    let grown = DefaultStack::new(32 * 1024).unwrap();
+    let grown = DefaultStack::new(MIN_STACK_SIZE).unwrap();
     assert!(r < grown.top() - grown.limit());
     drop(grown);
     let stack = g.close();
@@ -716,7 +709,11 @@ fn holds_remaining_stack_after_stacks_suspended_freed_and_reused_out_of_order() 
         match rnd(6) {
             0 | 1 => {
                 let slice = rnd(2) == 0;
-                let size = [32 * 1024, 40 * 1024, 64 * 1024][rnd(3) as usize];
+                let size = [
+                    MIN_STACK_SIZE,
+                    MIN_STACK_SIZE + 8 * 1024,
+                    2 * MIN_STACK_SIZE,
+                ][rnd(3) as usize];
                 let mut co = Coroutine::new(move |y: &Yielder<(), ()>, ()| {
                     let run = |lim: usize| {
                         check_on(lim);
@@ -751,7 +748,7 @@ fn holds_remaining_stack_after_stacks_suspended_freed_and_reused_out_of_order() 
                 check_remaining_here();
             }
             _ => {
-                let s = slice_stack(32 * 1024 + 16 + 16 * rnd(64) as usize);
+                let s = slice_stack(MIN_STACK_SIZE + 16 + 16 * rnd(64) as usize);
                 let lim = s.limit();
                 on_stack(s, || check_on(lim));
                 check_remaining_here();
@@ -765,10 +762,10 @@ fn holds_remaining_stack_after_stacks_suspended_freed_and_reused_out_of_order() 
 
 /// Inside maybe_grow: wherever we are, the answer must not exceed what is
 /// left before the nearest lower guard/limit (checked loosely: the answer
-/// is at most the stack size).
+/// is at most the largest stack size the test uses).
 fn check_on_any() {
     if let Some(r) = remaining_stack() {
-        assert!(r <= 64 * 1024, "claims {r}");
+        assert!(r <= 2 * MIN_STACK_SIZE, "claims {r}");
     }
 }
 
@@ -781,7 +778,7 @@ fn holds_a_send_async_body_suspended_in_on_stack_that_moves_threads() {
         // integers, all Send; nothing thread-local.
         let mut task = unsafe {
             stackful::bridge::SendAsyncCoroutine::new(move |y| {
-                let s = slice_stack(32 * 1024 + 16);
+                let s = slice_stack(MIN_STACK_SIZE + 16);
                 let lim = s.limit();
                 on_stack(s, move || {
                     check_on(lim);
@@ -800,7 +797,7 @@ fn holds_a_send_async_body_suspended_in_on_stack_that_moves_threads() {
         .unwrap();
         assert!(!known_there);
         // Here: fresh slice stacks, likely at the freed one's address.
-        for size in [48 * 1024, 40 * 1024, 56 * 1024] {
+        for size in [16 * 1024, 8 * 1024, 24 * 1024].map(|k| MIN_STACK_SIZE + k) {
             let s = slice_stack(size);
             let lim = s.limit();
             on_stack(s, || check_on(lim));

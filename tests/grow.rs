@@ -289,7 +289,7 @@ fn slice_stacks_run_coroutines_and_report_no_guard() {
 fn a_static_slice_stack_runs_on_stack() {
     // Static memory rather than a leaked box: LeakSanitizer (CI's ASan
     // run) would report the leak.
-    static mut MEMORY: [u8; 48 * 1024] = [0; 48 * 1024];
+    static mut MEMORY: [u8; MIN_STACK_SIZE + 16 * 1024] = [0; MIN_STACK_SIZE + 16 * 1024];
     // SAFETY: this test is the only user of MEMORY, and takes it once.
     let memory: &'static mut [u8] = unsafe { &mut *std::ptr::addr_of_mut!(MEMORY) };
     // SAFETY: the closure needs a few hundred bytes.
@@ -326,7 +326,7 @@ fn marked(stack: &DefaultStack) -> bool {
 fn the_pool_keeps_as_many_stacks_as_its_capacity() {
     // A thread of its own: the pool is per thread.
     std::thread::spawn(|| {
-        let size = 48 * 1024;
+        let size = MIN_STACK_SIZE + 16 * 1024;
         assert_eq!(stack::set_pool_capacity(2), stack::POOL_CAPACITY);
         let stacks: Vec<_> = (0..4).map(|_| DefaultStack::new(size).unwrap()).collect();
         stacks.iter().for_each(mark);

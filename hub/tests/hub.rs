@@ -448,11 +448,11 @@ fn spawn_blocking_passes_a_panic_to_its_caller() {
 #[test]
 fn builder_settings_apply() {
     let v = hub::Builder::new()
-        .stack_size(32 * 1024)
+        .stack_size(stackful::stack::MIN_STACK_SIZE)
         .stack_cache(0)
         .blocking_threads(1)
         .run(|| {
-            // A 32 KiB stack still runs ordinary code.
+            // The smallest stack still runs ordinary code.
             let h = hub::spawn(|| format!("{:?}", vec![1, 2, 3]));
             let a = hub::spawn_blocking(|| 1);
             let b = hub::spawn_blocking(|| 2);

@@ -92,7 +92,8 @@ impl SliceStack {
     /// ```
     /// // 16 bytes more than MIN_STACK_SIZE: the ends are rounded to 16,
     /// // and malloc aligns to 8 only on some targets (32-bit ARM's glibc).
-    /// let memory: &'static mut [u8] = Box::leak(vec![0u8; 32 * 1024 + 16].into_boxed_slice());
+    /// let size = stackful::stack::MIN_STACK_SIZE + 16;
+    /// let memory: &'static mut [u8] = Box::leak(vec![0u8; size].into_boxed_slice());
     /// // SAFETY: `6 * 7` needs no more than a few bytes of stack.
     /// let stack = unsafe { stackful::SliceStack::from_static(memory) };
     /// assert_eq!(stackful::on_stack(stack, || 6 * 7), 42);
