@@ -41,6 +41,17 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    // The benchmark peers that build for this target, as cfgs for the
+    // benches and examples (`cfg(peer_corosensei)`, `cfg(peer_context)`):
+    // one place beside Cargo.toml's target-specific dev-dependencies, which
+    // say why each is left out where it is, and must match these.
+    println!("cargo::rustc-check-cfg=cfg(peer_corosensei, peer_context)");
+    if arch != "arm" {
+        println!("cargo::rustc-cfg=peer_corosensei");
+    }
+    if !matches!(arch.as_str(), "riscv64" | "powerpc64") {
+        println!("cargo::rustc-cfg=peer_context");
+    }
     let endian = env::var("CARGO_CFG_TARGET_ENDIAN").unwrap_or_default();
     // powerpc64 is supported little-endian only (the ELFv2 ABI); the
     // others exist in one byte order.

@@ -45,7 +45,7 @@ fn round_trip(c: &mut Criterion) {
     }
 
     // corosensei is not built on arm (see Cargo.toml).
-    #[cfg(not(target_arch = "arm"))]
+    #[cfg(peer_corosensei)]
     {
         use corosensei::{Coroutine, CoroutineResult};
         let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
@@ -63,7 +63,7 @@ fn round_trip(c: &mut Criterion) {
 
     // boost.context has no riscv64 port, and its build script does not
     // know powerpc64le (see Cargo.toml).
-    #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+    #[cfg(peer_context)]
     {
         use context::stack::ProtectedFixedSizeStack;
         use context::{Context, Transfer};
@@ -125,7 +125,7 @@ fn stackful_once<S: stackful::Stack + 'static>(stack: S) -> S {
 }
 
 /// corosensei: the same life as [`stackful_once`].
-#[cfg(not(target_arch = "arm"))]
+#[cfg(peer_corosensei)]
 fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
     use corosensei::{Coroutine, CoroutineResult};
     let mut co = Coroutine::<u64, u64, u64, S>::with_stack(stack, |y, x| y.suspend(x) + 1);
@@ -137,7 +137,7 @@ fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
 /// context: the same life as [`stackful_once`]. A boost.context function
 /// never returns: it "ends" by switching back for the last time, after
 /// which nothing resumes it and its stack may be freed or reused.
-#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+#[cfg(peer_context)]
 fn context_once(stack: &context::stack::Stack) {
     use context::{Context, Transfer};
     extern "C" fn once(t: Transfer) -> ! {
@@ -187,7 +187,7 @@ fn lifecycle_fresh(c: &mut Criterion) {
         })
     });
 
-    #[cfg(not(target_arch = "arm"))]
+    #[cfg(peer_corosensei)]
     g.bench_function("corosensei", |b| {
         b.iter(|| {
             let stack = corosensei::stack::DefaultStack::new(STACK_SIZE).unwrap();
@@ -195,7 +195,7 @@ fn lifecycle_fresh(c: &mut Criterion) {
         })
     });
 
-    #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+    #[cfg(peer_context)]
     g.bench_function("context", |b| {
         b.iter(|| {
             let stack = context::stack::ProtectedFixedSizeStack::new(STACK_SIZE).unwrap();
@@ -244,7 +244,7 @@ fn lifecycle_pooled(c: &mut Criterion) {
 
     // corosensei: one DefaultStack, handed in with `with_stack` and taken
     // back with `into_stack`.
-    #[cfg(not(target_arch = "arm"))]
+    #[cfg(peer_corosensei)]
     {
         let mut stack = Some(corosensei::stack::DefaultStack::new(STACK_SIZE).unwrap());
         g.bench_function("corosensei", |b| {
@@ -253,7 +253,7 @@ fn lifecycle_pooled(c: &mut Criterion) {
     }
 
     // context: one ProtectedFixedSizeStack, reused by every context.
-    #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+    #[cfg(peer_context)]
     {
         let stack = context::stack::ProtectedFixedSizeStack::new(STACK_SIZE).unwrap();
         g.bench_function("context", |b| b.iter(|| context_once(&stack)));

@@ -68,10 +68,10 @@ impl Live for stackful::Coroutine<(), (), ()> {
 }
 
 // corosensei is not built on arm (see Cargo.toml).
-#[cfg(not(target_arch = "arm"))]
+#[cfg(peer_corosensei)]
 type Corosensei = corosensei::Coroutine<(), (), (), corosensei::stack::DefaultStack>;
 
-#[cfg(not(target_arch = "arm"))]
+#[cfg(peer_corosensei)]
 impl Live for Corosensei {
     const NAME: &'static str = "corosensei";
 
@@ -110,9 +110,9 @@ fn main() -> ExitCode {
     let count = numbers.first().copied().unwrap_or(100_000);
     let stack_kib = numbers.get(1).copied().unwrap_or(64);
     if corosensei {
-        #[cfg(not(target_arch = "arm"))]
+        #[cfg(peer_corosensei)]
         return run::<Corosensei>(count, stack_kib);
-        #[cfg(target_arch = "arm")]
+        #[cfg(not(peer_corosensei))]
         {
             eprintln!("live: corosensei is not built on arm (see Cargo.toml)");
             return ExitCode::FAILURE;

@@ -58,20 +58,20 @@ fn main() -> ExitCode {
     };
     let elapsed = match name {
         "stackful" => stackful(n),
-        #[cfg(not(target_arch = "arm"))]
+        #[cfg(peer_corosensei)]
         "corosensei" => corosensei(n),
         "stackful-deep" => stackful_deep(n),
-        #[cfg(not(target_arch = "arm"))]
+        #[cfg(peer_corosensei)]
         "corosensei-deep" => corosensei_deep(n),
-        #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+        #[cfg(peer_context)]
         "context" => context(n),
         "generator" => generator(n),
         "greenlet" => greenlet(n),
         "stackful-life" => stackful_life(n),
         "stackful-life-reuse" => stackful_life_reuse(n),
-        #[cfg(not(target_arch = "arm"))]
+        #[cfg(peer_corosensei)]
         "corosensei-life" => corosensei_life(n),
-        #[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+        #[cfg(peer_context)]
         "context-life" => context_life(n),
         "generator-life" => generator_life(n),
         _ => return usage(&format!("unknown workload {name:?}")),
@@ -115,7 +115,7 @@ macro_rules! round_trips {
 
 round_trips!(stackful, stackful);
 // corosensei is not built on arm (see Cargo.toml).
-#[cfg(not(target_arch = "arm"))]
+#[cfg(peer_corosensei)]
 round_trips!(corosensei, corosensei);
 
 /// A chain of `DEPTH` calls that the compiler may not inline, with `f` at
@@ -158,11 +158,11 @@ macro_rules! deep_round_trips {
 }
 
 deep_round_trips!(stackful_deep, stackful);
-#[cfg(not(target_arch = "arm"))]
+#[cfg(peer_corosensei)]
 deep_round_trips!(corosensei_deep, corosensei);
 
 /// context (boost.context: not on riscv64 or powerpc64le, see Cargo.toml).
-#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+#[cfg(peer_context)]
 #[inline(never)]
 fn context(n: u64) -> Duration {
     use context::stack::ProtectedFixedSizeStack;
@@ -264,7 +264,7 @@ reuse_life!(
     stackful,
     stackful::DefaultStack
 );
-#[cfg(not(target_arch = "arm"))]
+#[cfg(peer_corosensei)]
 reuse_life!(
     /// corosensei: the same.
     corosensei_life,
@@ -274,7 +274,7 @@ reuse_life!(
 
 /// context: one whole life on one reused stack. A boost.context function
 /// never returns: it ends by switching back for the last time.
-#[cfg(not(any(target_arch = "riscv64", target_arch = "powerpc64")))]
+#[cfg(peer_context)]
 #[inline(never)]
 fn context_life(n: u64) -> Duration {
     use context::stack::ProtectedFixedSizeStack;
