@@ -125,6 +125,20 @@ pub const LINK_OFFSET: usize = 4;
 /// switch into the context, and that the layer above may use after it.
 pub const SPARE_OFFSET: usize = 8;
 
+/// The bytes below the stack pointer that the ABI lets a function use
+/// without moving it (its red zone): none: AAPCS on Linux has no red zone.
+#[cfg(feature = "std")]
+pub const RED_ZONE: usize = 0;
+
+/// The stack a new context reserves for its entry's frames and a forced
+/// unwind from a shallow body (`ENTRY_RESERVE` in `src/context.rs`): within
+/// it in tests/stack_use.rs under qemu-arm.
+pub const ENTRY_RESERVE: usize = 12 * 1024;
+
+/// The smallest stack the crate accepts (`stack::MIN_STACK_SIZE`, which
+/// documents what it bounds).
+pub const MIN_STACK_SIZE: usize = 32 * 1024;
+
 /// The instruction that puts the switch's continuation (label 2, a
 /// forward local label) into ip: `adr` in ARM code; in Thumb code `adr`
 /// and an `orr` of the Thumb bit, so that the branch to it stays in Thumb

@@ -129,6 +129,26 @@ pub const LINK_OFFSET: usize = 8;
 /// switch into the context, and that the layer above may use after it.
 pub const SPARE_OFFSET: usize = 16;
 
+/// The bytes below the stack pointer that the ABI lets a function use
+/// without moving it (its red zone): ELFv2's 288 bytes.
+#[cfg(feature = "std")]
+pub const RED_ZONE: usize = 288;
+
+/// The stack a new context reserves for its entry's frames and a forced
+/// unwind from a shallow body (`ENTRY_RESERVE` in `src/context.rs`): 14.8
+/// KiB (15,152 bytes) measured here in a debug build under qemu-ppc64le,
+/// 8.5 KiB in a release build: libgcc's unwinder keeps ELFv2's larger
+/// register file (32 GPRs, 32 FPRs, 32 vector registers) in every context
+/// it makes; 15.5 KiB is the most that still lets a closure of an eighth of
+/// `MIN_STACK_SIZE` fit.
+pub const ENTRY_RESERVE: usize = 15 * 1024 + 512;
+
+/// The smallest stack the crate accepts (`stack::MIN_STACK_SIZE`, which
+/// documents what it bounds): 64 KiB here, for the larger entry reserve and
+/// a panic's 34 to 51 KB; the page size of this architecture's usual
+/// kernels anyway.
+pub const MIN_STACK_SIZE: usize = 64 * 1024;
+
 /// A switch frame that is never resumed: switching to [`dead_sp`] comes
 /// straight back, with the word 0 and the caller's state intact.
 #[repr(C)]

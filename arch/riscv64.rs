@@ -101,6 +101,21 @@ pub const LINK_OFFSET: usize = 8;
 /// switch into the context, and that the layer above may use after it.
 pub const SPARE_OFFSET: usize = 16;
 
+/// The bytes below the stack pointer that the ABI lets a function use
+/// without moving it (its red zone): none: the RISC-V psABI on Linux has no
+/// red zone.
+#[cfg(feature = "std")]
+pub const RED_ZONE: usize = 0;
+
+/// The stack a new context reserves for its entry's frames and a forced
+/// unwind from a shallow body (`ENTRY_RESERVE` in `src/context.rs`): at
+/// most 8.5 KiB measured here.
+pub const ENTRY_RESERVE: usize = 12 * 1024;
+
+/// The smallest stack the crate accepts (`stack::MIN_STACK_SIZE`, which
+/// documents what it bounds).
+pub const MIN_STACK_SIZE: usize = 32 * 1024;
+
 /// A switch frame that is never resumed: switching to [`dead_sp`] comes
 /// straight back, with the word 0 and the caller's state intact.
 #[repr(C)]

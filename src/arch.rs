@@ -7,6 +7,11 @@
 //! - `INIT_FRAME_SIZE`: the bytes `init_stack` writes below a stack's top;
 //! - `LINK_OFFSET`: where, below the top, the link word lives that unwinders
 //!   follow from a coroutine into the code that resumed it;
+//! - `RED_ZONE`: the bytes below sp the ABI lets a function use unmoved;
+//! - `ENTRY_RESERVE`: the stack a new context reserves for its entry and a
+//!   forced unwind (measured per architecture: the unwinder's contexts
+//!   hold the register file);
+//! - `MIN_STACK_SIZE`: the smallest stack the crate accepts;
 //! - `unsafe fn init_stack(top, entry, data) -> sp`: lay out a new context;
 //! - `unsafe fn switch(arg, to, link) -> (arg, link of the switcher back)`:
 //!   the one symmetric switch, which reaches the target with an indirect
@@ -58,7 +63,8 @@ cfg_if::cfg_if! {
 
 pub(crate) use imp::prefetch;
 pub(crate) use imp::{
-    INIT_FRAME_SIZE, LINK_OFFSET, SPARE_OFFSET, STACK_ALIGNMENT, dead_sp, init_stack, switch,
+    ENTRY_RESERVE, INIT_FRAME_SIZE, LINK_OFFSET, MIN_STACK_SIZE, SPARE_OFFSET, STACK_ALIGNMENT,
+    dead_sp, init_stack, switch,
 };
 #[cfg(feature = "std")]
-pub(crate) use imp::{context_sp, trap_entry_sp, valgrind_request, write_trap_regs};
+pub(crate) use imp::{RED_ZONE, context_sp, trap_entry_sp, valgrind_request, write_trap_regs};

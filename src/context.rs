@@ -30,16 +30,10 @@ use crate::stack::Stack;
 /// [`place_closure`]): the entry's own frames and a forced unwind from a
 /// shallow body, the first unwind of a process, measured in debug builds by
 /// `tests/stack_use.rs`: at most 6.2 KiB on x86_64, 8.9 KiB on aarch64,
-/// 8.5 KiB on riscv64: 12 KiB. On powerpc64le, 14.8 KiB (15,152 bytes
-/// under qemu-ppc64le; 8.5 KiB in a release build): libgcc's unwinder
-/// keeps ELFv2's larger register file (32 GPRs, 32 FPRs, 32 vector
-/// registers) in every context it makes: 15.5 KiB there, the most that
-/// still lets a closure of an eighth of `MIN_STACK_SIZE` fit.
-#[cfg(not(target_arch = "powerpc64"))]
-pub(crate) const ENTRY_RESERVE: usize = 12 * 1024;
-/// See above: powerpc64le's unwinder takes more.
-#[cfg(target_arch = "powerpc64")]
-pub(crate) const ENTRY_RESERVE: usize = 15 * 1024 + 512;
+/// 8.5 KiB on riscv64: 12 KiB. On powerpc64le, 14.8 KiB, whose unwinder
+/// keeps a larger register file: 15.5 KiB there. Each file of `arch/`
+/// states its own.
+pub(crate) const ENTRY_RESERVE: usize = arch::ENTRY_RESERVE;
 
 /// The copies of a closure that may land on its new stack when the body
 /// starts: the entry moves it out of its place once, straight into the

@@ -859,14 +859,13 @@ impl<Input, Yield> Yielder<Input, Yield> {
 }
 
 /// What [`Yielder::on_parent_stack`] leaves free below the resumer's
-/// suspended sp: more than the 128-byte red zone of x86_64's ABI (the
-/// compiler keeps nothing there across a switch, which is an `asm!` block
-/// that may push, but the margin costs nothing).
-#[cfg(all(feature = "std", not(target_arch = "powerpc64")))]
-const PARENT_GAP: usize = 256;
-/// As above: more than ELFv2's red zone, 288 bytes.
-#[cfg(all(feature = "std", target_arch = "powerpc64"))]
-const PARENT_GAP: usize = 512;
+/// suspended sp: the ABI's red zone and at least 128 bytes more, in steps
+/// of 256 (256 bytes on x86_64, whose red zone is 128; 512 on
+/// powerpc64le, 288; 256 where there is none). The compiler keeps nothing
+/// there across a switch, which is an `asm!` block that may push, but the
+/// margin costs nothing.
+#[cfg(feature = "std")]
+const PARENT_GAP: usize = (arch::RED_ZONE + 128).next_multiple_of(256);
 
 impl<Input, Yield> fmt::Debug for Yielder<Input, Yield> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -105,14 +105,7 @@ pub unsafe trait Stack {
 /// [`DefaultStack`] running past the bottom hits the guard pages (a message
 /// and an abort, as a thread's overflow does); a body that may panic wants
 /// 64 KiB or more (128 KiB on powerpc64le).
-#[cfg(not(target_arch = "powerpc64"))]
-pub const MIN_STACK_SIZE: usize = 32 * 1024;
-
-/// The smallest stack that `DefaultStack::new`, `SliceStack` and the hub's
-/// `Builder::stack_size` accept: 64 KiB on powerpc64le (32 KiB elsewhere;
-/// see the other targets' docs of this constant for what it bounds).
-#[cfg(target_arch = "powerpc64")]
-pub const MIN_STACK_SIZE: usize = 64 * 1024;
+pub const MIN_STACK_SIZE: usize = crate::arch::MIN_STACK_SIZE;
 
 /// The largest stack `DefaultStack::new` accepts: 128 GiB, a quarter of
 /// the smallest address space Linux gives a process on aarch64 (39 bits).
