@@ -66,7 +66,7 @@ fn main() {
             .map(|&(a, o, how)| format!("{}-unknown-{o}-{} ({how})", triple_arch(a), triple_env(a)))
             .collect();
         panic!(
-            "stackful does not support the target {arch}-{os}: its context switch is written \
+            "corostack does not support the target {arch}-{os}: its context switch is written \
              by hand for each architecture, and exists only for: {}",
             list.join(", ")
         );

@@ -240,7 +240,7 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
             "push rbp",
             "push rbx",
             "push qword ptr [rip + 4f]",
-            ".pushsection .data.rel.ro.stackful_continuations,\"aw\",@progbits",
+            ".pushsection .data.rel.ro.corostack_continuations,\"aw\",@progbits",
             ".p2align 3",
             "4: .quad 2f",
             ".popsection",

@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stackful::bridge::AsyncCoroutine;
+use corostack::bridge::AsyncCoroutine;
 
 /// Pending on its first poll (waking its waker), ready on the second.
 struct PendingOnce(bool);

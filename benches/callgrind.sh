@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Repeatable cost of one iteration of a workload of examples/roundtrips.rs
-# (a round trip, resume + suspend back, for stackful and its peers; a
+# (a round trip, resume + suspend back, for corostack and its peers; a
 # greenlet ping-pong; a coroutine's whole life):
 #
 # - instructions: each workload runs under callgrind at N1 and N2
@@ -11,7 +11,7 @@
 #
 # Usage: benches/callgrind.sh [workload...]
 #   default: the round trips of all four crates and the greenlet ping-pong;
-#   `life`: the whole lives (stackful pooled and reused, and the peers').
+#   `life`: the whole lives (corostack pooled and reused, and the peers').
 # Environment: N1 (1000000), N2 (2000000), RUNS (5), TIMED (10000000),
 #              CPU (1), OUT (/tmp: where the callgrind files go); `life`
 #              divides the counts by 10. TARGET=i686-unknown-linux-gnu
@@ -28,9 +28,9 @@ TIMED=${TIMED:-10000000}
 CPU=${CPU:-1}
 OUT=${OUT:-/tmp}
 crates=("$@")
-[ ${#crates[@]} -gt 0 ] || crates=(stackful corosensei context generator greenlet)
+[ ${#crates[@]} -gt 0 ] || crates=(corostack corosensei context generator greenlet)
 if [ "${crates[*]}" = life ]; then
-    crates=(stackful-life stackful-life-reuse corosensei-life context-life generator-life)
+    crates=(corostack-life corostack-life-reuse corosensei-life context-life generator-life)
     N1=$((N1 / 10)) N2=$((N2 / 10)) TIMED=$((TIMED / 10))
 fi
 

@@ -1,6 +1,6 @@
 //! What keeping the floating-point control state per context would cost.
 //!
-//! stackful's switch does not save MXCSR and the x87 control word (x86_64),
+//! corostack's switch does not save MXCSR and the x87 control word (x86_64),
 //! FPCR (aarch64), fcsr's rounding mode (riscv64), FPSCR (armv7) or FPSCR's
 //! control fields (powerpc64le); see the
 //! top comment of `arch/x86_64.rs`. A switch that kept them would add, per
@@ -15,7 +15,7 @@
 //!   fpscr`; powerpc64le: `mffs`/`stfd`, `lfd`/`mtfsf`);
 //! - on x86_64, `fp_control/save_load_mxcsr_only` and `.._x87_only`: the
 //!   two halves of `save_load` apart;
-//! - `round_trip/plain`: a stackful round trip (two switches), for scale;
+//! - `round_trip/plain`: a corostack round trip (two switches), for scale;
 //! - `round_trip/save_load_per_switch`: the same round trip with the
 //!   save/load sequence run once on each side just before it switches, as
 //!   a switch that kept the state would (two sequences per round trip).
@@ -30,7 +30,7 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stackful::{Coroutine, CoroutineResult};
+use corostack::{Coroutine, CoroutineResult};
 
 /// Where a switch would keep the control state: ours (saved) and theirs
 /// (loaded), as the two contexts' stacks would hold them.

@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stackful::greenlet::{Greenlet, current};
-use stackful::{Coroutine, Yielder};
+use corostack::greenlet::{Greenlet, current};
+use corostack::{Coroutine, Yielder};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("two_switches");

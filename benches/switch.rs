@@ -1,9 +1,9 @@
-//! Context-switch benchmarks: stackful against its peers, side by side in
+//! Context-switch benchmarks: corostack against its peers, side by side in
 //! one run (`cargo bench --bench switch`).
 //!
 //! - `round_trip/<crate>`: one resume plus one suspend back, on an identity
 //!   coroutine that loops forever yielding what it receives. Each peer runs
-//!   on its own default stack: stackful 1 MiB (pooled), corosensei 1 MiB,
+//!   on its own default stack: corostack 1 MiB (pooled), corosensei 1 MiB,
 //!   context `ProtectedFixedSizeStack::default()` (8 pages, 32 KiB),
 //!   generator `DEFAULT_STACK_SIZE` (4096 words, 32 KiB).
 //! - `lifecycle_fresh/<crate>`: create a coroutine on a freshly mapped
@@ -30,13 +30,13 @@ fn round_trip(c: &mut Criterion) {
     let mut g = c.benchmark_group("round_trip");
 
     {
-        use stackful::{Coroutine, CoroutineResult};
+        use corostack::{Coroutine, CoroutineResult};
         let mut co = Coroutine::<u64, u64, ()>::new(|y, mut x| {
             loop {
                 x = y.suspend(black_box(x));
             }
         });
-        g.bench_function("stackful", |b| {
+        g.bench_function("corostack", |b| {
             b.iter(|| match co.resume(black_box(1)) {
                 CoroutineResult::Yield(v) => v,
                 CoroutineResult::Return(()) => unreachable!(),
@@ -115,16 +115,16 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
-/// stackful: one coroutine's whole life on `stack`; yields once, returns.
-fn stackful_once<S: stackful::Stack + 'static>(stack: S) -> S {
-    use stackful::{Coroutine, CoroutineResult};
+/// corostack: one coroutine's whole life on `stack`; yields once, returns.
+fn corostack_once<S: corostack::Stack + 'static>(stack: S) -> S {
+    use corostack::{Coroutine, CoroutineResult};
     let mut co = Coroutine::<u64, u64, u64, S>::with_stack(stack, |y, x| y.suspend(x) + 1);
     assert_eq!(co.resume(black_box(1)), CoroutineResult::Yield(1));
     assert_eq!(co.resume(black_box(2)), CoroutineResult::Return(3));
     co.into_stack()
 }
 
-/// corosensei: the same life as [`stackful_once`].
+/// corosensei: the same life as [`corostack_once`].
 #[cfg(peer_corosensei)]
 fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
     use corosensei::{Coroutine, CoroutineResult};
@@ -134,7 +134,7 @@ fn corosensei_once<S: corosensei::stack::Stack + 'static>(stack: S) -> S {
     co.into_stack()
 }
 
-/// context: the same life as [`stackful_once`]. A boost.context function
+/// context: the same life as [`corostack_once`]. A boost.context function
 /// never returns: it "ends" by switching back for the last time, after
 /// which nothing resumes it and its stack may be freed or reused.
 #[cfg(peer_context)]
@@ -174,16 +174,16 @@ fn generator_run(g: &mut generator::Generator<'static, u64, u64>) {
 fn lifecycle_fresh(c: &mut Criterion) {
     let mut g = c.benchmark_group("lifecycle_fresh");
 
-    // stackful keeps dropped stacks in a per-thread pool. "Fresh" means
+    // corostack keeps dropped stacks in a per-thread pool. "Fresh" means
     // every iteration really maps and unmaps its stack, so the timed body
     // ends with `trim_pool()`, which unmaps the stack that the drop put
     // back (its cost, a drain into a small Vec, is part of the figure).
-    stackful::stack::trim_pool();
-    g.bench_function("stackful", |b| {
+    corostack::stack::trim_pool();
+    g.bench_function("corostack", |b| {
         b.iter(|| {
-            let stack = stackful::DefaultStack::new(STACK_SIZE).unwrap();
-            drop(stackful_once(stack));
-            stackful::stack::trim_pool();
+            let stack = corostack::DefaultStack::new(STACK_SIZE).unwrap();
+            drop(corostack_once(stack));
+            corostack::stack::trim_pool();
         })
     });
 
@@ -224,22 +224,22 @@ fn lifecycle_fresh(c: &mut Criterion) {
 fn lifecycle_pooled(c: &mut Criterion) {
     let mut g = c.benchmark_group("lifecycle_pooled");
 
-    // stackful: `Coroutine::new` takes a default (1 MiB) stack from the
+    // corostack: `Coroutine::new` takes a default (1 MiB) stack from the
     // per-thread pool; the drop gives it back.
-    g.bench_function("stackful", |b| {
+    g.bench_function("corostack", |b| {
         b.iter(|| {
-            use stackful::{Coroutine, CoroutineResult};
+            use corostack::{Coroutine, CoroutineResult};
             let mut co = Coroutine::<u64, u64, u64>::new(|y, x| y.suspend(x) + 1);
             assert_eq!(co.resume(black_box(1)), CoroutineResult::Yield(1));
             assert_eq!(co.resume(black_box(2)), CoroutineResult::Return(3));
         })
     });
 
-    // stackful, the way corosensei reuses a stack: one DefaultStack,
+    // corostack, the way corosensei reuses a stack: one DefaultStack,
     // handed in with `with_stack` and taken back with `into_stack`.
-    let mut stack = Some(stackful::DefaultStack::new(STACK_SIZE).unwrap());
-    g.bench_function("stackful_explicit", |b| {
-        b.iter(|| stack = Some(stackful_once(stack.take().unwrap())))
+    let mut stack = Some(corostack::DefaultStack::new(STACK_SIZE).unwrap());
+    g.bench_function("corostack_explicit", |b| {
+        b.iter(|| stack = Some(corostack_once(stack.take().unwrap())))
     });
 
     // corosensei: one DefaultStack, handed in with `with_stack` and taken

@@ -5,7 +5,7 @@
 //! cargo run --example baozi
 //! ```
 
-use stackful::{Generator, Yielder};
+use corostack::{Generator, Yielder};
 
 /// A consumer: primed by the first `next`, then eats each baozi sent.
 fn consumer(name: &'static str, emit: impl Fn(String) + 'static) -> Generator<(), u32> {

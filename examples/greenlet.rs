@@ -7,7 +7,7 @@
 use std::cell::OnceCell;
 use std::rc::Rc;
 
-use stackful::greenlet::Greenlet;
+use corostack::greenlet::Greenlet;
 
 /// Runs the example, handing each line it prints to `emit`.
 pub fn run(emit: impl Fn(String) + Clone + 'static) {

@@ -14,7 +14,7 @@
 //! creation and per first resume; then resumes each to its end and drops
 //! them all.
 //!
-//! The stacks are stackful's `DefaultStack::new`, or with the argument
+//! The stacks are corostack's `DefaultStack::new`, or with the argument
 //! `corosensei` corosensei's `DefaultStack::new`, which costs two mappings
 //! per stack (an mprotect'ed guard splits it), so it stops near half of
 //! vm.max_map_count. When a stack cannot be mapped, the example prints the
@@ -48,12 +48,12 @@ trait Live {
     fn finish(&mut self);
 }
 
-impl Live for stackful::Coroutine<(), (), ()> {
-    const NAME: &'static str = "stackful";
+impl Live for corostack::Coroutine<(), (), ()> {
+    const NAME: &'static str = "corostack";
 
     fn create(size: usize) -> Result<Self, String> {
-        let stack = stackful::DefaultStack::new(size).map_err(|e| e.to_string())?;
-        Ok(stackful::Coroutine::with_stack(stack, |y, ()| {
+        let stack = corostack::DefaultStack::new(size).map_err(|e| e.to_string())?;
+        Ok(corostack::Coroutine::with_stack(stack, |y, ()| {
             body(|| y.suspend(()))
         }))
     }
@@ -97,11 +97,11 @@ fn main() -> ExitCode {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "corosensei" => corosensei = true,
-            "stackful" => corosensei = false,
+            "corostack" => corosensei = false,
             _ => match arg.parse::<usize>() {
                 Ok(n) => numbers.push(n),
                 Err(_) => {
-                    eprintln!("usage: live [stackful|corosensei] [count] [stack_kib]");
+                    eprintln!("usage: live [corostack|corosensei] [count] [stack_kib]");
                     return ExitCode::FAILURE;
                 }
             },
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    run::<stackful::Coroutine<(), (), ()>>(count, stack_kib)
+    run::<corostack::Coroutine<(), (), ()>>(count, stack_kib)
 }
 
 fn run<C: Live>(count: usize, stack_kib: usize) -> ExitCode {

@@ -16,7 +16,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use stackful::{Coroutine, DefaultStack};
+use corostack::{Coroutine, DefaultStack};
 
 /// The reserved size of every stack.
 pub const STACK_SIZE: usize = 64 * 1024;
@@ -53,7 +53,7 @@ fn status_kb(key: &str) -> usize {
 /// # Panics
 /// When a stack cannot be mapped (the message names the limit).
 pub fn run(count: usize) -> Report {
-    stackful::stack::trim_pool();
+    corostack::stack::trim_pool();
     let rss_before = status_kb("VmRSS:");
     let mut cos: Vec<Coroutine<(), u32, ()>> = Vec::with_capacity(count);
     let start = Instant::now();

@@ -5,18 +5,18 @@
 //! cargo run --release --example roundtrips -- <workload> <n>
 //! ```
 //!
-//! Round trips (one resume, one suspend back): `stackful`, `corosensei`,
+//! Round trips (one resume, one suspend back): `corostack`, `corosensei`,
 //! `context`, `generator`, each an identity coroutine (it yields back what
-//! it receives) on its crate's default stack (stackful and corosensei
-//! 1 MiB, context and generator 32 KiB); `stackful-deep` and
+//! it receives) on its crate's default stack (corostack and corosensei
+//! 1 MiB, context and generator 32 KiB); `corostack-deep` and
 //! `corosensei-deep`: the same, each side switching from the bottom of a
 //! chain of 4 calls, so that real returns follow every switch (what the
 //! return predictor sees). `greenlet`: a ping-pong between
 //! the main greenlet and one other, two switches, as a round trip is.
 //!
 //! Whole lives (create, resume twice: it yields once, then returns; drop),
-//! 1 MiB stacks: `stackful-life` (`Coroutine::new`, the per-thread pool),
-//! `stackful-life-reuse` and `corosensei-life` (one stack handed in with
+//! 1 MiB stacks: `corostack-life` (`Coroutine::new`, the per-thread pool),
+//! `corostack-life-reuse` and `corosensei-life` (one stack handed in with
 //! `with_stack` and taken back with `into_stack`), `context-life` (one
 //! stack reused), `generator-life` (`scoped_init` on one generator).
 //!
@@ -30,15 +30,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const WORKLOADS: [&str; 12] = [
-    "stackful",
+    "corostack",
     "corosensei",
-    "stackful-deep",
+    "corostack-deep",
     "corosensei-deep",
     "context",
     "generator",
     "greenlet",
-    "stackful-life",
-    "stackful-life-reuse",
+    "corostack-life",
+    "corostack-life-reuse",
     "corosensei-life",
     "context-life",
     "generator-life",
@@ -57,18 +57,18 @@ fn main() -> ExitCode {
         _ => return usage("expected two arguments"),
     };
     let elapsed = match name {
-        "stackful" => stackful(n),
+        "corostack" => corostack(n),
         #[cfg(peer_corosensei)]
         "corosensei" => corosensei(n),
-        "stackful-deep" => stackful_deep(n),
+        "corostack-deep" => corostack_deep(n),
         #[cfg(peer_corosensei)]
         "corosensei-deep" => corosensei_deep(n),
         #[cfg(peer_context)]
         "context" => context(n),
         "generator" => generator(n),
         "greenlet" => greenlet(n),
-        "stackful-life" => stackful_life(n),
-        "stackful-life-reuse" => stackful_life_reuse(n),
+        "corostack-life" => corostack_life(n),
+        "corostack-life-reuse" => corostack_life_reuse(n),
         #[cfg(peer_corosensei)]
         "corosensei-life" => corosensei_life(n),
         #[cfg(peer_context)]
@@ -89,7 +89,7 @@ fn usage(why: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Round trips on an identity coroutine, for a crate with stackful's and
+/// Round trips on an identity coroutine, for a crate with corostack's and
 /// corosensei's API (the same names and signatures).
 macro_rules! round_trips {
     ($name:ident, $krate:ident) => {
@@ -113,7 +113,7 @@ macro_rules! round_trips {
     };
 }
 
-round_trips!(stackful, stackful);
+round_trips!(corostack, corostack);
 // corosensei is not built on arm (see Cargo.toml).
 #[cfg(peer_corosensei)]
 round_trips!(corosensei, corosensei);
@@ -157,7 +157,7 @@ macro_rules! deep_round_trips {
     };
 }
 
-deep_round_trips!(stackful_deep, stackful);
+deep_round_trips!(corostack_deep, corostack);
 #[cfg(peer_corosensei)]
 deep_round_trips!(corosensei_deep, corosensei);
 
@@ -208,7 +208,7 @@ fn generator(n: u64) -> Duration {
 
 #[inline(never)]
 fn greenlet(n: u64) -> Duration {
-    use stackful::greenlet::{Greenlet, current};
+    use corostack::greenlet::{Greenlet, current};
     let main = current::<u64>();
     let g = Greenlet::new(move |mut x: u64| {
         loop {
@@ -222,10 +222,10 @@ fn greenlet(n: u64) -> Duration {
     start.elapsed()
 }
 
-/// stackful: one whole life on a pooled default stack.
+/// corostack: one whole life on a pooled default stack.
 #[inline(never)]
-fn stackful_life(n: u64) -> Duration {
-    use stackful::{Coroutine, CoroutineResult};
+fn corostack_life(n: u64) -> Duration {
+    use corostack::{Coroutine, CoroutineResult};
     let start = Instant::now();
     for i in 0..n {
         let mut co = Coroutine::<u64, u64, u64>::new(|y, x| y.suspend(x) + 1);
@@ -236,7 +236,7 @@ fn stackful_life(n: u64) -> Duration {
 }
 
 /// A whole life on a stack handed in with `with_stack` and taken back with
-/// `into_stack`, for a crate with that API (stackful and corosensei share
+/// `into_stack`, for a crate with that API (corostack and corosensei share
 /// it, names included).
 macro_rules! reuse_life {
     ($(#[$doc:meta])* $name:ident, $krate:ident, $stack:path) => {
@@ -259,10 +259,10 @@ macro_rules! reuse_life {
 }
 
 reuse_life!(
-    /// stackful: one whole life on a stack handed in and taken back.
-    stackful_life_reuse,
-    stackful,
-    stackful::DefaultStack
+    /// corostack: one whole life on a stack handed in and taken back.
+    corostack_life_reuse,
+    corostack,
+    corostack::DefaultStack
 );
 #[cfg(peer_corosensei)]
 reuse_life!(

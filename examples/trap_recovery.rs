@@ -1,4 +1,4 @@
-//! What trap recovery costs, stackful beside corosensei in one run: taking
+//! What trap recovery costs, corostack beside corosensei in one run: taking
 //! a coroutine's trap handler, and a whole recovered overflow (a coroutine
 //! on a 64 KiB stack recurses into its guard; the SIGSEGV handler, the
 //! embedder's, sends it back; `resume` returns 42; the stack is taken back
@@ -21,7 +21,7 @@ use std::time::Instant;
 #[derive(Clone, Copy)]
 enum Trap {
     None,
-    Stackful(stackful::CoroutineTrapHandler<u32>),
+    Corostack(corostack::CoroutineTrapHandler<u32>),
     #[cfg(target_arch = "x86_64")]
     Corosensei(corosensei::trap::CoroutineTrapHandler<u32>),
 }
@@ -32,9 +32,9 @@ thread_local! {
 
 extern "C" fn on_fault(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: an SA_SIGINFO handler's third argument.
-    let in_bounds = |t: &stackful::CoroutineTrapHandler<u32>| unsafe { t.context_in_bounds(uc) };
+    let in_bounds = |t: &corostack::CoroutineTrapHandler<u32>| unsafe { t.context_in_bounds(uc) };
     match TRAP.get() {
-        Trap::Stackful(trap) if in_bounds(&trap) => {
+        Trap::Corostack(trap) if in_bounds(&trap) => {
             // SAFETY: the coroutine's own code faulted (a recursion that
             // holds nothing), and this handler runs on an alternate stack.
             unsafe { trap.setup_trap_handler(|| 42).write_to(uc) };
@@ -66,7 +66,7 @@ extern "C" fn on_fault(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut 
 /// The crate's own overflow handler first (if built with it), then ours,
 /// for SIGSEGV and SIGBUS, on an alternate stack of this thread's.
 fn install() {
-    stackful::stack::install_overflow_handler();
+    corostack::stack::install_overflow_handler();
     // SAFETY: a fresh anonymous mapping for the alternate stack, kept for
     // the process's life, and sigaction with an SA_SIGINFO handler.
     unsafe {
@@ -111,13 +111,13 @@ fn median(mut f: impl FnMut() -> f64) -> f64 {
 
 const STACK: usize = 64 * 1024;
 
-fn stackful_recoveries(n: u32) -> f64 {
-    use stackful::{Coroutine, DefaultStack, Yielder};
+fn corostack_recoveries(n: u32) -> f64 {
+    use corostack::{Coroutine, DefaultStack, Yielder};
     let mut stack = DefaultStack::new(STACK).unwrap();
     let start = Instant::now();
     for _ in 0..n {
         let mut co = Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| recurse(0) as u32);
-        TRAP.set(Trap::Stackful(co.trap_handler()));
+        TRAP.set(Trap::Corostack(co.trap_handler()));
         assert_eq!(co.resume(()).as_return(), Some(42));
         stack = co.into_stack();
     }
@@ -145,7 +145,7 @@ fn corosensei_recoveries(n: u32) -> f64 {
 fn main() {
     install();
     const N: u32 = 10_000_000;
-    let co = stackful::Coroutine::<(), (), u32>::new(|_, ()| 0);
+    let co = corostack::Coroutine::<(), (), u32>::new(|_, ()| 0);
     let ns = median(|| {
         let start = Instant::now();
         for _ in 0..N {
@@ -153,7 +153,7 @@ fn main() {
         }
         start.elapsed().as_nanos() as f64 / f64::from(N)
     });
-    println!("trap_handler stackful ns={ns:.2}");
+    println!("trap_handler corostack ns={ns:.2}");
     #[cfg(target_arch = "x86_64")]
     {
         let co = corosensei::Coroutine::<(), (), u32>::new(|_, ()| 0);
@@ -170,8 +170,8 @@ fn main() {
     for _ in 0..3 {
         // Alternating, so that both see the same machine.
         println!(
-            "recovered_overflow stackful ns={:.0}",
-            median(|| stackful_recoveries(RECOVERIES))
+            "recovered_overflow corostack ns={:.0}",
+            median(|| corostack_recoveries(RECOVERIES))
         );
         #[cfg(target_arch = "x86_64")]
         println!(

@@ -56,7 +56,7 @@ cfg_if::cfg_if! {
         mod imp;
     } else {
         compile_error!(
-            "stackful supports x86_64, aarch64, i686, riscv64, armv7 and powerpc64le (Linux) only; see build.rs"
+            "corostack supports x86_64, aarch64, i686, riscv64, armv7 and powerpc64le (Linux) only; see build.rs"
         );
     }
 }

@@ -4,7 +4,7 @@
 //! function calls.
 //!
 //! ```
-//! use stackful::bridge::{AsyncCoroutine, AsyncYielder};
+//! use corostack::bridge::{AsyncCoroutine, AsyncYielder};
 //!
 //! // A plain function, deep in a call tree, that needs an async result.
 //! fn host_call(y: &AsyncYielder, x: u32) -> u32 {
@@ -27,7 +27,7 @@
 //!
 //! ```compile_fail
 //! let name = String::from("borrowed");
-//! let task = stackful::bridge::AsyncCoroutine::new(|_| name.len()); // not 'static
+//! let task = corostack::bridge::AsyncCoroutine::new(|_| name.len()); // not 'static
 //! ```
 //!
 //! # How it works, and why it is sound
@@ -63,13 +63,13 @@
 //!
 //! ```compile_fail,E0277
 //! fn assert_send<T: Send>(_: T) {}
-//! assert_send(stackful::bridge::AsyncCoroutine::new(|_| ()));
+//! assert_send(corostack::bridge::AsyncCoroutine::new(|_| ()));
 //! ```
 //!
 //! ```
 //! fn assert_send<T: Send>(_: T) {}
 //! // SAFETY: the body holds nothing across a suspend.
-//! assert_send(unsafe { stackful::bridge::SendAsyncCoroutine::new(|_| ()) });
+//! assert_send(unsafe { corostack::bridge::SendAsyncCoroutine::new(|_| ()) });
 //! ```
 
 use std::cell::Cell;
@@ -143,7 +143,7 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
     /// A future that runs `f` on `stack` when first polled.
     ///
     /// ```
-    /// use stackful::{DefaultStack, bridge::AsyncCoroutine};
+    /// use corostack::{DefaultStack, bridge::AsyncCoroutine};
     ///
     /// let stack = DefaultStack::new(64 * 1024).unwrap();
     /// let task = AsyncCoroutine::with_stack(stack, |y| y.block_on(async { 7 }));
@@ -191,7 +191,7 @@ impl<R, S: Stack> Future for AsyncCoroutine<R, S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
         let this = self.get_mut();
         if this.co.done() {
-            panic!("stackful: polled an AsyncCoroutine after it completed");
+            panic!("corostack: polled an AsyncCoroutine after it completed");
         }
         // The body uses this address only until it suspends or returns,
         // while `cx` is borrowed by this call (see the module docs).
@@ -218,7 +218,7 @@ impl AsyncYielder {
     /// future's output; a future that is ready at once costs no switch.
     ///
     /// ```
-    /// use stackful::bridge::AsyncCoroutine;
+    /// use corostack::bridge::AsyncCoroutine;
     ///
     /// let (tx, rx) = futures::channel::oneshot::channel();
     /// let task = AsyncCoroutine::new(move |y| y.block_on(rx).unwrap() + 1);
@@ -252,7 +252,7 @@ impl AsyncYielder {
     fn poll_once<Fut: Future>(&self, fut: Pin<&mut Fut>) -> Poll<Fut::Output> {
         if self.polling.replace(true) {
             panic!(
-                "stackful: AsyncYielder::block_on called from inside a future that \
+                "corostack: AsyncYielder::block_on called from inside a future that \
                  block_on is polling; await that future with .await instead"
             );
         }

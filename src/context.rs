@@ -102,7 +102,7 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
 #[inline(never)]
 fn closure_too_large(stack: usize, closure: usize) -> ! {
     panic!(
-        "stackful: a stack of {stack} bytes is too small for a closure of {closure} bytes: \
+        "corostack: a stack of {stack} bytes is too small for a closure of {closure} bytes: \
          the closure, {COPIES} copies of it when the body starts (each with its alignment) \
          and {} more bytes for the first frames must fit; use a larger stack, or box the \
          closure's large captures",
@@ -249,7 +249,7 @@ pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, link: *mut usize, ent
     // SAFETY: as the caller promises; nothing resumes from the sp we leave
     // in `*link` (a receiver may read it as `from`).
     unsafe { arch::switch(arg, to, link) };
-    unreachable!("stackful: a context that left for good was resumed");
+    unreachable!("corostack: a context that left for good was resumed");
 }
 
 /// The address of a message, exposed so that the receiver can read it.

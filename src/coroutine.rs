@@ -30,7 +30,7 @@
 //!
 //!   ```compile_fail
 //!   let seven = 7u32;
-//!   let mut co = stackful::Coroutine::new(|_, n: &u32| *n);
+//!   let mut co = corostack::Coroutine::new(|_, n: &u32| *n);
 //!   co.resume(&seven); // `seven` does not live long enough: Input is 'static
 //!   ```
 //!
@@ -43,7 +43,7 @@
 //!
 //!   ```compile_fail
 //!   use std::sync::Mutex;
-//!   use stackful::{Coroutine, Yielder};
+//!   use corostack::{Coroutine, Yielder};
 //!   type Slot<'a> = &'a Mutex<Option<&'a u64>>;
 //!   fn leaky<'a>() -> Coroutine<(), Slot<'a>, ()> {
 //!       Coroutine::new(|y: &Yielder<(), Slot<'a>>, ()| {
@@ -57,13 +57,13 @@
 //!   what the suspended body already holds, in either direction.
 //!
 //!   ```compile_fail
-//!   use stackful::Coroutine;
+//!   use corostack::Coroutine;
 //!   fn widen<'a>(co: Coroutine<&'a u32, (), ()>) -> Coroutine<&'static u32, (), ()> {
 //!       co
 //!   }
 //!   ```
 //!   ```compile_fail
-//!   use stackful::Coroutine;
+//!   use corostack::Coroutine;
 //!   fn narrow<'a>(co: Coroutine<&'static u32, (), ()>) -> Coroutine<&'a u32, (), ()> {
 //!       co
 //!   }
@@ -75,7 +75,7 @@
 //!   coroutine that yields `&'static str` is one that yields `&'a str`.
 //!
 //!   ```
-//!   use stackful::Coroutine;
+//!   use corostack::Coroutine;
 //!   fn shorten<'a>(co: Coroutine<(), &'static str, ()>) -> Coroutine<(), &'a str, ()> {
 //!       co
 //!   }
@@ -213,7 +213,7 @@ macro_rules! coroutine_struct {
         /// [`Yielder::suspend`] and is continued with [`Coroutine::resume`].
         ///
         /// ```
-        /// use stackful::{Coroutine, CoroutineResult};
+        /// use corostack::{Coroutine, CoroutineResult};
         ///
         /// let mut co = Coroutine::new(|yielder, first: i32| {
         ///     let second = yielder.suspend(first * 10);
@@ -228,7 +228,7 @@ macro_rules! coroutine_struct {
         /// Python generator:
         ///
         /// ```
-        /// let squares = stackful::Coroutine::new(|y, ()| (1..=4).for_each(|i| y.suspend(i * i)));
+        /// let squares = corostack::Coroutine::new(|y, ()| (1..=4).for_each(|i| y.suspend(i * i)));
         /// assert_eq!(squares.collect::<Vec<_>>(), [1, 4, 9, 16]);
         /// ```
         ///
@@ -285,7 +285,7 @@ macro_rules! coroutine_struct {
         ///
         /// ```compile_fail
         /// fn assert_send<T: Send>(_: T) {}
-        /// assert_send(stackful::Coroutine::<(), (), ()>::new(|_, ()| ()));
+        /// assert_send(corostack::Coroutine::<(), (), ()>::new(|_, ()| ()));
         /// ```
         pub struct Coroutine<Input, Yield, Return, S: Stack $($default)*> {
             /// The link word on the coroutine's stack (see `arch/`). It holds the
@@ -448,7 +448,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             #[cfg(feature = "std")]
             Ending::Panicked(payload) => panic::resume_unwind(payload),
             // Only `unwind` sends the request that ends in these.
-            Ending::Unwound => unreachable!("stackful: unwound without a request"),
+            Ending::Unwound => unreachable!("corostack: unwound without a request"),
         }
     }
 
@@ -480,7 +480,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// finished coroutine it is merely useless.
     ///
     /// ```
-    /// let mut co = stackful::Coroutine::new(|y, ()| y.suspend(1));
+    /// let mut co = corostack::Coroutine::new(|y, ()| y.suspend(1));
     /// co.resume(());
     /// co.prefetch(false); // the link word, for a resume a few turns away
     /// co.prefetch(true); // and the suspended frames, for the next resume
@@ -521,7 +521,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     pub fn into_stack(mut self) -> S {
         if self.started() && !self.done() && !CAN_UNWIND {
             panic!(
-                "stackful: cannot unwind a suspended coroutine without std or under \
+                "corostack: cannot unwind a suspended coroutine without std or under \
                  panic = \"abort\", so its stack cannot be given back"
             );
         }
@@ -545,7 +545,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// that is done already.
     ///
     /// ```
-    /// use stackful::Coroutine;
+    /// use corostack::Coroutine;
     ///
     /// let mut co = Coroutine::new(|y, ()| {
     ///     let _s = String::from("dropped by the unwind");
@@ -569,7 +569,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     pub fn force_unwind(&mut self) {
         if self.started() && !self.done() && !CAN_UNWIND {
             panic!(
-                "stackful: cannot unwind a suspended coroutine without std or under \
+                "corostack: cannot unwind a suspended coroutine without std or under \
                  panic = \"abort\"; force_reset abandons it instead (unsafe)"
             );
         }
@@ -586,7 +586,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// whose body cannot be trusted to unwind (abandoned after a trap).
     ///
     /// ```
-    /// use stackful::Coroutine;
+    /// use corostack::Coroutine;
     ///
     /// let mut co = Coroutine::new(|y, ()| {
     ///     let n = 7u32; // nothing on this stack needs its drop
@@ -761,7 +761,7 @@ impl<Input, Yield> Yielder<Input, Yield> {
                 panic::resume_unwind(Box::new(ForcedUnwind))
             }
             #[cfg(not(feature = "std"))]
-            SIGNAL => unreachable!("stackful: nothing unwinds a coroutine without std"),
+            SIGNAL => unreachable!("corostack: nothing unwinds a coroutine without std"),
             // SAFETY: the resumer sent the address of an Input on its stack
             // and is suspended until we switch back; we move it out once.
             input => unsafe { take::<Input>(input) },
@@ -788,7 +788,7 @@ impl<Input, Yield> Yielder<Input, Yield> {
             panic::resume_unwind(Box::new(ForcedUnwind));
         }
         panic!(
-            "stackful: suspend called while its coroutine is being dropped (from a destructor \
+            "corostack: suspend called while its coroutine is being dropped (from a destructor \
              run by the unwind, most likely): nothing can resume it; finish the coroutine \
              before dropping it, or do not suspend in destructors"
         );
@@ -810,7 +810,7 @@ impl<Input, Yield> Yielder<Input, Yield> {
     /// yielder itself, which is neither `Send` nor `Sync`) leaks into it.
     ///
     /// ```
-    /// use stackful::{Coroutine, DefaultStack, Yielder};
+    /// use corostack::{Coroutine, DefaultStack, Yielder};
     ///
     /// fn depth(n: u64) -> u64 {
     ///     if n == 0 { 0 } else { 1 + std::hint::black_box(depth(n - 1)) }
@@ -828,7 +828,7 @@ impl<Input, Yield> Yielder<Input, Yield> {
     /// `Sync`):
     ///
     /// ```compile_fail
-    /// let mut co = stackful::Coroutine::<(), (), ()>::new(|y, ()| {
+    /// let mut co = corostack::Coroutine::<(), (), ()>::new(|y, ()| {
     ///     y.on_parent_stack(|| y.suspend(()))
     /// });
     /// ```
@@ -990,5 +990,5 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
 #[inline(never)]
 fn resumed_after_the_end<I>(input: ManuallyDrop<I>) -> ! {
     drop(ManuallyDrop::into_inner(input));
-    panic!("stackful: resumed a coroutine that has already finished");
+    panic!("corostack: resumed a coroutine that has already finished");
 }

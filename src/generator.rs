@@ -16,10 +16,10 @@
 //! `Coroutine<(), Y, ()>` is already an iterator for the plain case.
 //!
 //! ```
-//! use stackful::Generator;
+//! use corostack::Generator;
 //!
 //! // A running average, the classic consumer: send numbers, get averages.
-//! let mut avg = Generator::new(|y: &stackful::Yielder<f64, f64>| {
+//! let mut avg = Generator::new(|y: &corostack::Yielder<f64, f64>| {
 //!     let (mut sum, mut n) = (0.0, 0.0);
 //!     let mut x = y.suspend(f64::NAN); // primed: nothing to report yet
 //!     loop {
@@ -42,7 +42,7 @@
 //!
 //! ```compile_fail
 //! let seven = 7u32;
-//! let mut g = stackful::Generator::new(|y: &stackful::Yielder<&u32, u32>| {
+//! let mut g = corostack::Generator::new(|y: &corostack::Yielder<&u32, u32>| {
 //!     let n = y.suspend(0);
 //!     y.suspend(*n);
 //! });

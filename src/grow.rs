@@ -102,9 +102,9 @@ fn stack_pointer() -> usize {
 /// [`Coroutine`](crate::Coroutine) on a [`DefaultStack`]. `None` elsewhere.
 ///
 /// ```
-/// let here = stackful::remaining_stack().expect("the thread's stack is known");
-/// stackful::on_stack(stackful::DefaultStack::new(256 * 1024).unwrap(), || {
-///     let there = stackful::remaining_stack().unwrap();
+/// let here = corostack::remaining_stack().expect("the thread's stack is known");
+/// corostack::on_stack(corostack::DefaultStack::new(256 * 1024).unwrap(), || {
+///     let there = corostack::remaining_stack().unwrap();
 ///     assert!(there < 256 * 1024 && there > 200 * 1024, "{there} {here}");
 /// });
 /// ```
@@ -149,7 +149,7 @@ pub fn remaining_stack() -> Option<usize> {
 ///     if n == 0 {
 ///         return 0;
 ///     }
-///     stackful::maybe_grow(64 * 1024, 1024 * 1024, || depth(n - 1) + 1)
+///     corostack::maybe_grow(64 * 1024, 1024 * 1024, || depth(n - 1) + 1)
 /// }
 /// assert_eq!(depth(100_000), 100_000);
 /// ```
@@ -179,7 +179,7 @@ fn grow<R, F: FnOnce() -> R>(stack_size: usize, f: F) -> R {
     let size = stack_size.clamp(MIN_STACK_SIZE, MAX_STACK_SIZE);
     let stack = match DefaultStack::new(size) {
         Ok(stack) => stack,
-        Err(e) => panic!("stackful: maybe_grow cannot allocate a stack: {e}"),
+        Err(e) => panic!("corostack: maybe_grow cannot allocate a stack: {e}"),
     };
     on_stack(stack, f)
 }
@@ -293,11 +293,11 @@ struct Call<F, R> {
 /// A backtrace taken inside `f` continues into the caller's frames.
 ///
 /// ```
-/// use stackful::{DefaultStack, Stack};
+/// use corostack::{DefaultStack, Stack};
 ///
 /// let stack = DefaultStack::new(64 * 1024).unwrap();
 /// let (limit, top) = (stack.limit(), stack.top());
-/// let on_it = stackful::on_stack(stack, || {
+/// let on_it = corostack::on_stack(stack, || {
 ///     let local = 0u8;
 ///     let addr = &local as *const u8 as usize;
 ///     limit <= addr && addr < top
@@ -308,8 +308,8 @@ struct Call<F, R> {
 /// A borrowed stack is not a [`Stack`]:
 ///
 /// ```compile_fail
-/// let mut stack = stackful::DefaultStack::new(64 * 1024).unwrap();
-/// stackful::on_stack(&mut stack, || ());
+/// let mut stack = corostack::DefaultStack::new(64 * 1024).unwrap();
+/// corostack::on_stack(&mut stack, || ());
 /// ```
 ///
 /// # Panics
@@ -363,7 +363,7 @@ pub(crate) unsafe fn run_at<R, F: FnOnce() -> R>(top: usize, bounds: (usize, usi
     match call.result.take() {
         Some(Ok(r)) => r,
         Some(Err(payload)) => panic::resume_unwind(payload),
-        None => unreachable!("stackful: on_stack's body switched back without a result"),
+        None => unreachable!("corostack: on_stack's body switched back without a result"),
     }
 }
 

@@ -8,7 +8,7 @@
 //! value out and receiving the next [`Coroutine::resume`]'s value in.
 //!
 //! ```
-//! use stackful::{Coroutine, CoroutineResult};
+//! use corostack::{Coroutine, CoroutineResult};
 //!
 //! // A running total: each resume sends a number in, each suspend hands
 //! // the sum so far out.

@@ -14,8 +14,8 @@
 //! A recursive in-order walk of a borrowed tree, as a generator:
 //!
 //! ```
-//! use stackful::Yielder;
-//! use stackful::scoped::ScopedCoroutine;
+//! use corostack::Yielder;
+//! use corostack::scoped::ScopedCoroutine;
 //!
 //! enum Tree {
 //!     Leaf,
@@ -57,7 +57,7 @@
 //!   for `'a`).
 //!
 //! ```compile_fail,E0597
-//! use stackful::scoped::ScopedCoroutine;
+//! use corostack::scoped::ScopedCoroutine;
 //! // A borrow that does not outlive the coroutine's type.
 //! let co = {
 //!     let short = String::from("gone");
@@ -67,8 +67,8 @@
 //! ```
 //!
 //! ```compile_fail,E0597
-//! use stackful::Yielder;
-//! use stackful::scoped::ScopedCoroutine;
+//! use corostack::Yielder;
+//! use corostack::scoped::ScopedCoroutine;
 //! // Two of one type, the inner one borrowing the inner scope's data, then
 //! // swapped: the outer scope would drop the inner's coroutine after its
 //! // data died. The drop check refuses it.
@@ -83,7 +83,7 @@
 //! ```
 //!
 //! ```compile_fail
-//! use stackful::scoped::ScopedCoroutine;
+//! use corostack::scoped::ScopedCoroutine;
 //! // The running coroutine cannot leave its scope.
 //! let v = vec![1, 2, 3];
 //! let escaped = ScopedCoroutine::<(), (), usize>::new(|_, ()| v.len()).scope(|c| c);

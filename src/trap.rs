@@ -29,7 +29,7 @@
 //! is made or then, never again over a later one).
 //!
 //! ```no_run
-//! use stackful::{Coroutine, CoroutineTrapHandler, DefaultStack};
+//! use corostack::{Coroutine, CoroutineTrapHandler, DefaultStack};
 //! use std::cell::Cell;
 //!
 //! thread_local! {
@@ -49,12 +49,12 @@
 //!
 //! // The crate's own handler first (a no-op without the overflow-handler
 //! // feature), then `on_segv`, with SA_SIGINFO | SA_ONSTACK; then:
-//! stackful::stack::install_overflow_handler();
+//! corostack::stack::install_overflow_handler();
 //! fn recurse(n: u64) -> u64 {
 //!     if n == u64::MAX { 0 } else { 1 + std::hint::black_box(recurse(n + 1)) }
 //! }
 //! let stack = DefaultStack::new(64 * 1024).unwrap();
-//! let mut co = Coroutine::with_stack(stack, |_: &stackful::Yielder<(), ()>, ()| {
+//! let mut co = Coroutine::with_stack(stack, |_: &corostack::Yielder<(), ()>, ()| {
 //!     recurse(0) as u32
 //! });
 //! TRAP.set(Some(co.trap_handler()));

@@ -18,9 +18,9 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
 
-use stackful::bridge::AsyncCoroutine;
-use stackful::stack::{MIN_STACK_SIZE, set_pool_capacity, trim_pool};
-use stackful::{
+use corostack::bridge::AsyncCoroutine;
+use corostack::stack::{MIN_STACK_SIZE, set_pool_capacity, trim_pool};
+use corostack::{
     Coroutine, DefaultStack, Generator, SliceStack, Stack, Yielder, maybe_grow, on_stack,
     remaining_stack,
 };
@@ -777,7 +777,7 @@ fn holds_a_send_async_body_suspended_in_on_stack_that_moves_threads() {
         // block_on the body holds a Receiver, a SliceStack and plain
         // integers, all Send; nothing thread-local.
         let mut task = unsafe {
-            stackful::bridge::SendAsyncCoroutine::new(move |y| {
+            corostack::bridge::SendAsyncCoroutine::new(move |y| {
                 let s = slice_stack(MIN_STACK_SIZE + 16);
                 let lim = s.limit();
                 on_stack(s, move || {

@@ -1,4 +1,4 @@
-//! `stackful::bridge`: sync bodies that await futures, driven by tokio, by
+//! `corostack::bridge`: sync bodies that await futures, driven by tokio, by
 //! `futures::executor` and by hand.
 
 mod util;
@@ -14,8 +14,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use stackful::bridge::{AsyncCoroutine, AsyncYielder, SendAsyncCoroutine};
-use stackful::{DefaultStack, SliceStack, Stack};
+use corostack::bridge::{AsyncCoroutine, AsyncYielder, SendAsyncCoroutine};
+use corostack::{DefaultStack, SliceStack, Stack};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use util::{DropCounter, scaled};
 
@@ -541,7 +541,7 @@ fn deep(y: &AsyncYielder, n: usize) -> usize {
     if n.is_multiple_of(1000) {
         y.block_on(tokio::task::yield_now());
     }
-    stackful::maybe_grow(16 * 1024, 256 * 1024, || deep(y, n - 1) + 1)
+    corostack::maybe_grow(16 * 1024, 256 * 1024, || deep(y, n - 1) + 1)
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use proptest::prelude::*;
-use stackful::stack::{DEFAULT_STACK_SIZE, trim_pool};
-use stackful::{Coroutine, CoroutineResult, DefaultStack, Stack, Yielder};
+use corostack::stack::{DEFAULT_STACK_SIZE, trim_pool};
+use corostack::{Coroutine, CoroutineResult, DefaultStack, Stack, Yielder};
 use util::{DropCounter, scaled};
 
 #[test]
@@ -362,7 +362,7 @@ fn pooled_stacks_are_reused_by_new_coroutines() {
 #[test]
 fn a_closure_too_large_for_its_stack_is_refused() {
     let big = [0u8; 20 * 1024];
-    let stack = DefaultStack::new(stackful::stack::MIN_STACK_SIZE).unwrap();
+    let stack = DefaultStack::new(corostack::stack::MIN_STACK_SIZE).unwrap();
     let err = panic::catch_unwind(AssertUnwindSafe(|| {
         Coroutine::<(), (), u8>::with_stack(stack, move |_, ()| big[0])
     }))

@@ -13,8 +13,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use proptest::prelude::*;
-use stackful::greenlet::{Greenlet, SwitchError, current};
-use stackful::{Generator, Yielder};
+use corostack::greenlet::{Greenlet, SwitchError, current};
+use corostack::{Generator, Yielder};
 use util::{DropCounter, capture};
 
 #[test]

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use stackful::greenlet::{Greenlet, current};
+use corostack::greenlet::{Greenlet, current};
 
 /// Runs `case` in a thread of a child process playing `name` (the test's
 /// own name), and asserts that the child exited cleanly.

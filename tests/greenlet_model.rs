@@ -22,7 +22,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use proptest::prelude::*;
-use stackful::greenlet::{Greenlet, SwitchError, current};
+use corostack::greenlet::{Greenlet, SwitchError, current};
 
 /// One step of a program. Indices are taken modulo the number of
 /// greenlets made so far (0 is the main greenlet).

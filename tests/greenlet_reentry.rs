@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
-use stackful::greenlet::{Greenlet, current};
+use corostack::greenlet::{Greenlet, current};
 use util::DropCounter;
 
 type Log = Rc<RefCell<Vec<String>>>;
@@ -468,7 +468,7 @@ fn a_return_value_is_taken_before_the_dead_greenlets_stack_is_freed() {
     in_child(
         "a_return_value_is_taken_before_the_dead_greenlets_stack_is_freed",
         || {
-            let old = stackful::stack::set_pool_capacity(0);
+            let old = corostack::stack::set_pool_capacity(0);
             for i in 0..4u64 {
                 // Returned to main (its parent), and passed to an unstarted
                 // greenlet (made the parent) as its first input.
@@ -479,7 +479,7 @@ fn a_return_value_is_taken_before_the_dead_greenlets_stack_is_freed() {
                 c.set_parent(&p).unwrap();
                 assert_eq!(c.switch([i; 8]), [(i + 1) * 2; 8]);
             }
-            stackful::stack::set_pool_capacity(old);
+            corostack::stack::set_pool_capacity(old);
         },
     );
 }
@@ -490,7 +490,7 @@ fn a_return_value_is_taken_before_the_dead_greenlets_stack_is_freed() {
 /// destructor on both runs once.
 #[test]
 fn a_kill_unwinds_through_a_coroutine_or_on_stack_inside_the_greenlet() {
-    use stackful::{Coroutine, DefaultStack};
+    use corostack::{Coroutine, DefaultStack};
     let drops = DropCounter::default();
     let main = current::<()>();
     let (d, m) = (drops.clone(), main.clone());
@@ -516,7 +516,7 @@ fn a_kill_unwinds_through_a_coroutine_or_on_stack_inside_the_greenlet() {
         let _outer = d.guard();
         let stack = DefaultStack::new(256 * 1024).unwrap();
         let d2 = d.clone();
-        stackful::on_stack(stack, move || {
+        corostack::on_stack(stack, move || {
             let _inner = d2.guard();
             m.switch(());
             unreachable!("killed while suspended");

@@ -7,8 +7,8 @@ use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
-use stackful::stack::{self, MIN_STACK_SIZE};
-use stackful::{
+use corostack::stack::{self, MIN_STACK_SIZE};
+use corostack::{
     Coroutine, CoroutineResult, DefaultStack, SliceStack, Stack, maybe_grow, on_stack,
     remaining_stack,
 };
@@ -360,7 +360,7 @@ fn the_pool_keeps_as_many_stacks_as_its_capacity() {
 /// maps or frees afterwards.
 #[test]
 fn a_forgotten_coroutine_suspended_inside_on_stack_keeps_that_stack() {
-    let mut co = Coroutine::new(|y: &stackful::Yielder<(), usize>, ()| {
+    let mut co = Coroutine::new(|y: &corostack::Yielder<(), usize>, ()| {
         on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
             let marker = std::hint::black_box(0x5EED_u64);
             y.suspend(&marker as *const u64 as usize);
@@ -381,7 +381,7 @@ fn a_forgotten_coroutine_suspended_inside_on_stack_keeps_that_stack() {
         );
     }
     drop(stacks);
-    stackful::stack::trim_pool();
+    corostack::stack::trim_pool();
     // SAFETY: the address of a local in a frame that stays on a stack that
     // was forgotten, never unmapped (what this test checks); nothing runs
     // there any more.

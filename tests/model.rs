@@ -10,7 +10,7 @@ mod util;
 use std::panic::{self, AssertUnwindSafe};
 
 use proptest::prelude::*;
-use stackful::{Coroutine, CoroutineResult, DefaultStack, Stack};
+use corostack::{Coroutine, CoroutineResult, DefaultStack, Stack};
 use util::DropCounter;
 
 /// One step of a body's script.

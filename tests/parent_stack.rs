@@ -7,7 +7,7 @@ mod util;
 use std::hint::black_box;
 use std::panic::{self, AssertUnwindSafe};
 
-use stackful::{Coroutine, DefaultStack, Stack, Yielder};
+use corostack::{Coroutine, DefaultStack, Stack, Yielder};
 
 /// The address of a local of the caller's frame.
 #[inline(never)]

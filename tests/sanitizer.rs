@@ -8,7 +8,7 @@ mod util;
 
 use std::hint::black_box;
 
-use stackful::{Coroutine, DefaultStack};
+use corostack::{Coroutine, DefaultStack};
 
 /// Runs the test `test` again in a child playing `role`, and checks that
 /// ASan stopped it with a report of `kind`.
@@ -80,7 +80,7 @@ fn asan_catches_a_heap_use_after_free_inside_a_coroutine() {
 fn asan_catches_a_use_after_scope_inside_on_stack() {
     const ROLE: &str = "on-stack-use-after-scope";
     if util::child_role().as_deref() == Some(ROLE) {
-        let v = stackful::on_stack(DefaultStack::new(256 * 1024).unwrap(), || {
+        let v = corostack::on_stack(DefaultStack::new(256 * 1024).unwrap(), || {
             let dangling: *const u8;
             {
                 let slot = black_box([5u8; 64]);
@@ -109,13 +109,13 @@ fn asan_reports_nothing_on_correct_code_inside_on_stack() {
         if n == 0 {
             return u32::from(local[0]);
         }
-        stackful::maybe_grow(32 * 1024, 64 * 1024, || deep(n - 1)) + u32::from(local[1])
+        corostack::maybe_grow(32 * 1024, 64 * 1024, || deep(n - 1)) + u32::from(local[1])
     }
     for round in 0..20u32 {
-        let sum = stackful::on_stack(DefaultStack::new(64 * 1024).unwrap(), || deep(200));
+        let sum = corostack::on_stack(DefaultStack::new(64 * 1024).unwrap(), || deep(200));
         assert_eq!(sum, (1..=200).sum::<u32>(), "round {round}");
         let caught = std::panic::catch_unwind(|| {
-            stackful::on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
+            corostack::on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
                 let _guard = black_box(vec![round; 8]);
                 panic!("crossing");
             })

@@ -5,8 +5,8 @@ mod util;
 
 use std::panic::{self, AssertUnwindSafe};
 
-use stackful::scoped::ScopedCoroutine;
-use stackful::{CoroutineResult, Yielder};
+use corostack::scoped::ScopedCoroutine;
+use corostack::{CoroutineResult, Yielder};
 use util::DropCounter;
 
 #[test]

@@ -12,8 +12,8 @@ mod util;
 
 use std::panic::{self, AssertUnwindSafe};
 
-use stackful::stack::MIN_STACK_SIZE;
-use stackful::{Coroutine, CoroutineResult, DefaultStack, SliceStack, Stack, Yielder};
+use corostack::stack::MIN_STACK_SIZE;
+use corostack::{Coroutine, CoroutineResult, DefaultStack, SliceStack, Stack, Yielder};
 
 /// What `with_stack` counts besides twice the closure: the first frame
 /// (at most 64 bytes on every architecture) and the 12 KiB reserve.

@@ -7,7 +7,7 @@ mod util;
 use std::backtrace::Backtrace;
 use std::hint::black_box;
 
-use stackful::{Coroutine, CoroutineResult, DefaultStack, Yielder};
+use corostack::{Coroutine, CoroutineResult, DefaultStack, Yielder};
 
 /// Calls `f(arg)` with every callee-saved register set to a known pattern
 /// derived from `seed`, and returns a bit mask of the registers that did

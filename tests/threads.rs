@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use stackful::greenlet::{Greenlet, current};
-use stackful::{Coroutine, CoroutineResult};
+use corostack::greenlet::{Greenlet, current};
+use corostack::{Coroutine, CoroutineResult};
 
 #[test]
 fn coroutines_on_several_threads_share_only_synchronised_data() {

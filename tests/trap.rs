@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 
-use stackful::{Coroutine, CoroutineTrapHandler, DefaultStack, Yielder};
+use corostack::{Coroutine, CoroutineTrapHandler, DefaultStack, Yielder};
 
 thread_local! {
     static TRAP: Cell<Option<CoroutineTrapHandler<u32>>> = const { Cell::new(None) };
@@ -42,7 +42,7 @@ extern "C" fn on_fault(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut 
 /// this thread's, after the crate's own handler (with the overflow-handler
 /// feature), which a later handler must take precedence over.
 fn install() {
-    stackful::stack::install_overflow_handler();
+    corostack::stack::install_overflow_handler();
     // SAFETY: a fresh anonymous mapping for the alternate stack (leaked:
     // the child process ends soon), and sigaction with a handler of the
     // SA_SIGINFO type.
@@ -216,7 +216,7 @@ fn a_panic_in_the_trap_closure_reaches_the_resumer() {
 #[test]
 fn the_handler_knows_the_stack_and_its_guard() {
     let stack = DefaultStack::new(64 * 1024).unwrap();
-    use stackful::Stack;
+    use corostack::Stack;
     let (lo, hi, guard) = (stack.limit(), stack.top(), stack.guard_size());
     let co = Coroutine::<(), (), u32>::with_stack(stack, |_, ()| 1);
     let trap = co.trap_handler();

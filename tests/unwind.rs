@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
-use stackful::{Coroutine, Yielder};
+use corostack::{Coroutine, Yielder};
 use util::DropCounter;
 
 /// The message of a panic payload, if it has one.

@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
 D=${SECONDS_EACH:-3}
-cargo build --release -p stackful-hub --examples >&2
+cargo build --release -p corostack-hub --examples >&2
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 B="$target_dir/release/examples"
 tck=$(getconf CLK_TCK)

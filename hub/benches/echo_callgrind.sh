@@ -22,7 +22,7 @@ for tool in valgrind callgrind_control; do
     command -v "$tool" >/dev/null || { echo "echo_callgrind.sh: $tool is not installed (apt-get install valgrind)" >&2; exit 1; }
 done
 
-cargo build --release -p stackful-hub --example echo_server --example tokio_echo_server --example echo_bench >&2
+cargo build --release -p corostack-hub --example echo_server --example tokio_echo_server --example echo_bench >&2
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 B="$target_dir/release/examples"
 

@@ -8,13 +8,13 @@
 //!   parked in `tokio::time::sleep`.
 //!
 //! ```text
-//! cargo bench -p stackful-hub --bench hub [-- COUNT]
+//! cargo bench -p corostack-hub --bench hub [-- COUNT]
 //! ```
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use stackful_hub as hub;
+use corostack_hub as hub;
 
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
@@ -132,11 +132,11 @@ fn main() {
             .map(|_| tokio_spawn_join(n, batch))
             .fold(f64::MAX, f64::min);
         println!(
-            "  {label:<18} stackful hub {h:>7.0} ns each   tokio current_thread {t:>7.0} ns each"
+            "  {label:<18} corostack hub {h:>7.0} ns each   tokio current_thread {t:>7.0} ns each"
         );
     }
     println!("{n} parked in sleep at once (resident memory per coroutine/task):");
     let h = hub_parked_rss(n);
     let t = tokio_parked_rss(n);
-    println!("  stackful hub {h:>7.0} bytes each   tokio current_thread {t:>7.0} bytes each");
+    println!("  corostack hub {h:>7.0} bytes each   tokio current_thread {t:>7.0} bytes each");
 }

@@ -5,7 +5,7 @@
 //! the slowest round trip), then stops by itself.
 //!
 //! ```text
-//! cargo run --release -p stackful-hub --example echo_bench -- ADDR [-c CONNECTIONS] [-m BYTES] [-d SECONDS] [-t THREADS]
+//! cargo run --release -p corostack-hub --example echo_bench -- ADDR [-c CONNECTIONS] [-m BYTES] [-d SECONDS] [-t THREADS]
 //! ```
 //!
 //! Defaults: 127.0.0.1:8000, 50 connections, 64 bytes, 5 seconds, one
@@ -19,9 +19,9 @@ use std::rc::Rc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use stackful_hub as hub;
-use stackful_hub::net::TcpStream;
-use stackful_hub::sync::Semaphore;
+use corostack_hub as hub;
+use corostack_hub::net::TcpStream;
+use corostack_hub::sync::Semaphore;
 
 /// Latency histogram: 1 µs buckets up to 1 s, the rest in the last.
 #[derive(Clone)]

@@ -2,8 +2,8 @@
 //! to the server, and prints what comes back.
 //!
 //! ```text
-//! cargo run -p stackful-hub --example echo_server &
-//! cargo run -p stackful-hub --example echo_client -- [ADDR]
+//! cargo run -p corostack-hub --example echo_server &
+//! cargo run -p corostack-hub --example echo_client -- [ADDR]
 //! ```
 //!
 //! ADDR defaults to 127.0.0.1:8000. Standard input is read on the hub's
@@ -11,8 +11,8 @@
 
 use std::io::{self, BufRead, Read, Write};
 
-use stackful_hub as hub;
-use stackful_hub::net::TcpStream;
+use corostack_hub as hub;
+use corostack_hub::net::TcpStream;
 
 /// Sends each line of `lines` to the echo server at `addr` and hands what
 /// comes back to `emit`, line by line. Runs inside a hub.

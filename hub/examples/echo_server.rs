@@ -2,7 +2,7 @@
 //! coroutine per connection, and echo what arrives until the peer closes.
 //!
 //! ```text
-//! cargo run --release -p stackful-hub --example echo_server -- [ADDR] [--threads N] [--for SECONDS]
+//! cargo run --release -p corostack-hub --example echo_server -- [ADDR] [--threads N] [--for SECONDS]
 //! ```
 //!
 //! ADDR defaults to 127.0.0.1:8000. With `--threads N`, N hubs each bind
@@ -13,8 +13,8 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use stackful_hub as hub;
-use stackful_hub::net::{TcpListener, TcpStream};
+use corostack_hub as hub;
+use corostack_hub::net::{TcpListener, TcpStream};
 
 /// Echoes what `conn` sends until it closes; returns the bytes echoed.
 pub fn handle(mut conn: TcpStream) -> io::Result<u64> {

@@ -3,7 +3,7 @@
 //! two timed sleeps wake in deadline order.
 //!
 //! ```text
-//! cargo run -p stackful-hub --example gevent_sleep
+//! cargo run -p corostack-hub --example gevent_sleep
 //! ```
 //!
 //! prints, as gevent does:
@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use stackful_hub as hub;
+use corostack_hub as hub;
 
 /// Runs the example, handing each line it prints to `emit`.
 // The names are gevent's.

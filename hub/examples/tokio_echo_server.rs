@@ -3,7 +3,7 @@
 //! `current_thread` runtime, or a `multi_thread` one with N workers.
 //!
 //! ```text
-//! cargo run --release -p stackful-hub --example tokio_echo_server -- [ADDR] [--threads N] [--per-thread] [--for SECONDS]
+//! cargo run --release -p corostack-hub --example tokio_echo_server -- [ADDR] [--threads N] [--per-thread] [--for SECONDS]
 //! ```
 //!
 //! ADDR defaults to 127.0.0.1:8001; `--threads 1` (the default) runs a

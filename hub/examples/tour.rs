@@ -1,15 +1,15 @@
-//! A tour of stackful and its hub: a generator feeding two consumers, greenlets
+//! A tour of corostack and its hub: a generator feeding two consumers, greenlets
 //! switching explicitly, a coroutine passing values both ways, gevent-style
 //! coroutines on the hub, and the measured round-trip switch latency.
 //!
 //! ```text
-//! cargo run --release -p stackful-hub --example tour
+//! cargo run --release -p corostack-hub --example tour
 //! ```
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use stackful::{Coroutine, CoroutineResult, Yielder};
+use corostack::{Coroutine, CoroutineResult, Yielder};
 
 // The core's examples, shown as they are.
 #[path = "../../examples/baozi.rs"]

@@ -78,7 +78,7 @@ impl Wake for Signal {
 /// not work here; channels and other runtime-free futures do.
 ///
 /// ```
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// hub::run(|| {
 ///     // Work handed to a hub through its remote is a future.

@@ -18,7 +18,7 @@ use crate::scheduler;
 /// runs to its end and its value is dropped.
 ///
 /// ```
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// let n = hub::run(|| hub::spawn_blocking(|| std::fs::read_dir(".").unwrap().count()));
 /// assert!(n > 0);

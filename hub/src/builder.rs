@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use stackful::stack::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
+use corostack::stack::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
 
 use crate::scheduler::{self, Config};
 
@@ -17,7 +17,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// and how many threads run a hub each.
 ///
 /// ```
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// let v = hub::Builder::new()
 ///     .stack_size(64 * 1024)
@@ -56,7 +56,7 @@ impl Builder {
 
     /// The usable size of each coroutine's stack, rounded up to pages.
     /// Stacks come from the core's pool (see
-    /// [`DefaultStack`](stackful::DefaultStack)) and go back to the hub's
+    /// [`DefaultStack`](corostack::DefaultStack)) and go back to the hub's
     /// cache when a coroutine finishes.
     ///
     /// # Panics
@@ -64,7 +64,7 @@ impl Builder {
     pub fn stack_size(mut self, bytes: usize) -> Builder {
         assert!(
             (MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&bytes),
-            "stackful::hub: a stack size of {bytes} bytes is outside \
+            "corostack::hub: a stack size of {bytes} bytes is outside \
              MIN_STACK_SIZE..=MAX_STACK_SIZE ({MIN_STACK_SIZE}..={MAX_STACK_SIZE})"
         );
         self.stack_size = bytes;
@@ -73,7 +73,7 @@ impl Builder {
 
     /// How many stacks of finished coroutines the hub keeps for new ones:
     /// while the hub runs, its thread's stack pool keeps at least this many
-    /// (see [`set_pool_capacity`](stackful::stack::set_pool_capacity); the
+    /// (see [`set_pool_capacity`](corostack::stack::set_pool_capacity); the
     /// previous capacity comes back when the hub ends). A bigger cache
     /// makes bursts of short coroutines cheaper; a smaller one gives memory
     /// back sooner.
@@ -134,9 +134,9 @@ impl Builder {
     /// with [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport).
     ///
     /// ```
-    /// let ids = stackful_hub::Builder::new()
+    /// let ids = corostack_hub::Builder::new()
     ///     .threads(2)
-    ///     .run_on_threads(|i| stackful_hub::spawn(move || i * 10).join().unwrap());
+    ///     .run_on_threads(|i| corostack_hub::spawn(move || i * 10).join().unwrap());
     /// assert_eq!(ids, [0, 10]);
     /// ```
     ///
@@ -153,9 +153,9 @@ impl Builder {
             .map(|i| {
                 let f = f.clone();
                 thread::Builder::new()
-                    .name(format!("stackful-hub-{i}"))
+                    .name(format!("corostack-hub-{i}"))
                     .spawn(move || self.run(move || f(i)))
-                    .expect("stackful::hub: cannot start a hub thread")
+                    .expect("corostack::hub: cannot start a hub thread")
             })
             .collect();
         let g = f.clone();

@@ -11,7 +11,7 @@ use crate::task::{JoinError, TaskState};
 /// it. Dropping the handle detaches the coroutine, which runs on.
 ///
 /// ```
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// let sum = hub::run(|| {
 ///     let a = hub::spawn(|| 20);
@@ -42,7 +42,7 @@ impl<T> JoinHandle<T> {
     pub fn join(self) -> Result<T, JoinError> {
         let hub = scheduler::hub("JoinHandle::join");
         if std::ptr::eq(hub.current_ptr(), Rc::as_ptr(&self.task)) {
-            panic!("stackful::hub: a coroutine cannot join itself");
+            panic!("corostack::hub: a coroutine cannot join itself");
         }
         self.task.wait_finished(hub, false);
         self.take()

@@ -240,7 +240,7 @@ fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()
 /// use std::io::Write;
 /// use std::os::fd::AsRawFd;
 /// use std::os::unix::net::UnixStream;
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// hub::run(|| {
 ///     let (mut a, b) = UnixStream::pair().unwrap();

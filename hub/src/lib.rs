@@ -1,5 +1,5 @@
-//! The hub: a gevent-style cooperative scheduler on the stackful
-//! coroutines of the [`stackful`] crate, built on its public API only.
+//! The hub: a gevent-style cooperative scheduler on the corostack
+//! coroutines of the [`corostack`] crate, built on its public API only.
 //! Plain sequential code
 //! runs in coroutines on one thread, and every [`sleep`], every socket
 //! read or write of [`net`], every join or channel receive
@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use stackful_hub as hub;
+//! use corostack_hub as hub;
 //!
 //! let total = hub::run(|| {
 //!     let workers: Vec<_> = (1..=3u64)
@@ -63,11 +63,11 @@
 //! asks. A kill is never raised inside a destructor: a second kill while
 //! the first unwinds does nothing, and a coroutine that kills itself from
 //! a destructor of its own kill goes on unwinding. A coroutine may run
-//! plain [`Coroutine`](stackful::Coroutine)s,
-//! [`AsyncCoroutine`](stackful::bridge::AsyncCoroutine)s and
-//! [`maybe_grow`](stackful::maybe_grow) and suspend inside them, and be killed
+//! plain [`Coroutine`](corostack::Coroutine)s,
+//! [`AsyncCoroutine`](corostack::bridge::AsyncCoroutine)s and
+//! [`maybe_grow`](corostack::maybe_grow) and suspend inside them, and be killed
 //! there; it may not suspend inside a
-//! [`Greenlet`](stackful::greenlet::Greenlet) it started (that panics, naming
+//! [`Greenlet`](corostack::greenlet::Greenlet) it started (that panics, naming
 //! the way out).
 
 //! # Deadlock
@@ -112,7 +112,7 @@
 //!    nothing of the scheduler's tasks nor of the user functions: what a
 //!    timer does and who waits for a socket are type parameters.
 //! 2. **The scheduler** (`scheduler`): the tasks (each a
-//!    [`Coroutine`](stackful::Coroutine), on the core's public API), the
+//!    [`Coroutine`](corostack::Coroutine), on the core's public API), the
 //!    drivers it owns, the run loop, and the primitives the user functions
 //!    build on (spawn, park, wake, kill); it explains why suspending from
 //!    anywhere is sound and why the hub is built on `Coroutine`.
@@ -164,7 +164,7 @@ pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yie
 /// coroutine's closure lives on its own stack.
 ///
 /// ```
-/// let v = stackful_hub::run(|| "done");
+/// let v = corostack_hub::run(|| "done");
 /// assert_eq!(v, "done");
 /// ```
 ///
@@ -180,7 +180,7 @@ pub fn run<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
 /// handle joins it, reads its state, or kills it.
 ///
 /// ```
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// hub::run(|| {
 ///     let h = hub::spawn(|| 2 + 2);

@@ -1,6 +1,6 @@
 //! A cache hint for the hub's own records (a ready task's record, a turn
 //! before the scheduler reads it). The hint for a coroutine's stack is the
-//! core's [`Coroutine::prefetch`](stackful::Coroutine::prefetch).
+//! core's [`Coroutine::prefetch`](corostack::Coroutine::prefetch).
 
 /// Asks the CPU to bring the cache line holding `addr` closer, ahead of a
 /// read. A hint only: it reads nothing the program can see and never

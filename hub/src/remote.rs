@@ -18,7 +18,7 @@ use crate::task::{JoinError, KillSelf};
 /// [`remote`](super::remote()).
 ///
 /// ```
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// let answer = hub::run(|| {
 ///     let remote = hub::remote();

@@ -4,9 +4,9 @@
 //!
 //! # How a coroutine suspends from anywhere
 //!
-//! A task is a [`Coroutine`](stackful::Coroutine) whose body runs the user's
+//! A task is a [`Coroutine`](corostack::Coroutine) whose body runs the user's
 //! closure. The body suspends from deep inside plain code (a `sleep`
-//! three calls down), so the body's [`Yielder`](stackful::Yielder) must be
+//! three calls down), so the body's [`Yielder`](corostack::Yielder) must be
 //! reachable without being passed around: the body stores its address in
 //! its [`Task`] when it starts, and the hub keeps a pointer to the running
 //! task in a thread-local while it resumes it. [`park`] suspends through
@@ -32,24 +32,24 @@
 //! stack that called [`run`], inside `run`), or one *task*, resumed by the
 //! loop and nothing else. A task's code may itself run on a stack that is
 //! not the task's own:
-//! - a plain [`Coroutine`](stackful::Coroutine) (or a generator) that it
+//! - a plain [`Coroutine`](corostack::Coroutine) (or a generator) that it
 //!   resumed: suspending the task from there saves the nested coroutine's
 //!   stack pointer in the task's link word, and the next resume of the task
 //!   continues there, where the nested coroutine's own link still names
 //!   the task's stack; nothing else refers to those stacks, so this works,
 //!   and a kill raised there unwinds out of the nested coroutine (its entry
 //!   hands the payload to its `resume`, which raises it again in the task);
-//! - an [`AsyncCoroutine`](stackful::bridge::AsyncCoroutine) polled by
+//! - an [`AsyncCoroutine`](corostack::bridge::AsyncCoroutine) polled by
 //!   [`block_on`](super::block_on): the same, one level deeper;
-//! - [`on_stack`](stackful::on_stack) and [`maybe_grow`](stackful::maybe_grow):
+//! - [`on_stack`](corostack::on_stack) and [`maybe_grow`](corostack::maybe_grow):
 //!   the borrowed stack lives in a frame of the task's stack, which the
 //!   suspended task keeps; a kill unwinds out of it as any panic does;
-//! - a [`Greenlet`](stackful::greenlet::Greenlet) the task started: the
+//! - a [`Greenlet`](corostack::greenlet::Greenlet) the task started: the
 //!   greenlet layer records the running greenlet and the stack pointers of
 //!   the others in thread-locals that every task shares, so suspending the
 //!   task there would leave another task running under the greenlet's
 //!   identity (a later switch jumps to a stale stack). `park` compares
-//!   [`running_id`](stackful::greenlet::running_id) with the one recorded when
+//!   [`running_id`](corostack::greenlet::running_id) with the one recorded when
 //!   the hub started and refuses with a panic that names the way out: one
 //!   thread-local read and a compare on the hot path. (A hub run *inside* a
 //!   greenlet records that greenlet, and its tasks run in it.)
@@ -177,8 +177,8 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stackful::coroutine::{Coroutine, CoroutineResult, Yielder};
-use stackful::stack::DefaultStack;
+use corostack::coroutine::{Coroutine, CoroutineResult, Yielder};
+use corostack::stack::DefaultStack;
 
 use crate::driver::poller::{IoCore, IoDriver};
 use crate::driver::pool::{Job, Pool};
@@ -437,7 +437,7 @@ pub(crate) struct Hub {
     /// `block_on` calls in progress (a waker elsewhere may wake the hub).
     block_ons: Cell<usize>,
     /// The greenlet that the hub's loop runs in, and so its tasks
-    /// ([`running_id`](stackful::greenlet::running_id)): a task may suspend
+    /// ([`running_id`](corostack::greenlet::running_id)): a task may suspend
     /// only while it is the running one.
     greenlet: usize,
     /// How many live tasks have an unwind in flight that the hub knows of
@@ -546,7 +546,7 @@ fn next_task_id() -> u64 {
 #[track_caller]
 fn outside(what: &str) -> ! {
     panic!(
-        "stackful::hub: `{what}` was called outside a hub: run it inside `stackful_hub::run` \
+        "corostack::hub: `{what}` was called outside a hub: run it inside `corostack_hub::run` \
          (or `hub::Builder::run`), on the hub's thread"
     )
 }
@@ -614,7 +614,7 @@ pub(crate) fn park(hub: &Hub) {
     }
     // One thread-local read and a compare: the greenlet running now must
     // be the one the hub's loop runs in (see the module docs).
-    if stackful::greenlet::running_id() != hub.greenlet {
+    if corostack::greenlet::running_id() != hub.greenlet {
         wrong_greenlet();
     }
     // SAFETY: `current` points at the running task, which the loop holds
@@ -639,7 +639,7 @@ pub(crate) fn park(hub: &Hub) {
 #[cold]
 #[track_caller]
 fn never_started() -> ! {
-    panic!("stackful::hub: a coroutine that never started cannot suspend")
+    panic!("corostack::hub: a coroutine that never started cannot suspend")
 }
 
 /// A suspending call made inside a greenlet that a task started.
@@ -648,7 +648,7 @@ fn never_started() -> ! {
 #[track_caller]
 fn wrong_greenlet() -> ! {
     panic!(
-        "stackful::hub: a coroutine of the hub cannot suspend (sleep, wait for a socket, join, \
+        "corostack::hub: a coroutine of the hub cannot suspend (sleep, wait for a socket, join, \
          ...) while a greenlet that it started is running: the greenlet runs on a stack of its \
          own that the hub does not manage. Switch back to the greenlet that runs the hub's \
          coroutine before suspending, or run that work as a hub coroutine (`hub::spawn`); a \
@@ -680,7 +680,7 @@ fn unwind_after_park(hub: &Hub, task: &Task) {
     if task.deadlock.replace(false) && hub.may_raise(task, None, true) {
         hub.mark_unwinding(task);
         panic!(
-            "stackful::hub: deadlock: every coroutine is waiting (in a join, a channel, an \
+            "corostack::hub: deadlock: every coroutine is waiting (in a join, a channel, an \
              event, ...) and nothing is left that could wake one: no timer, socket, blocking \
              job, awaited future or Remote"
         );
@@ -739,10 +739,10 @@ impl Hub {
             shared,
             blocking,
             current: Cell::new(ptr::null()),
-            pool_capacity: stackful::stack::raise_pool_capacity(config.stack_cache),
+            pool_capacity: corostack::stack::raise_pool_capacity(config.stack_cache),
             next_scope: Cell::new(0),
             block_ons: Cell::new(0),
-            greenlet: stackful::greenlet::running_id(),
+            greenlet: corostack::greenlet::running_id(),
             unwinding: Cell::new(0),
             suspects: Cell::new(0),
             base_panicking: Cell::new(std::thread::panicking()),
@@ -967,7 +967,7 @@ impl Hub {
         let slot: Slot<T> = Rc::new(Cell::new(None));
         let out = slot.clone();
         let me = Rc::as_ptr(&task);
-        let body = move |yielder: &stackful::Yielder<(), ()>, ()| {
+        let body = move |yielder: &corostack::Yielder<(), ()>, ()| {
             // SAFETY: the task owns this coroutine, so it outlives the body.
             let task = unsafe { &*me };
             task.yielder.set(yielder);
@@ -995,7 +995,7 @@ impl Hub {
         // `stack_cache`: finished tasks give their stacks back to it.
         let stack = match DefaultStack::new(self.config.stack_size) {
             Ok(s) => s,
-            Err(e) => panic!("stackful::hub: cannot allocate a coroutine's stack: {e}"),
+            Err(e) => panic!("corostack::hub: cannot allocate a coroutine's stack: {e}"),
         };
         *task.co.borrow_mut() = Some(Coroutine::with_stack(stack, body));
         if self.shutting_down.get() {
@@ -1369,7 +1369,7 @@ impl Hub {
         let timers = std::mem::take(&mut *self.timers.borrow_mut());
         self.drop_in_loop(timers);
         self.blocking.shut_down();
-        stackful::stack::set_pool_capacity(self.pool_capacity);
+        corostack::stack::set_pool_capacity(self.pool_capacity);
         (leaked, outcome)
     }
 
@@ -1475,7 +1475,7 @@ impl Installed {
         let prev = HUB.with(|h| h.replace(hub));
         if !prev.is_null() {
             HUB.with(|h| h.set(prev));
-            panic!("stackful::hub: `hub::run` was called inside a hub; a thread runs one hub");
+            panic!("corostack::hub: `hub::run` was called inside a hub; a thread runs one hub");
         }
         Installed { prev }
     }
@@ -1491,7 +1491,7 @@ impl Drop for Installed {
 pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -> T {
     let hub = match Hub::new(config) {
         Ok(h) => h,
-        Err(e) => panic!("stackful::hub: cannot start a hub: {e}"),
+        Err(e) => panic!("corostack::hub: cannot start a hub: {e}"),
     };
     let installed = Installed::new(&hub);
     /// Shuts the hub down if the loop itself fails, while it is still
@@ -1505,7 +1505,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
             let (leaked, _) = self.0.shut_down();
             if leaked > 0 {
                 eprintln!(
-                    "stackful::hub: {leaked} coroutine(s) could not finish unwinding at the \
+                    "corostack::hub: {leaked} coroutine(s) could not finish unwinding at the \
                      end of a failed `run`; their stacks were leaked"
                 );
             }
@@ -1519,7 +1519,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
     drop(installed);
     if outcome == Outcome::Stuck {
         panic!(
-            "stackful::hub: deadlock: every coroutine is waiting and nothing is left that could \
+            "corostack::hub: deadlock: every coroutine is waiting and nothing is left that could \
              wake one, while the main coroutine is unwinding (its destructors wait); {leaked} \
              coroutine(s) were left unfinished and their stacks leaked"
         );
@@ -1537,7 +1537,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
                 .to_string(),
         };
         let msg = format!(
-            "stackful::hub: at the end of `run`, {leaked} killed coroutine(s) did not finish: \
+            "corostack::hub: at the end of `run`, {leaked} killed coroutine(s) did not finish: \
              {why}; their stacks were leaked, with the destructors left on them"
         );
         match result {
@@ -1557,6 +1557,6 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
             v
         }
         Err(JoinError::Panicked(p)) => panic::resume_unwind(p),
-        Err(JoinError::Killed) => panic!("stackful::hub: the main coroutine was killed"),
+        Err(JoinError::Killed) => panic!("corostack::hub: the main coroutine was killed"),
     }
 }

@@ -21,7 +21,7 @@ use crate::scheduler::{self, Action, Task, TimeoutUnwind, park_until};
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// hub::run(|| {
 ///     let start = Instant::now();
@@ -55,7 +55,7 @@ pub fn sleep(duration: Duration) {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// hub::run(|| {
 ///     let deadline = Instant::now() + Duration::from_millis(3);
@@ -81,7 +81,7 @@ pub fn sleep_until(deadline: Instant) {
 /// ```
 /// use std::cell::RefCell;
 /// use std::rc::Rc;
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// let order = hub::run(|| {
 ///     let order = Rc::new(RefCell::new(Vec::new()));
@@ -130,7 +130,7 @@ impl From<Elapsed> for io::Error {
 ///
 /// ```
 /// use std::time::Duration;
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// hub::run(|| {
 ///     let quick = hub::timeout(Duration::from_millis(50), || 7);
@@ -218,7 +218,7 @@ impl CallLater {
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 /// use std::time::Duration;
-/// use stackful_hub as hub;
+/// use corostack_hub as hub;
 ///
 /// hub::run(|| {
 ///     let hits = Rc::new(Cell::new(0));

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use stackful_hub::{self as hub, JoinError, TaskState};
+use corostack_hub::{self as hub, JoinError, TaskState};
 use util::{DropCounter, capture};
 
 /// The message of a caught panic.
@@ -448,7 +448,7 @@ fn spawn_blocking_passes_a_panic_to_its_caller() {
 #[test]
 fn builder_settings_apply() {
     let v = hub::Builder::new()
-        .stack_size(stackful::stack::MIN_STACK_SIZE)
+        .stack_size(corostack::stack::MIN_STACK_SIZE)
         .stack_cache(0)
         .blocking_threads(1)
         .run(|| {
@@ -540,7 +540,7 @@ fn a_deadlock_panics_in_main_instead_of_hanging() {
     let g = drops.guard();
     let p = panic::catch_unwind(AssertUnwindSafe(move || {
         hub::run(move || {
-            let (tx, rx) = stackful_hub::sync::channel::unbounded::<u8>();
+            let (tx, rx) = corostack_hub::sync::channel::unbounded::<u8>();
             // It waits for a value that only main could send, while main
             // waits for it.
             let waiter = hub::spawn(move || {

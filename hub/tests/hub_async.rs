@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use stackful_hub::{self as hub, JoinError, Remote};
+use corostack_hub::{self as hub, JoinError, Remote};
 
 #[test]
 fn a_hub_coroutine_awaits_a_tokio_channel_fed_from_another_thread() {

@@ -8,8 +8,8 @@ mod util;
 
 use std::time::Duration;
 
-use stackful::stack::MIN_STACK_SIZE;
-use stackful_hub as hub;
+use corostack::stack::MIN_STACK_SIZE;
+use corostack_hub as hub;
 
 #[test]
 fn the_smallest_accepted_stack_size_runs_tasks_that_sleep() {

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use stackful_hub::{self as hub, JoinError, JoinHandle, KillHandle};
+use corostack_hub::{self as hub, JoinError, JoinHandle, KillHandle};
 use util::DropCounter;
 
 /// What a destructor does, in order.

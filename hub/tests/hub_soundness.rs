@@ -21,12 +21,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hub_util::{in_child, passes_in_child};
-use stackful::bridge::AsyncCoroutine;
-use stackful::greenlet::Greenlet;
-use stackful::{Coroutine, CoroutineResult};
-use stackful_hub::net::{TcpListener, TcpStream, UdpSocket};
-use stackful_hub::sync::{Event, Semaphore};
-use stackful_hub::{self as hub, JoinHandle, TaskState};
+use corostack::bridge::AsyncCoroutine;
+use corostack::greenlet::Greenlet;
+use corostack::{Coroutine, CoroutineResult};
+use corostack_hub::net::{TcpListener, TcpStream, UdpSocket};
+use corostack_hub::sync::{Event, Semaphore};
+use corostack_hub::{self as hub, JoinHandle, TaskState};
 use util::DropCounter;
 
 /// The message of a caught panic.
@@ -247,9 +247,9 @@ fn maybe_grow_inside_a_task_may_sleep_and_be_killed_there() {
                 // A red zone larger than any stack: always a fresh stack.
                 const ALWAYS: usize = usize::MAX;
                 let h = hub::spawn(|| {
-                    stackful::maybe_grow(ALWAYS, 64 * 1024, || {
+                    corostack::maybe_grow(ALWAYS, 64 * 1024, || {
                         hub::sleep(MS);
-                        stackful::maybe_grow(ALWAYS, 64 * 1024, || {
+                        corostack::maybe_grow(ALWAYS, 64 * 1024, || {
                             hub::yield_now();
                             3
                         })
@@ -259,7 +259,7 @@ fn maybe_grow_inside_a_task_may_sleep_and_be_killed_there() {
                 let drops = DropCounter::default();
                 let g = drops.guard();
                 let h = hub::spawn(move || {
-                    stackful::maybe_grow(ALWAYS, 64 * 1024, move || {
+                    corostack::maybe_grow(ALWAYS, 64 * 1024, move || {
                         let _g = g;
                         hub::sleep(HOUR);
                     })
@@ -879,7 +879,7 @@ fn a_deadlock_while_main_unwinds_ends_run_with_the_deadlock_not_an_abort() {
         let out = run.output();
         assert!(!run.hung && run.code == Some(0), "{out}");
         assert!(
-            out.contains("RUN PANICKED: stackful::hub: deadlock"),
+            out.contains("RUN PANICKED: corostack::hub: deadlock"),
             "{out}"
         );
     }

@@ -16,8 +16,8 @@ use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use stackful_hub as hub;
-use stackful_hub::net::{TcpListener, TcpStream, UdpSocket};
+use corostack_hub as hub;
+use corostack_hub::net::{TcpListener, TcpStream, UdpSocket};
 use util::DropCounter;
 
 /// A listener on a free loopback port.
@@ -35,7 +35,7 @@ fn the_echo_client_prints_what_the_echo_server_sends_back() {
     let lines = hub::run(|| {
         let (l, addr) = listen();
         hub::spawn(move || echo_server::serve(l));
-        let mut input = vec!["hello\n".to_string(), "stackful hub\n".to_string()].into_iter();
+        let mut input = vec!["hello\n".to_string(), "corostack hub\n".to_string()].into_iter();
         let out = Rc::new(RefCell::new(Vec::new()));
         let o = out.clone();
         echo_client::run(
@@ -46,7 +46,7 @@ fn the_echo_client_prints_what_the_echo_server_sends_back() {
         .unwrap();
         out.take()
     });
-    assert_eq!(lines, ["hello\n", "stackful hub\n"]);
+    assert_eq!(lines, ["hello\n", "corostack hub\n"]);
 }
 
 #[test]

@@ -9,9 +9,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use stackful_hub as hub;
-use stackful_hub::sync::channel::{self, RecvError, TryRecvError, TrySendError};
-use stackful_hub::sync::{Event, Semaphore};
+use corostack_hub as hub;
+use corostack_hub::sync::channel::{self, RecvError, TryRecvError, TrySendError};
+use corostack_hub::sync::{Event, Semaphore};
 
 #[test]
 fn a_bounded_channel_parks_the_sender_while_full() {

@@ -2,7 +2,7 @@
 //! value, as Python's `greenlet` does.
 //!
 //! ```
-//! use stackful::greenlet::{Greenlet, current};
+//! use corostack::greenlet::{Greenlet, current};
 //!
 //! let main = current::<String>();
 //! let echo = Greenlet::new(move |first: String| {
@@ -139,7 +139,7 @@
 //! reference cannot be switched in:
 //!
 //! ```compile_fail,E0597
-//! use stackful::greenlet::Greenlet;
+//! use corostack::greenlet::Greenlet;
 //! let keep = Greenlet::new(|r: &'static u32| r);
 //! let short = 7u32;
 //! keep.switch(&short); // `short` does not live long enough
@@ -150,7 +150,7 @@
 //! ```compile_fail,E0597
 //! let short = 7u32;
 //! let r = &short;
-//! let g = stackful::greenlet::Greenlet::new(move |()| assert_eq!(*r, 7));
+//! let g = corostack::greenlet::Greenlet::new(move |()| assert_eq!(*r, 7));
 //! g.switch(());
 //! ```
 //!
@@ -159,7 +159,7 @@
 //! ```compile_fail
 //! fn smuggle<'a>(short: &'a u32) {
 //!     // `&'a u32` must outlive 'static.
-//!     let main = stackful::greenlet::current::<&'a u32>();
+//!     let main = corostack::greenlet::current::<&'a u32>();
 //! }
 //! ```
 //!
@@ -172,14 +172,14 @@
 //! coercion nor a lifetime's shrinking or growing compiles:
 //!
 //! ```compile_fail,E0308
-//! use stackful::greenlet::Greenlet;
+//! use corostack::greenlet::Greenlet;
 //! fn coerce(g: Greenlet<for<'a> fn(&'a u32)>) -> Greenlet<fn(&'static u32)> {
 //!     g
 //! }
 //! ```
 //!
 //! ```compile_fail
-//! use stackful::greenlet::Greenlet;
+//! use corostack::greenlet::Greenlet;
 //! fn shrink<'a>(g: Greenlet<&'static u32>) -> Greenlet<&'a u32> {
 //!     g
 //! }
@@ -195,7 +195,7 @@
 //! compile.
 //!
 //! ```compile_fail
-//! let g = stackful::greenlet::Greenlet::new(|x: u32| x);
+//! let g = corostack::greenlet::Greenlet::new(|x: u32| x);
 //! std::thread::spawn(move || g.switch(1));
 //! ```
 
@@ -546,7 +546,7 @@ fn bury_caught(dead: Rc<Core>) -> std::thread::Result<()> {
 /// memory: report it and abort.
 #[cold]
 fn internal_error(what: &str) -> ! {
-    eprintln!("stackful: internal error in greenlet: {what}");
+    eprintln!("corostack: internal error in greenlet: {what}");
     std::process::abort()
 }
 
@@ -622,7 +622,7 @@ pub fn current<T: 'static>() -> Greenlet<T> {
 /// the identity differs (the hub does so, with a panic).
 ///
 /// ```
-/// use stackful::greenlet::{Greenlet, running_id};
+/// use corostack::greenlet::{Greenlet, running_id};
 ///
 /// let outside = running_id();
 /// let inside = Greenlet::new(|_: usize| running_id()).switch(0);
@@ -704,7 +704,7 @@ impl<T: 'static> Greenlet<T> {
     pub fn switch(&self, value: T) -> T {
         match self.try_switch(value) {
             Ok(v) => v,
-            Err(e) => panic!("stackful: {e}"),
+            Err(e) => panic!("corostack: {e}"),
         }
     }
 
@@ -816,11 +816,11 @@ impl<T> Greenlet<T> {
         if core.life.get() == Life::Dead {
         } else if is_running(core) {
             if !is_killed(core) {
-                panic!("stackful: a greenlet cannot kill itself; return instead");
+                panic!("corostack: a greenlet cannot kill itself; return instead");
             }
         } else if waits_in_kill(core) {
         } else if core.main {
-            panic!("stackful: the main greenlet cannot be killed");
+            panic!("corostack: the main greenlet cannot be killed");
         } else {
             kill_core(core);
         }
@@ -1069,7 +1069,7 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
                 Err(e) => {
                     drop(r);
                     let msg =
-                        format!("stackful: a greenlet's return value went to its parent: {e}");
+                        format!("corostack: a greenlet's return value went to its parent: {e}");
                     (target, Kind::Panic(Box::new(msg)), None)
                 }
             }
@@ -1120,5 +1120,5 @@ fn live_ancestor(core: &Core) -> *const Core {
         }
         p = c.parent.borrow().as_ref().map(|h| Rc::as_ptr(&h.0));
     }
-    unreachable!("stackful: the main greenlet never dies")
+    unreachable!("corostack: the main greenlet never dies")
 }

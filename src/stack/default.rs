@@ -91,7 +91,7 @@ impl DefaultStack {
     fn default_slow() -> DefaultStack {
         match DefaultStack::new(DEFAULT_STACK_SIZE) {
             Ok(stack) => stack,
-            Err(e) => panic!("stackful: cannot allocate a coroutine stack: {e}"),
+            Err(e) => panic!("corostack: cannot allocate a coroutine stack: {e}"),
         }
     }
 }

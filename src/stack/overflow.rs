@@ -6,7 +6,7 @@
 //! prints one line to stderr and aborts, like std's "thread 'main' has overflowed its stack",
 //!
 //! ```text
-//! stackful: coroutine stack overflow (stack of 65536 bytes; the fault hit its guard page at 0x7f3a5c1ff000), aborting
+//! corostack: coroutine stack overflow (stack of 65536 bytes; the fault hit its guard page at 0x7f3a5c1ff000), aborting
 //! ```
 //!
 //! and any other fault goes on to the handler that was installed before ours (normally std's,
@@ -204,7 +204,7 @@ fn report(stack_size: usize, addr: usize) -> ! {
         buf: [0; 192],
         len: 0,
     };
-    line.push(b"stackful: coroutine stack overflow (stack of ");
+    line.push(b"corostack: coroutine stack overflow (stack of ");
     line.push_num(stack_size, 10);
     line.push(b" bytes; the fault hit its guard page at 0x");
     line.push_num(addr, 16);
@@ -267,7 +267,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// Set in the environment of a child process: each test then runs its child role.
-    const CHILD: &str = "STACKFUL_OVERFLOW_TEST_CHILD";
+    const CHILD: &str = "COROSTACK_OVERFLOW_TEST_CHILD";
 
     /// Whether this process is a child started by [`run_child`].
     fn in_child() -> bool {
@@ -343,13 +343,13 @@ mod tests {
     /// checks that it died by `signal` (or, for `None`, exited successfully) within two minutes;
     /// returns its stderr. Where the binary cannot be executed directly (an aarch64 test binary
     /// under qemu-user without binfmt_misc: exec fails with ENOEXEC, or, from a static binary, the
-    /// child exits with 127), it runs under qemu-user instead: `STACKFUL_RUNNER` (which
+    /// child exits with 127), it runs under qemu-user instead: `COROSTACK_RUNNER` (which
     /// `.ci/cross` sets: qemu-user's name is not always the arch's, `qemu-ppc64le` for
     /// powerpc64le), else `qemu-<arch>`.
     fn run_child(name: &str, signal: Option<c_int>) -> String {
         let exe = std::env::current_exe().unwrap();
         let test = format!("{}::{name}", module_path!().split_once("::").unwrap().1);
-        let qemu = std::env::var("STACKFUL_RUNNER")
+        let qemu = std::env::var("COROSTACK_RUNNER")
             .unwrap_or_else(|_| format!("qemu-{}", std::env::consts::ARCH));
         for runner in [None, Some(qemu.as_str())] {
             let mut command = Command::new(runner.map_or(exe.as_os_str(), OsStr::new));
@@ -415,7 +415,7 @@ mod tests {
         }
         let stderr = run_child("fault_in_a_guard_is_reported", Some(libc::SIGABRT));
         let expected = format!(
-            "stackful: coroutine stack overflow (stack of 65536 bytes; the fault hit its guard page at {}), aborting\n",
+            "corostack: coroutine stack overflow (stack of 65536 bytes; the fault hit its guard page at {}), aborting\n",
             announced(&stderr)
         );
         assert!(stderr.contains(&expected), "{stderr}");
@@ -536,7 +536,7 @@ mod tests {
             "overflow_on_a_thread_without_alt_stack_is_reported",
             Some(libc::SIGABRT),
         );
-        assert!(stderr.contains("stackful: coroutine stack overflow (stack of 262144 bytes; the fault hit its guard page at 0x"), "{stderr}");
+        assert!(stderr.contains("corostack: coroutine stack overflow (stack of 262144 bytes; the fault hit its guard page at 0x"), "{stderr}");
     }
 
     /// The alternate stack `install` maps on a thread that had none is unmapped when it exits.

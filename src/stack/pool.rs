@@ -143,7 +143,7 @@ fn give_slow(mapping: Mapping) {
 /// higher.
 ///
 /// ```
-/// use stackful::stack::{raise_pool_capacity, set_pool_capacity};
+/// use corostack::stack::{raise_pool_capacity, set_pool_capacity};
 ///
 /// let old = raise_pool_capacity(1000);
 /// // ... run the scheduler ...
@@ -163,9 +163,9 @@ pub fn raise_pool_capacity(capacity: usize) -> usize {
 /// is unmapped.
 ///
 /// ```
-/// let old = stackful::stack::set_pool_capacity(4);
-/// assert_eq!(old, stackful::stack::POOL_CAPACITY);
-/// assert_eq!(stackful::stack::set_pool_capacity(old), 4);
+/// let old = corostack::stack::set_pool_capacity(4);
+/// assert_eq!(old, corostack::stack::POOL_CAPACITY);
+/// assert_eq!(corostack::stack::set_pool_capacity(old), 4);
 /// ```
 pub fn set_pool_capacity(capacity: usize) -> usize {
     let Some(pool) = pool_mut() else { return 0 };

@@ -38,7 +38,7 @@ use crate::stack::{MIN_STACK_SIZE, Stack};
 /// leaked frames, so it is not offered.
 ///
 /// ```
-/// use stackful::{Coroutine, CoroutineResult, SliceStack};
+/// use corostack::{Coroutine, CoroutineResult, SliceStack};
 ///
 /// // SAFETY: the body's frames are a few hundred bytes.
 /// let stack = unsafe { SliceStack::new(vec![0u8; 64 * 1024].into_boxed_slice()) };
@@ -92,11 +92,11 @@ impl SliceStack {
     /// ```
     /// // 16 bytes more than MIN_STACK_SIZE: the ends are rounded to 16,
     /// // and malloc aligns to 8 only on some targets (32-bit ARM's glibc).
-    /// let size = stackful::stack::MIN_STACK_SIZE + 16;
+    /// let size = corostack::stack::MIN_STACK_SIZE + 16;
     /// let memory: &'static mut [u8] = Box::leak(vec![0u8; size].into_boxed_slice());
     /// // SAFETY: `6 * 7` needs no more than a few bytes of stack.
-    /// let stack = unsafe { stackful::SliceStack::from_static(memory) };
-    /// assert_eq!(stackful::on_stack(stack, || 6 * 7), 42);
+    /// let stack = unsafe { corostack::SliceStack::from_static(memory) };
+    /// assert_eq!(corostack::on_stack(stack, || 6 * 7), 42);
     /// ```
     ///
     /// # Safety
@@ -138,7 +138,7 @@ impl SliceStack {
         let usable = self.top().saturating_sub(self.limit());
         if usable < MIN_STACK_SIZE {
             panic!(
-                "stackful: a SliceStack of {} bytes leaves {usable} usable bytes; a stack needs \
+                "corostack: a SliceStack of {} bytes leaves {usable} usable bytes; a stack needs \
                  at least {MIN_STACK_SIZE} (MIN_STACK_SIZE)",
                 self.len
             );

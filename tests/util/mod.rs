@@ -8,7 +8,7 @@ use std::rc::Rc;
 /// Whether the tests run under emulation (qemu-user), where everything is
 /// 10 to 50 times slower: heavy loops scale down, checks stay the same.
 pub fn emulated() -> bool {
-    std::env::var_os("STACKFUL_EMULATED").is_some()
+    std::env::var_os("COROSTACK_EMULATED").is_some()
 }
 
 /// Whether the tests run under valgrind (its preloaded library is in
@@ -50,11 +50,11 @@ impl Drop for DropGuard {
 
 /// The environment variable that tells a re-executed test binary which
 /// child role to play.
-pub const CHILD_ROLE: &str = "STACKFUL_TEST_CHILD";
+pub const CHILD_ROLE: &str = "COROSTACK_TEST_CHILD";
 
 /// Runs this test binary again as a child process playing `role`, running
 /// only the test `test_name`, and returns its output. Under qemu-user the
-/// child runs through `$STACKFUL_RUNNER`, since the sandbox has no binfmt.
+/// child runs through `$COROSTACK_RUNNER`, since the sandbox has no binfmt.
 pub fn run_child(test_name: &str, role: &str) -> Output {
     run_child_with(test_name, role, &[])
 }
@@ -69,7 +69,7 @@ pub fn leaks_allowed() -> [(&'static str, String); 1] {
 /// [`run_child`], with more environment variables for the child.
 pub fn run_child_with(test_name: &str, role: &str, env: &[(&str, String)]) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = match std::env::var_os("STACKFUL_RUNNER") {
+    let mut cmd = match std::env::var_os("COROSTACK_RUNNER") {
         Some(runner) => {
             let mut c = Command::new(runner);
             c.arg(exe);

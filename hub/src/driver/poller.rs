@@ -217,7 +217,7 @@ impl<W> IoDriver<W> {
             if e.kind() == io::ErrorKind::Interrupted {
                 return false;
             }
-            panic!("stackful::hub: polling for I/O failed: {e}");
+            panic!("corostack::hub: polling for I/O failed: {e}");
         }
         let mut remote = false;
         let sources = self.core.sources.borrow();

@@ -70,11 +70,11 @@ impl Pool {
         if start {
             let inner = self.inner.clone();
             let spawned = thread::Builder::new()
-                .name("stackful-blocking".into())
+                .name("corostack-blocking".into())
                 .spawn(move || worker(&inner));
             if let Err(e) = spawned {
                 lock(&self.inner.state).threads -= 1;
-                panic!("stackful::hub: cannot start a blocking thread: {e}");
+                panic!("corostack::hub: cannot start a blocking thread: {e}");
             }
         } else {
             self.inner.cv.notify_one();

@@ -5,8 +5,8 @@
 //!
 //! ```
 //! use std::io::{Read, Write};
-//! use stackful_hub as hub;
-//! use stackful_hub::net::{TcpListener, TcpStream};
+//! use corostack_hub as hub;
+//! use corostack_hub::net::{TcpListener, TcpStream};
 //!
 //! hub::run(|| {
 //!     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

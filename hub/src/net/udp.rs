@@ -13,7 +13,7 @@ use super::each_addr;
 /// A UDP socket.
 ///
 /// ```
-/// use stackful_hub::{self as hub, net::UdpSocket};
+/// use corostack_hub::{self as hub, net::UdpSocket};
 ///
 /// hub::run(|| {
 ///     let a = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -2,7 +2,7 @@
 //! any number of senders and receivers.
 //!
 //! ```
-//! use stackful_hub::{self as hub, sync::channel};
+//! use corostack_hub::{self as hub, sync::channel};
 //!
 //! let got = hub::run(|| {
 //!     let (tx, rx) = channel::bounded(2);
@@ -61,7 +61,7 @@ pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     assert!(
         capacity > 0,
-        "stackful_hub::sync::channel::bounded: the capacity must be at least 1"
+        "corostack_hub::sync::channel::bounded: the capacity must be at least 1"
     );
     new(Some(capacity))
 }
@@ -249,7 +249,7 @@ impl<'a, T> IntoIterator for &'a Receiver<T> {
 fn count_one_more(n: usize, what: &str) -> usize {
     match n.checked_add(1) {
         Some(n) => n,
-        None => panic!("stackful_hub::sync::channel: too many clones of a {what}"),
+        None => panic!("corostack_hub::sync::channel: too many clones of a {what}"),
     }
 }
 

@@ -11,7 +11,7 @@ use super::WaitQueue;
 /// the flag.
 ///
 /// ```
-/// use stackful_hub::{self as hub, sync::Event};
+/// use corostack_hub::{self as hub, sync::Event};
 ///
 /// hub::run(|| {
 ///     let ready = Event::new();

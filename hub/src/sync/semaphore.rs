@@ -14,7 +14,7 @@ use super::WaitQueue;
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 /// use std::time::Duration;
-/// use stackful_hub::{self as hub, sync::Semaphore};
+/// use corostack_hub::{self as hub, sync::Semaphore};
 ///
 /// hub::run(|| {
 ///     let limit = Semaphore::new(2);
@@ -111,7 +111,7 @@ impl Semaphore {
 #[track_caller]
 fn permits_overflow(free: usize, n: usize) -> ! {
     panic!(
-        "stackful_hub::sync::Semaphore: adding {n} permits to the {free} free ones would overflow \
+        "corostack_hub::sync::Semaphore: adding {n} permits to the {free} free ones would overflow \
          the count (usize::MAX at most)"
     )
 }

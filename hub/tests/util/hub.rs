@@ -41,7 +41,7 @@ pub fn in_child(test_name: &str, limit: Duration, f: impl FnOnce()) -> Option<Ch
         return None;
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = match std::env::var_os("STACKFUL_RUNNER") {
+    let mut cmd = match std::env::var_os("COROSTACK_RUNNER") {
         Some(runner) => {
             let mut c = Command::new(runner);
             c.arg(exe);
