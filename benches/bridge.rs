@@ -23,8 +23,8 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use criterion::{Criterion, criterion_group, criterion_main};
 use corostack::bridge::AsyncCoroutine;
+use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Pending on its first poll (waking its waker), ready on the second.
 struct PendingOnce(bool);

@@ -29,8 +29,8 @@ mod common;
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
 use corostack::{Coroutine, CoroutineResult};
+use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Where a switch would keep the control state: ours (saved) and theirs
 /// (loaded), as the two contexts' stacks would hold them.

@@ -11,9 +11,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
 use corostack::greenlet::{Greenlet, current};
 use corostack::{Coroutine, Yielder};
+use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("two_switches");

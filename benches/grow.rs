@@ -18,8 +18,8 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
 use corostack::{Coroutine, DefaultStack};
+use criterion::{Criterion, criterion_group, criterion_main};
 
 const RED_ZONE: usize = 32 * 1024;
 const STACK_SIZE: usize = 1 << 20;

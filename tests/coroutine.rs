@@ -8,9 +8,9 @@ use std::hint::black_box;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
-use proptest::prelude::*;
 use corostack::stack::{DEFAULT_STACK_SIZE, trim_pool};
 use corostack::{Coroutine, CoroutineResult, DefaultStack, Stack, Yielder};
+use proptest::prelude::*;
 use util::{DropCounter, scaled};
 
 #[test]

@@ -12,9 +12,9 @@ use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
-use proptest::prelude::*;
 use corostack::greenlet::{Greenlet, SwitchError, current};
 use corostack::{Generator, Yielder};
+use proptest::prelude::*;
 use util::{DropCounter, capture};
 
 #[test]

@@ -21,8 +21,8 @@ use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
-use proptest::prelude::*;
 use corostack::greenlet::{Greenlet, SwitchError, current};
+use proptest::prelude::*;
 
 /// One step of a program. Indices are taken modulo the number of
 /// greenlets made so far (0 is the main greenlet).

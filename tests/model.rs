@@ -9,8 +9,8 @@ mod util;
 
 use std::panic::{self, AssertUnwindSafe};
 
-use proptest::prelude::*;
 use corostack::{Coroutine, CoroutineResult, DefaultStack, Stack};
+use proptest::prelude::*;
 use util::DropCounter;
 
 /// One step of a body's script.

@@ -12,8 +12,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use proptest::prelude::*;
 use corostack_hub::{self as hub, JoinError, TaskState};
+use proptest::prelude::*;
 use util::{DropCounter, capture};
 
 /// The message of a caught panic.

@@ -16,8 +16,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use proptest::prelude::*;
 use corostack_hub::{self as hub, JoinError, JoinHandle, KillHandle};
+use proptest::prelude::*;
 use util::DropCounter;
 
 /// What a destructor does, in order.

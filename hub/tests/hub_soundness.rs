@@ -20,13 +20,13 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hub_util::{in_child, passes_in_child};
 use corostack::bridge::AsyncCoroutine;
 use corostack::greenlet::Greenlet;
 use corostack::{Coroutine, CoroutineResult};
 use corostack_hub::net::{TcpListener, TcpStream, UdpSocket};
 use corostack_hub::sync::{Event, Semaphore};
 use corostack_hub::{self as hub, JoinHandle, TaskState};
+use hub_util::{in_child, passes_in_child};
 use util::DropCounter;
 
 /// The message of a caught panic.

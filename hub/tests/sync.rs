@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proptest::prelude::*;
 use corostack_hub as hub;
 use corostack_hub::sync::channel::{self, RecvError, TryRecvError, TrySendError};
 use corostack_hub::sync::{Event, Semaphore};
+use proptest::prelude::*;
 
 #[test]
 fn a_bounded_channel_parks_the_sender_while_full() {
