@@ -9,22 +9,60 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use corostack::{Coroutine, CoroutineResult, Yielder};
+use std::cell::OnceCell;
+use std::rc::Rc;
 
-// The core's examples, shown as they are.
-#[path = "../../examples/baozi.rs"]
-mod baozi;
+use corostack::greenlet::Greenlet;
+use corostack::{Coroutine, CoroutineResult, Generator, Yielder};
+
 #[path = "gevent_sleep.rs"]
 mod gevent_sleep;
-#[path = "../../examples/greenlet.rs"]
-mod greenlet;
+
+/// A consumer of Python's producer/consumer example (the core's
+/// `examples/baozi.rs`): primed by the first `next`, then eats each baozi sent.
+fn consumer(name: &'static str) -> Generator<(), u32> {
+    Generator::new(move |y: &Yielder<u32, ()>| {
+        println!("--->starting eating baozi...");
+        loop {
+            let baozi = y.suspend(());
+            println!("[{name}] is eating baozi {baozi}");
+        }
+    })
+}
 
 fn main() {
-    println!("== generators: a producer sends baozi to two consumers (examples/baozi.rs)");
-    baozi::run(|line| println!("{line}"));
+    println!("== generators: a producer sends baozi to two consumers");
+    let (mut c1, mut c2) = (consumer("c1"), consumer("c2"));
+    c1.next();
+    c2.next();
+    for n in 1..=3 {
+        c1.send(n);
+        c2.send(n);
+        println!("[producer] is making baozi {n}");
+    }
 
-    println!("\n== greenlets: two switch to each other explicitly (examples/greenlet.rs)");
-    greenlet::run(|line| println!("{line}"));
+    println!("\n== greenlets: two switch to each other explicitly (Python greenlet's first example)");
+    // Each greenlet switches to the other, so each needs the other's handle.
+    let to_gr2: Rc<OnceCell<Greenlet<()>>> = Rc::default();
+    let gr1 = Greenlet::new({
+        let to_gr2 = to_gr2.clone();
+        move |()| {
+            println!("12");
+            to_gr2.get().unwrap().switch(());
+            println!("34");
+        }
+    });
+    let gr2 = Greenlet::new({
+        let gr1 = gr1.clone();
+        move |()| {
+            println!("56");
+            gr1.switch(());
+            println!("78");
+        }
+    });
+    to_gr2.set(gr2).unwrap();
+    gr1.switch(()); // 12, 56, 34: gr1 returns into its parent, here
+    to_gr2.get().unwrap().switch(()); // 78
 
     println!("\n== a coroutine passing values both ways");
     // A running average: each resume sends a sample in, each suspend hands

@@ -211,3 +211,9 @@ pub fn join_all<T>(handles: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Resu
 pub fn in_hub() -> bool {
     scheduler::try_with_hub(|_| ()).is_some()
 }
+
+/// The hub's README examples, run as doc tests so that what it shows
+/// compiles and works.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
