@@ -96,7 +96,7 @@ impl Builder {
     /// (a deadlock), the coroutines still unwinding are leaked (their stacks
     /// stay mapped, the destructors left on them never run) and `run`
     /// panics saying so, rather than hang or abort (see
-    /// [The end of `run`](super#the-end-of-run)).
+    /// [Ending](crate#ending) in the crate docs).
     pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
         self.shutdown_timeout = timeout;
         self

@@ -17,8 +17,10 @@ use super::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, Stack, pool};
 /// really honours it (checked once per process), so the stack costs one
 /// kernel mapping, which the kernel can merge with its neighbours; where it
 /// does not, with `mprotect(PROT_NONE)`, which costs a second mapping.
-/// Touching the guard prints a line naming a coroutine stack overflow and
-/// aborts the process.
+/// Touching the guard is a SIGSEGV, which kills the process (never a silent
+/// corruption); with the `overflow-handler` feature the crate's handler
+/// first prints a line naming a coroutine stack overflow and the stack's
+/// size, then aborts, as Rust does for a thread's overflow.
 #[derive(Debug)]
 pub struct DefaultStack {
     /// The mapping: moved out only by `drop`, to the pool.

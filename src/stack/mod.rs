@@ -1,6 +1,6 @@
 //! Stacks for coroutines: the [`Stack`] contract, its size limits, and
-//! (with the `std` feature) [`DefaultStack`], an anonymous mmap with a guard
-//! page below it, reused from a per-thread pool.
+//! (with the `std` feature) [`DefaultStack`], an anonymous mmap with four
+//! guard pages below it, reused from a per-thread pool.
 //!
 //! The files, each one concept, lower layers first (each imports only the
 //! ones above it in this list):
@@ -102,8 +102,9 @@ pub unsafe trait Stack {
 /// was raised on, a later one 11 KB, with a silent hook 3 KB (on
 /// powerpc64le, in a debug build under qemu-ppc64le: 51 KB, 34 KB and
 /// 14 KB). On a
-/// [`DefaultStack`] running past the bottom hits the guard pages (a message
-/// and an abort, as a thread's overflow does); a body that may panic wants
+/// [`DefaultStack`] running past the bottom hits the guard pages (a SIGSEGV;
+/// with the `overflow-handler` feature a message and an abort, as a
+/// thread's overflow does); a body that may panic wants
 /// 64 KiB or more (128 KiB on powerpc64le).
 pub const MIN_STACK_SIZE: usize = crate::arch::MIN_STACK_SIZE;
 
