@@ -1,5 +1,5 @@
-//! Greenlets and generators: every rule of the module docs, the seeds'
-//! example programs, and random switch graphs.
+//! Greenlets and generators: every rule of the module docs, the example
+//! programs, and random switch graphs.
 
 mod util;
 

@@ -2,7 +2,7 @@
 # The hub against tokio: hub/examples/echo_server.rs and
 # hub/examples/tokio_echo_server.rs under the same load generator
 # (hub/examples/echo_bench.rs, itself on the hub), 64-byte messages, side by side
-# in one session. For each point (server threads x connections) each server
+# in one run. For each point (server threads x connections) each server
 # runs RUNS times, alternating; prints the medians of round trips per
 # second, p99 latency and the server's CPU time per round trip (user +
 # system, from /proc), with every run's figures after them.

@@ -1,4 +1,4 @@
-//! The seeds' interactive echo client on the hub: reads lines, sends each
+//! An interactive echo client on the hub: reads lines, sends each
 //! to the server, and prints what comes back.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! The seeds' socket server on the hub: accept connections, spawn a
+//! An echo server on the hub: accept connections, spawn a
 //! coroutine per connection, and echo what arrives until the peer closes.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! The hub's scheduler: the seeds' gevent example, spawning, joining,
+//! The hub's scheduler: gevent's sleep example, spawning, joining,
 //! killing, panics, sleeps in deadline order, timeouts, delayed calls,
 //! the blocking pool, and the errors outside a hub.
 

@@ -1,4 +1,4 @@
-//! Sockets on the hub: the seeds' echo server and client, 1,000
+//! Sockets on the hub: the example echo server and client, 1,000
 //! concurrent connections, kills and hostile peers, deadlines, UDP,
 //! foreign descriptors, `SO_REUSEPORT` over two hubs, and `accept` out of
 //! descriptors (in a child process).
