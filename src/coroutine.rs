@@ -626,7 +626,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 
     /// The handle a signal handler uses to send this coroutine back to its
     /// resumer after a trap (see [`CoroutineTrapHandler`](crate::CoroutineTrapHandler)
-    /// and the `trap` module's docs): valid while this coroutine lives on
+    /// and the [`trap`](crate::trap) module's docs): valid while this coroutine lives on
     /// this stack.
     #[cfg(feature = "std")]
     pub fn trap_handler(&self) -> crate::CoroutineTrapHandler<Return> {

@@ -52,7 +52,7 @@ mod sanitizer;
 pub mod scoped;
 pub mod stack;
 #[cfg(feature = "std")]
-mod trap;
+pub mod trap;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};
 #[cfg(feature = "std")]
