@@ -170,6 +170,72 @@ impl<'a, Input, Yield, Return, S: Stack> ScopedCoroutine<'a, Input, Yield, Retur
         drop(running);
         out
     }
+
+    /// [`scope`](ScopedCoroutine::scope), then gives the stack back for
+    /// reuse (as [`Coroutine::into_stack`]: a suspended body is unwound
+    /// first), with `f`'s value. If `f` panics, the coroutine is dropped
+    /// as the panic passes, with its stack.
+    ///
+    /// ```
+    /// use corostack::{DefaultStack, Stack};
+    /// use corostack::scoped::ScopedCoroutine;
+    ///
+    /// let words = vec!["borrowed", "not", "moved"];
+    /// let stack = DefaultStack::new(64 * 1024).unwrap();
+    /// let top = stack.top();
+    /// let (count, stack) = ScopedCoroutine::with_stack(stack, |y, ()| {
+    ///     words.iter().for_each(|w| y.suspend(*w))
+    /// })
+    /// .scope_into_stack(|walk| walk.count());
+    /// assert_eq!((count, stack.top()), (3, top)); // the same stack, for the next body
+    /// ```
+    ///
+    /// # Panics
+    /// As [`Coroutine::into_stack`]: under `panic = "abort"`, when the
+    /// body is suspended as `f` returns.
+    pub fn scope_into_stack<T>(
+        self,
+        f: impl FnOnce(&mut Scoped<'a, Input, Yield, Return, S>) -> T,
+    ) -> (T, S) {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: as in `scope`: `this` is never used or dropped again.
+        let co = unsafe { core::ptr::read(&this.co) };
+        let mut running = Scoped {
+            co,
+            _borrows: PhantomData,
+        };
+        let out = f(&mut running);
+        // `Scoped` has a `Drop` too: its coroutine is moved out the same way.
+        let running = core::mem::ManuallyDrop::new(running);
+        // SAFETY: `running` is never used or dropped again.
+        let co = unsafe { core::ptr::read(&running.co) };
+        // The body is unwound (or was done) before the stack comes back:
+        // nothing on it borrows for 'a any more.
+        (out, co.into_stack())
+    }
+
+    /// Drops the unstarted body's closure (and what it captured) and gives
+    /// the stack back (corosensei's name and meaning; to have it back after
+    /// the body ran, use
+    /// [`scope_into_stack`](ScopedCoroutine::scope_into_stack)).
+    ///
+    /// ```
+    /// use corostack::DefaultStack;
+    /// use corostack::scoped::ScopedCoroutine;
+    ///
+    /// let name = String::from("never run");
+    /// let co = ScopedCoroutine::<(), (), usize>::with_stack(DefaultStack::default(), |_, ()| {
+    ///     name.len()
+    /// });
+    /// let stack: DefaultStack = co.into_stack();
+    /// # drop(stack);
+    /// ```
+    pub fn into_stack(self) -> S {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: as in `scope`: `this` is never used or dropped again.
+        let co = unsafe { core::ptr::read(&this.co) };
+        co.into_stack()
+    }
 }
 
 impl<Input, Yield, Return, S: Stack> Scoped<'_, Input, Yield, Return, S> {
@@ -195,6 +261,27 @@ impl<Input, Yield, Return, S: Stack> Scoped<'_, Input, Yield, Return, S> {
     /// [`Coroutine::force_unwind`]: unwinds the body now.
     pub fn force_unwind(&mut self) {
         self.co.force_unwind()
+    }
+
+    /// [`Coroutine::force_reset`]: marks the coroutine done without running
+    /// anything on its stack; the body's frames are abandoned.
+    ///
+    /// # Safety
+    /// As [`Coroutine::force_reset`]: nothing on the stack may rely on its
+    /// destructor running before its memory is reused (for a scoped body
+    /// that includes what it borrows: a `std::thread::scope` in it, or a
+    /// value registered somewhere through a borrow, must not be abandoned).
+    pub unsafe fn force_reset(&mut self) {
+        // SAFETY: the caller's promise, which is `force_reset`'s.
+        unsafe { self.co.force_reset() }
+    }
+
+    /// [`Coroutine::trap_handler`]: the handle a signal handler uses to send
+    /// this coroutine back to its resumer after a trap (see the
+    /// [`trap`](crate::trap) module), valid while this coroutine lives on
+    /// this stack, which is until its scope ends.
+    pub fn trap_handler(&self) -> crate::CoroutineTrapHandler<Return> {
+        self.co.trap_handler()
     }
 }
 

@@ -108,3 +108,116 @@ fn an_unstarted_scoped_coroutine_that_is_forgotten_runs_nothing() {
     drop(data);
     assert_eq!(drops.get(), 0);
 }
+
+/// Counts its drops in a borrowed cell (no heap, so that one abandoned on
+/// purpose leaks nothing LeakSanitizer would report).
+struct Counted<'a>(&'a std::cell::Cell<usize>);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn scope_into_stack_unwinds_the_body_then_gives_the_same_stack_back() {
+    use corostack::{DefaultStack, Stack};
+    let drops = std::cell::Cell::new(0);
+    let data = vec![10, 20, 30];
+    let stack = DefaultStack::new(64 * 1024).unwrap();
+    let top = stack.top();
+    let (first, stack) = ScopedCoroutine::with_stack(stack, |y: &Yielder<(), &i32>, ()| {
+        let _counted = Counted(&drops);
+        for x in &data {
+            y.suspend(x);
+        }
+    })
+    .scope_into_stack(|co| *co.resume(()).as_yield().unwrap());
+    assert_eq!(first, 10);
+    assert_eq!(drops.get(), 1, "the suspended body was unwound before the stack came back");
+    assert_eq!(stack.top(), top);
+    // The stack runs the next body, which borrows too.
+    let (sum, _) = ScopedCoroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| {
+        data.iter().sum::<i32>()
+    })
+    .scope_into_stack(|co| co.resume(()).as_return());
+    assert_eq!(sum, Some(60));
+}
+
+#[test]
+fn scope_into_stack_joins_a_scoped_thread_of_the_body_before_returning() {
+    let shared = std::sync::Mutex::new(Vec::new());
+    let ((), _stack) = ScopedCoroutine::new(|y: &Yielder<(), ()>, ()| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                shared.lock().unwrap().push(1)
+            });
+            y.suspend(());
+        });
+    })
+    .scope_into_stack(|co| {
+        co.resume(());
+    });
+    assert_eq!(*shared.lock().unwrap(), [1]);
+}
+
+#[test]
+fn a_panic_in_scope_into_stack_drops_the_coroutine_as_it_passes() {
+    let drops = std::cell::Cell::new(0);
+    let err = panic::catch_unwind(AssertUnwindSafe(|| {
+        ScopedCoroutine::new(|y: &Yielder<(), ()>, ()| {
+            let _counted = Counted(&drops);
+            y.suspend(());
+        })
+        .scope_into_stack(|co| {
+            co.resume(());
+            panic!("in the scope");
+        })
+    }))
+    .unwrap_err();
+    assert_eq!(err.downcast_ref::<&str>(), Some(&"in the scope"));
+    assert_eq!(drops.get(), 1);
+}
+
+#[test]
+fn into_stack_of_an_unstarted_scoped_coroutine_drops_its_closure_and_runs_nothing() {
+    let drops = std::cell::Cell::new(0);
+    let ran = std::cell::Cell::new(false);
+    let counted = Counted(&drops);
+    let co = ScopedCoroutine::<(), (), ()>::new(|_, ()| {
+        let _counted = counted;
+        ran.set(true);
+    });
+    let stack = co.into_stack();
+    assert_eq!((drops.get(), ran.get()), (1, false));
+    // The stack is whole: a new coroutine runs on it.
+    let mut next = corostack::Coroutine::with_stack(stack, |y: &Yielder<u8, u8>, a| a + y.suspend(a));
+    assert_eq!(next.resume(1).as_yield(), Some(1));
+    assert_eq!(next.resume(2).as_return(), Some(3));
+}
+
+#[test]
+fn force_reset_abandons_the_body_without_running_its_destructors() {
+    let drops = std::cell::Cell::new(0);
+    let after = std::cell::Cell::new(false);
+    let (done, stack) = ScopedCoroutine::new(|y: &Yielder<(), ()>, ()| {
+        let _counted = Counted(&drops);
+        y.suspend(());
+        after.set(true);
+    })
+    .scope_into_stack(|co| {
+        co.resume(());
+        // SAFETY: the body holds a counter of a borrowed cell, which
+        // needs no drop, and no borrow that anything else relies on.
+        unsafe { co.force_reset() };
+        let resumed = panic::catch_unwind(AssertUnwindSafe(|| co.resume(())));
+        assert!(resumed.is_err(), "a reset coroutine is done");
+        co.done()
+    });
+    assert!(done);
+    assert_eq!((drops.get(), after.get()), (0, false));
+    // The stack is written over by the next coroutine.
+    let mut next = corostack::Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| 5);
+    assert_eq!(next.resume(()).as_return(), Some(5));
+}

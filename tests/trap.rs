@@ -226,3 +226,35 @@ fn the_handler_knows_the_stack_and_its_guard() {
     assert!(!trap.stack_ptr_in_bounds(lo - guard - 1));
     assert!(!trap.stack_ptr_in_bounds(hi));
 }
+
+fn scoped_overflow_comes_back_as_a_return() {
+    use corostack::scoped::ScopedCoroutine;
+    let depth = std::cell::Cell::new(0u64);
+    let stack = DefaultStack::new(64 * 1024).unwrap();
+    let (back, stack) = ScopedCoroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| {
+        // A body that borrows: the recursion writes the borrowed cell.
+        depth.set(recurse(0));
+        1
+    })
+    .scope_into_stack(|co| {
+        TRAP.set(Some(co.trap_handler()));
+        let back = co.resume(()).as_return();
+        TRAP.set(None);
+        assert!(co.done());
+        back
+    });
+    assert_eq!(back, Some(42));
+    assert_eq!(depth.get(), 0, "the body's frames were abandoned");
+    let mut next = Coroutine::with_stack(stack, |y: &Yielder<u32, u32>, a: u32| a + y.suspend(a));
+    assert_eq!(next.resume(1).as_yield(), Some(1));
+    assert_eq!(next.resume(2).as_return(), Some(3));
+}
+
+#[test]
+#[cfg_attr(feature = "asan", ignore = "ASan takes SIGSEGV itself")]
+fn an_overflow_in_a_scoped_coroutine_comes_back_as_a_return() {
+    in_child(
+        "an_overflow_in_a_scoped_coroutine_comes_back_as_a_return",
+        scoped_overflow_comes_back_as_a_return,
+    );
+}
