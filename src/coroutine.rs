@@ -232,6 +232,34 @@ macro_rules! coroutine_struct {
         /// assert_eq!(squares.collect::<Vec<_>>(), [1, 4, 9, 16]);
         /// ```
         ///
+        /// # Bodies that borrow
+        /// The body, its inputs and its yields are `'static` (the
+        /// [rules](crate::coroutine#lifetimes-and-variance) say why): a body
+        /// that borrows a function's argument fails with E0521 ("borrowed data
+        /// escapes outside of function"), one that borrows a local with E0373
+        /// or E0597. [`ScopedCoroutine`](crate::scoped::ScopedCoroutine) runs
+        /// such a body inside a scope that ends before the borrows do.
+        ///
+        /// ```compile_fail,E0521
+        /// fn sum(v: &[u32]) -> Option<u32> {
+        ///     let mut co = corostack::Coroutine::new(move |_: &corostack::Yielder<(), ()>, ()| {
+        ///         v.iter().sum::<u32>()
+        ///     });
+        ///     co.resume(()).as_return()
+        /// }
+        /// ```
+        /// ```
+        /// # #[cfg(feature = "std")] {
+        /// fn sum(v: &[u32]) -> Option<u32> {
+        ///     corostack::ScopedCoroutine::new(move |_: &corostack::Yielder<(), ()>, ()| {
+        ///         v.iter().sum::<u32>()
+        ///     })
+        ///     .scope(|co| co.resume(()).as_return())
+        /// }
+        /// assert_eq!(sum(&[1, 2, 3]), Some(6));
+        /// # }
+        /// ```
+        ///
         /// # Panics, drops and unwinding
         /// A panic in the body reaches the caller of `resume`, with its payload,
         /// and the coroutine is then done. Resuming a done coroutine panics.

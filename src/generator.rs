@@ -56,6 +56,19 @@ use crate::stack::{DefaultStack, Stack};
 
 /// A generator that yields `Yield`s and is sent `Input`s; see the
 /// [module docs](self).
+///
+/// The body and the sent and yielded types are `'static`, as a
+/// [`Coroutine`]'s: a body that borrows a function's argument fails with
+/// E0521 ("borrowed data escapes outside of function"). A `Coroutine<(), Y,
+/// ()>` inside a [`ScopedCoroutine`](crate::scoped::ScopedCoroutine) is an
+/// iterator whose body may borrow (the module docs of
+/// [`scoped`](crate::scoped) walk a borrowed tree that way).
+///
+/// ```compile_fail,E0521
+/// fn evens(v: &[u32]) -> corostack::Generator<(), u32> {
+///     corostack::Generator::new(move |y| v.iter().filter(|x| *x % 2 == 0).for_each(|x| y.suspend(*x)))
+/// }
+/// ```
 pub struct Generator<Yield, Input = (), S: Stack = DefaultStack> {
     co: Coroutine<Input, Yield, (), S>,
 }
