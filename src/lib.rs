@@ -123,9 +123,9 @@ pub struct ReadmeDoctests;
 #[cfg(feature = "std")]
 pub use generator::Generator;
 #[cfg(feature = "std")]
-pub use scoped::ScopedCoroutine;
-#[cfg(feature = "std")]
 pub use grow::{maybe_grow, on_stack, remaining_stack};
+#[cfg(feature = "std")]
+pub use scoped::ScopedCoroutine;
 #[cfg(feature = "std")]
 pub use stack::DefaultStack;
 #[cfg(feature = "std")]

@@ -134,13 +134,16 @@ fn scope_into_stack_unwinds_the_body_then_gives_the_same_stack_back() {
     })
     .scope_into_stack(|co| *co.resume(()).as_yield().unwrap());
     assert_eq!(first, 10);
-    assert_eq!(drops.get(), 1, "the suspended body was unwound before the stack came back");
+    assert_eq!(
+        drops.get(),
+        1,
+        "the suspended body was unwound before the stack came back"
+    );
     assert_eq!(stack.top(), top);
     // The stack runs the next body, which borrows too.
-    let (sum, _) = ScopedCoroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| {
-        data.iter().sum::<i32>()
-    })
-    .scope_into_stack(|co| co.resume(()).as_return());
+    let (sum, _) =
+        ScopedCoroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| data.iter().sum::<i32>())
+            .scope_into_stack(|co| co.resume(()).as_return());
     assert_eq!(sum, Some(60));
 }
 
@@ -192,7 +195,8 @@ fn into_stack_of_an_unstarted_scoped_coroutine_drops_its_closure_and_runs_nothin
     let stack = co.into_stack();
     assert_eq!((drops.get(), ran.get()), (1, false));
     // The stack is whole: a new coroutine runs on it.
-    let mut next = corostack::Coroutine::with_stack(stack, |y: &Yielder<u8, u8>, a| a + y.suspend(a));
+    let mut next =
+        corostack::Coroutine::with_stack(stack, |y: &Yielder<u8, u8>, a| a + y.suspend(a));
     assert_eq!(next.resume(1).as_yield(), Some(1));
     assert_eq!(next.resume(2).as_return(), Some(3));
 }

@@ -41,7 +41,9 @@ fn main() {
         println!("[producer] is making baozi {n}");
     }
 
-    println!("\n== greenlets: two switch to each other explicitly (Python greenlet's first example)");
+    println!(
+        "\n== greenlets: two switch to each other explicitly (Python greenlet's first example)"
+    );
     // Each greenlet switches to the other, so each needs the other's handle.
     let to_gr2: Rc<OnceCell<Greenlet<()>>> = Rc::default();
     let gr1 = Greenlet::new({
