@@ -711,6 +711,21 @@ impl<T: 'static> Greenlet<T> {
     /// Like [`switch`](Greenlet::switch), but an impossible switch (a dead
     /// target, or one waiting for another type) gives the value back in a
     /// [`SwitchError`] instead of panicking.
+    ///
+    /// ```
+    /// use corostack::greenlet::{Greenlet, SwitchError};
+    ///
+    /// let double = Greenlet::new(|n: u32| n * 2);
+    /// assert_eq!(double.try_switch(21).unwrap(), 42); // it ran and returned here
+    /// assert!(matches!(double.try_switch(1), Err(SwitchError::Dead(1))));
+    /// ```
+    ///
+    /// # Errors
+    /// [`SwitchError::Dead`] when the target has finished, panicked or been
+    /// killed; [`SwitchError::WrongType`] when it waits in a switch of
+    /// another type, or its body takes another type. Both carry `value`
+    /// back. The panics of [`switch`](Greenlet::switch) other than these
+    /// remain.
     #[inline]
     pub fn try_switch(&self, value: T) -> Result<T, SwitchError<T>> {
         // The fast path: the target waits for a `T` (which also says that
