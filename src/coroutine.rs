@@ -124,6 +124,7 @@
 
 use core::cell::Cell;
 use core::fmt;
+use core::iter::FusedIterator;
 use core::marker::PhantomData;
 use core::mem::{self, ManuallyDrop};
 use core::ptr;
@@ -746,6 +747,9 @@ impl<Yield, S: Stack> Iterator for Coroutine<(), Yield, (), S> {
         self.resume(()).as_yield()
     }
 }
+
+/// Once the body has returned (or panicked), every `next` is `None`.
+impl<Yield, S: Stack> FusedIterator for Coroutine<(), Yield, (), S> {}
 
 impl<Input, Yield, Return, S: Stack> fmt::Debug for Coroutine<Input, Yield, Return, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -50,6 +50,7 @@
 //! ```
 
 use std::fmt;
+use std::iter::FusedIterator;
 
 use crate::coroutine::{Coroutine, CoroutineResult, Yielder};
 use crate::stack::{DefaultStack, Stack};
@@ -135,6 +136,9 @@ impl<Yield, Input: Default, S: Stack> Iterator for Generator<Yield, Input, S> {
         self.send(Input::default())
     }
 }
+
+/// Once the body has returned (or panicked), every `next` is `None`.
+impl<Yield, Input: Default, S: Stack> FusedIterator for Generator<Yield, Input, S> {}
 
 impl<Yield, Input, S: Stack> fmt::Debug for Generator<Yield, Input, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

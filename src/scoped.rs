@@ -92,6 +92,7 @@
 //! Like [`Coroutine`], neither type is `Send` nor `Sync`.
 
 use core::fmt;
+use core::iter::FusedIterator;
 use core::marker::PhantomData;
 
 use crate::coroutine::{Coroutine, CoroutineResult, Yielder};
@@ -305,6 +306,9 @@ impl<Yield, S: Stack> Iterator for Scoped<'_, (), Yield, (), S> {
         self.co.next()
     }
 }
+
+/// Once the body has returned (or panicked), every `next` is `None`.
+impl<Yield, S: Stack> FusedIterator for Scoped<'_, (), Yield, (), S> {}
 
 impl<Input, Yield, Return, S: Stack> fmt::Debug for ScopedCoroutine<'_, Input, Yield, Return, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -500,3 +500,19 @@ fn a_suspended_coroutine_in_a_thread_local_is_unwound_at_thread_exit() {
         assert_eq!(rx.recv(), Ok("unwound"), "kept first: {kept_first}");
     }
 }
+
+#[test]
+fn a_coroutine_iterator_is_fused_after_a_return_and_after_a_panic() {
+    fn fused<I: std::iter::FusedIterator>(_: &I) {}
+    let mut co = Coroutine::new(|y: &Yielder<(), u8>, ()| y.suspend(1));
+    fused(&co);
+    assert_eq!(co.next(), Some(1));
+    assert_eq!((co.next(), co.next()), (None, None));
+    let mut co = Coroutine::new(|y: &Yielder<(), u8>, ()| {
+        y.suspend(1);
+        panic!("in the body");
+    });
+    assert_eq!(co.next(), Some(1));
+    assert!(panic::catch_unwind(AssertUnwindSafe(|| co.next())).is_err());
+    assert_eq!((co.next(), co.next()), (None, None));
+}

@@ -460,3 +460,57 @@ proptest! {
         prop_assert_eq!(drops.get(), n);
     }
 }
+
+#[test]
+fn switch_error_debug_names_the_variant_not_the_message() {
+    let dead = Greenlet::new(|n: u32| n);
+    dead.switch(1);
+    let err = dead.try_switch(7).unwrap_err();
+    assert_eq!(format!("{err:?}"), "Dead(..)");
+    assert!(
+        format!("{err}").contains("dead greenlet"),
+        "Display keeps the message"
+    );
+
+    // A greenlet waiting for a String, reached through a handle of u8s.
+    let as_u8: Rc<RefCell<Option<Greenlet<u8>>>> = Rc::default();
+    let slot = as_u8.clone();
+    let waits = Greenlet::new(move |s: String| {
+        *slot.borrow_mut() = Some(current::<u8>());
+        current::<String>().parent().unwrap().switch(s)
+    });
+    waits.switch(String::new());
+    let err = as_u8.borrow().as_ref().unwrap().try_switch(5).unwrap_err();
+    assert_eq!(
+        format!("{err:?}"),
+        format!(
+            "WrongType {{ expected: {:?}, .. }}",
+            std::any::type_name::<String>()
+        )
+    );
+    as_u8.borrow_mut().take();
+
+    let cycle = Greenlet::new(|n: u8| n);
+    let err = cycle.set_parent(&cycle).unwrap_err();
+    assert_eq!(format!("{err:?}"), "Cycle");
+}
+
+#[test]
+fn greenlets_hash_as_they_compare() {
+    use std::collections::HashSet;
+    let a = Greenlet::new(|n: u8| n);
+    let b = Greenlet::new(|n: u8| n);
+    let set: HashSet<Greenlet<u8>> = [a.clone(), a.clone(), b.clone()].into_iter().collect();
+    assert_eq!(set.len(), 2);
+    assert!(set.contains(&a) && set.contains(&b));
+    assert!(!set.contains(&current::<u8>()));
+}
+
+#[test]
+fn generators_are_fused() {
+    fn fused<I: std::iter::FusedIterator>(_: &I) {}
+    let mut g = Generator::new(|y: &Yielder<(), u8>| y.suspend(1));
+    fused(&g);
+    assert_eq!(g.next(), Some(1));
+    assert_eq!((g.next(), g.next(), g.next()), (None, None, None));
+}

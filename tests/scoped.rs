@@ -225,3 +225,18 @@ fn force_reset_abandons_the_body_without_running_its_destructors() {
     let mut next = corostack::Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| 5);
     assert_eq!(next.resume(()).as_return(), Some(5));
 }
+
+#[test]
+fn a_scoped_iterator_is_fused() {
+    fn fused<I: std::iter::FusedIterator>(_: &I) {}
+    let data = [1u8, 2];
+    let rest =
+        ScopedCoroutine::new(|y: &Yielder<(), &u8>, ()| data.iter().for_each(|x| y.suspend(x)))
+            .scope(|it| {
+                fused(it);
+                let all: Vec<u8> = it.by_ref().copied().collect();
+                assert_eq!(all, [1, 2]);
+                (it.next(), it.next())
+            });
+    assert_eq!(rest, (None, None));
+}

@@ -21,9 +21,18 @@ pub enum SwitchError<T> {
     Cycle,
 }
 
+/// The variant and the expected type; the value carried back is shown as
+/// `..` (as std's channel errors do), so that any `T` can be debugged.
 impl<T> fmt::Debug for SwitchError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+        match self {
+            SwitchError::Dead(_) => f.debug_tuple("Dead").finish_non_exhaustive(),
+            SwitchError::WrongType { expected, .. } => f
+                .debug_struct("WrongType")
+                .field("expected", expected)
+                .finish_non_exhaustive(),
+            SwitchError::Cycle => f.write_str("Cycle"),
+        }
     }
 }
 

@@ -202,6 +202,7 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{self, AssertUnwindSafe};
@@ -603,6 +604,14 @@ impl<T> PartialEq for Greenlet<T> {
 }
 
 impl<T> Eq for Greenlet<T> {}
+
+/// By identity, as [`PartialEq`]: every handle of one greenlet hashes
+/// alike, whatever its type.
+impl<T> Hash for Greenlet<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        ptr::hash(Rc::as_ptr(&self.handle.0), state)
+    }
+}
 
 /// The greenlet running now (the thread's main greenlet outside any other),
 /// as a handle whose switches carry a `T` (checked when they happen).
