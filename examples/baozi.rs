@@ -8,7 +8,7 @@
 use corostack::{Generator, Yielder};
 
 /// A consumer: primed by the first `next`, then eats each baozi sent.
-fn consumer(name: &'static str, emit: impl Fn(String) + 'static) -> Generator<(), u32> {
+fn consumer(name: &'static str, emit: impl Fn(String) + 'static) -> Generator<u32, ()> {
     Generator::new(move |y: &Yielder<u32, ()>| {
         emit("--->starting eating baozi...".to_string());
         loop {

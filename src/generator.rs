@@ -55,8 +55,19 @@ use std::iter::FusedIterator;
 use crate::coroutine::{Coroutine, CoroutineResult, Yielder};
 use crate::stack::{DefaultStack, Stack};
 
-/// A generator that yields `Yield`s and is sent `Input`s; see the
-/// [module docs](self).
+/// A generator that is sent `Input`s and yields `Yield`s; see the
+/// [module docs](self). The parameters come in [`Coroutine`]'s and
+/// [`Yielder`]'s order: `Generator<(), u32>` yields `u32`s and is sent
+/// nothing, the body's `&Yielder<(), u32>`.
+///
+/// ```
+/// use corostack::{Generator, Yielder};
+///
+/// let g: Generator<(), u32> = Generator::new(|y: &Yielder<(), u32>| {
+///     (1..=3).for_each(|i| y.suspend(i))
+/// });
+/// assert_eq!(g.collect::<Vec<_>>(), [1, 2, 3]);
+/// ```
 ///
 /// The body and the sent and yielded types are `'static`, as a
 /// [`Coroutine`]'s: a body that borrows a function's argument fails with
@@ -70,11 +81,11 @@ use crate::stack::{DefaultStack, Stack};
 ///     corostack::Generator::new(move |y| v.iter().filter(|x| *x % 2 == 0).for_each(|x| y.suspend(*x)))
 /// }
 /// ```
-pub struct Generator<Yield, Input = (), S: Stack = DefaultStack> {
+pub struct Generator<Input, Yield, S: Stack = DefaultStack> {
     co: Coroutine<Input, Yield, (), S>,
 }
 
-impl<Yield, Input> Generator<Yield, Input, DefaultStack> {
+impl<Input, Yield> Generator<Input, Yield, DefaultStack> {
     /// A generator running `f` on a pooled [`DefaultStack`]; nothing runs
     /// until the first `send` or `next`.
     pub fn new<F>(f: F) -> Self
@@ -87,7 +98,7 @@ impl<Yield, Input> Generator<Yield, Input, DefaultStack> {
     }
 }
 
-impl<Yield, Input, S: Stack> Generator<Yield, Input, S> {
+impl<Input, Yield, S: Stack> Generator<Input, Yield, S> {
     /// A generator running `f` on `stack`.
     pub fn with_stack<F>(stack: S, f: F) -> Self
     where
@@ -128,7 +139,7 @@ impl<Yield, Input, S: Stack> Generator<Yield, Input, S> {
     }
 }
 
-impl<Yield, Input: Default, S: Stack> Iterator for Generator<Yield, Input, S> {
+impl<Input: Default, Yield, S: Stack> Iterator for Generator<Input, Yield, S> {
     type Item = Yield;
 
     /// Sends `Input::default()` (Python's `next`, which sends `None`).
@@ -138,9 +149,9 @@ impl<Yield, Input: Default, S: Stack> Iterator for Generator<Yield, Input, S> {
 }
 
 /// Once the body has returned (or panicked), every `next` is `None`.
-impl<Yield, Input: Default, S: Stack> FusedIterator for Generator<Yield, Input, S> {}
+impl<Input: Default, Yield, S: Stack> FusedIterator for Generator<Input, Yield, S> {}
 
-impl<Yield, Input, S: Stack> fmt::Debug for Generator<Yield, Input, S> {
+impl<Input, Yield, S: Stack> fmt::Debug for Generator<Input, Yield, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Generator")
             .field("done", &self.done())

@@ -112,7 +112,7 @@ child_test!(
     holds_a_generator_with_the_largest_accepted_closure_is_dropped_fine,
     {
         let big = [5u8; 4064];
-        let mut g = Generator::<u8, ()>::with_stack(
+        let mut g = Generator::<(), u8>::with_stack(
             DefaultStack::new(MIN_STACK_SIZE).unwrap(),
             move |y: &Yielder<(), u8>| {
                 y.suspend(black_box(&big)[7]);
@@ -614,7 +614,7 @@ fn holds_resuming_finished_coroutines_iterators_and_debug() {
     assert!(panic::catch_unwind(AssertUnwindSafe(|| it.next())).is_err());
     assert_eq!(it.next(), None);
     assert_eq!(it.next(), None);
-    let g = Generator::<u8, ()>::new(|y| y.suspend(1));
+    let g = Generator::<(), u8>::new(|y| y.suspend(1));
     assert!(format!("{g:?}").contains("done: false"));
     let t = AsyncCoroutine::new(|_| 1);
     assert!(format!("{t:?}").contains("AsyncCoroutine"));
@@ -624,7 +624,7 @@ fn holds_resuming_finished_coroutines_iterators_and_debug() {
 fn holds_generator_close_while_suspended_inside_on_stack_and_maybe_grow() {
     let drops = DropCounter::default();
     let (a, b) = (drops.guard(), drops.guard());
-    let mut g = Generator::<usize, ()>::new(move |y| {
+    let mut g = Generator::<(), usize>::new(move |y| {
         let _a = a;
         on_stack(DefaultStack::new(64 * 1024).unwrap(), || {
             let _b = b;
@@ -643,7 +643,7 @@ fn holds_generator_close_while_suspended_inside_on_stack_and_maybe_grow() {
     assert_eq!(drops.get(), 2);
     // The returned stack runs a new generator, and the thread's answers
     // are right again.
-    let mut g2 = Generator::<u8, ()>::with_stack(stack, |y| y.suspend(2));
+    let mut g2 = Generator::<(), u8>::with_stack(stack, |y| y.suspend(2));
     assert_eq!(g2.next(), Some(2));
     check_remaining_here();
 }

@@ -356,7 +356,7 @@ fn a_backtrace_inside_a_greenlet_reaches_the_switchers() {
 fn a_generator_closes_early_when_dropped() {
     let drops = DropCounter::default();
     let d = drops.clone();
-    let mut g: Generator<u32, Option<u32>> =
+    let mut g: Generator<Option<u32>, u32> =
         Generator::new(move |y: &Yielder<Option<u32>, u32>| {
             let _guard = d.guard();
             let mut total = 0;
@@ -373,7 +373,7 @@ fn a_generator_closes_early_when_dropped() {
     drop(g);
     assert_eq!(drops.get(), 1);
     // A finite generator ends its iteration and stays ended.
-    let mut three = Generator::<u8>::new(|y| (0..3).for_each(|i| y.suspend(i)));
+    let mut three = Generator::<(), u8>::new(|y| (0..3).for_each(|i| y.suspend(i)));
     assert_eq!(three.by_ref().collect::<Vec<_>>(), [0, 1, 2]);
     assert!(three.done());
     assert_eq!(three.next(), None);

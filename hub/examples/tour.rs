@@ -20,7 +20,7 @@ mod gevent_sleep;
 
 /// A consumer of Python's producer/consumer example (the core's
 /// `examples/baozi.rs`): primed by the first `next`, then eats each baozi sent.
-fn consumer(name: &'static str) -> Generator<(), u32> {
+fn consumer(name: &'static str) -> Generator<u32, ()> {
     Generator::new(move |y: &Yielder<u32, ()>| {
         println!("--->starting eating baozi...");
         loop {
