@@ -386,6 +386,38 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
     {
         Self::with_stack(DefaultStack::default(), f)
     }
+
+    /// [`new`](Coroutine::new) for code that must not panic when memory
+    /// runs short (a server under memory pressure): the stack's mapping
+    /// failure comes back as an error.
+    ///
+    /// ```
+    /// use corostack::Coroutine;
+    ///
+    /// let mut co = Coroutine::try_new(|_: &corostack::Yielder<(), ()>, n: u32| n + 1)?;
+    /// assert_eq!(co.resume(1).as_return(), Some(2));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The error of [`DefaultStack::new`]: `OutOfMemory` when the kernel
+    /// refuses the mapping or its guard, for lack of memory or of mappings
+    /// (the message names the stack size, the number of live stacks and
+    /// `vm.max_map_count`).
+    ///
+    /// # Panics
+    /// As [`with_stack`](Coroutine::with_stack), when the closure is too
+    /// large for a stack of the default size.
+    #[inline]
+    pub fn try_new<F>(f: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
+        Input: 'static,
+        Yield: 'static,
+    {
+        let stack = DefaultStack::new(crate::stack::DEFAULT_STACK_SIZE)?;
+        Ok(Self::with_stack(stack, f))
+    }
 }
 
 impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {

@@ -516,3 +516,52 @@ fn a_coroutine_iterator_is_fused_after_a_return_and_after_a_panic() {
     assert!(panic::catch_unwind(AssertUnwindSafe(|| co.next())).is_err());
     assert_eq!((co.next(), co.next()), (None, None));
 }
+
+/// Lowers this process's address-space limit to what it uses now plus
+/// `room` bytes, so that a new 1 MiB stack cannot be mapped.
+fn limit_address_space(room: usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let limit = (kib * 1024 + room) as libc::rlim_t;
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain system call on a valid struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) }, 0);
+}
+
+#[test]
+#[cfg_attr(
+    feature = "asan",
+    ignore = "ASan's own mappings fail under an address-space limit"
+)]
+fn try_new_returns_an_error_when_no_stack_can_be_mapped() {
+    const ROLE: &str = "try_new_returns_an_error_when_no_stack_can_be_mapped";
+    if util::under_valgrind() || util::emulated() {
+        // valgrind and qemu-user manage the address space themselves.
+        return;
+    }
+    if util::child_role().as_deref() == Some(ROLE) {
+        trim_pool();
+        limit_address_space(256 * 1024);
+        let err = Coroutine::try_new(|_: &Yielder<(), ()>, ()| 1u8)
+            .err()
+            .expect("a 1 MiB stack under a 256 KiB margin");
+        assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory, "{err}");
+        println!("CHILD-FINISHED {err}");
+        return;
+    }
+    let out = util::run_child(ROLE, ROLE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD-FINISHED"),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
