@@ -44,6 +44,7 @@ impl Builder {
     /// The defaults: stacks of [`DEFAULT_STACK_SIZE`] (1 MiB of address
     /// space, of which only touched pages cost memory), 1,024 free stacks
     /// kept by the hub for reuse, up to 8 blocking threads, one thread.
+    #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn new() -> Builder {
         Builder {
             stack_size: DEFAULT_STACK_SIZE,
@@ -61,6 +62,7 @@ impl Builder {
     ///
     /// # Panics
     /// Outside [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
+    #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn stack_size(mut self, bytes: usize) -> Builder {
         assert!(
             (MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&bytes),
@@ -77,6 +79,7 @@ impl Builder {
     /// previous capacity comes back when the hub ends). A bigger cache
     /// makes bursts of short coroutines cheaper; a smaller one gives memory
     /// back sooner.
+    #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn stack_cache(mut self, stacks: usize) -> Builder {
         self.stack_cache = stacks;
         self
@@ -84,6 +87,7 @@ impl Builder {
 
     /// The most threads the [`spawn_blocking`](super::spawn_blocking) pool
     /// starts (at least 1); they start on demand and exit after 10 s idle.
+    #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn blocking_threads(mut self, threads: usize) -> Builder {
         self.blocking_threads = threads.max(1);
         self
@@ -97,6 +101,7 @@ impl Builder {
     /// stay mapped, the destructors left on them never run) and `run`
     /// panics saying so, rather than hang or abort (see
     /// [Ending](crate#ending) in the crate docs).
+    #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
         self.shutdown_timeout = timeout;
         self
@@ -104,6 +109,7 @@ impl Builder {
 
     /// How many threads [`run_on_threads`](Builder::run_on_threads) runs
     /// a hub on (at least 1).
+    #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn threads(mut self, threads: usize) -> Builder {
         self.threads = threads.max(1);
         self
