@@ -50,6 +50,19 @@
 //! The layers: `arch/` holds the per-architecture switch (the only asm);
 //! [`stack`] the stacks; [`coroutine`] the safe API on top of them.
 //!
+//! # Names
+//!
+//! - Where a coroutine is in its life is asked with `started()` and
+//!   `done()` on every kind (`Coroutine`, `Scoped`, `Generator`,
+//!   `AsyncCoroutine`, `Greenlet`, and the hub's join handles): corosensei's
+//!   names, kept so that code moves over unchanged. Every other yes-or-no
+//!   question is `is_*`, as in std ([`Greenlet::is_main`](greenlet::Greenlet::is_main)).
+//! - Type parameters come in one order: what goes in, what comes out,
+//!   what the body returns, the stack (`Coroutine<Input, Yield, Return, S>`,
+//!   `Yielder<Input, Yield>`, `Generator<Input, Yield, S>`).
+//! - `as_yield`, `as_return`, `force_unwind`, `force_reset`, `trap_handler`,
+//!   `on_parent_stack`: corosensei's names and meanings.
+//!
 //! # Features
 //!
 #![cfg_attr(
