@@ -52,10 +52,11 @@
 //!
 //! # Names
 //!
-//! - Where a coroutine is in its life is asked with `started()` and
-//!   `done()` on every kind (`Coroutine`, `Scoped`, `Generator`,
-//!   `AsyncCoroutine`, `Greenlet`, and the hub's join handles): corosensei's
-//!   names, kept so that code moves over unchanged. Every other yes-or-no
+//! - Where a coroutine is in its life is asked with `done()` on every kind
+//!   (`Coroutine`, `Scoped`, `Generator`, `AsyncCoroutine`, `Greenlet`, and
+//!   the hub's join handles) and `started()` where a caller can tell
+//!   (`Coroutine`, `Scoped`, `Greenlet`): corosensei's names, kept so that
+//!   code moves over unchanged. Every other yes-or-no
 //!   question is `is_*`, as in std ([`Greenlet::is_main`](greenlet::Greenlet::is_main)).
 //! - Type parameters come in one order: what goes in, what comes out,
 //!   what the body returns, the stack (`Coroutine<Input, Yield, Return, S>`,
