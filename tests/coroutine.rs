@@ -550,8 +550,7 @@ fn try_new_returns_an_error_when_no_stack_can_be_mapped() {
         trim_pool();
         limit_address_space(256 * 1024);
         let err = Coroutine::try_new(|_: &Yielder<(), ()>, ()| 1u8)
-            .err()
-            .expect("a 1 MiB stack under a 256 KiB margin");
+            .expect_err("a 1 MiB stack under a 256 KiB margin");
         assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory, "{err}");
         println!("CHILD-FINISHED {err}");
         return;

@@ -606,7 +606,10 @@ impl<T> PartialEq for Greenlet<T> {
 impl<T> Eq for Greenlet<T> {}
 
 /// By identity, as [`PartialEq`]: every handle of one greenlet hashes
-/// alike, whatever its type.
+/// alike, whatever its type, and a greenlet's state (which changes behind
+/// `&self`) never changes its hash, so it is a sound key of a `HashSet`
+/// (clippy's `mutable_key_type`, which sees the cells inside, is a false
+/// alarm here).
 impl<T> Hash for Greenlet<T> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         ptr::hash(Rc::as_ptr(&self.handle.0), state)
