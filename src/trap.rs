@@ -70,7 +70,20 @@ use crate::arch;
 /// resumer: made by [`Coroutine::trap_handler`](crate::Coroutine::trap_handler),
 /// a plain value without a lifetime (keep it in a thread-local for the
 /// handler), valid while the coroutine it came from is alive and has not
-/// moved to another stack.
+/// moved to another stack. The [module docs](self) show a whole recovery.
+///
+/// ```
+/// use corostack::{Coroutine, CoroutineTrapHandler, Yielder};
+/// use std::cell::Cell;
+///
+/// thread_local! {
+///     // Where the signal handler finds it: a plain value, no lifetime.
+///     static TRAP: Cell<Option<CoroutineTrapHandler<u32>>> = const { Cell::new(None) };
+/// }
+/// let co = Coroutine::new(|_: &Yielder<(), ()>, ()| 7u32);
+/// TRAP.set(Some(co.trap_handler()));
+/// # TRAP.set(None);
+/// ```
 pub struct CoroutineTrapHandler<Return> {
     /// The coroutine's link word (see `arch/`): the resumer's sp while the
     /// coroutine runs.
@@ -139,6 +152,18 @@ impl<Return> CoroutineTrapHandler<Return> {
     /// Whether `sp`, a stack pointer read from a signal's context, lies in
     /// the coroutine's stack, its guard included (so that an overflow is
     /// recognised).
+    ///
+    /// ```
+    /// use corostack::{Coroutine, DefaultStack, Stack, Yielder};
+    ///
+    /// let stack = DefaultStack::new(64 * 1024).unwrap();
+    /// let (limit, guard, top) = (stack.limit(), stack.guard_size(), stack.top());
+    /// let co = Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| 1u32);
+    /// let trap = co.trap_handler();
+    /// assert!(trap.stack_ptr_in_bounds(limit - guard)); // an overflow into the guard
+    /// assert!(trap.stack_ptr_in_bounds(top - 1));
+    /// assert!(!trap.stack_ptr_in_bounds(top)); // the resumer's stack, say
+    /// ```
     pub fn stack_ptr_in_bounds(&self, sp: usize) -> bool {
         self.low <= sp && sp < self.top
     }

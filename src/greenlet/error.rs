@@ -6,6 +6,17 @@ use std::fmt;
 
 /// Why a switch (or `set_parent`) could not happen. The value that was to
 /// be passed comes back in it.
+///
+/// ```
+/// use corostack::greenlet::{Greenlet, SwitchError};
+///
+/// let once = Greenlet::new(|s: String| s.len().to_string());
+/// assert_eq!(once.switch("four".into()), "4");
+/// match once.try_switch("again".into()) {
+///     Err(SwitchError::Dead(back)) => assert_eq!(back, "again"), // the value comes back
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 pub enum SwitchError<T> {
     /// The target greenlet has finished, panicked or been killed.
     Dead(T),

@@ -21,6 +21,19 @@ use super::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, Stack, pool};
 /// corruption); with the `overflow-handler` feature the crate's handler
 /// first prints a line naming a coroutine stack overflow and the stack's
 /// size, then aborts, as Rust does for a thread's overflow.
+///
+/// ```
+/// use corostack::{Coroutine, DefaultStack, Stack, Yielder};
+///
+/// let stack = DefaultStack::new(256 * 1024)?; // an error, not a panic, when memory is short
+/// assert_eq!(stack.top() - stack.limit(), 256 * 1024);
+/// assert!(stack.guard_size() >= 4 * 4096); // four guard pages below
+/// let mut co = Coroutine::with_stack(stack, |y: &Yielder<(), u8>, ()| y.suspend(1));
+/// assert_eq!(co.resume(()).as_yield(), Some(1));
+/// let stack = co.into_stack(); // unwound, and back for the next coroutine
+/// # drop(stack);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct DefaultStack {
     /// The mapping: moved out only by `drop`, to the pool.

@@ -15,6 +15,19 @@
 //! - `default.rs`: [`DefaultStack`], a mapping taken from and given back to
 //!   the pool;
 //! - `slice.rs`: [`SliceStack`], a stack over memory the embedder owns.
+//!
+//! ```
+//! use corostack::stack::{DefaultStack, MIN_STACK_SIZE};
+//! use corostack::{Coroutine, Yielder};
+//!
+//! // A small stack for a coroutine known to need little, given back and
+//! // reused by the next one.
+//! let stack = DefaultStack::new(MIN_STACK_SIZE).unwrap();
+//! let mut co = Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| 1 + 1);
+//! assert_eq!(co.resume(()).as_return(), Some(2));
+//! let mut next = Coroutine::with_stack(co.into_stack(), |_: &Yielder<(), ()>, ()| 3);
+//! assert_eq!(next.resume(()).as_return(), Some(3));
+//! ```
 
 #[cfg(feature = "std")]
 mod default;
@@ -48,6 +61,12 @@ pub use slice::SliceStack;
 /// [`CoroutineTrapHandler`](crate::CoroutineTrapHandler)) calls it first
 /// and installs its handler after, so that its handler comes first; the
 /// crate never installs its own again.
+///
+/// ```
+/// // First the crate's handler (a no-op without `overflow-handler`), then
+/// // the embedder's own sigaction for SIGSEGV and SIGBUS.
+/// corostack::stack::install_overflow_handler();
+/// ```
 #[cfg(feature = "std")]
 #[inline(always)]
 pub fn install_overflow_handler() {
@@ -74,6 +93,38 @@ pub fn install_overflow_handler() {
 ///   takes on the risk that an overflow silently corrupts memory.
 ///
 /// Moving the value must not move the memory (the memory is not inside it).
+///
+/// ```
+/// use corostack::stack::{MIN_STACK_SIZE, Stack};
+/// use corostack::{Coroutine, Yielder};
+///
+/// #[repr(C, align(16))]
+/// struct Line([u8; 16]);
+///
+/// /// A stack in a heap block that it owns, without a guard.
+/// struct HeapStack(Box<[Line]>);
+///
+/// // SAFETY: the block is the value's own and freed only when the value
+/// // is dropped; moving the value does not move it; its end is 16-aligned
+/// // (each Line is) and MIN_STACK_SIZE above its start; there is no guard,
+/// // said by guard_size 0 (an overflow would corrupt the heap: the stack
+/// // is sized for the body, which is known).
+/// unsafe impl Stack for HeapStack {
+///     fn top(&self) -> usize {
+///         self.0.as_ptr_range().end as usize
+///     }
+///     fn limit(&self) -> usize {
+///         self.0.as_ptr() as usize
+///     }
+///     fn guard_size(&self) -> usize {
+///         0
+///     }
+/// }
+///
+/// let lines = (0..MIN_STACK_SIZE / 16).map(|_| Line([0; 16])).collect();
+/// let mut co = Coroutine::with_stack(HeapStack(lines), |_: &Yielder<(), ()>, ()| 6 * 7);
+/// assert_eq!(co.resume(()).as_return(), Some(42));
+/// ```
 pub unsafe trait Stack {
     /// The highest address, one past the last usable byte; a new
     /// coroutine's stack pointer starts here.
@@ -106,6 +157,16 @@ pub unsafe trait Stack {
 /// with the `overflow-handler` feature a message and an abort, as a
 /// thread's overflow does); a body that may panic wants
 /// 64 KiB or more (128 KiB on powerpc64le).
+///
+/// ```
+/// # #[cfg(feature = "std")] {
+/// use corostack::stack::{DefaultStack, MIN_STACK_SIZE};
+///
+/// assert!(DefaultStack::new(MIN_STACK_SIZE).is_ok());
+/// let err = DefaultStack::new(MIN_STACK_SIZE - 1).unwrap_err();
+/// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput); // the message names the bounds
+/// # }
+/// ```
 pub const MIN_STACK_SIZE: usize = crate::arch::MIN_STACK_SIZE;
 
 /// The largest stack `DefaultStack::new` accepts: 128 GiB, a quarter of
@@ -122,6 +183,15 @@ pub const MAX_STACK_SIZE: usize = 1 << 30;
 
 /// The size of `DefaultStack::default`: 1 MiB of address space, of which
 /// only the pages a coroutine touches take memory.
+///
+/// ```
+/// # #[cfg(feature = "std")] {
+/// use corostack::stack::{DEFAULT_STACK_SIZE, DefaultStack, Stack};
+///
+/// let stack = DefaultStack::default();
+/// assert_eq!(stack.top() - stack.limit(), DEFAULT_STACK_SIZE);
+/// # }
+/// ```
 pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
 
 /// How many free stacks each thread's pool keeps for reuse, until
