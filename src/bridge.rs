@@ -93,6 +93,18 @@ type CxAddr = usize;
 /// poll returns `Pending`; the inner future has registered the poller's
 /// waker).
 ///
+/// ```
+/// use corostack::bridge::AsyncCoroutine;
+///
+/// // Synchronous code (a parser, a callback-driven library) that needs a
+/// // value only a future gives: it waits for it where it stands.
+/// fn sync_code(fetch: impl Fn(u32) -> u32) -> u32 {
+///     (1..=3).map(fetch).sum()
+/// }
+/// let task = AsyncCoroutine::new(|y| sync_code(|n| y.block_on(async move { n * 10 })));
+/// assert_eq!(futures::executor::block_on(task), 60);
+/// ```
+///
 /// # Panics, drops
 /// A panic in the body (or in a future it awaits) reaches the poller, with
 /// its payload; the `AsyncCoroutine` is then done, and polling it again
@@ -128,6 +140,11 @@ pub struct AsyncYielder {
 impl<R> AsyncCoroutine<R, DefaultStack> {
     /// A future that runs `f` on a [`DefaultStack`] of the default size
     /// (from the thread's pool) when first polled.
+    ///
+    /// ```
+    /// let task = corostack::bridge::AsyncCoroutine::new(|y| y.block_on(async { "done" }));
+    /// assert_eq!(futures::executor::block_on(task), "done");
+    /// ```
     ///
     /// # Panics
     /// When no stack can be mapped (the message says why).

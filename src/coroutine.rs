@@ -142,6 +142,18 @@ use crate::stack::Stack;
 
 /// What [`Coroutine::resume`] returns: the body either suspended with a
 /// value or returned one.
+///
+/// ```
+/// use corostack::{Coroutine, CoroutineResult, Yielder};
+///
+/// let mut co = Coroutine::new(|y: &Yielder<(), &str>, ()| {
+///     y.suspend("a line");
+///     42
+/// });
+/// while let CoroutineResult::Yield(line) = co.resume(()) {
+///     assert_eq!(line, "a line");
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CoroutineResult<Yield, Return> {
     /// The body called [`Yielder::suspend`] with this value.
@@ -152,6 +164,13 @@ pub enum CoroutineResult<Yield, Return> {
 
 impl<Yield, Return> CoroutineResult<Yield, Return> {
     /// The yielded value, if the body suspended.
+    ///
+    /// ```
+    /// use corostack::CoroutineResult;
+    ///
+    /// assert_eq!(CoroutineResult::<u8, ()>::Yield(1).as_yield(), Some(1));
+    /// assert_eq!(CoroutineResult::<u8, ()>::Return(()).as_yield(), None);
+    /// ```
     pub fn as_yield(self) -> Option<Yield> {
         match self {
             CoroutineResult::Yield(y) => Some(y),
@@ -160,6 +179,13 @@ impl<Yield, Return> CoroutineResult<Yield, Return> {
     }
 
     /// The returned value, if the body finished.
+    ///
+    /// ```
+    /// use corostack::CoroutineResult;
+    ///
+    /// assert_eq!(CoroutineResult::<(), u8>::Return(2).as_return(), Some(2));
+    /// assert_eq!(CoroutineResult::<(), u8>::Yield(()).as_return(), None);
+    /// ```
     pub fn as_return(self) -> Option<Return> {
         match self {
             CoroutineResult::Yield(_) => None,
@@ -348,6 +374,20 @@ coroutine_struct!();
 
 /// The handle a coroutine's body uses to suspend itself.
 ///
+/// ```
+/// use corostack::{Coroutine, Yielder};
+///
+/// // Suspending from deep in the call tree, not only from the body.
+/// fn visit(y: &Yielder<(), u32>, depth: u32) {
+///     if depth > 0 {
+///         y.suspend(depth);
+///         visit(y, depth - 1);
+///     }
+/// }
+/// let co = Coroutine::new(|y, ()| visit(y, 3));
+/// assert_eq!(co.collect::<Vec<_>>(), [3, 2, 1]);
+/// ```
+///
 /// The body receives it by reference for the coroutine's whole life and
 /// cannot move it out: the closure is `'static`, so no other coroutine or
 /// thread can capture the reference, and `Yielder` is neither `Send` nor
@@ -375,6 +415,13 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
     /// `f` does not run until the first [`resume`](Coroutine::resume), whose
     /// input becomes `f`'s second argument.
     ///
+    /// ```
+    /// use corostack::{Coroutine, Yielder};
+    ///
+    /// let mut greet = Coroutine::new(|_: &Yielder<&str, ()>, name: &'static str| format!("hello {name}"));
+    /// assert_eq!(greet.resume("world").as_return().as_deref(), Some("hello world"));
+    /// ```
+    ///
     /// # Panics
     /// When no stack can be mapped (the message says why).
     #[inline]
@@ -394,7 +441,7 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
     /// ```
     /// use corostack::Coroutine;
     ///
-    /// let mut co = Coroutine::try_new(|_: &corostack::Yielder<(), ()>, n: u32| n + 1)?;
+    /// let mut co = Coroutine::try_new(|_: &corostack::Yielder<u32, ()>, n: u32| n + 1)?;
     /// assert_eq!(co.resume(1).as_return(), Some(2));
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -433,6 +480,17 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// powerpc64le, whose unwinder takes more). On a stack of
     /// [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) a closure of up to
     /// an eighth of it fits.
+    ///
+    /// ```
+    /// # #[cfg(feature = "std")] {
+    /// use corostack::{Coroutine, DefaultStack, Yielder};
+    ///
+    /// let stack = DefaultStack::new(128 * 1024).unwrap();
+    /// let mut co = Coroutine::with_stack(stack, |y: &Yielder<u8, u8>, a| a + y.suspend(a));
+    /// assert_eq!(co.resume(1).as_yield(), Some(1));
+    /// assert_eq!(co.resume(2).as_return(), Some(3));
+    /// # }
+    /// ```
     ///
     /// # Panics
     /// When that does not fit in `stack` (the closure is too large for
@@ -479,6 +537,17 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     ///
     /// The first call's `input` is the body's second argument; each later
     /// call's `input` is what the pending [`Yielder::suspend`] returns.
+    ///
+    /// ```
+    /// use corostack::{Coroutine, CoroutineResult};
+    ///
+    /// let mut co = Coroutine::new(|y, first: char| {
+    ///     let second = y.suspend(first.to_ascii_uppercase());
+    ///     format!("{first}{second}")
+    /// });
+    /// assert_eq!(co.resume('a'), CoroutineResult::Yield('A'));
+    /// assert_eq!(co.resume('b'), CoroutineResult::Return("ab".to_string()));
+    /// ```
     ///
     /// # Panics
     /// If the body panics, with the body's payload (the coroutine is then
@@ -575,6 +644,16 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// Unwinds the coroutine if it has started and not finished (see
     /// [Panics, drops and unwinding](Coroutine#panics-drops-and-unwinding)),
     /// then gives the stack back for reuse.
+    ///
+    /// ```
+    /// use corostack::{Coroutine, Yielder};
+    ///
+    /// let mut co = Coroutine::new(|y: &Yielder<(), u8>, ()| loop { y.suspend(0) });
+    /// co.resume(());
+    /// let stack = co.into_stack(); // the endless body is unwound first
+    /// let mut next = Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| 5);
+    /// assert_eq!(next.resume(()).as_return(), Some(5));
+    /// ```
     ///
     /// # Panics
     /// With `panic = "abort"`, when the coroutine is suspended: its stack
@@ -796,6 +875,21 @@ impl<Input, Yield, Return, S: Stack> fmt::Debug for Coroutine<Input, Yield, Retu
 impl<Input, Yield> Yielder<Input, Yield> {
     /// Suspends the coroutine, handing `value` to the caller of
     /// [`Coroutine::resume`], and returns the input of the next `resume`.
+    ///
+    /// ```
+    /// use corostack::{Coroutine, Yielder};
+    ///
+    /// // The first number is the body's argument, the next ones come back
+    /// // from each suspend.
+    /// let mut ask = Coroutine::new(|y: &Yielder<i32, &str>, a: i32| {
+    ///     let b = y.suspend("second number?");
+    ///     let c = y.suspend("third number?");
+    ///     a + b + c
+    /// });
+    /// assert_eq!(ask.resume(1).as_yield(), Some("second number?"));
+    /// assert_eq!(ask.resume(2).as_yield(), Some("third number?"));
+    /// assert_eq!(ask.resume(3).as_return(), Some(6));
+    /// ```
     ///
     /// # Panics
     /// While the coroutine is being dropped (see

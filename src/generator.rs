@@ -115,6 +115,21 @@ impl<Input, Yield, S: Stack> Generator<Input, Yield, S> {
     /// primes the generator) and returns the next value it yields, or
     /// `None` once it has returned.
     ///
+    /// ```
+    /// use corostack::{Generator, Yielder};
+    ///
+    /// // Python's `x = yield total`: a running total of what is sent.
+    /// let mut total = Generator::new(|y: &Yielder<u32, u32>| {
+    ///     let mut sum = 0;
+    ///     loop {
+    ///         sum += y.suspend(sum);
+    ///     }
+    /// });
+    /// assert_eq!(total.send(99), Some(0)); // primes it: 99 is discarded
+    /// assert_eq!(total.send(2), Some(2));
+    /// assert_eq!(total.send(3), Some(5));
+    /// ```
+    ///
     /// # Panics
     /// With the body's payload, if it panics.
     pub fn send(&mut self, value: Input) -> Option<Yield> {
@@ -134,6 +149,15 @@ impl<Input, Yield, S: Stack> Generator<Input, Yield, S> {
 
     /// Closes the generator now (as Python's `close()`): unwinds the
     /// body's stack if it is suspended, and gives the stack back.
+    ///
+    /// ```
+    /// use corostack::{Generator, Yielder};
+    ///
+    /// let mut naturals = Generator::new(|y: &Yielder<(), u64>| (0..).for_each(|n| y.suspend(n)));
+    /// assert_eq!(naturals.next(), Some(0));
+    /// let stack = naturals.close(); // the endless body is unwound
+    /// # drop(stack);
+    /// ```
     pub fn close(self) -> S {
         self.co.into_stack()
     }

@@ -103,6 +103,22 @@ type Borrows<'a, I, Y> = PhantomData<(fn(&'a ()) -> &'a (), fn(I) -> I, fn(Y) ->
 
 /// A coroutine whose body may borrow for `'a`, not started yet; only
 /// [`scope`](ScopedCoroutine::scope) runs it. See the [module docs](self).
+///
+/// ```
+/// use corostack::{ScopedCoroutine, Yielder};
+///
+/// let mut log = Vec::new(); // borrowed mutably by the body
+/// let n = ScopedCoroutine::new(|y: &Yielder<&str, ()>, first| {
+///     log.push(first);
+///     log.push(y.suspend(()));
+///     log.len()
+/// })
+/// .scope(|co| {
+///     co.resume("one");
+///     co.resume("two").as_return()
+/// });
+/// assert_eq!((n, log), (Some(2), vec!["one", "two"]));
+/// ```
 pub struct ScopedCoroutine<'a, Input, Yield, Return, S: Stack = DefaultStack> {
     co: Coroutine<Input, Yield, Return, S>,
     _borrows: Borrows<'a, Input, Yield>,
@@ -110,6 +126,17 @@ pub struct ScopedCoroutine<'a, Input, Yield, Return, S: Stack = DefaultStack> {
 
 /// A running [`ScopedCoroutine`], reached only through the `&mut` that
 /// [`ScopedCoroutine::scope`] hands out; dropped by `scope`.
+///
+/// ```
+/// use corostack::{ScopedCoroutine, Yielder};
+///
+/// let words = ["a", "bb", "ccc"];
+/// let lengths: Vec<usize> = ScopedCoroutine::new(|y: &Yielder<(), usize>, ()| {
+///     words.iter().for_each(|w| y.suspend(w.len()))
+/// })
+/// .scope(|running| running.collect()); // a Scoped<'_, (), Y, ()> is an Iterator
+/// assert_eq!(lengths, [1, 2, 3]);
+/// ```
 pub struct Scoped<'a, Input, Yield, Return, S: Stack = DefaultStack> {
     co: Coroutine<Input, Yield, Return, S>,
     _borrows: Borrows<'a, Input, Yield>,
@@ -134,6 +161,17 @@ impl<'a, Input, Yield, Return> ScopedCoroutine<'a, Input, Yield, Return, Default
 impl<'a, Input, Yield, Return, S: Stack> ScopedCoroutine<'a, Input, Yield, Return, S> {
     /// A coroutine that will run `f` on `stack` inside
     /// [`scope`](ScopedCoroutine::scope).
+    ///
+    /// ```
+    /// use corostack::{DefaultStack, ScopedCoroutine, Yielder};
+    ///
+    /// let total = std::cell::Cell::new(0);
+    /// ScopedCoroutine::with_stack(DefaultStack::new(64 * 1024).unwrap(), |_: &Yielder<u32, ()>, n| {
+    ///     total.set(total.get() + n)
+    /// })
+    /// .scope(|co| co.resume(5));
+    /// assert_eq!(total.get(), 5);
+    /// ```
     ///
     /// # Panics
     /// As [`Coroutine::with_stack`].

@@ -556,6 +556,23 @@ struct GreenletExit;
 
 /// A handle to a greenlet of the current thread whose body takes and
 /// returns a `T`. Cheap to clone; see the [module docs](self).
+///
+/// ```
+/// use corostack::greenlet::{Greenlet, current};
+///
+/// // A greenlet that echoes back what it is sent, doubled, until 0.
+/// let main = current::<u32>();
+/// let doubler = Greenlet::new(move |mut n: u32| {
+///     while n != 0 {
+///         n = main.switch(n * 2); // to main, and wait for the next n
+///     }
+///     0
+/// });
+/// assert_eq!(doubler.switch(3), 6);
+/// assert_eq!(doubler.switch(5), 10);
+/// assert_eq!(doubler.switch(0), 0); // it returned into its parent, here
+/// assert!(doubler.done());
+/// ```
 pub struct Greenlet<T> {
     handle: Handle,
     /// A gate of the target's that admitted a `T` before (null at first):
@@ -618,6 +635,14 @@ impl<T> Hash for Greenlet<T> {
 
 /// The greenlet running now (the thread's main greenlet outside any other),
 /// as a handle whose switches carry a `T` (checked when they happen).
+///
+/// ```
+/// use corostack::greenlet::{Greenlet, current};
+///
+/// assert!(current::<()>().is_main());
+/// let inner = Greenlet::new(|()| assert!(!current::<()>().is_main()));
+/// inner.switch(());
+/// ```
 pub fn current<T: 'static>() -> Greenlet<T> {
     Greenlet::from_handle(Handle::new(running()))
 }
@@ -792,6 +817,25 @@ impl<T: 'static> Greenlet<T> {
     /// Makes `parent` this greenlet's parent: where its return value or
     /// panic goes.
     ///
+    /// ```
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    /// use corostack::greenlet::Greenlet;
+    ///
+    /// // `collector` receives what `worker` returns, instead of main.
+    /// let got = Rc::new(Cell::new(0));
+    /// let seen = got.clone();
+    /// let collector = Greenlet::new(move |n: u32| {
+    ///     seen.set(n);
+    ///     n
+    /// });
+    /// let worker = Greenlet::new(|n: u32| n + 1);
+    /// worker.set_parent(&collector).unwrap();
+    /// assert_eq!(worker.switch(41), 42); // collector returned it to main
+    /// assert_eq!(got.get(), 42);
+    /// assert!(collector.set_parent(&worker).is_err()); // a cycle
+    /// ```
+    ///
     /// # Errors
     /// [`SwitchError::Cycle`] when `self` is `parent` or one of its
     /// ancestors.
@@ -828,6 +872,20 @@ impl<T> Greenlet<T> {
     /// Unwinds the greenlet's stack (every destructor on it runs), marks
     /// it dead and returns. An unstarted greenlet's closure is dropped.
     /// Killing a dead greenlet does nothing.
+    ///
+    /// ```
+    /// use corostack::greenlet::{Greenlet, current};
+    ///
+    /// let main = current::<()>();
+    /// let g = Greenlet::new(move |()| {
+    ///     let _goodbye = std::fs::File::open("/dev/null").unwrap(); // closed by the kill
+    ///     main.switch(());
+    ///     unreachable!("killed while suspended");
+    /// });
+    /// g.switch(());
+    /// g.kill();
+    /// assert!(g.done());
+    /// ```
     ///
     /// Two kills that cannot be carried out return at once and do nothing
     /// (see [Killing](self#killing)): of the running greenlet when a kill
