@@ -23,6 +23,29 @@ const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A TCP socket that listens for connections; [`accept`](TcpListener::accept)
 /// suspends the calling coroutine until one comes.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use corostack_hub::{self as hub, net::{TcpListener, TcpStream}};
+///
+/// let reply = hub::run(|| {
+///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+///     let addr = listener.local_addr().unwrap();
+///     let server = hub::spawn(move || {
+///         let (mut conn, _) = listener.accept().unwrap(); // the client runs meanwhile
+///         let mut buf = [0; 4];
+///         conn.read_exact(&mut buf).unwrap();
+///         conn.write_all(&buf).unwrap();
+///     });
+///     let mut client = TcpStream::connect(addr).unwrap();
+///     client.write_all(b"ping").unwrap();
+///     let mut echo = [0; 4];
+///     client.read_exact(&mut echo).unwrap();
+///     server.join().unwrap();
+///     echo
+/// });
+/// assert_eq!(&reply, b"ping");
+/// ```
 pub struct TcpListener {
     io: mio::net::TcpListener,
     reg: Registration,
@@ -152,6 +175,23 @@ impl fmt::Debug for TcpListener {
 /// A TCP connection. `Read` and `Write` (also through `&TcpStream`, so
 /// that one coroutine can read while another writes) suspend the calling
 /// coroutine while the socket is not ready.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+/// use corostack_hub::{self as hub, net::{TcpListener, TcpStream}};
+///
+/// hub::run(|| {
+///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+///     let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+///     let (_peer, _) = listener.accept().unwrap();
+///     // A peer that sends nothing: the read gives up after its timeout.
+///     stream.set_read_timeout(Some(Duration::from_millis(10)));
+///     let err = (&stream).read(&mut [0; 8]).unwrap_err();
+///     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+///     (&stream).write_all(b"still writable").unwrap();
+/// });
+/// ```
 pub struct TcpStream {
     // Declared before `reg`: the descriptor closes before the registration
     // goes, which wakes acceptors waiting for a free descriptor.

@@ -49,12 +49,31 @@ fn new<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
 }
 
 /// A channel that holds any number of values: `send` never waits.
+///
+/// ```
+/// use corostack_hub::sync::channel;
+///
+/// // Outside a hub too, as long as nothing waits.
+/// let (tx, rx) = channel::unbounded();
+/// (0..1000).for_each(|i| tx.send(i).unwrap());
+/// drop(tx);
+/// assert_eq!(rx.iter().sum::<i32>(), 499_500);
+/// ```
 pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
     new(None)
 }
 
 /// A channel that holds up to `capacity` values: `send` waits while it is
 /// full.
+///
+/// ```
+/// use corostack_hub::sync::channel::{self, TrySendError};
+///
+/// let (tx, rx) = channel::bounded(1);
+/// tx.try_send('a').unwrap();
+/// assert_eq!(tx.try_send('b'), Err(TrySendError::Full('b'))); // the value comes back
+/// assert_eq!(rx.try_recv(), Ok('a'));
+/// ```
 ///
 /// # Panics
 /// When `capacity` is 0 (a rendezvous channel is not provided).
@@ -68,10 +87,34 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 
 /// The sending side; clone it for more senders. When the last one is
 /// dropped, receivers get the values left and then [`RecvError`].
+///
+/// ```
+/// use corostack_hub::{self as hub, sync::channel};
+///
+/// let sum = hub::run(|| {
+///     let (tx, rx) = channel::unbounded();
+///     for i in 1..=3 {
+///         let tx = tx.clone();
+///         hub::spawn(move || tx.send(i * 10).unwrap());
+///     }
+///     drop(tx); // the receiver ends once the three clones are gone too
+///     rx.iter().sum::<u32>()
+/// });
+/// assert_eq!(sum, 60);
+/// ```
 pub struct Sender<T>(Rc<Chan<T>>);
 
 /// The receiving side; clone it for more receivers (each value goes to
 /// one). When the last one is dropped, `send` fails with [`SendError`].
+///
+/// ```
+/// use corostack_hub::sync::channel::{self, SendError, TryRecvError};
+///
+/// let (tx, rx) = channel::unbounded::<u8>();
+/// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+/// drop(rx);
+/// assert_eq!(tx.send(7), Err(SendError(7)));
+/// ```
 pub struct Receiver<T>(Rc<Chan<T>>);
 
 /// `send` failed: every receiver is gone. The value comes back.

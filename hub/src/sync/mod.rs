@@ -13,6 +13,33 @@
 //! is killed, or whose [`timeout`](crate::timeout) expires, while it
 //! waits passes its wake-up on to the next waiter, so no value or permit
 //! is stranded.
+//!
+//! ```
+//! use std::rc::Rc;
+//! use std::time::Duration;
+//! use corostack_hub::{self as hub, sync::{Event, Semaphore}};
+//!
+//! // Ten workers wait for a start signal; at most two run at a time.
+//! let peak = hub::run(|| {
+//!     let start = Rc::new(Event::new());
+//!     let slots = Rc::new(Semaphore::new(2));
+//!     let workers: Vec<_> = (0..10)
+//!         .map(|_| {
+//!             let (start, slots) = (start.clone(), slots.clone());
+//!             hub::spawn(move || {
+//!                 start.wait();
+//!                 let _permit = slots.acquire();
+//!                 let running = 2 - slots.available();
+//!                 hub::sleep(Duration::from_millis(1));
+//!                 running
+//!             })
+//!         })
+//!         .collect();
+//!     start.set();
+//!     hub::join_all(workers).into_iter().map(Result::unwrap).max()
+//! });
+//! assert_eq!(peak, Some(2));
+//! ```
 
 pub mod channel;
 mod event;
