@@ -274,3 +274,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_receivers_iterator_is_fused() {
+    fn fused<I: std::iter::FusedIterator>(_: &I) {}
+    let (tx, rx) = channel::unbounded();
+    tx.send(1).unwrap();
+    drop(tx);
+    let mut it = rx.iter();
+    fused(&it);
+    assert_eq!((it.next(), it.next(), it.next()), (Some(1), None, None));
+}

@@ -21,6 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
+use std::iter::FusedIterator;
 use std::rc::Rc;
 
 use super::WaitQueue;
@@ -275,6 +276,10 @@ impl<T> Iterator for Iter<'_, T> {
         self.0.recv().ok()
     }
 }
+
+/// `None` comes once the channel is empty and every sender is gone, and no
+/// sender can come back (a new one is only a clone of a live one).
+impl<T> FusedIterator for Iter<'_, T> {}
 
 impl<'a, T> IntoIterator for &'a Receiver<T> {
     type Item = T;
