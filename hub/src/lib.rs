@@ -111,11 +111,15 @@
 //!    `pool` (the blocking threads). A driver owns its data and knows
 //!    nothing of the scheduler's tasks nor of the user functions: what a
 //!    timer does and who waits for a socket are type parameters.
-//! 2. **The scheduler** (`scheduler`): the tasks (each a
+//! 2. **The scheduler** (`scheduler/`): the tasks (each a
 //!    [`Coroutine`](corostack::Coroutine), on the core's public API), the
 //!    drivers it owns, the run loop, and the primitives the user functions
 //!    build on (spawn, park, wake, kill); it explains why suspending from
-//!    anywhere is sound and why the hub is built on `Coroutine`.
+//!    anywhere is sound and why the hub is built on `Coroutine`. Four
+//!    files, layered in turn: `task` (the task record), `hub` (the hub's
+//!    state and its wake-ups), `kill` (the park, kills and unwinding),
+//!    `run` (the loop and the end of `run`); they share the records'
+//!    fields within the scheduler, and nothing outside it sees them.
 //! 3. **The user functions**, on the scheduler: `lib.rs` ([`run`],
 //!    [`spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
 //!    `timer` ([`sleep`], [`timeout`], [`call_later`]), `io`
