@@ -49,9 +49,12 @@ pub fn sleep(duration: Duration) {
 }
 
 /// Suspends the calling coroutine until `deadline`, letting the others
-/// run. A deadline already past lets every other ready coroutine run first
-/// (as [`sleep`] with zero does). Coroutines with the same deadline wake
-/// in the order they went to sleep.
+/// run. Sleeps wake in the order of their deadlines, those with the same
+/// deadline in the order they went to sleep; this holds also for a
+/// deadline already past when the sleep starts: it waits for the timers
+/// like any other (after the coroutines ready now, and after the due
+/// sleeps with earlier deadlines, or with the same one that went to sleep
+/// before it).
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -69,10 +72,8 @@ pub fn sleep(duration: Duration) {
 #[track_caller]
 pub fn sleep_until(deadline: Instant) {
     let hub = scheduler::hub("hub::sleep_until");
-    if deadline <= Instant::now() {
-        hub.yield_now();
-        return;
-    }
+    // A deadline already past goes through the timers too, so that it
+    // wakes after the due timers set before it.
     while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
 }
 
