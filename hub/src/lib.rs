@@ -92,8 +92,12 @@
 //! # Threads
 //!
 //! A hub and its coroutines belong to one thread (the handles are neither
-//! `Send` nor `Sync`). Other threads reach it through a [`Remote`]: they
-//! hand it work and await the result as a [`Future`].
+//! `Send` nor `Sync`), and each handle acts on the hub that made it only:
+//! a [`CallLater`] used in a later hub panics, a [`JoinHandle`] or
+//! [`KillHandle`] of an ended hub finds its coroutine finished. Other
+//! threads reach a hub through a [`Remote`]: they hand it work and await
+//! the result as a [`Future`] ([`RemoteJoinHandle::join`] blocks, and so
+//! panics on the hub's own thread).
 //! A hub coroutine awaits any future with [`block_on`]. For several cores,
 //! [`Builder::run_on_threads`] runs one hub per thread, and
 //! [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport)

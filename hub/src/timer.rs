@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -185,9 +186,28 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
 
 /// A function scheduled by [`call_later`]: [`cancel`](CallLater::cancel)
 /// stops it if it has not started. Dropping the handle does not cancel.
+///
+/// The handle belongs to the hub that scheduled the call, and acts on that
+/// hub only: used in another hub (a later `hub::run` on the same thread),
+/// or outside any hub, its methods panic. It is neither `Send` nor `Sync`,
+/// as the hub it names is this thread's:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// corostack_hub::run(|| send(corostack_hub::call_later(std::time::Duration::ZERO, || {})));
+/// ```
+///
+/// ```compile_fail
+/// fn sync<T: Sync>(_: &T) {}
+/// corostack_hub::run(|| sync(&corostack_hub::call_later(std::time::Duration::ZERO, || {})));
+/// ```
 #[derive(Debug)]
 pub struct CallLater {
+    /// The hub that scheduled it ([`Hub::id`](scheduler::Hub::id)).
+    hub: u64,
     key: TimerKey,
+    /// Neither `Send` nor `Sync`: it names this thread's hub.
+    _thread: PhantomData<*const ()>,
 }
 
 impl CallLater {
@@ -195,20 +215,35 @@ impl CallLater {
     /// never will), `false` if it had already started.
     ///
     /// # Panics
-    /// Outside the hub that scheduled it.
+    /// Outside the hub that scheduled it: outside any hub, or in another
+    /// hub (a later `hub::run`).
     #[track_caller]
     pub fn cancel(&self) -> bool {
-        let hub = scheduler::hub("CallLater::cancel");
-        hub.cancel_timer(self.key)
+        self.own_hub("CallLater::cancel").cancel_timer(self.key)
     }
 
     /// Whether the call is still waiting for its time.
     ///
     /// # Panics
-    /// Outside the hub that scheduled it.
+    /// Outside the hub that scheduled it: outside any hub, or in another
+    /// hub (a later `hub::run`).
     #[track_caller]
     pub fn is_pending(&self) -> bool {
-        scheduler::hub("CallLater::is_pending").timer_is_set(self.key)
+        self.own_hub("CallLater::is_pending").timer_is_set(self.key)
+    }
+
+    /// The hub running here, if it is the one that scheduled the call.
+    #[track_caller]
+    fn own_hub(&self, what: &str) -> &'static scheduler::Hub {
+        let hub = scheduler::hub(what);
+        if hub.id() != self.hub {
+            panic!(
+                "corostack::hub: `{what}` was called in another hub than the one that scheduled \
+                 the call: a `CallLater` acts only on its own hub (that hub has ended, and its \
+                 call was dropped with it)"
+            );
+        }
+        hub
     }
 }
 
@@ -242,11 +277,17 @@ pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallLater {
         // The end of `run`: nothing new starts.
         drop(f);
         return CallLater {
+            hub: hub.id(),
             key: (Instant::now(), 0),
+            _thread: PhantomData,
         };
     }
     let deadline =
         deadline_after(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40));
     let key = hub.set_timer(deadline, Action::Call(Box::new(f)));
-    CallLater { key }
+    CallLater {
+        hub: hub.id(),
+        key,
+        _thread: PhantomData,
+    }
 }

@@ -28,6 +28,9 @@ thread_local! {
 
 /// One thread's hub.
 pub(crate) struct Hub {
+    /// Names this hub among all of the process's (the handles that act on
+    /// one hub only check it).
+    pub(super) id: u64,
     pub(super) config: Config,
     pub(super) ready: RefCell<VecDeque<Rc<Task>>>,
     pub(super) tasks: RefCell<Slab<Rc<Task>>>,
@@ -130,6 +133,13 @@ impl Config {
     }
 }
 
+/// Ids of hubs, unique in the process.
+fn next_hub_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Ids of tasks, unique in the process.
 pub(super) fn next_task_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,6 +211,7 @@ impl Hub {
         let shared = Arc::new(Shared::new(io.waker()?));
         let blocking = Pool::new(config.blocking_threads);
         Ok(Hub {
+            id: next_hub_id(),
             config,
             ready: RefCell::new(VecDeque::new()),
             tasks: RefCell::new(Slab::new()),
@@ -249,6 +260,13 @@ impl Hub {
     /// The running task's address (null in the loop).
     pub(crate) fn current_ptr(&self) -> *const Task {
         self.current.get()
+    }
+
+    /// Its number, unique in the process: a handle that acts on one hub
+    /// only keeps it.
+    #[inline(always)]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// A fresh id for a `timeout` scope (ids grow: a scope with a larger

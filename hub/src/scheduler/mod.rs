@@ -78,7 +78,8 @@
 //! `CallLater`, sockets, channels) are `'static` types that are neither
 //! `Send` nor `Sync`: they stay on the hub's thread, and may outlive the
 //! hub (a finished task's handle still joins; a socket moves to the next
-//! hub that waits on it; `CallLater` and `kill` then panic outside a hub).
+//! hub that waits on it; `CallLater` then panics outside its own hub, and
+//! `kill` outside any hub).
 //! Only [`Remote`](super::Remote) and its futures cross threads.
 //!//!
 //! # Files
