@@ -119,7 +119,12 @@ impl<T> JoinHandle<T> {
     ///   the kill is raised at its next park where it can be.
     /// - Called outside any coroutine (a destructor that the hub's loop
     ///   runs), `kill` asks for the kill and returns; the victim unwinds
-    ///   when the loop runs it next.
+    ///   when the loop runs it next. The same from a greenlet other than
+    ///   the one the hub runs in (a hub run inside a greenlet, one of whose
+    ///   coroutines switched to the thread's main greenlet): that code is
+    ///   no coroutine of the hub, even when the victim is the coroutine
+    ///   that switched away, which unwinds at its next park once switched
+    ///   back to.
     ///
     /// A second kill of a coroutine whose kill is unwinding does nothing: a
     /// kill is never raised inside a destructor that runs during an unwind.

@@ -59,8 +59,8 @@
 //! destructors run as ordinary code that may itself sleep, write a goodbye
 //! on a socket, `block_on`, spawn, join or kill. Called from a coroutine,
 //! `kill` waits until the victim has finished (gevent's
-//! `kill(block=True)`); from a destructor that the hub's loop runs, it only
-//! asks. A kill is never raised inside a destructor: a second kill while
+//! `kill(block=True)`); from a destructor that the hub's loop runs, or
+//! from a greenlet other than the hub's, it only asks. A kill is never raised inside a destructor: a second kill while
 //! the first unwinds does nothing, and a coroutine that kills itself from
 //! a destructor of its own kill goes on unwinding. A coroutine may run
 //! plain [`Coroutine`](corostack::Coroutine)s,

@@ -13,7 +13,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
 use corostack_hub as hub;
-use hub_util::in_child;
+use hub_util::{in_child, passes_in_child};
 
 /// The message of a caught panic.
 fn message(p: &(dyn std::any::Any + Send)) -> String {
@@ -96,4 +96,50 @@ fn a_remote_join_on_the_hubs_own_thread_panics() {
             "{run:?}"
         );
     }
+}
+
+/// A hub runs inside a greenlet; one of its coroutines switches to the
+/// thread's main greenlet, which kills that coroutine with its
+/// `KillHandle`. The main greenlet is not the coroutine (nor any of the
+/// hub's): the kill is only asked for there, and lands at the coroutine's
+/// next park once it is switched back to. (It was taken for a self-kill:
+/// the hub's private payload unwound the main greenlet, and the coroutine
+/// later ran on and returned `Ok`.)
+#[test]
+fn a_kill_from_the_main_greenlet_of_a_hub_in_a_greenlet_lands() {
+    passes_in_child(
+        "a_kill_from_the_main_greenlet_of_a_hub_in_a_greenlet_lands",
+        || {
+            use corostack::greenlet::{self, Greenlet};
+            use std::cell::RefCell;
+            use std::rc::Rc;
+
+            let main = greenlet::current::<u32>();
+            let victim: Rc<RefCell<Option<hub::KillHandle>>> = Rc::default();
+            let ran_on = Rc::new(std::cell::Cell::new(false));
+            let (v, r) = (victim.clone(), ran_on.clone());
+            let g = Greenlet::new(move |_: u32| {
+                let outcome = hub::run(move || {
+                    let h = hub::spawn(move || {
+                        main.switch(1);
+                        hub::sleep(Duration::from_millis(1));
+                        r.set(true);
+                    });
+                    *v.borrow_mut() = Some(h.kill_handle());
+                    h.join()
+                });
+                u32::from(matches!(outcome, Err(hub::JoinError::Killed)))
+            });
+            // The hub's coroutine switched here.
+            assert_eq!(g.switch(0), 1);
+            let k = victim.borrow_mut().take().unwrap();
+            let raised = panic::catch_unwind(AssertUnwindSafe(|| k.kill()));
+            assert!(raised.is_ok(), "the kill unwound the main greenlet");
+            assert!(!k.done());
+            // Back into the hub: the coroutine dies at its park.
+            assert_eq!(g.switch(0), 1, "the coroutine was not killed");
+            assert!(!ran_on.get());
+            assert!(k.done());
+        },
+    );
 }

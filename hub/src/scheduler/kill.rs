@@ -464,15 +464,21 @@ impl Hub {
         if task.state.get() == TaskState::Finished {
             return;
         }
-        if ptr::eq(self.current.get(), Rc::as_ptr(task)) {
+        // The caller is a task of this hub only if one runs and the
+        // greenlet running now is the hub's: a hub run inside a greenlet
+        // has a running task while that task has switched to another
+        // greenlet (the thread's main one), whose code is not the task's.
+        let in_task =
+            !self.current.get().is_null() && corostack::greenlet::running_id() == self.greenlet;
+        if in_task && ptr::eq(self.current.get(), Rc::as_ptr(task)) {
             self.kill_self(task);
             return;
         }
         task.kill_requested.set(true);
         if task.state.get() != TaskState::Suspended {
-            // Pending: queued already, killed at its start. Running
-            // without being the current task cannot happen (only the loop
-            // resumes tasks); it would unwind at its next park.
+            // Pending: queued already, killed at its start. Running: the
+            // task that switched to the greenlet calling us; it unwinds at
+            // its next park, once switched back to.
             if task.state.get() == TaskState::Running {
                 return;
             }
@@ -481,8 +487,9 @@ impl Hub {
             task.queued.set(true);
             self.ready.borrow_mut().push_front(task.clone());
         }
-        if self.current.get().is_null() {
-            // Outside any task: nothing can wait here.
+        if !in_task {
+            // Outside any task (the loop, or another greenlet): nothing
+            // can wait here.
             return;
         }
         task.wait_finished(self, true);

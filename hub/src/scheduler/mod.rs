@@ -62,7 +62,10 @@
 //! - **park** (sleep, socket waits, join, channels, `block_on`, a kill's
 //!   wait): a task, on its own stack or one of the stacks above; refused
 //!   in a greenlet and in the loop ("outside a hub's coroutine").
-//! - **kill**: a task (of the victim or of another), or the loop. See
+//! - **kill**: a task (of the victim or of another), the loop, or another
+//!   greenlet than the hub's (a hub run inside a greenlet: a task switched
+//!   to the thread's main greenlet, which is not the task; `kill` compares
+//!   `running_id` as `park` does, and only asks). See
 //!   "Killing" in `kill.rs`.
 //! - **join**: a task only (it parks); a task cannot join itself.
 //! - **block_on**: a task only; the future's waker may run on any thread.
