@@ -74,10 +74,22 @@
 //!
 //! When every coroutine waits (in joins, channels, events) and nothing is
 //! left that could wake one — no timer, no registered socket, no
-//! blocking job, no future awaited with [`block_on`], no [`Remote`] held
-//! by another thread — the hub does not sleep forever: the main
-//! coroutine's wait panics with a message naming the deadlock (gevent's
-//! `LoopExit`), and [`run`] unwinds the others and re-raises it. If the
+//! blocking job, no future awaited with [`block_on`], no live [`Remote`]
+//! — the hub does not sleep forever: the main coroutine's wait panics
+//! with a message naming the deadlock (gevent's `LoopExit`), and [`run`]
+//! unwinds the others and re-raises it.
+//!
+//! What the hub cannot know is where a `Remote` is: it is `Send`, and moves
+//! to another thread unseen. So every live `Remote` (a clone, one kept in
+//! a coroutine, in a thread-local, in a thread) counts as a way to wake the
+//! hub, and the hub waits for it rather than guess: a `Remote` that only
+//! the hub's own coroutines keep makes a deadlock that the hub cannot
+//! tell from a thread that will hand it work later. It does not wait
+//! silently: once every coroutine has waited with only `Remote`s left for
+//! a second, it says so on stderr (once per hub), with their count. Drop a
+//! `Remote` the hub's coroutines no longer need, or hand it to the thread
+//! that uses it. From the end of `run` on, `Remote`s no longer count
+//! (work they send is refused). If the
 //! main coroutine cannot take that panic because it is unwinding already
 //! (its destructors are the ones waiting), `run` panics with the deadlock
 //! at once, leaking the coroutines that cannot finish (see

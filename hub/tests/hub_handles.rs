@@ -143,3 +143,63 @@ fn a_kill_from_the_main_greenlet_of_a_hub_in_a_greenlet_lands() {
         },
     );
 }
+
+/// Every coroutine waits, and only a `Remote` is left that could wake the
+/// hub: the hub cannot see where a `Remote` is (it moves between threads
+/// unseen), so it waits for it, but not silently: after a grace period it
+/// says on stderr that only `Remote`s can wake it and that one kept by the
+/// hub's own coroutines is a deadlock. Here the main coroutine keeps the
+/// only `Remote` and waits for an event nobody sets.
+#[test]
+fn a_hub_that_only_remotes_could_wake_says_so() {
+    let run = in_child(
+        "a_hub_that_only_remotes_could_wake_says_so",
+        Duration::from_secs(4),
+        || {
+            hub::run(|| {
+                let _mine = hub::remote();
+                hub::sync::Event::new().wait();
+            });
+        },
+    );
+    if let Some(run) = run {
+        assert!(run.hung, "it waits for the Remote: {run:?}");
+        assert!(
+            run.stderr.contains("only 1 `Remote`"),
+            "the wait was silent: {run:?}"
+        );
+    }
+}
+
+/// A `Remote` held by another thread does wake a hub whose coroutines all
+/// wait, even after the grace period after which the hub warns: the hub
+/// never takes a `Remote` for a deadlock.
+#[test]
+fn a_remote_on_another_thread_wakes_a_waiting_hub() {
+    thread_local! {
+        static TX: std::cell::RefCell<Option<hub::sync::channel::Sender<u32>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    passes_in_child("a_remote_on_another_thread_wakes_a_waiting_hub", || {
+        let v = hub::run(|| {
+            let remote = hub::remote();
+            let (tx, rx) = hub::sync::channel::unbounded::<u32>();
+            TX.with(|t| *t.borrow_mut() = Some(tx));
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1500));
+                // Runs in the hub, on its thread: the channel is there.
+                remote
+                    .spawn(|| TX.with(|t| t.borrow().as_ref().unwrap().send(5).is_ok()))
+                    .join()
+                    .unwrap()
+            });
+            // Every coroutine waits; only the Remote on the thread can
+            // bring work.
+            let got = rx.recv().unwrap();
+            TX.with(|t| t.borrow_mut().take());
+            (got, t)
+        });
+        assert_eq!(v.0, 5);
+        assert!(v.1.join().unwrap());
+    });
+}

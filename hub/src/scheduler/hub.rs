@@ -70,6 +70,9 @@ pub(crate) struct Hub {
     /// The end of `run`: tasks are being killed, and new ones are killed
     /// at birth.
     pub(super) shutting_down: Cell<bool>,
+    /// The hub has said that only `Remote`s could wake its coroutines (it
+    /// says so once).
+    pub(super) remote_warned: Cell<bool>,
     /// The first panic of a destructor that the loop ran at the end.
     pub(super) loop_panic: RefCell<Option<Box<dyn std::any::Any + Send>>>,
 }
@@ -230,6 +233,7 @@ impl Hub {
             deferred: RefCell::new(Vec::new()),
             has_deferred: Cell::new(false),
             shutting_down: Cell::new(false),
+            remote_warned: Cell::new(false),
             loop_panic: RefCell::new(None),
         })
     }

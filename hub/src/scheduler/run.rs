@@ -42,6 +42,10 @@ use super::task::{Slot, Task};
 /// starve sockets.
 const EVENT_INTERVAL: u32 = 61;
 
+/// How long every coroutine waits with only `Remote`s left to wake one
+/// before the hub says so (see [`Hub::warn_remote_wait`]).
+const REMOTE_GRACE: Duration = Duration::from_secs(1);
+
 /// How a run of the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -234,6 +238,18 @@ impl Hub {
                         // Take what may already be queued before concluding.
                         timeout = Some(Duration::ZERO);
                     }
+                    // Only Remotes could wake a task: wait for them, but say
+                    // so once a grace period has passed.
+                    let remote_wait = timeout.is_none()
+                        && main.is_some()
+                        && !self.remote_warned.get()
+                        && self.only_remotes_can_wake();
+                    let idle_since = if remote_wait {
+                        timeout = Some(REMOTE_GRACE);
+                        Some(Instant::now())
+                    } else {
+                        None
+                    };
                     if let Some(deadline) = deadline {
                         let now = Instant::now();
                         if now >= deadline {
@@ -249,6 +265,13 @@ impl Hub {
                         self.drain_remote();
                     }
                     self.fire_timers();
+                    if let Some(since) = idle_since
+                        && since.elapsed() >= REMOTE_GRACE
+                        && self.ready.borrow().is_empty()
+                        && self.only_remotes_can_wake()
+                    {
+                        self.warn_remote_wait();
+                    }
                     if stuck && self.ready.borrow().is_empty() && self.nothing_can_wake() {
                         match main {
                             // gevent's LoopExit: raise in the main coroutine
@@ -269,12 +292,51 @@ impl Hub {
     /// timer, no registered socket, no blocking job, no awaited future, no
     /// [`Remote`](super::Remote) (the hub's own reference is the only one).
     pub(super) fn nothing_can_wake(&self) -> bool {
+        self.nothing_but_remotes() && self.live_remotes() == 0
+    }
+
+    /// Whether nothing but a live [`Remote`](crate::Remote) could make a
+    /// coroutine ready (no timer, socket, blocking job, awaited future).
+    fn nothing_but_remotes(&self) -> bool {
         self.timers.borrow().is_empty()
             && self.io.has_no_sources()
             && self.blocking.in_flight() == 0
             && self.block_ons.get() == 0
-            // At the end, a Remote can no longer spawn.
-            && (self.shutting_down.get() || Arc::strong_count(&self.shared) == 1)
+    }
+
+    /// The `Remote`s that could still hand the hub work: every live one
+    /// (the hub's own reference aside), wherever it is, since a `Remote`
+    /// moves between threads unseen; none at the end (the queue refuses
+    /// work then).
+    fn live_remotes(&self) -> usize {
+        if self.shutting_down.get() {
+            0
+        } else {
+            Arc::strong_count(&self.shared) - 1
+        }
+    }
+
+    /// Whether only live `Remote`s could make a coroutine ready.
+    fn only_remotes_can_wake(&self) -> bool {
+        self.nothing_but_remotes() && self.live_remotes() > 0
+    }
+
+    /// Says once, on stderr, that every coroutine waits and only `Remote`s
+    /// could wake one: the hub cannot tell a `Remote` held by another
+    /// thread (which may yet hand it work) from one kept by its own
+    /// coroutines (a deadlock), so it waits, but not silently.
+    #[cold]
+    #[inline(never)]
+    fn warn_remote_wait(&self) {
+        self.remote_warned.set(true);
+        let n = self.live_remotes();
+        eprintln!(
+            "corostack::hub: every coroutine has been waiting for {REMOTE_GRACE:?} and only {n} \
+             `Remote`(s) could wake one; the hub waits for them. If they are kept by this \
+             hub's own coroutines (or elsewhere on its thread) rather than by another thread \
+             that will hand it work, this is a deadlock the hub cannot see: drop them, or hand \
+             them to the thread that uses them"
+        );
     }
 
     /// Fires every timer due now, in deadline order.
