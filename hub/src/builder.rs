@@ -95,8 +95,12 @@ impl Builder {
     /// takes. Past it, or as soon as nothing is left that could wake them
     /// (a deadlock), the coroutines still unwinding are leaked (their stacks
     /// stay mapped, the destructors left on them never run) and `run`
-    /// panics saying so, rather than hang or abort (see
-    /// [The end of `run`](super#the-end-of-run)).
+    /// panics saying so, rather than hang (see
+    /// [The end of `run`](super#ending)). Their frames may borrow the
+    /// thread's thread-locals, so the thread that leaked them aborts the
+    /// process when it exits, before those are destroyed, with a message
+    /// naming the leak (see [Thread-locals](super#thread-locals)): a leak
+    /// is a bug to fix, which `run`'s panic reports first.
     pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
         self.shutdown_timeout = timeout;
         self

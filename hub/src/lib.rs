@@ -47,7 +47,9 @@
 //! on them runs, their sockets close) and their joiners see
 //! [`JoinError::Killed`]; `run` waits for their destructors, which may
 //! still sleep or do I/O, up to [`Builder::shutdown_timeout`], and panics
-//! saying so if some never finish (see the [`Builder`] method). A panic in
+//! saying so if some never finish (see the [`Builder`] method): those are
+//! leaked, and the thread aborts the process when it exits, before its
+//! thread-locals are destroyed (see [Thread-locals](#thread-locals)). A panic in
 //! the main closure is re-raised by `run` after that cleanup. A panic in
 //! any other coroutine ends only that coroutine: its
 //! [`JoinHandle::join`] returns [`JoinError::Panicked`] with the payload.
@@ -77,23 +79,63 @@
 //! blocking job, no future awaited with [`block_on`], no live [`Remote`]
 //! — the hub does not sleep forever: the main coroutine's wait panics
 //! with a message naming the deadlock (gevent's `LoopExit`), and [`run`]
-//! unwinds the others and re-raises it.
+//! unwinds the others and re-raises it. If the main coroutine cannot take
+//! that panic because it is unwinding already (its destructors are the
+//! ones waiting), `run` panics with the deadlock at once, leaking the
+//! coroutines that cannot finish (see [`Builder::shutdown_timeout`]).
 //!
-//! What the hub cannot know is where a `Remote` is: it is `Send`, and moves
-//! to another thread unseen. So every live `Remote` (a clone, one kept in
-//! a coroutine, in a thread-local, in a thread) counts as a way to wake the
-//! hub, and the hub waits for it rather than guess: a `Remote` that only
-//! the hub's own coroutines keep makes a deadlock that the hub cannot
-//! tell from a thread that will hand it work later. It does not wait
-//! silently: once every coroutine has waited with only `Remote`s left for
-//! a second, it says so on stderr (once per hub), with their count. Drop a
-//! `Remote` the hub's coroutines no longer need, or hand it to the thread
-//! that uses it. From the end of `run` on, `Remote`s no longer count
-//! (work they send is refused). If the
-//! main coroutine cannot take that panic because it is unwinding already
-//! (its destructors are the ones waiting), `run` panics with the deadlock
-//! at once, leaking the coroutines that cannot finish (see
-//! [`Builder::shutdown_timeout`]).
+//! What the hub cannot know is where a `Remote` is: it is `Send`, and
+//! moves to another thread unseen. So every live `Remote` (a clone, one
+//! kept in a coroutine, in a thread-local, in another thread) counts as a
+//! way to wake the hub, and the hub waits for it rather than guess: a
+//! `Remote` that only the hub's own coroutines keep makes a deadlock that
+//! the hub cannot tell from a thread that will hand it work later. It
+//! does not wait silently: once every coroutine has waited with only
+//! `Remote`s left for a second, it says so on stderr (once per hub), with
+//! their count. Drop a `Remote` that the hub's coroutines no longer need,
+//! or hand it to the thread that uses it. From the end of `run` on,
+//! `Remote`s no longer count (the work they send is refused).
+//!
+//! # Thread-locals
+//!
+//! The rule: **a coroutine that may be leaked must not hold a borrow of a
+//! thread-local that another thread uses** — do not lend what
+//! `KEY.with(|d| ...)` gives to a scoped thread (`std::thread::scope`), or
+//! through any other way to another thread, inside a coroutine that
+//! suspends (sleeps, waits for a socket, joins) while that thread runs.
+//!
+//! Why: a coroutine that suspends inside `KEY.with` keeps the borrow of
+//! `KEY` alive in its suspended frames, while `LocalKey::with` relies on
+//! its closure ending before the thread does. A hub coroutine ends by
+//! returning or by its kill's unwind; the end of [`run`] leaks those whose
+//! unwind does not finish (past [`Builder::shutdown_timeout`], or in a
+//! deadlock), and their frames then never end. When the thread exits,
+//! `KEY`'s destructor would free the value under the scoped thread, which
+//! still runs (its scope never ends). Rust has no sound story yet for
+//! stack switching and thread-locals
+//! ([rust-lang/unsafe-code-guidelines#602](https://github.com/rust-lang/unsafe-code-guidelines/issues/602));
+//! the hub closes this case itself, with an abort where nothing else is
+//! sound:
+//!
+//! - a thread on which `run` leaked coroutines aborts the process when it
+//!   exits, before the destructor of any thread-local that was in use at
+//!   the leak (those the leaked frames could borrow) runs, with a message
+//!   naming how many coroutines and why. So a leak is reported twice: by
+//!   `run`'s panic, which the caller may catch and go on, and by the abort
+//!   when the thread ends. (A thread that leaks more than eight times
+//!   aborts at the ninth leak.)
+//! - coroutines that finish (return, or unwind to the end of a kill) hold
+//!   no borrow afterwards, and nothing is left to do: a `run` that ends
+//!   without a leak leaves nothing behind.
+//!
+//! What remains, and is the user's to avoid: the hub's coroutines are
+//! core [`Coroutine`](corostack::Coroutine)s, so what the core's threat
+//! model says of thread-locals holds for the plain coroutines, generators
+//! and greenlets a hub coroutine runs itself (a `Coroutine` that suspends
+//! inside `KEY.with` and is then forgotten, or dropped from another
+//! thread-local's destructor at thread exit). And a leaked coroutine whose
+//! frames hold no such borrow still costs the abort: the hub cannot see
+//! what a frame borrows.
 //!
 //! # Outside a hub
 //!

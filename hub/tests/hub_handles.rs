@@ -203,3 +203,80 @@ fn a_remote_on_another_thread_wakes_a_waiting_hub() {
         assert!(v.1.join().unwrap());
     });
 }
+
+thread_local! {
+    /// A thread-local with a destructor (its box is freed at thread exit).
+    static DATA: Box<[u64; 16]> = Box::new([7; 16]);
+}
+
+/// Section 1, the hub's share: a coroutine that `run` leaks after the
+/// shutdown timeout lent a borrow of a thread-local to a scoped thread and
+/// suspended inside the scope. When the hub's thread exits, its
+/// thread-locals are freed while that scoped thread still reads them
+/// (valgrind: invalid reads in a freed block). The thread that leaked
+/// coroutines must not get there: it aborts at its exit, before its
+/// thread-locals are destroyed, naming the leak.
+#[test]
+fn a_thread_that_leaked_coroutines_aborts_at_exit_before_its_thread_locals_die() {
+    let run = in_child(
+        "a_thread_that_leaked_coroutines_aborts_at_exit_before_its_thread_locals_die",
+        Duration::from_secs(30),
+        || {
+            let owner = std::thread::spawn(|| {
+                DATA.with(|d| assert_eq!(d[0], 7)); // in use before the hub
+                let r = panic::catch_unwind(|| {
+                    hub::Builder::new()
+                        .shutdown_timeout(Some(Duration::from_millis(20)))
+                        .run(|| {
+                            let victim = hub::spawn(|| {
+                                DATA.with(|d| {
+                                    std::thread::scope(|s| {
+                                        s.spawn(|| {
+                                            let mut sum = 0;
+                                            for _ in 0..60 {
+                                                sum += std::hint::black_box(d[3]);
+                                                std::thread::sleep(Duration::from_millis(10));
+                                            }
+                                            std::hint::black_box(sum);
+                                        });
+                                        /// Its destructor outlasts the shutdown
+                                        /// timeout: the coroutine is leaked.
+                                        struct Stuck;
+                                        impl Drop for Stuck {
+                                            fn drop(&mut self) {
+                                                hub::sleep(Duration::from_secs(3600));
+                                            }
+                                        }
+                                        let _stuck = Stuck;
+                                        hub::sleep(Duration::from_secs(3600));
+                                    })
+                                })
+                            });
+                            hub::sleep(Duration::from_millis(5));
+                            drop(victim);
+                        })
+                });
+                let m = message(&*r.expect_err("run reports the leak"));
+                println!("RUN PANICKED: {m}");
+            });
+            let _ = owner.join();
+            // The scoped thread reads on, after its owner's thread-locals died.
+            std::thread::sleep(Duration::from_millis(700));
+            println!("SURVIVED");
+        },
+    );
+    if let Some(run) = run {
+        let out = run.output();
+        assert!(!run.hung, "{out}");
+        assert!(out.contains("RUN PANICKED"), "{out}");
+        assert!(
+            !out.contains("SURVIVED"),
+            "no abort at the thread's exit: {out}"
+        );
+        assert_eq!(run.code, None, "an abort: {out}");
+        assert!(
+            out.contains("1 coroutine(s)") && out.contains("thread-local"),
+            "the abort names the leak: {out}"
+        );
+    }
+}

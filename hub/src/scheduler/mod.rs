@@ -87,16 +87,19 @@
 //!//!
 //! # Files
 //!
-//! Four files, each importing only from those above it in this list:
+//! Five files, each importing only from those above it in this list:
 //! - `task`: the task record ([`Task`], [`Waiter`], [`Slot`]);
 //! - `hub`: the hub's state ([`Hub`]), the thread-local that names it,
 //!   and the primitives that wake tasks and reach the drivers;
 //! - `kill`: the park, kills and unwinding (what the hub raises, and when
 //!   it may);
+//! - `leak`: the tasks the end of `run` leaks, kept until their thread
+//!   exits, which then aborts before its thread-locals die;
 //! - `run`: the loop, spawning, finishing tasks, and the end of `run`.
 
 mod hub;
 mod kill;
+mod leak;
 mod run;
 mod task;
 

@@ -12,8 +12,10 @@
 //! unwind them outside any hub, where a park cannot work) and `run` panics
 //! saying how many and why (if the main task panicked, its panic is
 //! re-raised instead and the leak is printed to stderr). Never a silent
-//! hang, never an abort. If the main task can take no deadlock panic
-//! because it is unwinding itself, the same happens at once.
+//! hang. If the main task can take no deadlock panic because it is
+//! unwinding itself, the same happens at once. The leaked tasks are kept
+//! (`leak.rs`) until the thread exits, which then aborts before its
+//! thread-locals die: their frames may borrow them.
 //!
 //! This file holds the loop: spawning a task, resuming it, finishing it,
 //! firing timers, polling, and the end of `run`. The top of the
@@ -35,6 +37,7 @@ use crate::driver::timers::poll_timeout;
 use crate::task::{JoinError, KillSelf, TaskState};
 
 use super::hub::{Action, Config, HUB, Hub, hub, next_task_id};
+use super::leak;
 use super::task::{Slot, Task};
 
 /// How many coroutines run between two looks at I/O and timers while
@@ -462,6 +465,11 @@ impl Hub {
         }
         self.ready.borrow_mut().clear();
         self.deferred.borrow_mut().clear();
+        // Their frames may borrow this thread's thread-locals: the thread
+        // aborts at its exit, before those die, if they are still there
+        // (the records are kept alive with them: a body's first frame
+        // points at its task).
+        leak::keep_until_thread_exit(tasks);
         n
     }
 }
@@ -509,7 +517,8 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
             if leaked > 0 {
                 eprintln!(
                     "corostack::hub: {leaked} coroutine(s) could not finish unwinding at the \
-                     end of a failed `run`; their stacks were leaked"
+                     end of a failed `run`; their stacks were leaked (this thread aborts when it \
+                     exits, before its thread-locals die)"
                 );
             }
         }
@@ -524,7 +533,8 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
         panic!(
             "corostack::hub: deadlock: every coroutine is waiting and nothing is left that could \
              wake one, while the main coroutine is unwinding (its destructors wait); {leaked} \
-             coroutine(s) were left unfinished and their stacks leaked"
+             coroutine(s) were left unfinished and their stacks leaked (this thread aborts when it \
+             exits, before its thread-locals die: see `Builder::shutdown_timeout`)"
         );
     }
     let result = slot.take().unwrap_or(Err(JoinError::Killed));
@@ -541,7 +551,8 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
         };
         let msg = format!(
             "corostack::hub: at the end of `run`, {leaked} killed coroutine(s) did not finish: \
-             {why}; their stacks were leaked, with the destructors left on them"
+             {why}; their stacks were leaked, with the destructors left on them (this thread \
+             aborts when it exits, before its thread-locals die)"
         );
         match result {
             Err(JoinError::Panicked(p)) => {

@@ -103,6 +103,13 @@ impl Task {
         self.state.get()
     }
 
+    /// Whether its body is suspended, in the middle of its frames: it has
+    /// started and not finished (its yielder is set exactly then).
+    #[inline]
+    pub(crate) fn is_suspended(&self) -> bool {
+        !self.yielder.get().is_null()
+    }
+
     /// Forgets the interrupt of the `timeout` scope `scope` if it was
     /// raised and not yet delivered (the scope ended first).
     pub(crate) fn clear_interrupt(&self, scope: u64) {
