@@ -114,6 +114,8 @@ impl<T> RemoteJoinHandle<T> {
     /// On the thread of the hub that runs the work, while that hub runs
     /// (in one of its coroutines, or in a destructor that its loop runs),
     /// whether or not the result is there yet: the mistake shows at once.
+    /// (In a destructor that runs during an unwind, such as a kill's, that
+    /// panic aborts the process, as any panic there does; never a hang.)
     #[track_caller]
     pub fn join(self) -> Result<T, JoinError> {
         if scheduler::try_with_hub(|h| h.id() == self.hub).unwrap_or(false) {

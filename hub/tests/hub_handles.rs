@@ -280,3 +280,194 @@ fn a_thread_that_leaked_coroutines_aborts_at_exit_before_its_thread_locals_die()
         );
     }
 }
+
+// ---------------------------------------------------------------------
+// Attacks on the changes above, as an adversarial user would try them.
+// ---------------------------------------------------------------------
+
+/// Prints its name when a thread-local holding it is destroyed.
+struct Announce(&'static str);
+impl Drop for Announce {
+    fn drop(&mut self) {
+        println!("DROPPED {}", self.0);
+    }
+}
+
+thread_local! {
+    static EARLY: Announce = const { Announce("EARLY") };
+    static BETWEEN: Announce = const { Announce("BETWEEN") };
+}
+
+/// A `run` that leaks one coroutine whose unwind sleeps for an hour.
+fn leak_one() {
+    let r = panic::catch_unwind(|| {
+        hub::Builder::new()
+            .shutdown_timeout(Some(Duration::from_millis(10)))
+            .run(|| {
+                struct Stuck;
+                impl Drop for Stuck {
+                    fn drop(&mut self) {
+                        hub::sleep(Duration::from_secs(3600));
+                    }
+                }
+                let v = hub::spawn(|| {
+                    let _s = Stuck;
+                    hub::sleep(Duration::from_secs(3600));
+                });
+                hub::sleep(Duration::from_millis(2));
+                drop(v);
+            })
+    });
+    assert!(r.is_err());
+}
+
+/// A thread leaks twice, with a thread-local first used between the two
+/// leaks (which the second leak's frames could borrow): the abort comes
+/// before the destructor of either thread-local.
+#[test]
+fn attack_two_leaks_with_a_thread_local_first_used_between_them() {
+    let run = in_child(
+        "attack_two_leaks_with_a_thread_local_first_used_between_them",
+        Duration::from_secs(30),
+        || {
+            std::thread::spawn(|| {
+                EARLY.with(|_| ());
+                leak_one();
+                BETWEEN.with(|_| ());
+                leak_one();
+            })
+            .join()
+            .ok();
+            println!("SURVIVED");
+        },
+    );
+    if let Some(run) = run {
+        let out = run.output();
+        assert!(!run.hung && run.code.is_none(), "{out}");
+        assert!(out.contains("aborting"), "{out}");
+        assert!(!out.contains("DROPPED"), "a thread-local died first: {out}");
+    }
+}
+
+/// Handles kept past their hub: a `JoinHandle` joined and a `KillHandle`
+/// used in a later hub find their coroutine finished and touch nothing of
+/// the later hub; a `CallLater` kept in a thread-local until the thread
+/// exits is dropped without a hub (dropping never acts).
+#[test]
+fn attack_handles_kept_past_their_hub() {
+    passes_in_child("attack_handles_kept_past_their_hub", || {
+        thread_local! {
+            static KEPT: std::cell::RefCell<Option<hub::CallLater>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let (j, k) = hub::run(|| {
+            let j = hub::spawn(|| 3);
+            let k = hub::spawn(|| hub::sleep(Duration::from_secs(3600))).kill_handle();
+            KEPT.with(|c| *c.borrow_mut() = Some(hub::call_later(Duration::from_secs(60), || {})));
+            hub::sleep(Duration::from_millis(2)); // j returns, k sleeps
+            (j, k)
+        });
+        assert!(k.done(), "killed at the end of its hub");
+        hub::run(move || {
+            let mine = hub::spawn(|| 4);
+            k.kill();
+            assert_eq!(j.join().unwrap(), 3);
+            assert_eq!(mine.join().unwrap(), 4);
+        });
+        std::thread::spawn(|| {
+            KEPT.with(|c| {
+                *c.borrow_mut() = Some(hub::run(|| hub::call_later(Duration::ZERO, || {})))
+            });
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+/// A `RemoteJoinHandle::join` of the hub's own work in a destructor that a
+/// kill runs: the refusal's panic comes during an unwind, which aborts
+/// the process as any panic there does; never a hang.
+#[test]
+fn attack_remote_join_in_a_destructor_run_by_a_kill_aborts_not_hangs() {
+    let run = in_child(
+        "attack_remote_join_in_a_destructor_run_by_a_kill_aborts_not_hangs",
+        Duration::from_secs(20),
+        || {
+            hub::run(|| {
+                let v = hub::spawn(|| {
+                    struct J(Option<hub::RemoteJoinHandle<i32>>);
+                    impl Drop for J {
+                        fn drop(&mut self) {
+                            let _ = self.0.take().unwrap().join();
+                        }
+                    }
+                    let _j = J(Some(hub::remote().spawn(|| 1)));
+                    hub::sleep(Duration::from_secs(3600));
+                });
+                hub::sleep(Duration::from_millis(2));
+                v.kill();
+            });
+        },
+    );
+    if let Some(run) = run {
+        let out = run.output();
+        assert!(!run.hung, "{out}");
+        assert!(out.contains("block_on"), "{out}");
+    }
+}
+
+/// A hub inside a greenlet: from the main greenlet, a kill of a coroutine
+/// other than the one that switched away only asks too (it used to try to
+/// wait, and park refused that from the wrong greenlet).
+#[test]
+fn attack_kill_of_another_coroutine_from_the_main_greenlet() {
+    passes_in_child(
+        "attack_kill_of_another_coroutine_from_the_main_greenlet",
+        || {
+            use corostack::greenlet::{self, Greenlet};
+            use std::cell::RefCell;
+            use std::rc::Rc;
+
+            let main = greenlet::current::<u32>();
+            let other: Rc<RefCell<Option<hub::KillHandle>>> = Rc::default();
+            let o = other.clone();
+            let g = Greenlet::new(move |_: u32| {
+                hub::run(move || {
+                    let sleeper = hub::spawn(|| hub::sleep(Duration::from_secs(3600)));
+                    *o.borrow_mut() = Some(sleeper.kill_handle());
+                    hub::spawn(move || {
+                        main.switch(1);
+                    })
+                    .join()
+                    .unwrap();
+                    u32::from(sleeper.join().is_err_and(|e| e.is_killed()))
+                })
+            });
+            assert_eq!(g.switch(0), 1);
+            let k = other.borrow_mut().take().unwrap();
+            k.kill(); // asks, from outside the hub's greenlet
+            assert_eq!(g.switch(0), 1, "the sleeper was killed");
+        },
+    );
+}
+
+/// A hub run inside a hub's coroutine is refused; a hub run inside a plain
+/// coroutine on a thread without a hub works, and its `CallLater` is
+/// refused in the next hub of the thread.
+#[test]
+fn attack_hubs_nested_in_coroutines() {
+    hub::run(|| {
+        let p = panic::catch_unwind(|| hub::run(|| ())).unwrap_err();
+        assert!(message(&*p).contains("inside a hub"));
+    });
+    let mut co = corostack::Coroutine::<(), (), hub::CallLater>::new(|_, ()| {
+        hub::run(|| hub::call_later(Duration::from_secs(60), || {}))
+    });
+    let corostack::CoroutineResult::Return(c) = co.resume(()) else {
+        panic!("it returns")
+    };
+    hub::run(move || {
+        let p = panic::catch_unwind(AssertUnwindSafe(|| c.cancel())).unwrap_err();
+        assert!(message(&*p).contains("another hub"));
+    });
+}
