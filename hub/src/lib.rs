@@ -49,9 +49,9 @@
 //! still sleep or do I/O, up to [`Builder::shutdown_timeout`], and panics
 //! saying so if some never finish (see the [`Builder`] method): those are
 //! leaked, and the thread aborts the process when it exits, before its
-//! thread-locals are destroyed (see [Thread-locals](#thread-locals)). A panic in
-//! the main closure is re-raised by `run` after that cleanup. A panic in
-//! any other coroutine ends only that coroutine: its
+//! thread-locals are destroyed (see [Thread-locals](#thread-locals)). A
+//! panic in the main closure is re-raised by `run` after that cleanup. A
+//! panic in any other coroutine ends only that coroutine: its
 //! [`JoinHandle::join`] returns [`JoinError::Panicked`] with the payload.
 //!
 //! # Killing
@@ -62,8 +62,9 @@
 //! on a socket, `block_on`, spawn, join or kill. Called from a coroutine,
 //! `kill` waits until the victim has finished (gevent's
 //! `kill(block=True)`); from a destructor that the hub's loop runs, or
-//! from a greenlet other than the hub's, it only asks. A kill is never raised inside a destructor: a second kill while
-//! the first unwinds does nothing, and a coroutine that kills itself from
+//! from a greenlet other than the hub's, it only asks. A kill is never
+//! raised inside a destructor: a second kill while the first unwinds does
+//! nothing, and a coroutine that kills itself from
 //! a destructor of its own kill goes on unwinding. A coroutine may run
 //! plain [`Coroutine`](corostack::Coroutine)s,
 //! [`AsyncCoroutine`](corostack::bridge::AsyncCoroutine)s and
@@ -98,44 +99,42 @@
 //!
 //! # Thread-locals
 //!
-//! The rule: **a coroutine that may be leaked must not hold a borrow of a
-//! thread-local that another thread uses** — do not lend what
-//! `KEY.with(|d| ...)` gives to a scoped thread (`std::thread::scope`), or
-//! through any other way to another thread, inside a coroutine that
-//! suspends (sleeps, waits for a socket, joins) while that thread runs.
+//! The rule for users: **the destructors of a killed coroutine must
+//! finish within [`Builder::shutdown_timeout`]** and wait for nothing that
+//! cannot come, or the thread that ran the hub aborts the process when it
+//! exits. And in the plain coroutines, generators and greenlets that a hub
+//! coroutine runs itself, the core's rule for thread-locals holds (see
+//! [`Coroutine`](corostack::Coroutine)'s threat model).
 //!
-//! Why: a coroutine that suspends inside `KEY.with` keeps the borrow of
-//! `KEY` alive in its suspended frames, while `LocalKey::with` relies on
-//! its closure ending before the thread does. A hub coroutine ends by
-//! returning or by its kill's unwind; the end of [`run`] leaks those whose
-//! unwind does not finish (past [`Builder::shutdown_timeout`], or in a
-//! deadlock), and their frames then never end. When the thread exits,
-//! `KEY`'s destructor would free the value under the scoped thread, which
-//! still runs (its scope never ends). Rust has no sound story yet for
+//! Why: a coroutine that suspends inside `KEY.with(|d| ...)` keeps the
+//! borrow `d` alive in its suspended frames, while `LocalKey::with` relies
+//! on its closure ending before the thread does. A hub coroutine's frames
+//! end when it returns or when its kill's unwind is over; the end of
+//! [`run`] leaks those whose unwind does not finish (past the shutdown
+//! timeout, or in a deadlock), and their frames never end. If such a
+//! frame lent `d` to a scoped thread (`std::thread::scope`, whose scope
+//! then never ends), `KEY`'s destructor would free the value under that
+//! thread when the hub's thread exits. Rust has no sound story yet for
 //! stack switching and thread-locals
-//! ([rust-lang/unsafe-code-guidelines#602](https://github.com/rust-lang/unsafe-code-guidelines/issues/602));
-//! the hub closes this case itself, with an abort where nothing else is
-//! sound:
+//! ([rust-lang/unsafe-code-guidelines#602](https://github.com/rust-lang/unsafe-code-guidelines/issues/602)),
+//! and the hub cannot see what a frame borrows, so it stops the thread
+//! before that can happen:
 //!
 //! - a thread on which `run` leaked coroutines aborts the process when it
 //!   exits, before the destructor of any thread-local that was in use at
-//!   the leak (those the leaked frames could borrow) runs, with a message
-//!   naming how many coroutines and why. So a leak is reported twice: by
+//!   the leak (all those the leaked frames could borrow), with a message
+//!   naming how many coroutines and why. A leak is so reported twice: by
 //!   `run`'s panic, which the caller may catch and go on, and by the abort
-//!   when the thread ends. (A thread that leaks more than eight times
-//!   aborts at the ninth leak.)
-//! - coroutines that finish (return, or unwind to the end of a kill) hold
-//!   no borrow afterwards, and nothing is left to do: a `run` that ends
-//!   without a leak leaves nothing behind.
+//!   when the thread ends. (A thread that leaks a ninth time aborts at
+//!   once.)
+//! - a coroutine that finished holds no borrow: a `run` that leaks nothing
+//!   leaves nothing behind, and its thread ends normally.
 //!
-//! What remains, and is the user's to avoid: the hub's coroutines are
-//! core [`Coroutine`](corostack::Coroutine)s, so what the core's threat
-//! model says of thread-locals holds for the plain coroutines, generators
-//! and greenlets a hub coroutine runs itself (a `Coroutine` that suspends
-//! inside `KEY.with` and is then forgotten, or dropped from another
-//! thread-local's destructor at thread exit). And a leaked coroutine whose
-//! frames hold no such borrow still costs the abort: the hub cannot see
-//! what a frame borrows.
+//! What remains: the abort also hits a leaked coroutine that borrowed
+//! nothing; and the core's own remaining cases of its threat model, for
+//! the core coroutines a hub coroutine runs itself (one that suspends
+//! inside `KEY.with` and is then forgotten, or dropped by another
+//! thread-local's destructor at thread exit).
 //!
 //! # Outside a hub
 //!
@@ -173,9 +172,10 @@
 //!    [`Coroutine`](corostack::Coroutine), on the core's public API), the
 //!    drivers it owns, the run loop, and the primitives the user functions
 //!    build on (spawn, park, wake, kill); it explains why suspending from
-//!    anywhere is sound and why the hub is built on `Coroutine`. Four
+//!    anywhere is sound and why the hub is built on `Coroutine`. Five
 //!    files, layered in turn: `task` (the task record), `hub` (the hub's
 //!    state and its wake-ups), `kill` (the park, kills and unwinding),
+//!    `leak` (the tasks leaked at the end, kept until the thread exits),
 //!    `run` (the loop and the end of `run`); they share the records'
 //!    fields within the scheduler, and nothing outside it sees them.
 //! 3. **The user functions**, on the scheduler: `lib.rs` ([`run`],
