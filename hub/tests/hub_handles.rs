@@ -154,7 +154,7 @@ fn a_kill_from_the_main_greenlet_of_a_hub_in_a_greenlet_lands() {
 fn a_hub_that_only_remotes_could_wake_says_so() {
     let run = in_child(
         "a_hub_that_only_remotes_could_wake_says_so",
-        Duration::from_secs(4),
+        Duration::from_secs(3),
         || {
             hub::run(|| {
                 let _mine = hub::remote();
