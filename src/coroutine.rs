@@ -138,6 +138,8 @@ use crate::sanitizer::{self, AsanPeer, Fiber};
 #[cfg(feature = "std")]
 use crate::stack::DefaultStack;
 use crate::stack::Stack;
+#[cfg(feature = "std")]
+use crate::thread_exit;
 
 /// What [`Coroutine::resume`] returns: the body either suspended with a
 /// value or returned one.
@@ -203,6 +205,26 @@ const CAN_UNWIND: bool = cfg!(feature = "std") && !cfg!(panic = "abort");
 /// The word that asks a coroutine to unwind, and that tells the resumer a
 /// coroutine finished.
 const SIGNAL: usize = 0;
+
+/// What the spare word of a coroutine holds once it was finished without
+/// ever starting (dropped, `force_unwind`, `force_reset` before its first
+/// resume), so that [`Coroutine::started`] stays false: never the address
+/// of an `Ending`, which is aligned.
+const NEVER_STARTED: usize = 1;
+
+/// What `with_stack` stores at the top of the coroutine's stack: the
+/// closure, and what the body's entry needs to list the coroutine for the
+/// thread's exit hook (see `thread_exit`). `limit` is first, so that
+/// [`Coroutine::unlist`] finds it without knowing `F`.
+#[repr(C)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+struct Start<F> {
+    /// The stack's lowest address; 0 for a coroutine left out of the list.
+    limit: usize,
+    /// The coroutine's ThreadSanitizer fiber (empty without it).
+    fiber: Fiber,
+    f: F,
+}
 
 /// Defines `Coroutine`, with `DefaultStack` as the default stack type
 /// where there is one (the `std` feature).
@@ -401,17 +423,39 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     {
         #[cfg(feature = "std")]
         crate::stack::install_overflow_handler();
-        let (closure, sp) = context::place_closure(&stack, f, entry::<Input, Yield, Return, F>);
+        let fiber = Fiber::create();
+        let start = Start {
+            limit: stack.limit(),
+            fiber,
+            f,
+        };
+        let copied = (mem::size_of::<F>(), mem::align_of::<F>());
+        let (closure, sp) =
+            context::place_closure(&stack, start, copied, entry::<Input, Yield, Return, F>);
         let link = link_word(closure);
         // SAFETY: the link word lies inside the frame init_stack just wrote.
         unsafe { link.write(sp) };
         Coroutine {
             link,
             stack: ManuallyDrop::new(stack),
-            fiber: Fiber::create(),
+            fiber,
             suspended_on: AsanPeer::default(),
             _marker: PhantomData,
         }
+    }
+
+    /// Leaves this coroutine, not started yet, out of its thread's list for
+    /// the exit hook (see `thread_exit`): for `SendAsyncCoroutine`, which
+    /// may finish on another thread, and whose contract forbids borrows of
+    /// thread-locals across a suspend.
+    #[cfg(feature = "std")]
+    pub(crate) fn unlist(&mut self) {
+        debug_assert!(!self.started());
+        let closure = self.link.wrapping_byte_add(arch::LINK_OFFSET);
+        // SAFETY: before the first resume, the `Start` that `with_stack`
+        // wrote begins at the top of the frames, with `limit` first
+        // (`repr(C)`); nothing else reads it before the entry.
+        unsafe { closure.write(0) };
     }
 
     /// Runs the coroutine until it suspends or returns.
@@ -500,10 +544,31 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         }
     }
 
-    /// Whether the first `resume` has happened.
+    /// Whether a `resume` has run the body: false before the first
+    /// `resume`, and stays false for a coroutine finished without one
+    /// (by [`force_unwind`](Coroutine::force_unwind) or
+    /// [`force_reset`](Coroutine::force_reset), which then only dropped
+    /// or leaked its closure), although it is then [`done`](Coroutine::done).
+    ///
+    /// ```
+    /// let mut co = corostack::Coroutine::<(), (), ()>::new(|_, ()| ());
+    /// co.force_unwind(); // drops the closure; the body never ran
+    /// assert!(co.done() && !co.started());
+    /// ```
     pub fn started(&self) -> bool {
         let initial = self.link as usize + arch::LINK_OFFSET - arch::INIT_FRAME_SIZE;
-        self.saved_sp() != initial
+        let sp = self.saved_sp();
+        // SAFETY: the spare word is a word of our stack, alive with it.
+        sp != initial
+            && (sp != arch::dead_sp() || unsafe { spare_word(self.link).read() } != NEVER_STARTED)
+    }
+
+    /// Marks a coroutine finished without ever starting as such (see
+    /// [`Coroutine::started`]).
+    fn mark_never_started(&mut self) {
+        // SAFETY: the spare word is a word of our stack, alive with it, and
+        // free once the coroutine is done.
+        unsafe { spare_word(self.link).write(NEVER_STARTED) };
     }
 
     /// Whether the body has returned or panicked (or was unwound).
@@ -614,6 +679,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         if self.done() {
             return;
         }
+        let fresh = !self.started();
         // The frames left on the stack are gone for ASan too: a new
         // coroutine there must not be blamed for their scopes.
         sanitizer::unpoison_stack(self.stack.limit(), self.stack.top() - self.stack.limit());
@@ -622,6 +688,9 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         // again (the caller vouches that nothing else needs it).
         unsafe { self.link.write(arch::dead_sp()) };
         self.suspended_on.set((0, 0));
+        if fresh {
+            self.mark_never_started();
+        }
     }
 
     /// The handle a signal handler uses to send this coroutine back to its
@@ -677,13 +746,18 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     #[cold]
     #[inline(never)]
     fn unwind(&mut self) {
+        let fresh = !self.started();
         // The request goes to the pending suspend, which unwinds the body;
         // every later suspend unwinds again at once or panics (see
         // `Yielder::suspend_while_unwinding`) without switching, so the
         // one word that comes back says the body has finished.
         let word = self.switch_in(SIGNAL);
         debug_assert_eq!(word, SIGNAL, "a coroutine being unwound yielded");
-        match self.take_ending() {
+        let ending = self.take_ending();
+        if fresh {
+            self.mark_never_started();
+        }
+        match ending {
             Ending::Unwound | Ending::Returned(_) => {}
             #[cfg(feature = "std")]
             Ending::Panicked(payload) if std::thread::panicking() => drop(payload),
@@ -887,7 +961,10 @@ where
     // that consumes it: every move of a large closure would be a copy on
     // this stack (a dozen in a debug build, through `catch_unwind`'s
     // layers), which `place_closure` could not count.
-    let f = ptr::with_exposed_provenance_mut::<F>(closure);
+    let start = ptr::with_exposed_provenance_mut::<Start<F>>(closure);
+    // SAFETY: `with_stack` wrote a `Start<F>` at `start`; this takes the
+    // address of its closure without reading it.
+    let f = unsafe { &raw mut (*start).f };
     let yielder = Yielder {
         link: link_word(closure),
         resumer: AsanPeer::default(),
@@ -919,6 +996,26 @@ where
             // SAFETY: the first resume sent the address of an I, as every
             // resume does.
             let input = unsafe { take::<I>(input) };
+            // Listed for the thread's exit hook while the body lives (see
+            // `thread_exit`), unless `unlist` left it out.
+            // SAFETY: `with_stack` wrote the `Start`; `unlist` may have
+            // changed its limit since, before this first resume.
+            #[cfg(feature = "std")]
+            let (limit, fiber) = unsafe { ((*start).limit, (*start).fiber) };
+            #[cfg(feature = "std")]
+            let node = thread_exit::Node::new(
+                yielder.link,
+                (limit, closure + mem::size_of::<Start<F>>()),
+                fiber,
+                drop_ending::<R>,
+            );
+            #[cfg(feature = "std")]
+            if limit != 0 {
+                // SAFETY: the node stays in this frame, which lives until
+                // the unlink below (nothing returns from `entry`; a
+                // forgotten coroutine's frames stay forever, listed).
+                unsafe { thread_exit::link(&node) };
+            }
             let call = || {
                 // SAFETY: `with_stack` wrote an F at `f`; it is moved out
                 // once, here, straight into the call (a local would be one
@@ -937,6 +1034,12 @@ where
             // handler, which does not return.
             #[cfg(not(feature = "std"))]
             let ending = Ending::Returned(call());
+            #[cfg(feature = "std")]
+            if limit != 0 {
+                // SAFETY: linked above, on this thread (a listed coroutine
+                // is neither `Send` nor moved between threads).
+                unsafe { thread_exit::unlink(&node) };
+            }
             ending
         }
     };
@@ -983,6 +1086,18 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
     // SAFETY: the link word holds the resumer's sp, suspended in `resume`
     // while the coroutine ran; nothing resumes this context again.
     unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
+}
+
+/// Drops the `Ending` at `addr`, for the thread's exit hook, which finishes
+/// a coroutine without its typed handle.
+///
+/// # Safety
+/// `addr` is the address of an `Ending<R>` that a finished body left in
+/// its spare word, taken by nothing else.
+#[cfg(feature = "std")]
+unsafe fn drop_ending<R>(addr: usize) {
+    // SAFETY: as the caller promises.
+    drop(unsafe { take::<Ending<R>>(addr) });
 }
 
 /// A resume of a finished coroutine: drop its input, panic.

@@ -52,6 +52,8 @@ mod sanitizer;
 pub mod scoped;
 pub mod stack;
 #[cfg(feature = "std")]
+pub mod thread_exit;
+#[cfg(feature = "std")]
 mod trap;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};

@@ -203,7 +203,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{self, ManuallyDrop};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::rc::Rc;
@@ -665,7 +665,12 @@ impl<T: 'static> Greenlet<T> {
         F: FnOnce(T) -> T + 'static,
     {
         crate::stack::install_overflow_handler();
-        let (closure, sp) = crate::context::place_closure(&stack, f, entry::<T, F>);
+        let (closure, sp) = crate::context::place_closure(
+            &stack,
+            f,
+            (mem::size_of::<F>(), mem::align_of::<F>()),
+            entry::<T, F>,
+        );
         let asan = AsanPeer::default();
         asan.set((stack.limit(), stack.top() - stack.limit()));
         let core = Rc::new(Core {
