@@ -680,6 +680,12 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             return;
         }
         let fresh = !self.started();
+        #[cfg(feature = "std")]
+        if !fresh {
+            // SAFETY: a started, unfinished coroutine of this thread, not
+            // running (we hold it mutably).
+            unsafe { thread_exit::unlink_abandoned(self.link) };
+        }
         // The frames left on the stack are gone for ASan too: a new
         // coroutine there must not be blamed for their scopes.
         sanitizer::unpoison_stack(self.stack.limit(), self.stack.top() - self.stack.limit());
@@ -1010,12 +1016,24 @@ where
                 drop_ending::<R>,
             );
             #[cfg(feature = "std")]
-            if limit != 0 {
+            let listed = if limit != 0 {
                 // SAFETY: the node stays in this frame, which lives until
                 // the unlink below (nothing returns from `entry`; a
-                // forgotten coroutine's frames stay forever, listed).
+                // forgotten coroutine's frames stay forever, listed), or
+                // until `force_reset` or a trap abandons it, which unlink
+                // it first (`thread_exit::unlink_abandoned`).
                 unsafe { thread_exit::link(&node) };
-            }
+                addr(&node)
+            } else {
+                0
+            };
+            // The spare word is free while the body lives: it holds the
+            // node's address, for those.
+            // SAFETY: the spare word of our stack, free once started.
+            #[cfg(feature = "std")]
+            unsafe {
+                spare_word(yielder.link).write(listed)
+            };
             let call = || {
                 // SAFETY: `with_stack` wrote an F at `f`; it is moved out
                 // once, here, straight into the call (a local would be one
@@ -1035,9 +1053,11 @@ where
             #[cfg(not(feature = "std"))]
             let ending = Ending::Returned(call());
             #[cfg(feature = "std")]
-            if limit != 0 {
+            if listed != 0 {
                 // SAFETY: linked above, on this thread (a listed coroutine
-                // is neither `Send` nor moved between threads).
+                // is neither `Send` nor moved between threads), and not
+                // unlinked since (frames that were abandoned never get
+                // here).
                 unsafe { thread_exit::unlink(&node) };
             }
             ending

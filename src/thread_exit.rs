@@ -170,6 +170,28 @@ pub(crate) unsafe fn unlink(node: &Node) {
     }
 }
 
+/// Takes out of this thread's list the coroutine whose frames are being
+/// abandoned (`force_reset`, a trap), if it is listed: its node's address
+/// is in the spare word of its stack (see `coroutine::entry`), which this
+/// clears.
+///
+/// # Safety
+/// `link` is the link word of a started, unfinished coroutine of this
+/// thread that is not running, or that trapped.
+pub(crate) unsafe fn unlink_abandoned(link: *mut usize) {
+    let word = spare_word(link);
+    // SAFETY: the spare word of a live coroutine's stack; while the body
+    // lives it holds its node's address, or 0.
+    let node = unsafe { word.read() };
+    if node != 0 {
+        // SAFETY: a listed node, alive in the abandoned frames until now.
+        unsafe {
+            unlink(&*ptr::with_exposed_provenance::<Node>(node));
+            word.write(0);
+        }
+    }
+}
+
 /// Registers this thread's exit hook again, now, so that it runs before
 /// the destructor of every thread-local this thread has used so far (see
 /// the threat model of [`Coroutine`](crate::coroutine#thread-locals)):

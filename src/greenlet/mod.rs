@@ -262,6 +262,9 @@ struct Core {
     /// What a switch touches; first, see [`Hot`].
     hot: Hot,
     life: Cell<Life>,
+    /// Whether its body was called (a greenlet killed before it ran, or
+    /// whose start was refused, has only dropped its closure).
+    ran: Cell<bool>,
     parent: RefCell<Option<Handle>>,
     /// Our stack, given back (to the pool) once the greenlet is dead.
     stack: RefCell<Option<DefaultStack>>,
@@ -363,6 +366,7 @@ fn new_main() -> *const Core {
             link: Cell::new(ptr::null_mut()),
         },
         life: Cell::new(Life::Started),
+        ran: Cell::new(true),
         parent: RefCell::new(None),
         stack: RefCell::new(None),
         handles: Cell::new(0),
@@ -683,6 +687,7 @@ impl<T: 'static> Greenlet<T> {
                 )),
             },
             life: Cell::new(Life::NotStarted),
+            ran: Cell::new(false),
             parent: RefCell::new(Some(Handle::new(running()))),
             stack: RefCell::new(Some(stack)),
             handles: Cell::new(0),
@@ -793,9 +798,12 @@ impl<T> Greenlet<T> {
         self.handle.0.life.get() == Life::Dead
     }
 
-    /// Whether the greenlet has started (a main greenlet always has).
+    /// Whether a switch has run the body (a main greenlet always has):
+    /// false before the first switch into it, and stays false for a
+    /// greenlet killed before that (whose closure was only dropped),
+    /// although it is then [`done`](Greenlet::done).
     pub fn started(&self) -> bool {
-        self.handle.0.life.get() != Life::NotStarted
+        self.handle.0.ran.get()
     }
 
     /// Whether this is the thread's implicit main greenlet.
@@ -1034,7 +1042,10 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             // Only then may that stack go (outside the body's closure, which
             // stays as lean as it was for the switches it makes).
             match sender.map_or(Ok(()), bury_caught) {
-                Ok(()) => panic::catch_unwind(AssertUnwindSafe(|| call(input))),
+                Ok(()) => {
+                    me.ran.set(true);
+                    panic::catch_unwind(AssertUnwindSafe(|| call(input)))
+                }
                 Err(p) => panic::catch_unwind(AssertUnwindSafe(|| {
                     drop(input);
                     drop_f()
