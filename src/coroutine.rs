@@ -107,7 +107,10 @@
 //!   the call is, and comes back there.
 //! - Dropping a `Coroutine` (or [`Coroutine::into_stack`]) that has started
 //!   and not finished unwinds its body on its own stack, from any stack and
-//!   from any destructor (of a thread-local at thread exit included). The
+//!   from any destructor (of a thread-local at thread exit included, with
+//!   whatever thread-locals are left then: see
+//!   [Thread-locals](#thread-locals): the thread's exit hook unwinds it
+//!   first if it was suspended on its own stack when the hook ran). The
 //!   destructors that unwind runs may do anything but suspend: nothing can
 //!   resume them with an input. A suspend after the unwind began does not
 //!   switch: if the thread is not unwinding (the body caught the unwind and
@@ -121,6 +124,72 @@
 //!   to unwind: raised anywhere else (a body that caught it and raised it
 //!   again in another coroutine, or a nested coroutine that received it) it
 //!   is an ordinary panic there, which reaches that coroutine's resumer.
+//! - **The thread's exit hook** (see [Thread-locals](#thread-locals)):
+//!   runs on the thread's stack while the thread ends, before some of its
+//!   thread-local destructors, and unwinds the thread's coroutines that
+//!   are suspended on their own stacks, as a drop would.
+//!
+//! # Thread-locals
+//!
+//! A body that suspends inside `KEY.with(|d| ...)` keeps the borrow `d` in
+//! a suspended frame, and `LocalKey::with` relies on its closure ending
+//! before the thread does: a fiber switch inside `with` breaks that
+//! (rust-lang/unsafe-code-guidelines issue 602, which also tracks that
+//! Rust has no sound story for stack switching and thread-locals at all
+//! yet). At thread exit `KEY`'s destructor runs; a coroutine dropped after
+//! it (by another thread-local's destructor) would unwind a body whose
+//! destructors read `d`, and a forgotten coroutine's scoped thread that
+//! was lent `d` would go on reading it.
+//!
+//! What the crate does (`tests/thread_exit.rs`; the module
+//! [`thread_exit`] has the design): on Linux with
+//! glibc, at a thread's first coroutine start, it registers an exit hook
+//! with `__cxa_thread_atexit_impl`, the function std uses for each
+//! thread-local's destructor. glibc runs those last registered, first run,
+//! and std registers a thread-local's destructor when the thread first
+//! uses it; so the hook runs before the destructors of the thread-locals
+//! the thread used *before* the hook was registered, and after those used
+//! later. [`thread_exit::rearm`] registers it
+//! again. The hook unwinds, in place, every coroutine of the thread that
+//! is suspended on its own stack, forgotten or not, as a drop would: its
+//! destructors run and its `std::thread::scope`s join their threads while
+//! those thread-locals are alive; a handle still held somewhere then finds
+//! it done.
+//!
+//! **The rule**: a body may suspend inside `KEY.with` (or lend a borrow
+//! from it to a scoped thread and suspend) only if the coroutine is
+//! finished or dropped before the thread ends, or if the thread used `KEY`
+//! before its exit hook was last registered: before its first coroutine
+//! started, or before a call of `thread_exit::rearm` (one call after the
+//! first use of such thread-locals is enough). A thread-local without a
+//! destructor (a `const` `Cell` of a `Copy` type) is never freed before
+//! the thread's memory, and is out of the question.
+//!
+//! What remains open (each reads a dropped thread-local where the rule is
+//! broken):
+//! - a thread-local first used after the hook's last registration: it is
+//!   destroyed before the hook runs (std's order, pinned by a test);
+//! - a coroutine suspended inside an [`on_stack`](crate::on_stack) or
+//!   [`maybe_grow`](crate::maybe_grow) segment at thread exit: the hook
+//!   cannot tell it from a running one, and leaves it (it is dropped or
+//!   leaked as before);
+//! - a coroutine that runs when the hook does (`process::exit` from a
+//!   body): left alone, as Rust leaves the frames of every thread at
+//!   `exit`;
+//! - coroutines started after the hook ran (from thread-local
+//!   destructors): they work, but the hook does not run again for them;
+//! - [`SendAsyncCoroutine`](crate::bridge::SendAsyncCoroutine), whose
+//!   contract already forbids such borrows across a suspend, is not
+//!   listed;
+//! - where the C library has no `__cxa_thread_atexit_impl` (musl, glibc
+//!   before 2.18) there is no hook at all, and nothing of this holds;
+//! - the hook relies on std's order of thread-local destructors, an
+//!   implementation detail of std (pinned by a test), not a promise.
+//!
+//! A panic that escapes the hook's unwind of a coroutine aborts the
+//! process with a message, as a panic from a thread-local destructor does;
+//! so does a coroutine suspended in the middle of its own panic's unwind at
+//! thread exit (its forced unwind would abort anyway).
 
 use core::cell::Cell;
 use core::fmt;
@@ -213,16 +282,15 @@ const SIGNAL: usize = 0;
 const NEVER_STARTED: usize = 1;
 
 /// What `with_stack` stores at the top of the coroutine's stack: the
-/// closure, and what the body's entry needs to list the coroutine for the
-/// thread's exit hook (see `thread_exit`). `limit` is first, so that
-/// [`Coroutine::unlist`] finds it without knowing `F`.
+/// coroutine's node in its thread's list for the exit hook (see
+/// `thread_exit`), first, so that it lies at the top of the frames, where
+/// the handle and the hook find it without knowing `F`; then the closure.
+/// Frames never reach above the first frame, so the node stays intact for
+/// the coroutine's whole life (a trap's closure goes below it too).
 #[repr(C)]
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
 struct Start<F> {
-    /// The stack's lowest address; 0 for a coroutine left out of the list.
-    limit: usize,
-    /// The coroutine's ThreadSanitizer fiber (empty without it).
-    fiber: Fiber,
+    #[cfg(feature = "std")]
+    node: thread_exit::Node,
     f: F,
 }
 
@@ -425,8 +493,8 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         crate::stack::install_overflow_handler();
         let fiber = Fiber::create();
         let start = Start {
-            limit: stack.limit(),
-            fiber,
+            #[cfg(feature = "std")]
+            node: thread_exit::Node::new(stack.limit(), fiber),
             f,
         };
         let copied = (mem::size_of::<F>(), mem::align_of::<F>());
@@ -451,11 +519,9 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     #[cfg(feature = "std")]
     pub(crate) fn unlist(&mut self) {
         debug_assert!(!self.started());
-        let closure = self.link.wrapping_byte_add(arch::LINK_OFFSET);
-        // SAFETY: before the first resume, the `Start` that `with_stack`
-        // wrote begins at the top of the frames, with `limit` first
-        // (`repr(C)`); nothing else reads it before the entry.
-        unsafe { closure.write(0) };
+        // SAFETY: the node that `with_stack` wrote, before the first
+        // resume: nothing else uses it yet.
+        unsafe { thread_exit::Node::at(self.link).unlist() };
     }
 
     /// Runs the coroutine until it suspends or returns.
@@ -584,7 +650,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// With `panic = "abort"`, when the coroutine is suspended: its stack
     /// cannot be unwound, so it cannot be reused safely.
     pub fn into_stack(mut self) -> S {
-        if self.started() && !self.done() && !CAN_UNWIND {
+        if !CAN_UNWIND && self.started() && !self.done() {
             panic!(
                 "corostack: cannot unwind a suspended coroutine without std or under \
                  panic = \"abort\", so its stack cannot be given back"
@@ -632,7 +698,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// [`done`]: Coroutine::done
     /// [`into_stack`]: Coroutine::into_stack
     pub fn force_unwind(&mut self) {
-        if self.started() && !self.done() && !CAN_UNWIND {
+        if !CAN_UNWIND && self.started() && !self.done() {
             panic!(
                 "corostack: cannot unwind a suspended coroutine without std or under \
                  panic = \"abort\"; force_reset abandons it instead (unsafe)"
@@ -775,7 +841,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 
 impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
     fn drop(&mut self) {
-        if self.started() && !self.done() && !CAN_UNWIND {
+        if !CAN_UNWIND && self.started() && !self.done() {
             // Nothing can unwind the stack: leak it rather than free memory
             // that live (possibly pinned) values still occupy.
             return;
@@ -1004,35 +1070,12 @@ where
             let input = unsafe { take::<I>(input) };
             // Listed for the thread's exit hook while the body lives (see
             // `thread_exit`), unless `unlist` left it out.
-            // SAFETY: `with_stack` wrote the `Start`; `unlist` may have
-            // changed its limit since, before this first resume.
-            #[cfg(feature = "std")]
-            let (limit, fiber) = unsafe { ((*start).limit, (*start).fiber) };
-            #[cfg(feature = "std")]
-            let node = thread_exit::Node::new(
-                yielder.link,
-                (limit, closure + mem::size_of::<Start<F>>()),
-                fiber,
-                drop_ending::<R>,
-            );
-            #[cfg(feature = "std")]
-            let listed = if limit != 0 {
-                // SAFETY: the node stays in this frame, which lives until
-                // the unlink below (nothing returns from `entry`; a
-                // forgotten coroutine's frames stay forever, listed), or
-                // until `force_reset` or a trap abandons it, which unlink
-                // it first (`thread_exit::unlink_abandoned`).
-                unsafe { thread_exit::link(&node) };
-                addr(&node)
-            } else {
-                0
-            };
-            // The spare word is free while the body lives: it holds the
-            // node's address, for those.
-            // SAFETY: the spare word of our stack, free once started.
+            // SAFETY: `with_stack` wrote the `Start`, whose node stays at
+            // the top of the frames for the coroutine's life, unmoved; a
+            // forgotten coroutine's stack stays forever, listed.
             #[cfg(feature = "std")]
             unsafe {
-                spare_word(yielder.link).write(listed)
+                thread_exit::link(&(*start).node)
             };
             let call = || {
                 // SAFETY: `with_stack` wrote an F at `f`; it is moved out
@@ -1052,14 +1095,22 @@ where
             // handler, which does not return.
             #[cfg(not(feature = "std"))]
             let ending = Ending::Returned(call());
+            // SAFETY: linked above, on this thread (a listed coroutine is
+            // neither `Send` nor moved between threads), and not unlinked
+            // since (`force_reset` and a trap, which do, abandon the frames
+            // that would get here).
             #[cfg(feature = "std")]
-            if listed != 0 {
-                // SAFETY: linked above, on this thread (a listed coroutine
-                // is neither `Send` nor moved between threads), and not
-                // unlinked since (frames that were abandoned never get
-                // here).
-                unsafe { thread_exit::unlink(&node) };
+            if unsafe { thread_exit::unlink(&(*start).node) } {
+                // The exit hook unwound us: nobody takes the ending. The
+                // cleared mark tells the hook that this is our last switch.
+                drop_for_the_hook(ending);
+                // SAFETY: our node, as above.
+                unsafe { (*start).node.unlist() };
+                Ending::Unwound
+            } else {
+                ending
             }
+            #[cfg(not(feature = "std"))]
             ending
         }
     };
@@ -1108,16 +1159,15 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
     unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
 }
 
-/// Drops the `Ending` at `addr`, for the thread's exit hook, which finishes
-/// a coroutine without its typed handle.
-///
-/// # Safety
-/// `addr` is the address of an `Ending<R>` that a finished body left in
-/// its spare word, taken by nothing else.
+/// Drops the ending of a body that the thread's exit hook unwound; a
+/// panic from that drop aborts, as one from the unwind would.
 #[cfg(feature = "std")]
-unsafe fn drop_ending<R>(addr: usize) {
-    // SAFETY: as the caller promises.
-    drop(unsafe { take::<Ending<R>>(addr) });
+#[cold]
+#[inline(never)]
+fn drop_for_the_hook<R>(ending: Ending<R>) {
+    if panic::catch_unwind(AssertUnwindSafe(|| drop(ending))).is_err() {
+        thread_exit::panicked_in_hook();
+    }
 }
 
 /// A resume of a finished coroutine: drop its input, panic.

@@ -16,12 +16,14 @@
 //! # What this module does (design note)
 //!
 //! - Every started, unfinished [`Coroutine`](crate::Coroutine) of a thread
-//!   is in a per-thread intrusive list: its [`Node`] lives in the first
-//!   frame of its own stack (`coroutine::entry`), which a forgotten
-//!   coroutine never frees, and holds what is needed to unwind it without
-//!   its handle (its link word, its stack's lowest address, a type-erased
-//!   drop of its ending). Linked when the body starts, unlinked when it
-//!   ends: a few stores per coroutine life, nothing per switch.
+//!   is in a per-thread intrusive list: its `Node` lives at the top of its
+//!   own stack, above its first frame (written there with the closure by
+//!   `Coroutine::with_stack`), which a forgotten coroutine never frees, and
+//!   holds what is needed to unwind it without its handle (its stack's
+//!   lowest address; the link word is next to it; its entry drops the
+//!   ending that nobody takes). Linked when the body starts, unlinked when it ends: a few
+//!   stores per coroutine life, nothing per switch. `force_reset` and a
+//!   trap, which abandon the frames, unlink it first.
 //! - At the thread's first coroutine start, the thread's *exit hook* is
 //!   registered with glibc's `__cxa_thread_atexit_impl`, the function that
 //!   Rust's std uses for thread-local destructors on Linux. glibc runs
@@ -52,63 +54,101 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
+use std::mem::{self, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::arch;
-use crate::context::{self, Enter, Tsan, spare_word};
+use crate::context::{self, Enter, Tsan};
 use crate::sanitizer::Fiber;
 
-/// A started, unfinished coroutine in its thread's list. It lives in the
-/// first frame of the coroutine's own stack, from the body's start to its
-/// end, and does not move.
+/// A coroutine's entry in its thread's list: the head of what
+/// `Coroutine::with_stack` stores at the top of the coroutine's stack
+/// (right above its first frame, where the link word says), written once
+/// there (its `limit` only), linked while the body lives. Frames never
+/// reach it, and it does not move.
+#[repr(C)]
 pub(crate) struct Node {
-    prev: Cell<*const Node>,
-    next: Cell<*const Node>,
-    /// The coroutine's link word (its own sp while it is suspended).
-    link: *mut usize,
-    /// The bounds of the coroutine's stack: its lowest address, and an
-    /// address above all its frames.
-    limit: usize,
-    top: usize,
+    /// The lowest address of the coroutine's stack; 0 for a coroutine left
+    /// out of the list, [`HOOK_FINISHES`] for one the hook unwinds.
+    limit: Cell<usize>,
+    links: Links,
     /// The coroutine's ThreadSanitizer fiber (empty without it).
     fiber: Fiber,
-    /// Drops the coroutine's `Ending` at the address its finished body
-    /// left in the spare word.
-    drop_ending: unsafe fn(usize),
 }
 
+/// The two links of a circular list whose head is the thread's [`LIST`]:
+/// set by [`link`], uninitialised before (so a coroutine's creation writes
+/// one word of its node).
+#[repr(C)]
+struct Links {
+    prev: Cell<MaybeUninit<*const Links>>,
+    next: Cell<MaybeUninit<*const Links>>,
+}
+
+/// `Node::limit` of a coroutine that the exit hook took out of the list to
+/// unwind it: its entry drops its ending itself (nobody takes it).
+const HOOK_FINISHES: usize = usize::MAX;
+
 impl Node {
-    /// A node for the coroutine with this link word and stack limit.
+    /// The node of a new coroutine on a stack whose lowest address is
+    /// `limit`.
     #[inline(always)]
-    pub(crate) fn new(
-        link: *mut usize,
-        (limit, top): (usize, usize),
-        fiber: Fiber,
-        drop_ending: unsafe fn(usize),
-    ) -> Node {
+    pub(crate) fn new(limit: usize, fiber: Fiber) -> Node {
         Node {
-            prev: Cell::new(ptr::null()),
-            next: Cell::new(ptr::null()),
-            link,
-            limit,
-            top,
+            limit: Cell::new(limit),
+            links: Links {
+                prev: Cell::new(MaybeUninit::uninit()),
+                next: Cell::new(MaybeUninit::uninit()),
+            },
             fiber,
-            drop_ending,
         }
     }
 
+    /// The node of the coroutine whose link word is `link`.
+    ///
+    /// # Safety
+    /// `link` is the link word of a live coroutine made by
+    /// `Coroutine::with_stack`.
+    #[inline(always)]
+    pub(crate) unsafe fn at<'a>(link: *mut usize) -> &'a Node {
+        // SAFETY: the node begins where the frames end, `LINK_OFFSET`
+        // above the link word (see `context::link_word`), alive with the
+        // stack.
+        unsafe { &*ptr::with_exposed_provenance::<Node>(link.addr() + arch::LINK_OFFSET) }
+    }
+
+    /// The node whose links are at `links`.
+    ///
+    /// # Safety
+    /// `links` are those of a listed node (not the list's head).
+    unsafe fn of<'a>(links: *const Links) -> &'a Node {
+        // SAFETY: `links` is the field right after `limit` (`repr(C)`).
+        unsafe { &*links.byte_sub(mem::offset_of!(Node, links)).cast::<Node>() }
+    }
+
+    /// Leaves the coroutine out of the list (before it starts, or once its
+    /// frames are abandoned).
+    pub(crate) fn unlist(&self) {
+        self.limit.set(0);
+    }
+
+    /// The coroutine's link word.
+    fn link_word(&self) -> *mut usize {
+        context::link_word(ptr::from_ref(self).expose_provenance())
+    }
+
     /// Whether the coroutine is suspended on its own stack: its saved sp
-    /// lies in its stack, below this node (its first frame). A running
+    /// lies in its stack, below this node (its frames' top). A running
     /// coroutine's link word holds its resumer's sp, which is never on the
     /// coroutine's own stack (nothing runs there while the coroutine waits
     /// in a resume of its own; a coroutine cannot resume itself).
     fn suspended_here(&self) -> bool {
         // SAFETY: the link word is a word of the coroutine's stack, which
-        // stays mapped while the node is listed (see `Node`).
-        let sp = unsafe { self.link.read() };
-        (self.limit..ptr::from_ref(self).addr()).contains(&sp)
+        // stays mapped while the node is listed.
+        let sp = unsafe { self.link_word().read() };
+        (self.limit.get()..ptr::from_ref(self).addr()).contains(&sp)
     }
 }
 
@@ -127,68 +167,91 @@ thread_local! {
     /// This thread's phase. No destructor (a `const` `Cell` of a `Copy`
     /// type), so it is there for every thread-local destructor.
     static PHASE: Cell<Phase> = const { Cell::new(Phase::Unhooked) };
-    /// The first node of this thread's list (null when empty). No
-    /// destructor either.
-    static HEAD: Cell<*const Node> = const { Cell::new(ptr::null()) };
+    /// The head of this thread's circular list of nodes: its links point
+    /// at itself when the list is empty, and are null before the thread's
+    /// first coroutine start (which registers the hook). No destructor
+    /// either.
+    static LIST: Links = const {
+        Links {
+            prev: Cell::new(MaybeUninit::new(ptr::null())),
+            next: Cell::new(MaybeUninit::new(ptr::null())),
+        }
+    };
 }
 
-/// Links `node` into this thread's list, registering the exit hook at the
-/// thread's first coroutine start.
+/// This thread's list head.
+#[inline(always)]
+fn head() -> *const Links {
+    LIST.with(ptr::from_ref)
+}
+
+/// Links `node` into this thread's list (unless it was left out),
+/// registering the exit hook at the thread's first coroutine start.
 ///
 /// # Safety
 /// `node` stays where it is, alive, until [`unlink`] is called with it on
 /// this thread.
 #[inline(always)]
 pub(crate) unsafe fn link(node: &Node) {
-    if PHASE.get() == Phase::Unhooked {
-        hook();
+    if node.limit.get() == 0 {
+        return;
     }
-    let head = HEAD.get();
-    node.next.set(head);
-    // SAFETY: listed nodes are alive (the caller's promise for each).
-    if let Some(head) = unsafe { head.as_ref() } {
-        head.prev.set(node);
+    let head = head();
+    // SAFETY: the head is this thread's, alive; its links are initialised
+    // (null before the first start, then nodes or itself).
+    let mut first = unsafe { (*head).next.get().assume_init() };
+    if first.is_null() {
+        first = hook();
     }
-    HEAD.set(node);
+    let links = &node.links;
+    links.prev.set(MaybeUninit::new(head));
+    links.next.set(MaybeUninit::new(first));
+    // SAFETY: `first` is the head or a listed node's links, alive (the
+    // callers' promise for each).
+    unsafe {
+        (*first).prev.set(MaybeUninit::new(links));
+        (*head).next.set(MaybeUninit::new(links));
+    }
 }
 
-/// Takes `node` out of this thread's list.
+/// Takes `node` out of this thread's list (if it is listed); returns
+/// whether the exit hook had taken it out to unwind it, in which case the
+/// caller drops its own ending.
 ///
 /// # Safety
-/// `node` was linked by [`link`] on this thread and not unlinked since.
+/// `node` was linked by [`link`] on this thread and not unlinked since
+/// (but by the hook, which leaves it linked to itself).
 #[inline(always)]
-pub(crate) unsafe fn unlink(node: &Node) {
-    let (prev, next) = (node.prev.get(), node.next.get());
-    // SAFETY: listed nodes are alive.
-    match unsafe { prev.as_ref() } {
-        Some(prev) => prev.next.set(next),
-        None => HEAD.set(next),
+pub(crate) unsafe fn unlink(node: &Node) -> bool {
+    if node.limit.get() == 0 {
+        return false;
     }
-    // SAFETY: as above.
-    if let Some(next) = unsafe { next.as_ref() } {
-        next.prev.set(prev);
+    let links = &node.links;
+    // SAFETY: a linked node's links were set by `link` (and by the unlinks
+    // of its neighbours since); they point at live links.
+    unsafe {
+        let (prev, next) = (
+            links.prev.get().assume_init(),
+            links.next.get().assume_init(),
+        );
+        (*prev).next.set(MaybeUninit::new(next));
+        (*next).prev.set(MaybeUninit::new(prev));
     }
+    node.limit.get() == HOOK_FINISHES
 }
 
 /// Takes out of this thread's list the coroutine whose frames are being
-/// abandoned (`force_reset`, a trap), if it is listed: its node's address
-/// is in the spare word of its stack (see `coroutine::entry`), which this
-/// clears.
+/// abandoned (`force_reset`, a trap), if it is listed.
 ///
 /// # Safety
 /// `link` is the link word of a started, unfinished coroutine of this
 /// thread that is not running, or that trapped.
 pub(crate) unsafe fn unlink_abandoned(link: *mut usize) {
-    let word = spare_word(link);
-    // SAFETY: the spare word of a live coroutine's stack; while the body
-    // lives it holds its node's address, or 0.
-    let node = unsafe { word.read() };
-    if node != 0 {
-        // SAFETY: a listed node, alive in the abandoned frames until now.
-        unsafe {
-            unlink(&*ptr::with_exposed_provenance::<Node>(node));
-            word.write(0);
-        }
+    // SAFETY: as the caller promises: its node is linked (unless left out).
+    unsafe {
+        let node = Node::at(link);
+        let _ = unlink(node);
+        node.unlist();
     }
 }
 
@@ -219,18 +282,38 @@ pub fn rearm() -> bool {
     if PHASE.get() == Phase::Exiting {
         return false;
     }
+    init_list();
     PHASE.set(Phase::Hooked);
     register()
 }
 
-/// The thread's first coroutine start: registers the hook.
+/// Makes this thread's list empty (its head linked to itself) if it is
+/// not initialised yet; returns the head.
+fn init_list() -> *const Links {
+    let head = head();
+    // SAFETY: this thread's head, alive; its links are initialised.
+    unsafe {
+        if (*head).next.get().assume_init().is_null() {
+            (*head).next.set(MaybeUninit::new(head));
+            (*head).prev.set(MaybeUninit::new(head));
+        }
+    }
+    head
+}
+
+/// The thread's first coroutine start: registers the hook; returns the
+/// empty list's head.
 #[cold]
 #[inline(never)]
-fn hook() {
+fn hook() -> *const Links {
     // Once, whether or not the C library has the function: a thread
     // without it is not asked again at every start.
-    PHASE.set(Phase::Hooked);
-    register();
+    let head = init_list();
+    if PHASE.get() == Phase::Unhooked {
+        PHASE.set(Phase::Hooked);
+        register();
+    }
+    head
 }
 
 /// `__cxa_thread_atexit_impl(func, obj, dso_symbol)`.
@@ -265,6 +348,17 @@ fn register() -> bool {
     unsafe { f(at_thread_exit, ptr::null_mut(), anchor) == 0 }
 }
 
+/// The one-line report and abort of a panic that escaped the unwind of a
+/// coroutine that the exit hook finishes.
+#[cold]
+pub(crate) fn panicked_in_hook() -> ! {
+    eprintln!(
+        "corostack: a panic escaped the unwind of a coroutine suspended at thread exit \
+         (from one of its destructors); aborting"
+    );
+    std::process::abort();
+}
+
 /// The exit hook: finishes this thread's suspended coroutines.
 unsafe extern "C" fn at_thread_exit(_: *mut c_void) {
     if PHASE.get() == Phase::Exiting {
@@ -273,11 +367,7 @@ unsafe extern "C" fn at_thread_exit(_: *mut c_void) {
     }
     PHASE.set(Phase::Exiting);
     if panic::catch_unwind(AssertUnwindSafe(finish_suspended)).is_err() {
-        eprintln!(
-            "corostack: a panic escaped the unwind of a coroutine suspended at thread exit \
-             (from one of its destructors); aborting"
-        );
-        std::process::abort();
+        panicked_in_hook();
     }
 }
 
@@ -295,40 +385,60 @@ fn finish_suspended() {
             );
             std::process::abort();
         }
-        // What the unwind needs, read before the node's frame goes.
-        let (link, fiber, drop_ending) = (node.link, node.fiber, node.drop_ending);
+        let (link, limit) = (node.link_word(), node.limit.get());
         let enter = Enter {
-            bounds: Some((node.limit, node.top - node.limit)),
-            tsan: Tsan::Resume(fiber),
+            bounds: Some((limit, ptr::from_ref(node).addr() - limit)),
+            tsan: Tsan::Resume(node.fiber),
         };
+        // Out of the list now, linked to itself (so that its entry's
+        // unlink changes nothing); seeing the mark, its entry drops its own
+        // ending (of a type only it knows) when the unwind is over.
+        // SAFETY: listed on this thread.
+        let _ = unsafe { unlink(node) };
+        node.limit.set(HOOK_FINISHES);
+        let links = ptr::from_ref(&node.links);
+        node.links.prev.set(MaybeUninit::new(links));
+        node.links.next.set(MaybeUninit::new(links));
         // SAFETY: the coroutine is suspended on its own stack (checked),
         // alive (listed), and resumed by nothing else now: its handle, if
         // any, is not running (we are, on this thread). The word 0 asks its
         // pending suspend to unwind, as `Coroutine`'s drop does; its entry
         // unlinks the node and comes back with 0 once the body is finished.
         let back = unsafe { context::switch(0, link.read(), link, enter) };
-        debug_assert_eq!(back.word, 0, "a coroutine being unwound yielded");
-        // SAFETY: the finished body left the address of its ending in the
-        // spare word; the dead sp in the link word marks it done for its
-        // handle, which then neither resumes nor unwinds it again.
-        unsafe {
-            let ending = spare_word(link).read();
-            link.write(arch::dead_sp());
-            drop_ending(ending);
+        if back.word != 0 || node.limit.get() != 0 {
+            // Not its entry's last switch (which clears the mark): its
+            // handle, reached from its own destructors (through a
+            // thread-local), resumed or dropped it while the hook, not the
+            // handle, was running it. Its frames are in the middle of
+            // that call: nothing can go on.
+            eprintln!(
+                "corostack: a coroutine that the thread's exit hook was unwinding was resumed \
+                 or dropped through its handle from its own destructors; aborting"
+            );
+            std::process::abort();
         }
+        // SAFETY: the link word of the finished coroutine's stack; the
+        // dead sp there marks it done for its handle, which then neither
+        // resumes nor unwinds it again, nor takes its ending (dropped).
+        unsafe { link.write(arch::dead_sp()) };
     }
 }
 
 /// The first listed coroutine suspended on its own stack.
 fn first_suspended() -> Option<&'static Node> {
-    let mut n = HEAD.get();
-    // SAFETY: listed nodes are alive, and stay so until their coroutine
+    let head = init_list();
+    // SAFETY: the list's links are initialised and point at live links:
+    // the head's, or those of listed nodes, alive until their coroutine
     // finishes, which the caller waits for before looking again.
-    while let Some(node) = unsafe { n.as_ref() } {
-        if node.suspended_here() {
-            return Some(node);
+    unsafe {
+        let mut n = (*head).next.get().assume_init();
+        while n != head {
+            let node = Node::of(n);
+            if node.suspended_here() {
+                return Some(node);
+            }
+            n = (*n).next.get().assume_init();
         }
-        n = node.next.get();
     }
     None
 }

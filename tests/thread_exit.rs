@@ -518,3 +518,46 @@ fn a_generators_priming_value_is_dropped_when_discarded() {
     drop(g);
     assert_eq!(drops.get(), 2);
 }
+
+thread_local! {
+    static SELF_HOLDER: RefCell<Option<Coroutine<(), (), ()>>> = const { RefCell::new(None) };
+}
+
+/// Drops, from the body's own unwind, the handle of the coroutine it runs
+/// in, reached through a thread-local that is still alive.
+struct DropsOwnHandle;
+
+impl Drop for DropsOwnHandle {
+    fn drop(&mut self) {
+        let own = SELF_HOLDER.with(|h| h.borrow_mut().take());
+        drop(own);
+    }
+}
+
+#[test]
+fn a_body_that_drops_its_own_handle_while_the_hook_unwinds_it_aborts_with_a_message() {
+    let name = "a_body_that_drops_its_own_handle_while_the_hook_unwinds_it_aborts_with_a_message";
+    if util::child_role().as_deref() == Some(name) {
+        std::thread::spawn(|| {
+            SELF_HOLDER.with(|_| ());
+            let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+                let _d = DropsOwnHandle;
+                y.suspend(());
+            });
+            co.resume(());
+            SELF_HOLDER.with(|h| *h.borrow_mut() = Some(co));
+        })
+        .join()
+        .unwrap();
+        println!("NOT ABORTED");
+        return;
+    }
+    let out = util::run_child_with(name, name, &util::leaks_allowed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("NOT ABORTED"));
+    assert!(
+        stderr.contains("was resumed or dropped through its handle from its own destructors"),
+        "{stderr}"
+    );
+}

@@ -115,8 +115,29 @@
 //!   to it, and a use after it makes a fresh one), so whatever the order in
 //!   which thread-locals are destroyed, a handle dropped then kills its
 //!   greenlet as anywhere (its destructors run during thread exit, with
-//!   whatever thread-locals are left), and every entry point works.
+//!   whatever thread-locals are left: see [Thread-locals](self#thread-locals)
+//!   for borrows of those), and every entry point works.
 //! - **Another thread**: does not compile (see [Threads](self#threads)).
+//!
+//! ## Thread-locals
+//!
+//! A greenlet that switches away inside `KEY.with(|d| ...)` keeps the
+//! borrow `d` in its suspended frames, which `LocalKey::with` does not
+//! allow for (rust-lang/unsafe-code-guidelines issue 602). The thread's
+//! exit hook that finishes suspended [`Coroutine`](crate::Coroutine)s
+//! before the thread-locals die (see
+//! [its threat model](crate::coroutine#thread-locals)) does not reach
+//! greenlets: a suspended greenlet is killed at thread exit only when its
+//! last handle goes, by whichever thread-local destructor drops it, after
+//! `KEY`'s perhaps, and a leaked greenlet (a `mem::forget`-ten handle, a
+//! cycle) is never killed. So the rule is stricter than for coroutines: a
+//! greenlet may switch away inside `KEY.with` (or lend a borrow from it to
+//! a scoped thread and switch away) only if it is dead (returned, or
+//! killed by ordinary code) before the thread ends. What the layer
+//! promises at thread exit is its own machinery's (the bullet above), not
+//! the validity of borrows its greenlets hold. A greenlet switched to or
+//! killed from a coroutine's unwind that the exit hook runs works as
+//! anywhere (`tests/thread_exit.rs`).
 //!
 //! Entry point by entry point: [`Greenlet::new`], [`current`],
 //! [`running_id`], [`Greenlet::parent`], [`Greenlet::set_parent`] and the
