@@ -172,7 +172,11 @@
 //! - a coroutine suspended inside an [`on_stack`](crate::on_stack) or
 //!   [`maybe_grow`](crate::maybe_grow) segment at thread exit: the hook
 //!   cannot tell it from a running one, and leaves it (it is dropped or
-//!   leaked as before);
+//!   leaked as before); and one suspended with less stack left than the
+//!   12 KiB that [`Coroutine::with_stack`] reserves for the entry and a
+//!   forced unwind (15.5 KiB on powerpc64le): its unwind would hit the
+//!   guard page (see [Panics, drops and unwinding](Coroutine#panics-drops-and-unwinding)),
+//!   so it is left too;
 //! - a coroutine that runs when the hook does (`process::exit` from a
 //!   body): left alone, as Rust leaves the frames of every thread at
 //!   `exit`;
@@ -189,7 +193,10 @@
 //! A panic that escapes the hook's unwind of a coroutine aborts the
 //! process with a message, as a panic from a thread-local destructor does;
 //! so does a coroutine suspended in the middle of its own panic's unwind at
-//! thread exit (its forced unwind would abort anyway).
+//! thread exit (its forced unwind would abort anyway), and a body whose
+//! destructors, run by the hook's unwind, reach the coroutine's own handle
+//! (through a thread-local) and resume or drop it: the hook runs the
+//! coroutine without borrowing its handle.
 
 use core::cell::Cell;
 use core::fmt;

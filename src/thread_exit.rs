@@ -16,14 +16,14 @@
 //! # What this module does (design note)
 //!
 //! - Every started, unfinished [`Coroutine`](crate::Coroutine) of a thread
-//!   is in a per-thread intrusive list: its `Node` lives at the top of its
-//!   own stack, above its first frame (written there with the closure by
-//!   `Coroutine::with_stack`), which a forgotten coroutine never frees, and
-//!   holds what is needed to unwind it without its handle (its stack's
-//!   lowest address; the link word is next to it; its entry drops the
-//!   ending that nobody takes). Linked when the body starts, unlinked when it ends: a few
-//!   stores per coroutine life, nothing per switch. `force_reset` and a
-//!   trap, which abandon the frames, unlink it first.
+//!   is in a per-thread circular intrusive list: its `Node` lives at the
+//!   top of its own stack, above its first frame (written there with the
+//!   closure by `Coroutine::with_stack`: one word, the stack's lowest
+//!   address), which a forgotten coroutine never frees; its link word is
+//!   right below it. The entry links it when the body starts and unlinks
+//!   it when the body ends: about two dozen instructions per coroutine
+//!   life, nothing per switch. `force_reset` and a trap, which abandon the
+//!   frames, unlink it first.
 //! - At the thread's first coroutine start, the thread's *exit hook* is
 //!   registered with glibc's `__cxa_thread_atexit_impl`, the function that
 //!   Rust's std uses for thread-local destructors on Linux. glibc runs
@@ -37,11 +37,17 @@
 //!   unwinds every listed coroutine that is suspended on its own stack, in
 //!   place, forgotten or not, as a drop would: its destructors run and a
 //!   `std::thread::scope` in it joins its threads while those
-//!   thread-locals are alive. A handle still alive then finds its
+//!   thread-locals are alive. The hook takes the node out of the list and
+//!   marks it; the entry then drops the body's ending itself (the hook
+//!   does not know its type). A handle still alive then finds its
 //!   coroutine done. A panic that escapes that unwind aborts the process
-//!   with a message (as a panic from a thread-local destructor does).
+//!   with a message (as a panic from a thread-local destructor does), and
+//!   so does a resume or drop of the coroutine through its handle from its
+//!   own destructors during that unwind (the handle is not borrowed then:
+//!   the hook, not the handle, runs it).
 //! - Left alone (documented in `Coroutine`'s threat model): a coroutine
-//!   suspended inside an `on_stack`/`maybe_grow` segment, one that is
+//!   suspended inside an `on_stack`/`maybe_grow` segment, or with less
+//!   than `context::ENTRY_RESERVE` of its stack left, one that is
 //!   running (`process::exit` from inside a body), a `SendAsyncCoroutine`
 //!   (its contract already forbids thread-local borrows across a suspend),
 //!   coroutines started after the hook ran, and every thread where
@@ -139,16 +145,20 @@ impl Node {
         context::link_word(ptr::from_ref(self).expose_provenance())
     }
 
-    /// Whether the coroutine is suspended on its own stack: its saved sp
-    /// lies in its stack, below this node (its frames' top). A running
+    /// Whether the hook can unwind the coroutine: it is suspended on its
+    /// own stack (its saved sp lies in its stack, below this node, its
+    /// frames' top), with room left there for the forced unwind (the
+    /// stack that `context::ENTRY_RESERVE` counts for one; with less, the
+    /// unwind would hit the guard page, as a drop would). A running
     /// coroutine's link word holds its resumer's sp, which is never on the
     /// coroutine's own stack (nothing runs there while the coroutine waits
     /// in a resume of its own; a coroutine cannot resume itself).
-    fn suspended_here(&self) -> bool {
+    fn unwindable(&self) -> bool {
         // SAFETY: the link word is a word of the coroutine's stack, which
         // stays mapped while the node is listed.
         let sp = unsafe { self.link_word().read() };
-        (self.limit.get()..ptr::from_ref(self).addr()).contains(&sp)
+        let low = self.limit.get().saturating_add(context::ENTRY_RESERVE);
+        (low..ptr::from_ref(self).addr()).contains(&sp)
     }
 }
 
@@ -434,7 +444,7 @@ fn first_suspended() -> Option<&'static Node> {
         let mut n = (*head).next.get().assume_init();
         while n != head {
             let node = Node::of(n);
-            if node.suspended_here() {
+            if node.unwindable() {
                 return Some(node);
             }
             n = (*n).next.get().assume_init();
