@@ -158,12 +158,15 @@
 //!
 //! **The rule**: a body may suspend inside `KEY.with` (or lend a borrow
 //! from it to a scoped thread and suspend) only if the coroutine is
-//! finished or dropped before the thread ends, or if the thread used `KEY`
-//! before its exit hook was last registered: before its first coroutine
-//! started, or before a call of `thread_exit::rearm` (one call after the
-//! first use of such thread-locals is enough). A thread-local without a
-//! destructor (a `const` `Cell` of a `Copy` type) is never freed before
-//! the thread's memory, and is out of the question.
+//! finished, or dropped by code that is not a thread-local destructor,
+//! before the thread's thread-local destruction begins; or if the thread
+//! used `KEY` before its exit hook was last registered (before its first
+//! coroutine started, or before a call of `thread_exit::rearm`: one call
+//! after the first use of such thread-locals is enough) and, when the
+//! thread ends, the coroutine is suspended on its own stack (not inside
+//! `on_stack`/`maybe_grow`) with the room for its unwind (below). A
+//! thread-local without a destructor (a `const` `Cell` of a `Copy` type)
+//! is never freed before the thread's memory: it is not concerned.
 //!
 //! What remains open (each reads a dropped thread-local where the rule is
 //! broken):
@@ -192,8 +195,11 @@
 //!
 //! A panic that escapes the hook's unwind of a coroutine aborts the
 //! process with a message, as a panic from a thread-local destructor does;
-//! so does a coroutine suspended in the middle of its own panic's unwind at
-//! thread exit (its forced unwind would abort anyway), and a body whose
+//! so does any coroutine of the thread suspended in the middle of an unwind
+//! when the hook has a coroutine to unwind (it cannot tell which one that
+//! is, and a forced unwind of that one would abort anyway: the hub's
+//! killed coroutines that it leaks after its shutdown timeout are such),
+//! and a body whose
 //! destructors, run by the hook's unwind, reach the coroutine's own handle
 //! (through a thread-local) and resume or drop it: the hook runs the
 //! coroutine without borrowing its handle.
