@@ -55,8 +55,13 @@
 //!   are finished or leaked as without this module.
 //!
 //! A consumer that leaks suspended coroutines on purpose (the hub after
-//! `shutdown_timeout`) gets this for free: the hook unwinds them at thread
-//! exit, like any forgotten coroutine of the thread.
+//! `shutdown_timeout`) has them unwound by the hook at thread exit, like
+//! any forgotten coroutine of the thread; but while any coroutine of the
+//! thread is suspended in the middle of an unwind (a killed coroutine
+//! whose destructors wait), the hook can unwind none of them (it cannot
+//! tell which one that is, and a forced unwind of that one would abort),
+//! and it aborts the process with a one-line message instead of letting
+//! the thread-locals die under their frames.
 
 use std::cell::Cell;
 use std::ffi::c_void;
