@@ -420,8 +420,14 @@ fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
         // A suspended one (unwound by the hook) and two running ones
         // (nested), the innermost calling exit: the hook runs on its
         // stack, and must not switch into either.
+        struct Says(&'static str);
+        impl Drop for Says {
+            fn drop(&mut self) {
+                println!("{}", self.0);
+            }
+        }
         let mut parked = Coroutine::new(|y: &Yielder<(), ()>, ()| {
-            let _n = Named("parked-unwound");
+            let _n = Says("PARKED UNWOUND");
             y.suspend(());
         });
         parked.resume(());
@@ -445,6 +451,9 @@ fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("EXITING"));
+    // The main thread's hook ran at `exit`, on the running coroutine's
+    // stack, and unwound the suspended one only.
+    assert!(stdout.contains("PARKED UNWOUND"), "{stdout}");
 }
 
 // ---------------------------------------------------------------------------
