@@ -124,6 +124,8 @@ mod sanitizer;
 pub mod scoped;
 pub mod stack;
 #[cfg(feature = "std")]
+pub mod thread_exit;
+#[cfg(feature = "std")]
 pub mod trap;
 
 pub use coroutine::{Coroutine, CoroutineResult, Yielder};

@@ -216,6 +216,13 @@ impl<Return> CoroutineTrapHandler<Return> {
         };
         let align = core::mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
         let slot = (self.frames_top - core::mem::size_of::<F>()) & !(align - 1);
+        // The frames below are abandoned: their node leaves the thread's
+        // list for the exit hook before `f` is written over it.
+        // SAFETY: `link` is the link word of this thread's coroutine,
+        // which trapped while it ran (the caller's promise).
+        unsafe {
+            crate::thread_exit::unlink_abandoned(core::ptr::with_exposed_provenance_mut(self.link))
+        };
         // SAFETY: [slot, frames_top) lies in the coroutine's stack, below
         // its first frame and above everything else, which the caller lets
         // us abandon (the handler runs on its own stack).
