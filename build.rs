@@ -13,6 +13,8 @@ const SUPPORTED: &[(&str, &str, &str)] = &[
     // ELFv2 little-endian only: big-endian powerpc64 (ELFv1, function
     // descriptors) has no switch here.
     ("powerpc64", "linux", "tested under QEMU (qemu-ppc64le)"),
+    // Big-endian: the one such target that runs here.
+    ("s390x", "linux", "tested under QEMU (qemu-s390x)"),
 ];
 
 /// The first part of the target triple for an architecture (`target_arch`
@@ -46,10 +48,10 @@ fn main() {
     // one place beside Cargo.toml's target-specific dev-dependencies, which
     // say why each is left out where it is, and must match these.
     println!("cargo::rustc-check-cfg=cfg(peer_corosensei, peer_context)");
-    if arch != "arm" {
+    if !matches!(arch.as_str(), "arm" | "s390x") {
         println!("cargo::rustc-cfg=peer_corosensei");
     }
-    if !matches!(arch.as_str(), "riscv64" | "powerpc64") {
+    if !matches!(arch.as_str(), "riscv64" | "powerpc64" | "s390x") {
         println!("cargo::rustc-cfg=peer_context");
     }
     let endian = env::var("CARGO_CFG_TARGET_ENDIAN").unwrap_or_default();
