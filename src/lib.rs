@@ -1,6 +1,7 @@
 //! Stackful coroutines for Rust, with a context switch written by hand in
-//! `core::arch::asm!` for x86_64, aarch64, i686, riscv64, armv7 and powerpc64le
-//! (Linux; powerpc64le from Rust 1.95, where `asm!` on PowerPC is stable).
+//! `core::arch::asm!` for x86_64, aarch64, i686, riscv64, armv7, powerpc64le
+//! and s390x (Linux; powerpc64le from Rust 1.95, where `asm!` on PowerPC is
+//! stable).
 //!
 //! A [`Coroutine`] runs a closure on its own guard-paged, pooled stack
 //! ([`DefaultStack`], or any [`Stack`]). The closure can suspend itself
