@@ -89,7 +89,11 @@ fn ensure_alt_stack() {
     }
     let page = page_size();
     // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel lacks.
+    #[cfg(target_os = "linux")]
     let min = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
+    // Other systems have no such entry: their SIGSTKSZ is the minimum.
+    #[cfg(not(target_os = "linux"))]
+    let min = 0;
     let size = (64 * 1024)
         .max(libc::SIGSTKSZ)
         .max(min)
