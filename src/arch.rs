@@ -59,7 +59,7 @@ cfg_if::cfg_if! {
         mod imp;
     } else {
         compile_error!(
-            "corostack supports x86_64, aarch64, i686, riscv64, armv7, powerpc64le and s390x (Linux) only; see build.rs"
+            "corostack supports x86_64, aarch64, i686, riscv64, armv7, powerpc64le and s390x (Linux), and x86_64 and aarch64 on macOS and FreeBSD (x86_64) only; see build.rs"
         );
     }
 }
