@@ -242,7 +242,8 @@ fn find_stack(sp: usize) -> Known {
 }
 
 /// The calling thread's own stack, `[lowest usable address, top)`, read
-/// once per thread with `pthread_getattr_np`; `(0, 0)` if that fails.
+/// once per thread with `pthread_getattr_np` (each system's equivalent
+/// elsewhere); `(0, 0)` if that fails.
 fn thread_stack() -> (usize, usize) {
     if let Some(range) = THREAD_STACK.get() {
         return range;
@@ -252,6 +253,7 @@ fn thread_stack() -> (usize, usize) {
     range
 }
 
+#[cfg(target_os = "linux")]
 fn read_thread_stack() -> Option<(usize, usize)> {
     // SAFETY: all-zero is a valid pthread_attr_t to hand to
     // pthread_getattr_np, which initialises it; it is destroyed only after
@@ -266,6 +268,42 @@ fn read_thread_stack() -> Option<(usize, usize)> {
         libc::pthread_attr_destroy(&mut attr);
         (rc == 0).then(|| (addr as usize, addr as usize + size))
     }
+}
+
+/// FreeBSD: `pthread_attr_get_np` fills an attribute object that
+/// `pthread_attr_init` made.
+#[cfg(target_os = "freebsd")]
+fn read_thread_stack() -> Option<(usize, usize)> {
+    // SAFETY: the attribute object is initialised before use and destroyed
+    // once; get_np and getstack only write into it and the two outputs.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return None;
+        }
+        let (mut addr, mut size) = (ptr::null_mut(), 0usize);
+        let rc = match libc::pthread_attr_get_np(libc::pthread_self(), &mut attr) {
+            0 => libc::pthread_attr_getstack(&attr, &mut addr, &mut size),
+            e => e,
+        };
+        libc::pthread_attr_destroy(&mut attr);
+        (rc == 0).then(|| (addr as usize, addr as usize + size))
+    }
+}
+
+/// macOS: the stack's top (`pthread_get_stackaddr_np` gives the highest
+/// address) and its size.
+#[cfg(target_vendor = "apple")]
+fn read_thread_stack() -> Option<(usize, usize)> {
+    // SAFETY: both take a live thread, the calling one, and read only.
+    let (top, size) = unsafe {
+        let me = libc::pthread_self();
+        (
+            libc::pthread_get_stackaddr_np(me) as usize,
+            libc::pthread_get_stacksize_np(me),
+        )
+    };
+    (top != 0 && size != 0).then(|| (top - size, top))
 }
 
 /// What `on_stack` leaves for the code it runs on the other stack.

@@ -137,7 +137,11 @@ impl TrapHandlerRegs {
     /// armv7: pc, sp, r0, r1, lr (0) and CPSR's Thumb bit (from bit 0 of
     /// the entry's address); on
     /// powerpc64le: NIP, r1, r3, r4, r12 (the entry's address, from which
-    /// its global entry point derives its TOC pointer) and LR (0).
+    /// its global entry point derives its TOC pointer) and LR (0); on
+    /// s390x: the PSW's address, r15, r2, r3 and r14 (0). The same
+    /// registers on macOS (in the thread state `uc_mcontext` points to) and
+    /// FreeBSD (`mc_rip`, `mc_rsp`, ...), where the crate is assembled in
+    /// CI but not run.
     ///
     /// # Safety
     /// `ucontext` is the third argument of the running `SA_SIGINFO` handler,

@@ -63,7 +63,13 @@ pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
         Some(table) => table,
         None => {
             let bytes = CAPACITY * size_of::<Slot>();
-            let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_NORESERVE);
+            // FreeBSD has no MAP_NORESERVE (it reserves no swap for an
+            // anonymous mapping anyway).
+            #[cfg(not(target_os = "freebsd"))]
+            let no_reserve = libc::MAP_NORESERVE;
+            #[cfg(target_os = "freebsd")]
+            let no_reserve = 0;
+            let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, no_reserve);
             let flags = flags | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
             // SAFETY: a new anonymous mapping at an address of the kernel's choice touches no
             // existing memory.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use memmap2::{MmapMut, MmapOptions};
 
 use super::guards;
-use super::os::{MADV_GUARD_INSTALL, guard_install_works};
+use super::os::install_guard_advice;
 
 /// The pages of a stack's guard. One page is not enough: LLVM's stack
 /// probes leave the last page of a frame unprobed, so a frame realigned to
@@ -46,17 +46,18 @@ impl Mapping {
     #[inline(never)]
     pub(crate) fn new(usable: usize, page: usize) -> io::Result<Mapping> {
         let guard = GUARD_PAGES * page;
-        let map = MmapOptions::new()
-            .len(usable + guard)
-            .stack()
-            .no_reserve_swap()
-            .map_anon()
-            .map_err(|e| exhausted(e, usable))?;
+        let mut options = MmapOptions::new();
+        options.len(usable + guard).no_reserve_swap();
+        // MAP_STACK: on Linux a hint (no huge pages); FreeBSD's makes a
+        // region that grows down on demand with a gap of its own, which a
+        // guard of ours must not meet; macOS has none.
+        #[cfg(target_os = "linux")]
+        options.stack();
+        let map = options.map_anon().map_err(|e| exhausted(e, usable))?;
         let base = map.as_ptr() as *mut libc::c_void;
-        let guarded = guard_install_works()
-            // SAFETY: `base` is the start of a private mapping we own, and
-            // the guard's pages are inside the mapping.
-            && unsafe { libc::madvise(base, guard, MADV_GUARD_INSTALL) } == 0;
+        // SAFETY: `base` is the start of a private mapping we own, and the
+        // guard's pages are inside the mapping, with nothing in them yet.
+        let guarded = unsafe { install_guard_advice(base, guard) };
         // SAFETY: as above; PROT_NONE on the first pages of our own mapping.
         if !guarded && unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
             return Err(exhausted(io::Error::last_os_error(), usable));

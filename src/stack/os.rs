@@ -1,13 +1,17 @@
 //! The operating system's facts that the stacks need, each read once: the
-//! page size, and whether `MADV_GUARD_INSTALL` really installs a guard.
+//! page size, and whether `MADV_GUARD_INSTALL` (Linux) really installs a
+//! guard.
 
+#[cfg(target_os = "linux")]
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+#[cfg(target_os = "linux")]
 use memmap2::MmapOptions;
 
 /// `MADV_GUARD_INSTALL` (Linux 6.13): make pages fault on access without
-/// splitting the mapping. Not yet in every libc release.
+/// splitting the mapping. Not yet in every libc release; Linux only.
+#[cfg(target_os = "linux")]
 pub(crate) const MADV_GUARD_INSTALL: libc::c_int = 102;
 
 /// The system's page size, read once.
@@ -25,9 +29,31 @@ pub(crate) fn page_size() -> usize {
     }
 }
 
+/// Makes the `len` bytes at `base` (page-aligned, inside one private
+/// mapping of ours) a guard with `MADV_GUARD_INSTALL` where that works;
+/// `false` where it does not (other systems have no such advice), and the
+/// caller then uses `mprotect`.
+///
+/// # Safety
+/// `base` and `len` lie inside a private anonymous mapping the caller owns,
+/// with nothing live in those pages.
+pub(crate) unsafe fn install_guard_advice(base: *mut libc::c_void, len: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: as the caller promises.
+        guard_install_works() && unsafe { libc::madvise(base, len, MADV_GUARD_INSTALL) } == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (base, len);
+        false
+    }
+}
+
 /// Whether `MADV_GUARD_INSTALL` really installs a guard here, checked once:
 /// qemu-user, for one, accepts the advice and ignores it. A `read` from a
 /// pipe into a guarded page fails with `EFAULT`; into an open one it works.
+#[cfg(target_os = "linux")]
 pub(crate) fn guard_install_works() -> bool {
     // 0: not probed yet; 1: works; 2: does not. Threads that race probe
     // twice, harmlessly; an atomic rather than a OnceLock, so that
@@ -43,6 +69,7 @@ pub(crate) fn guard_install_works() -> bool {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn probe_guard_install() -> bool {
     let page = page_size();
     let Ok(mut map) = MmapOptions::new().len(page).map_anon() else {
