@@ -135,7 +135,7 @@ static DROPPED_2: AtomicBool = AtomicBool::new(false);
 static READ_2: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    static HOLDER_2: RefCell<Vec<Generator<u32>>> = const { RefCell::new(Vec::new()) };
+    static HOLDER_2: RefCell<Vec<Generator<(), u32>>> = const { RefCell::new(Vec::new()) };
     static DATA_2: Tracked = Tracked::new(&DROPPED_2);
 }
 
