@@ -214,7 +214,7 @@ pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use handle::{JoinHandle, KillHandle};
 pub use io::{wait_readable, wait_writable};
 pub use remote::{Remote, RemoteJoinHandle, remote};
-pub use task::{JoinError, TaskState};
+pub use task::{JoinError, PanicPayload, TaskState};
 pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yield_now};
 
 /// Runs a hub on the calling thread: runs `f` as its main coroutine,

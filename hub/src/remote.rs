@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::driver::queue::{Message, Shared, lock};
 use crate::scheduler;
-use crate::task::{JoinError, KillSelf};
+use crate::task::{JoinError, KillSelf, PanicPayload};
 
 /// A handle to a hub that any thread can hold: it hands the hub work to
 /// run in a new coroutine and wakes it. Get one inside the hub with
@@ -80,7 +80,7 @@ impl Remote {
             Err(p) if scheduler::current_is_killed() || p.is::<KillSelf>() => {
                 panic::resume_unwind(p)
             }
-            Err(p) => tx.send(Err(JoinError::Panicked(p))),
+            Err(p) => tx.send(Err(JoinError::Panicked(PanicPayload::new(p)))),
         };
         // A refused job is dropped here: its sender reports Killed.
         let _ = self.shared.send(Message::Spawn(Box::new(job)));

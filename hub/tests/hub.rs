@@ -588,3 +588,51 @@ fn a_deadlock_panics_in_main_instead_of_hanging() {
     assert!(message(&*p).contains("deadlock"), "{}", message(&*p));
     assert_eq!(drops.get(), 1, "the stuck coroutine was unwound");
 }
+
+#[test]
+fn a_join_error_is_send_sync_static_and_goes_through_question_mark() {
+    fn error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
+    fn joined<T>(h: hub::JoinHandle<T>) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(h.join()?)
+    }
+    hub::run(|| {
+        let seven = std::hint::black_box(7);
+        let err = joined(hub::spawn(move || -> u8 { panic!("boom {seven}") })).unwrap_err();
+        assert_eq!(err.to_string(), "the coroutine panicked: boom 7");
+        // The payload comes back whole, with its type: a String, a
+        // &'static str, anything else.
+        let err = *err.downcast::<JoinError>().unwrap();
+        error(&err);
+        assert_eq!(
+            *err.into_panic().unwrap().downcast::<String>().unwrap(),
+            "boom 7"
+        );
+        let err = hub::spawn(|| panic::panic_any("static"))
+            .join()
+            .unwrap_err();
+        assert_eq!(err.panic_message(), Some("static"));
+        assert_eq!(
+            *err.into_panic().unwrap().downcast::<&str>().unwrap(),
+            "static"
+        );
+        let mut err = hub::spawn(|| panic::panic_any(42u64)).join().unwrap_err();
+        assert_eq!(err.panic_message(), None);
+        let JoinError::Panicked(p) = &mut err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(p.get_mut().downcast_mut::<u64>(), Some(&mut 42));
+        // Shared with another thread by reference (Sync), then moved back.
+        let err = std::thread::scope(|s| s.spawn(|| format!("{err}")).join().unwrap());
+        assert_eq!(err, "the coroutine panicked");
+        let sleeper = hub::spawn(|| hub::sleep(Duration::from_secs(60)));
+        sleeper.kill();
+        let killed = joined(sleeper);
+        assert!(
+            killed
+                .unwrap_err()
+                .downcast_ref::<JoinError>()
+                .unwrap()
+                .is_killed()
+        );
+    });
+}

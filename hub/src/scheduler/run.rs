@@ -34,7 +34,7 @@ use corostack::stack::DefaultStack;
 
 use crate::driver::queue::Message;
 use crate::driver::timers::poll_timeout;
-use crate::task::{JoinError, KillSelf, TaskState};
+use crate::task::{JoinError, KillSelf, PanicPayload, TaskState};
 
 use super::hub::{Action, Config, HUB, Hub, hub, next_task_id};
 use super::leak;
@@ -84,14 +84,14 @@ impl Hub {
                 let hub = hub("a coroutine's start");
                 hub.mark_unwinding(task);
                 match panic::catch_unwind(AssertUnwindSafe(move || drop(f))) {
-                    Err(p) if !p.is::<KillSelf>() => Err(JoinError::Panicked(p)),
+                    Err(p) if !p.is::<KillSelf>() => Err(JoinError::Panicked(PanicPayload::new(p))),
                     _ => Err(JoinError::Killed),
                 }
             } else {
                 match panic::catch_unwind(AssertUnwindSafe(f)) {
                     Ok(v) => Ok(v),
                     Err(p) if p.is::<KillSelf>() => Err(JoinError::Killed),
-                    Err(p) => Err(JoinError::Panicked(p)),
+                    Err(p) => Err(JoinError::Panicked(PanicPayload::new(p))),
                 }
             };
             out.set(Some(r));
@@ -557,7 +557,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
         match result {
             Err(JoinError::Panicked(p)) => {
                 eprintln!("{msg}");
-                panic::resume_unwind(p)
+                panic::resume_unwind(p.into_inner())
             }
             _ => panic!("{msg}"),
         }
@@ -570,7 +570,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
             }
             v
         }
-        Err(JoinError::Panicked(p)) => panic::resume_unwind(p),
+        Err(JoinError::Panicked(p)) => panic::resume_unwind(p.into_inner()),
         Err(JoinError::Killed) => panic!("corostack::hub: the main coroutine was killed"),
     }
 }
