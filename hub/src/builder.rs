@@ -1,5 +1,6 @@
 //! [`Builder`]: a hub's settings, and hubs on several threads.
 
+use std::io;
 use std::panic;
 use std::sync::Arc;
 use std::thread;
@@ -124,8 +125,37 @@ impl Builder {
     /// apply here.
     ///
     /// # Panics
-    /// Inside a hub; with `f`'s payload if `f` panics.
+    /// Inside a hub; when the hub cannot start (see
+    /// [`try_run`](Builder::try_run)); with `f`'s payload if `f` panics.
+    #[track_caller]
     pub fn run<T: 'static>(self, f: impl FnOnce() -> T + 'static) -> T {
+        match self.try_run(f) {
+            Ok(v) => v,
+            Err(e) => panic!("corostack::hub: {e}"),
+        }
+    }
+
+    /// Runs a hub as [`run`](Builder::run) does, but returns an error
+    /// instead of panicking when the hub cannot start: for a server that
+    /// must not panic under memory pressure (with
+    /// [`try_spawn`](crate::try_spawn) for its coroutines).
+    ///
+    /// ```
+    /// let v = corostack_hub::Builder::new().try_run(|| 6 * 7)?;
+    /// assert_eq!(v, 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the poller cannot be created (`epoll_create`, the waker's
+    /// `eventfd`: out of descriptors), or no stack can be mapped for the
+    /// main coroutine (`OutOfMemory`); `f` has not run then (it is
+    /// dropped).
+    ///
+    /// # Panics
+    /// Inside a hub; with `f`'s payload if `f` panics; as `run` does when
+    /// the end of the hub leaks coroutines.
+    pub fn try_run<T: 'static>(self, f: impl FnOnce() -> T + 'static) -> io::Result<T> {
         scheduler::run(
             Config::new(
                 self.stack_size,

@@ -252,10 +252,42 @@ pub fn run<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
 /// ```
 ///
 /// # Panics
-/// Outside a hub; when no stack can be mapped for it.
+/// Outside a hub; when no stack can be mapped for it (see
+/// [`try_spawn`]).
 #[track_caller]
 pub fn spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> JoinHandle<T> {
     JoinHandle::new(scheduler::hub("hub::spawn").spawn(f))
+}
+
+/// Spawns `f` as [`spawn`] does, but returns an error instead of
+/// panicking when no stack can be mapped for it: for a server that must
+/// not panic under memory pressure (it may refuse the connection, or wait
+/// and try again). [`Builder::try_run`] starts a hub the same way.
+///
+/// ```
+/// use corostack_hub as hub;
+///
+/// hub::run(|| -> std::io::Result<()> {
+///     let h = hub::try_spawn(|| 2 + 2)?;
+///     assert_eq!(h.join().unwrap(), 4);
+///     Ok(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+/// When no stack can be mapped (`OutOfMemory`: the address space or the
+/// memory map count is exhausted, see
+/// [`DefaultStack::new`](corostack::DefaultStack::new)); `f` is dropped
+/// then, and nothing was spawned.
+///
+/// # Panics
+/// Outside a hub.
+#[track_caller]
+pub fn try_spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> std::io::Result<JoinHandle<T>> {
+    scheduler::hub("hub::try_spawn")
+        .try_spawn(f)
+        .map(JoinHandle::new)
 }
 
 /// Waits for every coroutine of `handles` (`gevent.joinall`) and returns
