@@ -57,6 +57,11 @@ impl<T> JoinHandle<T> {
     /// Waits, cooperatively, until the coroutine has finished, and returns
     /// its value, or why there is none.
     ///
+    /// # Errors
+    /// [`JoinError::Panicked`] with the payload when the coroutine
+    /// panicked; [`JoinError::Killed`] when it was killed before it
+    /// returned (by a kill, or by the end of its hub).
+    ///
     /// # Panics
     /// Outside a hub's coroutine, and when a coroutine joins itself.
     #[track_caller]

@@ -190,7 +190,8 @@
 #![warn(
     missing_docs,
     missing_debug_implementations,
-    clippy::undocumented_unsafe_blocks
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_errors_doc
 )]
 
 mod block_on;

@@ -110,6 +110,11 @@ impl<T> RemoteJoinHandle<T> {
     /// coroutine awaits the handle with [`block_on`](super::block_on)
     /// instead (a coroutine of another hub may use either).
     ///
+    /// # Errors
+    /// [`JoinError::Panicked`] when the work panicked;
+    /// [`JoinError::Killed`] when it was killed, or refused or cut short
+    /// by the end of the hub.
+    ///
     /// # Panics
     /// On the thread of the hub that runs the work, while that hub runs
     /// (in one of its coroutines, or in a destructor that its loop runs),

@@ -124,6 +124,11 @@ pub struct PanicPayload(Payload);
 /// The payload's kinds: strings are `Sync` themselves; anything else is
 /// behind a mutex that is never locked (it only makes the box `Sync`, its
 /// `get_mut` and `into_inner` reach it without locking).
+#[expect(
+    clippy::redundant_allocation,
+    clippy::box_collection,
+    reason = "the box the panic made, given back as it came"
+)]
 enum Payload {
     Str(Box<&'static str>),
     String(Box<String>),

@@ -142,6 +142,10 @@ impl From<Elapsed> for io::Error {
 /// });
 /// ```
 ///
+/// # Errors
+/// [`Elapsed`] when `duration` ran out before `f` returned (`f` was
+/// interrupted at a suspension and its destructors have run).
+///
 /// # Panics
 /// Outside a hub's coroutine. A panic in `f` goes on to the caller.
 #[track_caller]
