@@ -84,16 +84,52 @@ impl<T> JoinHandle<T> {
 
     /// Whether the coroutine has finished (returned, panicked or was
     /// killed): [`join`](JoinHandle::join) would return at once.
+    ///
+    /// The answers of the handle's questions are all there is to them
+    /// (`#[must_use]`, as the crate's `deny` would say):
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// corostack_hub::run(|| {
+    ///     let h = corostack_hub::spawn(|| 1);
+    ///     h.done(); // meant: assert!(h.done()), or a join
+    /// });
+    /// ```
+    #[must_use]
     pub fn done(&self) -> bool {
         self.task.state() == TaskState::Finished
     }
 
+    /// Whether the coroutine has started: it has run, runs now, or has
+    /// finished (one killed before it ran has finished too). `false` while
+    /// it is [`Pending`](TaskState::Pending). With [`done`](JoinHandle::done),
+    /// the names of the core's coroutines (see the crate docs of
+    /// [`corostack`]).
+    ///
+    /// ```
+    /// use corostack_hub as hub;
+    ///
+    /// hub::run(|| {
+    ///     let h = hub::spawn(hub::yield_now);
+    ///     assert!(!h.started());
+    ///     hub::yield_now(); // it runs, and yields back
+    ///     assert!(h.started() && !h.done());
+    ///     h.join().unwrap();
+    /// });
+    /// ```
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.task.state() != TaskState::Pending
+    }
+
     /// Where the coroutine is in its life.
+    #[must_use]
     pub fn state(&self) -> TaskState {
         self.task.state()
     }
 
     /// A number that names this coroutine among all of the process's.
+    #[must_use]
     pub fn id(&self) -> u64 {
         self.task.id()
     }
@@ -161,6 +197,7 @@ impl<T> JoinHandle<T> {
     /// A handle that can kill this coroutine, and be cloned and kept while
     /// this `JoinHandle` is joined (gevent's greenlet objects are shared
     /// this way).
+    #[must_use]
     pub fn kill_handle(&self) -> KillHandle {
         KillHandle {
             task: self.task.clone(),
@@ -197,9 +234,28 @@ impl KillHandle {
         scheduler::hub("KillHandle::kill").kill(&self.task);
     }
 
-    /// Whether the coroutine has finished.
+    /// Whether the coroutine has finished, as [`JoinHandle::done`].
+    #[must_use]
     pub fn done(&self) -> bool {
         self.task.state() == TaskState::Finished
+    }
+
+    /// Whether the coroutine has started, as [`JoinHandle::started`].
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.task.state() != TaskState::Pending
+    }
+
+    /// Where the coroutine is in its life, as [`JoinHandle::state`].
+    #[must_use]
+    pub fn state(&self) -> TaskState {
+        self.task.state()
+    }
+
+    /// The coroutine's number, as [`JoinHandle::id`].
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.task.id()
     }
 }
 

@@ -156,6 +156,18 @@
 //! [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport)
 //! lets their listeners share a port.
 //!
+//! # Names
+//!
+//! The core's rule (see the crate docs of [`corostack`]): where a
+//! coroutine is in its life is asked with `started()` and `done()`
+//! ([`JoinHandle`], [`KillHandle`], and `done()` on a
+//! [`RemoteJoinHandle`]), beside the finer [`TaskState`]; every other
+//! yes-or-no question is `is_*` ([`is_in_hub`], [`CallLater::is_pending`],
+//! [`Remote::is_closed`], [`JoinError::is_panic`]). A query's answer is
+//! all there is to it, so each is `#[must_use]`. The sockets keep std's
+//! names and signatures ([`net`]), so that code moves over from
+//! `std::net` by changing an import.
+//!
 //! # Layout
 //!
 //! Three layers, each importing only from those below it (no file
@@ -191,7 +203,8 @@
     missing_docs,
     missing_debug_implementations,
     clippy::undocumented_unsafe_blocks,
-    clippy::missing_errors_doc
+    clippy::missing_errors_doc,
+    clippy::must_use_candidate
 )]
 
 mod block_on;
@@ -303,7 +316,13 @@ pub fn join_all<T>(handles: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Resu
 
 /// Whether the calling thread is running a hub (so that the functions of
 /// this module work here).
-pub fn in_hub() -> bool {
+///
+/// ```
+/// assert!(!corostack_hub::is_in_hub());
+/// corostack_hub::run(|| assert!(corostack_hub::is_in_hub()));
+/// ```
+#[must_use]
+pub fn is_in_hub() -> bool {
     scheduler::try_with_hub(|_| ()).is_some()
 }
 

@@ -52,6 +52,7 @@ impl fmt::Debug for Remote {
 /// # Panics
 /// Outside a hub.
 #[track_caller]
+#[must_use]
 pub fn remote() -> Remote {
     let hub = scheduler::hub("hub::remote");
     Remote {
@@ -88,6 +89,7 @@ impl Remote {
     }
 
     /// Whether the hub has ended (work sent now is refused).
+    #[must_use]
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
@@ -130,6 +132,7 @@ impl<T> RemoteJoinHandle<T> {
     }
 
     /// Whether the result is there.
+    #[must_use]
     pub fn done(&self) -> bool {
         lock(&self.rx.0.state).done
     }

@@ -222,6 +222,10 @@ impl CallLater {
     /// Outside the hub that scheduled it: outside any hub, or in another
     /// hub (a later `hub::run`).
     #[track_caller]
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "cancelling is the point; whether the call had started is often not needed"
+    )]
     pub fn cancel(&self) -> bool {
         self.own_hub("CallLater::cancel").cancel_timer(self.key)
     }
@@ -232,6 +236,7 @@ impl CallLater {
     /// Outside the hub that scheduled it: outside any hub, or in another
     /// hub (a later `hub::run`).
     #[track_caller]
+    #[must_use]
     pub fn is_pending(&self) -> bool {
         self.own_hub("CallLater::is_pending").timer_is_set(self.key)
     }

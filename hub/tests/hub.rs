@@ -109,7 +109,7 @@ fn calls_outside_a_hub_panic_naming_hub_run() {
             Box::new(|| drop(hub::wait_readable(&std::io::stdin()))),
         ),
     ];
-    assert!(!hub::in_hub());
+    assert!(!hub::is_in_hub());
     for (name, call) in calls {
         let p = panic::catch_unwind(AssertUnwindSafe(call)).expect_err(name);
         let m = message(&*p);
@@ -120,7 +120,7 @@ fn calls_outside_a_hub_panic_naming_hub_run() {
 #[test]
 fn a_hub_inside_a_hub_is_refused() {
     hub::run(|| {
-        assert!(hub::in_hub());
+        assert!(hub::is_in_hub());
         let p = panic::catch_unwind(|| hub::run(|| ())).unwrap_err();
         assert!(message(&*p).contains("inside a hub"), "{}", message(&*p));
         // The outer hub still works.
@@ -634,5 +634,29 @@ fn a_join_error_is_send_sync_static_and_goes_through_question_mark() {
                 .unwrap()
                 .is_killed()
         );
+    });
+}
+
+#[test]
+fn started_and_done_follow_the_state_on_both_handles() {
+    hub::run(|| {
+        let h = hub::spawn(|| hub::sleep(Duration::from_millis(1)));
+        let k = h.kill_handle();
+        let both = |h: &hub::JoinHandle<()>| {
+            assert_eq!((h.started(), h.done()), (k.started(), k.done()));
+            assert_eq!((h.state(), h.id()), (k.state(), k.id()));
+            (h.started(), h.done())
+        };
+        assert_eq!(both(&h), (false, false));
+        hub::yield_now();
+        assert_eq!(both(&h), (true, false));
+        while !h.done() {
+            hub::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(both(&h), (true, true));
+        // Killed before it ran: finished, so started too.
+        let never = hub::spawn(|| ());
+        never.kill();
+        assert!(never.started() && never.done());
     });
 }

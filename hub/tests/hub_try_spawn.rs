@@ -98,7 +98,7 @@ fn try_spawn_and_try_run_return_an_error_when_no_stack_can_be_mapped() {
             limit_address_space(None);
             corostack::stack::set_pool_capacity(cap);
             assert_eq!(hub::Builder::new().try_run(|| 3).unwrap(), 3);
-            assert!(!hub::in_hub());
+            assert!(!hub::is_in_hub());
         },
     );
 }

@@ -60,6 +60,7 @@ fn new<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
 /// drop(tx);
 /// assert_eq!(rx.iter().sum::<i32>(), 499_500);
 /// ```
+#[must_use]
 pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
     new(None)
 }
@@ -78,6 +79,7 @@ pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
 ///
 /// # Panics
 /// When `capacity` is 0 (a rendezvous channel is not provided).
+#[must_use]
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     assert!(
         capacity > 0,
@@ -189,21 +191,25 @@ impl<T> Sender<T> {
     }
 
     /// How many values wait in the channel.
+    #[must_use]
     pub fn len(&self) -> usize {
         self.0.buf.borrow().len()
     }
 
     /// Whether no value waits in the channel.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The capacity of a bounded channel.
+    #[must_use]
     pub fn capacity(&self) -> Option<usize> {
         self.0.cap
     }
 
     /// Whether every receiver is gone.
+    #[must_use]
     pub fn is_closed(&self) -> bool {
         self.0.receivers.get() == 0
     }
@@ -249,16 +255,19 @@ impl<T> Receiver<T> {
     }
 
     /// An iterator that receives until the channel is empty and closed.
+    #[must_use]
     pub fn iter(&self) -> Iter<'_, T> {
         Iter(self)
     }
 
     /// How many values wait in the channel.
+    #[must_use]
     pub fn len(&self) -> usize {
         self.0.buf.borrow().len()
     }
 
     /// Whether no value waits in the channel.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
