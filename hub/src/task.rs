@@ -119,51 +119,49 @@ impl std::error::Error for JoinError {}
 ///     assert_eq!(*p.into_inner().downcast::<u8>().unwrap(), 7);
 /// });
 /// ```
-pub struct PanicPayload(Payload);
+pub struct PanicPayload(Box<dyn Any + Send + Sync + 'static>);
 
-/// The payload's kinds: strings are `Sync` themselves; anything else is
-/// behind a mutex that is never locked (it only makes the box `Sync`, its
-/// `get_mut` and `into_inner` reach it without locking).
-#[expect(
-    clippy::redundant_allocation,
-    clippy::box_collection,
-    reason = "the box the panic made, given back as it came"
-)]
-enum Payload {
-    Str(Box<&'static str>),
-    String(Box<String>),
-    Other(Mutex<Box<dyn Any + Send + 'static>>),
-}
+/// A payload that is not `Sync` itself, behind a mutex that is never
+/// locked: it only makes the box `Sync` (`get_mut` and `into_inner`
+/// reach it without locking). A private type, so that no user payload is
+/// taken for it.
+struct Unshared(Mutex<Box<dyn Any + Send + 'static>>);
 
 impl PanicPayload {
-    /// Keeps `payload`, as `catch_unwind` gave it.
+    /// Keeps `payload`, as `catch_unwind` gave it: a string's box as it
+    /// is, any other in an [`Unshared`]. Cold and out of line, so that a
+    /// task's body stays as small as it was (its inlined user code is what
+    /// the optimizer should spend on); one box to drop, as before.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn new(payload: Box<dyn Any + Send + 'static>) -> PanicPayload {
-        let payload = match payload.downcast::<&'static str>() {
-            Ok(s) => Payload::Str(s),
+        PanicPayload(match payload.downcast::<&'static str>() {
+            Ok(s) => s,
             Err(p) => match p.downcast::<String>() {
-                Ok(s) => Payload::String(s),
-                Err(p) => Payload::Other(Mutex::new(p)),
+                Ok(s) => s,
+                Err(p) => Box::new(Unshared(Mutex::new(p))),
             },
-        };
-        PanicPayload(payload)
+        })
     }
 
     /// The panic's message, when the payload is a string.
     #[must_use]
     pub fn message(&self) -> Option<&str> {
-        match &self.0 {
-            Payload::Str(s) => Some(s),
-            Payload::String(s) => Some(s),
-            Payload::Other(_) => None,
-        }
+        self.0
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| self.0.downcast_ref::<String>().map(String::as_str))
     }
 
     /// The payload, to downcast in place.
     pub fn get_mut(&mut self) -> &mut (dyn Any + Send + 'static) {
-        match &mut self.0 {
-            Payload::Str(s) => &mut **s,
-            Payload::String(s) => &mut **s,
-            Payload::Other(m) => &mut **m.get_mut().unwrap_or_else(PoisonError::into_inner),
+        if self.0.is::<Unshared>() {
+            let Some(Unshared(m)) = self.0.downcast_mut::<Unshared>() else {
+                unreachable!("checked just above")
+            };
+            &mut **m.get_mut().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            &mut *self.0
         }
     }
 
@@ -171,10 +169,9 @@ impl PanicPayload {
     /// [`resume_unwind`](std::panic::resume_unwind) or a downcast.
     #[must_use]
     pub fn into_inner(self) -> Box<dyn Any + Send + 'static> {
-        match self.0 {
-            Payload::Str(s) => s,
-            Payload::String(s) => s,
-            Payload::Other(m) => m.into_inner().unwrap_or_else(PoisonError::into_inner),
+        match self.0.downcast::<Unshared>() {
+            Ok(u) => u.0.into_inner().unwrap_or_else(PoisonError::into_inner),
+            Err(s) => s,
         }
     }
 }

@@ -660,3 +660,14 @@ fn started_and_done_follow_the_state_on_both_handles() {
         assert!(never.started() && never.done());
     });
 }
+
+#[test]
+fn a_join_error_is_two_words_as_the_payload_box_was() {
+    // A task's result slot holds a `Result<T, JoinError>`: keeping the
+    // error as small as the payload's box keeps the slot and the task's
+    // body as they were (echo's instruction count moved with it).
+    assert_eq!(
+        std::mem::size_of::<JoinError>(),
+        std::mem::size_of::<Box<dyn std::any::Any + Send>>()
+    );
+}
