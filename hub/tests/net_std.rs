@@ -304,3 +304,24 @@ fn a_udp_receive_gives_up_after_its_read_timeout() {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     });
 }
+
+#[test]
+fn write_all_sends_a_buffer_larger_than_the_socket_takes_whole_and_in_order() {
+    hub::run(|| {
+        let (c, s) = pair();
+        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let sent = data.clone();
+        // Through `TcpStream` and through `&TcpStream`: both take it all,
+        // parking whenever the send buffer is full.
+        let w = hub::spawn(move || {
+            let mut c = c;
+            c.write_all(&sent[..sent.len() / 2]).unwrap();
+            (&c).write_all(&sent[sent.len() / 2..]).unwrap();
+            (&c).write_all(&[]).unwrap();
+        });
+        let mut got = vec![0; data.len()];
+        (&s).read_exact(&mut got).unwrap();
+        w.join().unwrap();
+        assert!(got == data, "the bytes arrived whole and in order");
+    });
+}

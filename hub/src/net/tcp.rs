@@ -539,6 +539,30 @@ impl TcpStream {
         }
         Ok(n)
     }
+
+    /// `write_all` as std's default (`Interrupted` retried, `WriteZero`
+    /// when nothing is taken), inline so that the loop is the caller's,
+    /// around one call of [`write_inner`](Self::write_inner) per write
+    /// (std's default, a generic, is inlined or not as the optimizer
+    /// decides for each program).
+    #[track_caller]
+    #[inline]
+    fn write_all_inner(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write_inner(buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write whole buffer",
+                    ));
+                }
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Read for TcpStream {
@@ -554,6 +578,11 @@ impl Read for &TcpStream {
 }
 
 impl Write for TcpStream {
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all_inner(buf)
+    }
+
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_inner(buf)
     }
@@ -564,6 +593,11 @@ impl Write for TcpStream {
 }
 
 impl Write for &TcpStream {
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all_inner(buf)
+    }
+
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_inner(buf)
     }
