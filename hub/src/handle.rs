@@ -209,6 +209,19 @@ impl<T> JoinHandle<T> {
 /// `JoinHandle`, it is neither `Send` nor `Sync`, and once its hub has
 /// ended its [`kill`](KillHandle::kill) does nothing.
 ///
+/// ```
+/// use std::time::Duration;
+/// use corostack_hub as hub;
+///
+/// hub::run(|| {
+///     let worker = hub::spawn(|| hub::sleep(Duration::from_secs(60)));
+///     let killer = worker.kill_handle();
+///     // Another coroutine stops the worker while this one joins it.
+///     hub::spawn(move || killer.kill());
+///     assert!(worker.join().unwrap_err().is_killed());
+/// });
+/// ```
+///
 /// ```compile_fail
 /// fn send<T: Send>(_: T) {}
 /// corostack_hub::run(|| send(corostack_hub::spawn(|| 1).kill_handle()));

@@ -307,6 +307,18 @@ pub fn try_spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> std::io::Result
 /// Waits for every coroutine of `handles` (`gevent.joinall`) and returns
 /// their results in the same order.
 ///
+/// ```
+/// use corostack_hub as hub;
+///
+/// let results = hub::run(|| {
+///     let ok = hub::spawn(|| 1);
+///     let bad = hub::spawn(|| -> i32 { panic!("two") });
+///     hub::join_all([ok, bad])
+/// });
+/// assert_eq!(results[0].as_ref().ok(), Some(&1));
+/// assert_eq!(results[1].as_ref().unwrap_err().panic_message(), Some("two"));
+/// ```
+///
 /// # Panics
 /// Outside a hub's coroutine.
 #[track_caller]

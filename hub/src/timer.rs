@@ -191,6 +191,19 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
 /// A function scheduled by [`call_later`]: [`cancel`](CallLater::cancel)
 /// stops it if it has not started. Dropping the handle does not cancel.
 ///
+/// ```
+/// use std::time::Duration;
+/// use corostack_hub as hub;
+///
+/// hub::run(|| {
+///     let call = hub::call_later(Duration::from_secs(60), || unreachable!());
+///     assert!(call.is_pending());
+///     assert!(call.cancel()); // it had not started: it never will
+///     assert!(!call.is_pending());
+///     let _detached = hub::call_later(Duration::ZERO, || println!("runs"));
+/// });
+/// ```
+///
 /// The handle belongs to the hub that scheduled the call, and acts on that
 /// hub only: used in another hub (a later `hub::run` on the same thread),
 /// or outside any hub, its methods panic. It is neither `Send` nor `Sync`,

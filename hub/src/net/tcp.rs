@@ -199,6 +199,39 @@ impl TcpListener {
 /// The connections of a [`TcpListener`], made by
 /// [`incoming`](TcpListener::incoming): each `next` accepts one, so it
 /// never returns `None` (a fused iterator that never ends).
+///
+/// ```
+/// use std::io::{self, Read, Write};
+/// use std::net::Shutdown;
+/// use corostack_hub::{self as hub, net::{TcpListener, TcpStream}};
+///
+/// // A server's loop, one coroutine per connection, as with std's (the
+/// // `take` is for this example, which serves one).
+/// fn serve(listener: TcpListener) -> io::Result<()> {
+///     for conn in listener.incoming().take(1) {
+///         let conn = conn?;
+///         hub::spawn(move || io::copy(&mut &conn, &mut &conn)); // echo
+///     }
+///     Ok(())
+/// }
+///
+/// hub::run(|| -> io::Result<()> {
+///     let listener = TcpListener::bind("127.0.0.1:0")?;
+///     let addr = listener.local_addr()?;
+///     let client = hub::spawn(move || -> io::Result<Vec<u8>> {
+///         let mut c = TcpStream::connect(addr)?;
+///         c.write_all(b"hi")?;
+///         c.shutdown(Shutdown::Write)?;
+///         let mut echo = Vec::new();
+///         c.read_to_end(&mut echo)?;
+///         Ok(echo)
+///     });
+///     serve(listener)?;
+///     assert_eq!(client.join().unwrap()?, b"hi");
+///     Ok(())
+/// })?;
+/// # Ok::<(), io::Error>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "an iterator does nothing unless consumed"]
 pub struct Incoming<'a> {
