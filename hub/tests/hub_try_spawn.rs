@@ -102,3 +102,49 @@ fn try_spawn_and_try_run_return_an_error_when_no_stack_can_be_mapped() {
         },
     );
 }
+
+#[test]
+fn try_spawn_from_a_destructor_that_a_kill_runs_and_one_that_the_end_of_run_runs() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    /// Spawns a coroutine when dropped, and keeps its handle.
+    struct SpawnsOnDrop(Rc<RefCell<Option<hub::JoinHandle<&'static str>>>>);
+    impl Drop for SpawnsOnDrop {
+        fn drop(&mut self) {
+            *self.0.borrow_mut() = Some(hub::try_spawn(|| "from a destructor").unwrap());
+        }
+    }
+
+    let late = Rc::new(RefCell::new(None));
+    let l = late.clone();
+    hub::run(move || {
+        // A kill's unwind runs the destructor in the victim's own resume.
+        let spawned = Rc::new(RefCell::new(None));
+        let s = spawned.clone();
+        let victim = hub::spawn(move || {
+            let _guard = SpawnsOnDrop(s);
+            hub::sleep(Duration::from_secs(60));
+        });
+        hub::yield_now();
+        victim.kill();
+        assert!(victim.join().unwrap_err().is_killed());
+        let h = spawned.borrow_mut().take().expect("the destructor ran");
+        assert_eq!(h.join().unwrap(), "from a destructor");
+        // The end of `run` kills this one; what its destructor spawns then
+        // is killed at birth, and its handle says so.
+        hub::spawn(move || {
+            let _guard = SpawnsOnDrop(l);
+            hub::sleep(Duration::from_secs(60));
+        });
+        hub::yield_now();
+    });
+    let h = late
+        .borrow_mut()
+        .take()
+        .expect("the destructor ran at the end");
+    assert!(h.done());
+    // Joined in a later hub (a join needs one): the result is there at once.
+    assert!(hub::run(move || h.join()).unwrap_err().is_killed());
+}

@@ -2,6 +2,10 @@
 //! back (`IntoRawFd`, `FromRawFd`, `OwnedFd` both ways), `try_clone`,
 //! `incoming`, and timeouts that refuse a zero duration as std does.
 
+#[path = "util/hub.rs"]
+mod hub_util;
+mod util;
+
 use std::io::{self, Read, Write};
 use std::iter::FusedIterator;
 use std::net::SocketAddr;
@@ -10,6 +14,7 @@ use std::time::Duration;
 
 use corostack_hub as hub;
 use corostack_hub::net::{TcpListener, TcpStream, UdpSocket};
+use hub_util::passes_in_child;
 
 /// Bounds a test's waits: a hung socket fails the test instead of hanging.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -111,25 +116,34 @@ fn a_listener_and_a_udp_socket_are_handed_over_and_taken_back() {
 
 #[test]
 fn taking_over_a_descriptor_the_hub_watches_already_panics_by_name() {
-    hub::run(|| {
-        let (c, _s) = pair();
-        let raw = c.as_raw_fd();
-        // What `FromRawFd`'s contract forbids: a second owner of a
-        // descriptor that a hub socket owns (and the poller watches). The
-        // poller refuses it, and the conversion panics saying so.
-        let p = std::panic::catch_unwind(|| {
-            // SAFETY: none: the attack `from_raw_fd`'s contract forbids.
-            drop(unsafe { TcpStream::from_raw_fd(raw) })
-        })
-        .expect_err("the poller refuses a descriptor it has already");
-        let m = p.downcast_ref::<String>().cloned().unwrap_or_default();
-        assert!(m.contains("TcpStream::from(OwnedFd)"), "{m}");
-        // The failed conversion closed the descriptor it was handed, as an
-        // owner does: `c` owns nothing now, so it is forgotten rather than
-        // closed twice.
-        assert!(!is_open(raw));
-        std::mem::forget(c);
-    });
+    // In a child process: the attack closes a descriptor under its owner,
+    // which another test's thread could reuse meanwhile.
+    passes_in_child(
+        "taking_over_a_descriptor_the_hub_watches_already_panics_by_name",
+        || {
+            hub::run(|| {
+                let (c, _s) = pair();
+                let raw = c.as_raw_fd();
+                // What `FromRawFd`'s contract forbids: a second owner of a
+                // descriptor that a hub socket owns (and the poller
+                // watches). The poller refuses it, and the conversion
+                // panics saying so.
+                let p = std::panic::catch_unwind(|| {
+                    // SAFETY: none: the attack `from_raw_fd`'s contract forbids.
+                    drop(unsafe { TcpStream::from_raw_fd(raw) })
+                })
+                .expect_err("the poller refuses a descriptor it has already");
+                let m = p.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert!(m.contains("TcpStream::from(OwnedFd)"), "{m}");
+                // The failed conversion closed the descriptor it was
+                // handed, as an owner does: `c` owns nothing now, so it is
+                // forgotten rather than closed twice (which std's OwnedFd
+                // reports as an I/O safety violation).
+                assert!(!is_open(raw));
+                std::mem::forget(c);
+            });
+        },
+    );
 }
 
 #[test]
@@ -323,5 +337,69 @@ fn write_all_sends_a_buffer_larger_than_the_socket_takes_whole_and_in_order() {
         (&s).read_exact(&mut got).unwrap();
         w.join().unwrap();
         assert!(got == data, "the bytes arrived whole and in order");
+    });
+}
+
+#[test]
+fn a_stream_and_its_clone_both_move_to_a_later_hub_and_work_at_once() {
+    let (c, c2, s) = hub::run(|| {
+        let (c, s) = pair();
+        let c2 = c.try_clone().unwrap();
+        (c, c2, s)
+    });
+    // The first hub has ended; both handles rehome to this one, each with
+    // its own descriptor, one reading while the other writes.
+    hub::run(move || {
+        let reader = hub::spawn(move || {
+            let mut buf = [0; 4];
+            (&c2).read_exact(&mut buf).unwrap();
+            buf
+        });
+        round_trip(&c, &s, b"both");
+        (&s).write_all(b"back").unwrap();
+        assert_eq!(&reader.join().unwrap(), b"back");
+    });
+}
+
+#[test]
+fn a_stream_handed_over_after_its_hub_ended_works_as_a_std_stream() {
+    let (c, s) = hub::run(pair);
+    // No hub runs here: the hand-over needs none.
+    let c = std::net::TcpStream::from(OwnedFd::from(c));
+    let s = std::net::TcpStream::from(OwnedFd::from(s));
+    for end in [&c, &s] {
+        end.set_nonblocking(false).unwrap();
+        end.set_read_timeout(Some(LIMIT)).unwrap();
+    }
+    (&c).write_all(b"std").unwrap();
+    let mut buf = [0; 3];
+    (&s).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"std");
+    // try_clone needs a hub to register the clone with: it says so.
+    let hub_c = hub::run(move || TcpStream::from_std(c).unwrap());
+    let p =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hub_c.try_clone())).unwrap_err();
+    let m = p
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(m.contains("hub::run"), "{m}");
+}
+
+#[test]
+fn a_timeout_too_long_for_a_deadline_means_no_deadline() {
+    hub::run(|| {
+        let (c, s) = pair();
+        c.set_read_timeout(Some(Duration::MAX)).unwrap();
+        assert_eq!(c.read_timeout().unwrap(), Some(Duration::MAX));
+        let r = hub::spawn(move || {
+            let mut buf = [0; 2];
+            (&c).read_exact(&mut buf).unwrap();
+            buf
+        });
+        hub::sleep(Duration::from_millis(5));
+        (&s).write_all(b"ok").unwrap();
+        assert_eq!(&r.join().unwrap(), b"ok");
     });
 }
