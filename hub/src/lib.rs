@@ -165,8 +165,7 @@
 //! yes-or-no question is `is_*` ([`is_in_hub`], [`CallLater::is_pending`],
 //! [`Remote::is_closed`], [`JoinError::is_panic`]). A query's answer is
 //! all there is to it, so each is `#[must_use]`. The sockets keep std's
-//! names and signatures ([`net`]), so that code moves over from
-//! `std::net` by changing an import.
+//! names, signatures and traits where std has them ([`net`]).
 //!
 //! # Layout
 //!
@@ -191,7 +190,7 @@
 //!    `run` (the loop and the end of `run`); they share the records'
 //!    fields within the scheduler, and nothing outside it sees them.
 //! 3. **The user functions**, on the scheduler: `lib.rs` ([`run`],
-//!    [`spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
+//!    [`spawn`], [`try_spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
 //!    `timer` ([`sleep`], [`timeout`], [`call_later`]), `io`
 //!    ([`wait_readable`], and the registration the sockets wait through),
 //!    `block_on`, `remote` ([`Remote`]), `blocking` ([`spawn_blocking`]),
