@@ -1,5 +1,6 @@
 //! The fallible ways to start coroutines, for servers that must not panic
-//! under memory pressure: `hub::try_spawn` and `Builder::try_run` return
+//! under memory pressure: `hub::try_spawn`, `Builder::try_run` and
+//! `Builder::try_run_on_threads` return
 //! `OutOfMemory` when no stack can be mapped (under a lowered
 //! `RLIMIT_AS`, in a child process), drop the closure, and leave the hub
 //! and the thread working; `spawn` and `run` panic saying so.
@@ -94,10 +95,27 @@ fn try_spawn_and_try_run_return_an_error_when_no_stack_can_be_mapped() {
             assert_eq!(dropped.get(), 2, "the closure is dropped");
             let p = panic::catch_unwind(AssertUnwindSafe(|| hub::run(|| ()))).unwrap_err();
             assert!(message(&*p).contains("main coroutine"), "{}", message(&*p));
+            // Hubs on threads: a thread that cannot start (its stack is a
+            // mapping too), or a hub that cannot.
+            let err = hub::Builder::new()
+                .threads(2)
+                .try_run_on_threads(|i| i)
+                .expect_err("no room for a thread's stack");
+            assert!(err.to_string().contains("thread"), "{err}");
+            let err = hub::Builder::new()
+                .try_run_on_threads(|i| i)
+                .expect_err("no room for the main coroutine's stack");
+            assert_eq!(err.kind(), ErrorKind::OutOfMemory, "{err}");
+            let p = panic::catch_unwind(|| hub::Builder::new().threads(2).run_on_threads(|i| i));
+            assert!(message(&*p.unwrap_err()).contains("cannot start a hub thread"));
             // The thread runs hubs again once memory is back.
             limit_address_space(None);
             corostack::stack::set_pool_capacity(cap);
             assert_eq!(hub::Builder::new().try_run(|| 3).unwrap(), 3);
+            let ids = hub::Builder::new()
+                .threads(3)
+                .try_run_on_threads(|i| i * 10);
+            assert_eq!(ids.unwrap(), [0, 10, 20]);
             assert!(!hub::is_in_hub());
         },
     );
