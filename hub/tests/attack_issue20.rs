@@ -4,8 +4,10 @@
 
 mod util;
 
+use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::time::Duration;
 
 use corostack::{Coroutine, Yielder};
@@ -176,6 +178,80 @@ fn a_forgotten_coroutine_inside_a_hub_timeout_is_never_unwound_against_a_dead_hu
     );
     assert!(
         code == Some(0) || out.contains("corostack"),
+        "{code:?}\n{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Held: more than eight leaks on one thread, and the handles of a leaked
+// task used in a later hub. The leaked task counts as finished and killed
+// there (join returns at once, kill does nothing, neither touches the
+// later hub); the ninth leak aborts at once with the guard's message,
+// and the eighth did not.
+// ---------------------------------------------------------------------------
+
+/// Its drop waits an hour: a task killed with it on its stack outlasts
+/// any shutdown timeout.
+struct SlowGoodbye;
+
+impl Drop for SlowGoodbye {
+    fn drop(&mut self) {
+        hub::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[test]
+fn a_ninth_leak_aborts_at_once_and_a_leaked_tasks_handles_find_it_finished() {
+    let name = "a_ninth_leak_aborts_at_once_and_a_leaked_tasks_handles_find_it_finished";
+    let Some((code, stdout, stderr)) = in_child(name, || {
+        std::thread::spawn(|| {
+            let kept: Rc<RefCell<Option<hub::JoinHandle<()>>>> = Rc::default();
+            for i in 1..=9 {
+                let keep = kept.clone();
+                let r = panic::catch_unwind(AssertUnwindSafe(|| {
+                    hub::Builder::new()
+                        .shutdown_timeout(Some(Duration::from_millis(5)))
+                        .run(move || {
+                            let h = hub::spawn(|| {
+                                let _g = SlowGoodbye;
+                                hub::sleep(Duration::from_secs(3600));
+                            });
+                            if keep.borrow().is_none() {
+                                *keep.borrow_mut() = Some(h);
+                            }
+                            hub::sleep(Duration::from_millis(1));
+                        })
+                }));
+                assert!(r.is_err(), "leak {i} is reported by run");
+                println!("LEAK {i}");
+                if i == 1 {
+                    // A later, clean hub: the leaked task's handle.
+                    let h = kept.borrow_mut().take().unwrap();
+                    let joined = hub::run(move || {
+                        let t = std::time::Instant::now();
+                        h.kill();
+                        let r = h.join();
+                        (matches!(r, Err(hub::JoinError::Killed)), t.elapsed())
+                    });
+                    assert!(joined.0, "a leaked task joins as killed");
+                    assert!(joined.1 < Duration::from_secs(1), "at once");
+                    println!("JOINED");
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }) else {
+        return;
+    };
+    let out = format!("{stdout}\n{stderr}");
+    assert!(
+        out.contains("JOINED") && out.contains("LEAK 8"),
+        "{code:?}\n{out}"
+    );
+    assert!(!out.contains("LEAK 9"), "{code:?}\n{out}");
+    assert!(
+        out.contains("leaked coroutines too many times") && code.is_none(),
         "{code:?}\n{out}"
     );
 }
