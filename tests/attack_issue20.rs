@@ -378,3 +378,70 @@ fn started_is_not_carried_over_by_a_reused_stack() {
     g.kill();
     assert!(g.done() && g.started(), "killed after it ran");
 }
+
+// ---------------------------------------------------------------------------
+// 7. Held: `rearm` from a thread-local destructor that runs before the
+// hook (the hook is then registered during destruction and runs next,
+// before the thread-locals not destroyed yet, including one first used
+// after the hook's first registration), and `rearm` during the hook's
+// unwind (false: the hook has run).
+// ---------------------------------------------------------------------------
+
+static DROPPED_8: AtomicBool = AtomicBool::new(false);
+static READ_8: AtomicUsize = AtomicUsize::new(0);
+static REARM_IN_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static DATA_8: Tracked = Tracked::new(&DROPPED_8);
+    static REARMER: Rearmer = const { Rearmer };
+}
+
+/// Calls `rearm` when dropped (at thread exit).
+struct Rearmer;
+
+impl Drop for Rearmer {
+    fn drop(&mut self) {
+        assert!(corostack::thread_exit::rearm(), "not run yet: registered");
+    }
+}
+
+/// Calls `rearm` from the hook's unwind; counts a `false`.
+struct RearmsInHook;
+
+impl Drop for RearmsInHook {
+    fn drop(&mut self) {
+        if !corostack::thread_exit::rearm() {
+            REARM_IN_HOOK.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn rearm_from_a_thread_local_destructor_and_from_the_hooks_unwind() {
+    passes_in_child(
+        "rearm_from_a_thread_local_destructor_and_from_the_hooks_unwind",
+        || {
+            std::thread::spawn(|| {
+                let mut first = Coroutine::<(), (), ()>::new(|_, ()| ());
+                first.resume(()); // the hook's first registration
+                // First used after it: destroyed before that registration.
+                let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+                    DATA_8.with(|d| {
+                        let _r = RearmsInHook;
+                        let _g = ReadOnDrop(d, &READ_8);
+                        y.suspend(());
+                    })
+                });
+                co.resume(());
+                std::mem::forget(co);
+                // Used last: destroyed first, and rearms the hook then.
+                REARMER.with(|_| ());
+            })
+            .join()
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(READ_8.load(Ordering::SeqCst), 1, "read while alive");
+            assert_eq!(REARM_IN_HOOK.load(Ordering::SeqCst), 1, "rearm was false");
+        },
+    );
+}
