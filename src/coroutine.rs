@@ -142,12 +142,12 @@
 //! was lent `d` would go on reading it.
 //!
 //! What the crate does (`tests/thread_exit.rs`; the module
-//! [`thread_exit`] has the design): on Linux with
-//! glibc, at a thread's first coroutine start, it registers an exit hook
-//! with `__cxa_thread_atexit_impl`, the function std uses for each
-//! thread-local's destructor. glibc runs those last registered, first run,
-//! and std registers a thread-local's destructor when the thread first
-//! uses it; so the hook runs before the destructors of the thread-locals
+//! [`thread_exit`] has the design): at a thread's first coroutine start,
+//! it registers an exit hook, the destructor of a thread-local of its
+//! own. std registers a thread-local's destructor when the thread first
+//! uses it and runs them last registered, first run (on glibc through
+//! `__cxa_thread_atexit_impl`, or its own list in a static build); so the
+//! hook runs before the destructors of the thread-locals
 //! the thread used *before* the hook was registered, and after those used
 //! later. [`thread_exit::rearm`] registers it
 //! again. The hook unwinds, in place, every coroutine of the thread that
@@ -188,8 +188,8 @@
 //! - [`SendAsyncCoroutine`](crate::bridge::SendAsyncCoroutine), whose
 //!   contract already forbids such borrows across a suspend, is not
 //!   listed;
-//! - where the C library has no `__cxa_thread_atexit_impl` (musl, glibc
-//!   before 2.18) there is no hook at all, and nothing of this holds;
+//! - more than 16 registrations on one thread (its first start and 15
+//!   `rearm` calls): `rearm` returns `false` after that;
 //! - the hook relies on std's order of thread-local destructors, an
 //!   implementation detail of std (pinned by a test), not a promise.
 //!

@@ -426,6 +426,12 @@ fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
                 println!("{}", self.0);
             }
         }
+        // Whether std runs the main thread's thread-local destructors at
+        // `exit` in this build (through `__cxa_thread_atexit_impl`; a
+        // statically linked glibc program runs none there): used before
+        // the first coroutine start, so destroyed after the hook runs.
+        thread_local!(static PROBE: Says = const { Says("MAIN THREAD-LOCALS DESTROYED") });
+        PROBE.with(|_| ());
         let mut parked = Coroutine::new(|y: &Yielder<(), ()>, ()| {
             let _n = Says("PARKED UNWOUND");
             y.suspend(());
@@ -451,9 +457,18 @@ fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("EXITING"));
-    // The main thread's hook ran at `exit`, on the running coroutine's
-    // stack, and unwound the suspended one only.
-    assert!(stdout.contains("PARKED UNWOUND"), "{stdout}");
+    // Where `exit` runs the main thread's thread-local destructors, the
+    // hook ran first, on the running coroutine's stack, and unwound the
+    // suspended one only; where it runs none (a static build), nothing of
+    // the thread dies, and the hook does not run either.
+    let destroyed = stdout.find("MAIN THREAD-LOCALS DESTROYED");
+    let unwound = stdout.find("PARKED UNWOUND");
+    match (unwound, destroyed) {
+        (Some(u), Some(d)) => assert!(u < d, "the hook ran after a thread-local died:\n{stdout}"),
+        // Only a static build may run none (a dynamic one runs them).
+        (None, None) if cfg!(target_feature = "crt-static") => {}
+        _ => panic!("the hook and the thread-locals disagree, or none ran:\n{stdout}"),
+    }
 }
 
 // ---------------------------------------------------------------------------
