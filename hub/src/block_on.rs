@@ -105,14 +105,16 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     let waker = Waker::from(signal.clone());
     // While a future is awaited, a waker elsewhere may wake the hub.
     hub.block_on_started();
-    /// Counts the call out however it ends.
-    struct Active<'a>(&'a scheduler::Hub);
-    impl Drop for Active<'_> {
+    /// Counts the call out however it ends (nothing once the hub is gone:
+    /// the core's thread-exit hook may unwind the call after `run`
+    /// returned).
+    struct Active(u64);
+    impl Drop for Active {
         fn drop(&mut self) {
-            self.0.block_on_ended();
+            scheduler::with_hub_id(self.0, |hub| hub.block_on_ended());
         }
     }
-    let _active = Active(hub);
+    let _active = Active(hub.id());
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
     loop {

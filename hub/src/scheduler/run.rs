@@ -515,7 +515,10 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
     let hub = Hub::new(config)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start a hub: {e}")))?;
     let installed = Installed::new(&hub);
-    let (main, slot) = match hub.try_spawn(f) {
+    let (main, slot) = match hub.try_spawn(move || {
+        super::hub::detach_at_thread_exit();
+        f()
+    }) {
         Ok(main) => main,
         Err(e) => {
             // Nothing ran: the hub ends as an empty one does.
