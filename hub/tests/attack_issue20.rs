@@ -372,10 +372,7 @@ fn process_exit_from_a_hub_with_a_parking_destructor_aborts_with_a_message() {
     };
     let out = format!("{stdout}\n{stderr}");
     // An abort (SIGABRT), at once, with the hub's message; never a hang.
-    assert!(
-        code.is_none() && !out.contains("HUNG"),
-        "{code:?}\n{out}"
-    );
+    assert!(code.is_none() && !out.contains("HUNG"), "{code:?}\n{out}");
     assert!(
         out.contains("`hub::sleep` was called while the thread exits"),
         "{code:?}\n{out}"
@@ -424,10 +421,7 @@ fn process_exit_from_a_hub_while_another_task_would_kill_the_unwinding_one() {
     };
     let out = format!("{stdout}\n{stderr}");
     // An abort (SIGABRT), at once, with the hub's message; never a hang.
-    assert!(
-        code.is_none() && !out.contains("HUNG"),
-        "{code:?}\n{out}"
-    );
+    assert!(code.is_none() && !out.contains("HUNG"), "{code:?}\n{out}");
     assert!(
         out.contains("`hub::sleep` was called while the thread exits"),
         "{code:?}\n{out}"
