@@ -114,7 +114,8 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             scheduler::with_hub_id(self.0, |hub| hub.block_on_ended());
         }
     }
-    let _active = Active(hub.id());
+    let id = hub.id();
+    let _active = Active(id);
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
     loop {
@@ -127,7 +128,10 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         }
         signal.parked.store(task.epoch(), Ordering::SeqCst);
         if !signal.woken.load(Ordering::SeqCst) {
-            scheduler::park(hub);
+            // Looked up again: `poll` may have caught the unwind of the
+            // core's thread-exit hook (a forgotten coroutine that suspended
+            // inside it) and returned, after the hub is gone.
+            scheduler::park(scheduler::hub_by_id(id, "hub::block_on"));
         }
         signal.parked.store(RUNNING, Ordering::SeqCst);
     }

@@ -431,3 +431,53 @@ fn process_exit_from_a_hub_while_another_task_would_kill_the_unwinding_one() {
         "{code:?}\n{out}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A forgotten coroutine suspended (on its own yielder) inside the future
+// that `hub::block_on` polls, whose poll catches the exit hook's unwind
+// and returns `Pending`: `block_on` then goes on, after its hub is gone,
+// and parks. It must not park on the dead hub (with the scribble, its
+// stale `current` pointer is garbage); it finds no hub and panics, and
+// the panic escapes the hook's unwind, which aborts with the core's
+// message.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_forgotten_coroutine_whose_block_on_goes_on_after_the_hook_finds_no_hub() {
+    let name = "a_forgotten_coroutine_whose_block_on_goes_on_after_the_hook_finds_no_hub";
+    let Some((code, stdout, stderr)) = in_child(name, || {
+        std::thread::spawn(|| {
+            hub::run(|| {
+                let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+                    let mut first = true;
+                    hub::block_on(std::future::poll_fn(|_| {
+                        if std::mem::take(&mut first) {
+                            let r = panic::catch_unwind(AssertUnwindSafe(|| y.suspend(())));
+                            println!("CAUGHT THE HOOK: {}", r.is_err());
+                        }
+                        std::task::Poll::<()>::Pending
+                    }));
+                    println!("BLOCK_ON RETURNED");
+                });
+                co.resume(());
+                std::mem::forget(co);
+            });
+            println!("HUB ENDED");
+            if std::env::var_os("ATTACK_NO_SCRIBBLE").is_none() {
+                scribble();
+            }
+        })
+        .join()
+        .unwrap();
+    }) else {
+        return;
+    };
+    let out = format!("{stdout}\n{stderr}");
+    assert!(out.contains("CAUGHT THE HOOK: true"), "{code:?}\n{out}");
+    assert!(!out.contains("BLOCK_ON RETURNED"), "{code:?}\n{out}");
+    assert!(
+        out.contains("`hub::block_on` was called outside a hub")
+            && out.contains("corostack: a panic escaped the unwind"),
+        "{code:?}\n{out}"
+    );
+}

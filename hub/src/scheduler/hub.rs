@@ -245,6 +245,23 @@ pub(crate) fn with_hub_id<R>(id: u64, f: impl FnOnce(&Hub) -> R) -> Option<R> {
     (hub.id == id).then(|| f(hub))
 }
 
+/// This thread's hub if it is the hub numbered `id`: for a call that
+/// runs user code (which may catch the unwind of the core's thread-exit
+/// hook and return) and then goes on with the hub it started in.
+///
+/// # Panics
+/// When that hub is gone (see [`with_hub_id`]), naming `what`.
+#[track_caller]
+#[inline]
+pub(crate) fn hub_by_id(id: u64, what: &str) -> &'static Hub {
+    let p = HUB.with(Cell::get);
+    // SAFETY: as in `hub`: a non-null HUB points at the live hub.
+    match unsafe { p.as_ref() } {
+        Some(hub) if hub.id == id => hub,
+        _ => outside(what),
+    }
+}
+
 /// Runs `f` with this thread's hub, if there is one.
 pub(crate) fn try_with_hub<R>(f: impl FnOnce(&Hub) -> R) -> Option<R> {
     let p = HUB.try_with(Cell::get).ok()?;

@@ -113,7 +113,9 @@ mod leak;
 mod run;
 mod task;
 
-pub(crate) use hub::{Action, Config, Hub, TimeoutUnwind, hub, try_with_hub, with_hub_id};
+pub(crate) use hub::{
+    Action, Config, Hub, TimeoutUnwind, hub, hub_by_id, try_with_hub, with_hub_id,
+};
 pub(crate) use kill::{current_is_killed, park, park_until};
 pub(crate) use run::run;
 pub(crate) use task::{Slot, Task, Waiter};
