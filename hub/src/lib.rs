@@ -139,7 +139,9 @@
 //! - `std::process::exit` called inside a hub: the hub stops before the
 //!   core's exit hook unwinds its suspended coroutines (its loop never
 //!   runs during the exit): as above, their destructors may not wait; one
-//!   that does aborts the process instead of the exit.
+//!   that does aborts the process instead of the exit. (Not yet after a
+//!   `corostack::thread_exit::rearm` made inside the hub: the hook then
+//!   runs first, and such a wait hangs the exit.)
 //!
 //! What remains: the abort also hits a leaked coroutine that borrowed
 //! nothing; and the core's own remaining cases of its threat model, for
