@@ -18,9 +18,12 @@
 //!
 //! A suspended body keeps whatever it holds on its stack, and safe code
 //! may `mem::forget` its `Coroutine`: the stack then stays mapped with the
-//! frames on it, but nothing on it runs or is dropped again. So anything a
-//! body can reach must stay valid for as long as those frames exist, which
-//! may be forever. The rules that follow from it, for `Coroutine<Input,
+//! frames on it, and nothing on it runs or is dropped again until its
+//! thread exits, where the thread's exit hook unwinds it in place (see
+//! [Thread-locals](#thread-locals)): its destructors then run, long after
+//! whatever they point at may have gone. So anything a body can reach must
+//! stay valid for as long as those frames exist, which may be until the
+//! thread ends (or forever, where the hook does not run). The rules that follow from it, for `Coroutine<Input,
 //! Yield, Return, S>`:
 //!
 //! - The body is `'static` (the closure's type).

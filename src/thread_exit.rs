@@ -61,7 +61,11 @@
 //!
 //! A consumer that leaks suspended coroutines on purpose (the hub after
 //! `shutdown_timeout`) has them unwound by the hook at thread exit, like
-//! any forgotten coroutine of the thread; but while any coroutine of the
+//! any forgotten coroutine of the thread (if the hook runs before the
+//! consumer's own exit guard: the hub's aborts first unless a `rearm`
+//! came after the leak), long after the consumer that ran them is gone:
+//! their destructors must not reach it (the hub's guards check that their
+//! hub still runs on the thread); but while any coroutine of the
 //! thread is suspended in the middle of an unwind (a killed coroutine
 //! whose destructors wait), the hook can unwind none of them (it cannot
 //! tell which one that is, and a forced unwind of that one would abort),
