@@ -35,16 +35,24 @@
 //!   it again, so that it also runs before the thread-locals used so far.
 //! - The hook (once per thread: a later registration finds the work done)
 //!   unwinds every listed coroutine that is suspended on its own stack, in
-//!   place, forgotten or not, as a drop would: its destructors run and a
-//!   `std::thread::scope` in it joins its threads while those
+//!   place, forgotten or not, with the forced unwind a drop runs (not
+//!   where a drop would: see `Coroutine`'s threat model): its destructors
+//!   run and a `std::thread::scope` in it joins its threads while those
 //!   thread-locals are alive. The hook takes the node out of the list and
 //!   marks it; the entry then drops the body's ending itself (the hook
 //!   does not know its type). A handle still alive then finds its
 //!   coroutine done. A panic that escapes that unwind aborts the process
 //!   with a message (as a panic from a thread-local destructor does), and
-//!   so does a resume or drop of the coroutine through its handle from its
-//!   own destructors during that unwind (the handle is not borrowed then:
-//!   the hook, not the handle, runs it).
+//!   so does a resume or drop of the coroutine through its handle during
+//!   that unwind, by its destructors or by code they run (another
+//!   coroutine, a scheduler's loop): the handle is not borrowed then (the
+//!   hook, not the handle, runs it), and the hook cannot tell who did it.
+//!   The hook does not look at `thread::panicking()`, which counts the
+//!   thread's unwinds, not a coroutine's (it is true inside an `exit`
+//!   called from a panic hook): a forced unwind is a nested unwind on the
+//!   coroutine's stack, which Rust allows, and only that of a coroutine
+//!   suspended in a destructor run by its own unwind aborts (Rust's rule),
+//!   as its drop would.
 //! - Left alone (documented in `Coroutine`'s threat model): a coroutine
 //!   suspended inside an `on_stack`/`maybe_grow` segment, or with less
 //!   than `context::ENTRY_RESERVE` of its stack left, one that is

@@ -155,7 +155,10 @@ fn exit_from_a_destructor_during_an_unwind_keeps_its_status() {
     };
     assert_eq!(code, Some(7), "stderr:\n{stderr}");
     assert!(stdout.contains("UNWOUND BY THE HOOK"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("CAUGHT A NESTED PANIC"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("CAUGHT A NESTED PANIC"),
+        "{stdout}\n{stderr}"
+    );
 }
 
 /// Prints its line when dropped (flushed: the process ends in `exit`).
@@ -273,9 +276,15 @@ fn a_coroutine_suspended_mid_unwind_at_thread_exit_aborts_as_its_drop_would() {
     }) else {
         return;
     };
-    assert!(!stdout.contains("DONE") && code.is_none(), "{code:?}\n{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("DONE") && code.is_none(),
+        "{code:?}\n{stdout}\n{stderr}"
+    );
     assert!(!stderr.contains("READ A DROPPED"), "{stderr}");
-    assert!(stderr.contains("panic in a destructor during cleanup"), "{stderr}");
+    assert!(
+        stderr.contains("panic in a destructor during cleanup"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------
