@@ -39,16 +39,24 @@
 //!   far.
 //! - The hook (once per thread: a later registration finds the work done)
 //!   unwinds every listed coroutine that is suspended on its own stack, in
-//!   place, forgotten or not, as a drop would: its destructors run and a
-//!   `std::thread::scope` in it joins its threads while those
+//!   place, forgotten or not, with the forced unwind a drop runs (not
+//!   where a drop would: see `Coroutine`'s threat model): its destructors
+//!   run and a `std::thread::scope` in it joins its threads while those
 //!   thread-locals are alive. The hook takes the node out of the list and
 //!   marks it; the entry then drops the body's ending itself (the hook
 //!   does not know its type). A handle still alive then finds its
 //!   coroutine done. A panic that escapes that unwind aborts the process
 //!   with a message (as a panic from a thread-local destructor does), and
-//!   so does a resume or drop of the coroutine through its handle from its
-//!   own destructors during that unwind (the handle is not borrowed then:
-//!   the hook, not the handle, runs it).
+//!   so does a resume or drop of the coroutine through its handle during
+//!   that unwind, by its destructors or by code they run (another
+//!   coroutine, a scheduler's loop): the handle is not borrowed then (the
+//!   hook, not the handle, runs it), and the hook cannot tell who did it.
+//!   The hook does not look at `thread::panicking()`, which counts the
+//!   thread's unwinds, not a coroutine's (it is true inside an `exit`
+//!   called from a panic hook): a forced unwind is a nested unwind on the
+//!   coroutine's stack, which Rust allows, and only that of a coroutine
+//!   suspended in a destructor run by its own unwind aborts (Rust's rule),
+//!   as its drop would.
 //! - Left alone (documented in `Coroutine`'s threat model): a coroutine
 //!   suspended inside an `on_stack`/`maybe_grow` segment, or with less
 //!   than `context::ENTRY_RESERVE` of its stack left, one that is
@@ -422,17 +430,16 @@ fn at_thread_exit() {
 /// Unwinds every listed coroutine suspended on its own stack, until none
 /// is left (the unwinds may start, suspend or finish other coroutines).
 fn finish_suspended() {
+    // Whatever `thread::panicking()` says: it counts the thread's unwinds,
+    // not this stack's. True here when the thread calls `exit` from a
+    // panic hook or from a destructor during an unwind (the hook runs
+    // inside `exit`), or while any coroutine or greenlet of the thread is
+    // suspended in the middle of its own unwind. A forced unwind is a
+    // nested unwind on the coroutine's own stack, caught by its entry,
+    // which Rust allows; only for a coroutine suspended in a destructor
+    // run by its own unwind does it escape that destructor, and the
+    // process aborts by Rust's rule, as that coroutine's drop would.
     while let Some(node) = first_suspended() {
-        if std::thread::panicking() {
-            // A coroutine of this thread is suspended inside a destructor
-            // run by its own panic: a forced unwind now would abort anyway.
-            eprintln!(
-                "corostack: at thread exit, a coroutine is suspended in the middle of an \
-                 unwind, so the thread's suspended coroutines cannot be unwound before its \
-                 thread-locals are destroyed; aborting"
-            );
-            std::process::abort();
-        }
         let (link, limit) = (node.link_word(), node.limit.get());
         let enter = Enter {
             bounds: Some((limit, ptr::from_ref(node).addr() - limit)),
@@ -455,13 +462,16 @@ fn finish_suspended() {
         let back = unsafe { context::switch(0, link.read(), link, enter) };
         if back.word != 0 || node.limit.get() != 0 {
             // Not its entry's last switch (which clears the mark): its
-            // handle, reached from its own destructors (through a
-            // thread-local), resumed or dropped it while the hook, not the
-            // handle, was running it. Its frames are in the middle of
-            // that call: nothing can go on.
+            // handle resumed or dropped it (the switch came here, where
+            // its link word pointed) while the hook, not the handle, was
+            // running it; which code did is not known: its destructors,
+            // or code they ran (another coroutine, a scheduler's loop, a
+            // greenlet). Its frames are in the middle of that call:
+            // nothing can go on.
             eprintln!(
                 "corostack: a coroutine that the thread's exit hook was unwinding was resumed \
-                 or dropped through its handle from its own destructors; aborting"
+                 or dropped through its handle during that unwind (by its destructors, or by \
+                 code they ran, such as a scheduler's loop); aborting"
             );
             std::process::abort();
         }
