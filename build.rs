@@ -13,6 +13,7 @@ const SUPPORTED: &[(&str, &str, &str)] = &[
     // ELFv2 little-endian only: big-endian powerpc64 (ELFv1, function
     // descriptors) has no switch here.
     ("powerpc64", "linux", "tested under QEMU (qemu-ppc64le)"),
+    ("x86_64", "windows", "tested under Wine"),
 ];
 
 /// The first part of the target triple for an architecture (`target_arch`
@@ -34,6 +35,14 @@ fn triple_env(arch: &str) -> &str {
     match arch {
         "arm" => "gnueabihf",
         _ => "gnu",
+    }
+}
+
+/// The whole triple of a supported (architecture, system).
+fn triple(arch: &str, os: &str) -> String {
+    match os {
+        "windows" => format!("{arch}-pc-windows-gnu"),
+        _ => format!("{}-unknown-{os}-{}", triple_arch(arch), triple_env(arch)),
     }
 }
 
@@ -63,7 +72,7 @@ fn main() {
     if !SUPPORTED.iter().any(|&(a, o, _)| a == arch && o == os) {
         let list: Vec<String> = SUPPORTED
             .iter()
-            .map(|&(a, o, how)| format!("{}-unknown-{o}-{} ({how})", triple_arch(a), triple_env(a)))
+            .map(|&(a, o, how)| format!("{} ({how})", triple(a, o)))
             .collect();
         panic!(
             "corostack does not support the target {arch}-{os}: its context switch is written \

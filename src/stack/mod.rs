@@ -4,8 +4,8 @@
 //!
 //! The files, each one concept, lower layers first (each imports only the
 //! ones above it in this list):
-//! - `os.rs`: the operating system's facts (page size, whether
-//!   `MADV_GUARD_INSTALL` works);
+//! - `os.rs` (Unix) or `os_windows.rs`: what the system gives (page size,
+//!   a guarded region of memory for a stack, the registry's table);
 //! - `guards.rs`: the registry of guard pages, read by the overflow handler
 //!   and by `maybe_grow`/`remaining_stack`;
 //! - `overflow.rs`: the SIGSEGV/SIGBUS handler that reports an overflow
@@ -36,6 +36,7 @@ pub(crate) mod guards;
 #[cfg(feature = "std")]
 mod mapping;
 #[cfg(feature = "std")]
+#[cfg_attr(windows, path = "os_windows.rs")]
 mod os;
 #[cfg(feature = "overflow-handler")]
 pub(crate) mod overflow;
@@ -47,7 +48,7 @@ mod slice;
 #[cfg(feature = "std")]
 pub use default::DefaultStack;
 #[cfg(feature = "std")]
-pub(crate) use os::page_size;
+pub(crate) use os::{page_size, thread_stack};
 #[cfg(feature = "std")]
 pub use pool::{raise_pool_capacity, set_pool_capacity, trim_pool};
 #[cfg(feature = "std")]
