@@ -244,19 +244,21 @@ fn find_stack(sp: usize) -> Known {
 /// The calling thread's own stack, `[lowest usable address, top)`, read
 /// once per thread from the system (`stack::thread_stack`); `(0, 0)` if
 /// that fails. On Windows the system reports the stack that runs (the
-/// TEB's fields, which the switch keeps in step): a report of a
-/// `DefaultStack` (its reservation's start is a registered guard) is not
-/// the thread's, and is neither used nor kept.
+/// TEB's fields, which the switch keeps in step), whichever it is: read
+/// on every call there, never kept, and a report of a `DefaultStack` (its
+/// reservation's start is a registered guard) left to step 3, which
+/// re-checks it on each use.
 fn thread_stack() -> (usize, usize) {
     if let Some(range) = THREAD_STACK.get() {
         return range;
     }
     let range = match crate::stack::thread_stack() {
         Some((reserved, lo, hi)) if crate::stack::guards::guard_at(reserved).is_none() => (lo, hi),
-        Some(_) => return (0, 0),
-        None => (0, 0),
+        _ => (0, 0),
     };
-    THREAD_STACK.set(Some(range));
+    if !crate::stack::REPORTS_RUNNING_STACK {
+        THREAD_STACK.set(Some(range));
+    }
     range
 }
 
@@ -545,8 +547,9 @@ mod tests {
         .join()
         .unwrap();
         // On the other thread the SliceStack is unknown: no guard, and not
-        // in that thread's list.
-        assert_eq!(remaining, None);
+        // in that thread's list; except on Windows, where the TEB, switched
+        // with the stack, describes it.
+        assert_eq!(remaining.is_some(), cfg!(windows), "{remaining:?}");
     }
 
     #[test]

@@ -795,7 +795,9 @@ fn holds_a_send_async_body_suspended_in_on_stack_that_moves_threads() {
         })
         .join()
         .unwrap();
-        assert!(!known_there);
+        // Unknown on the other thread (no guard, not in its list), except
+        // on Windows, where the TEB, switched with the stack, describes it.
+        assert_eq!(known_there, cfg!(windows));
         // Here: fresh slice stacks, likely at the freed one's address.
         for size in [16 * 1024, 8 * 1024, 24 * 1024].map(|k| MIN_STACK_SIZE + k) {
             let s = slice_stack(size);
@@ -873,10 +875,12 @@ fn holds_small_aligned_closures_on_the_smallest_stacks() {
 /// A slice stack for a body that panics: a panic's own frames (the hook,
 /// the unwinder) fit in 32 KiB on most targets, but took 34 KB (51 KB for
 /// the first of a process) on powerpc64le in a debug build under
-/// qemu-ppc64le, and a slice stack has no guard to stop an overflow.
-#[cfg(not(target_arch = "powerpc64"))]
+/// qemu-ppc64le, and a slice stack has no guard to stop an overflow. On
+/// Windows, whose MIN_STACK_SIZE is 64 KiB (its unwinder copies CONTEXT
+/// records as it goes), the same 96 KiB.
+#[cfg(not(any(target_arch = "powerpc64", windows)))]
 const PANICKING_SLICE_STACK: usize = 32 * 1024 + 16;
-#[cfg(target_arch = "powerpc64")]
+#[cfg(any(target_arch = "powerpc64", windows))]
 const PANICKING_SLICE_STACK: usize = 96 * 1024 + 16;
 
 #[test]

@@ -48,7 +48,7 @@ mod slice;
 #[cfg(feature = "std")]
 pub use default::DefaultStack;
 #[cfg(feature = "std")]
-pub(crate) use os::{page_size, thread_stack};
+pub(crate) use os::{REPORTS_RUNNING_STACK, page_size, thread_stack};
 #[cfg(feature = "std")]
 pub use pool::{raise_pool_capacity, set_pool_capacity, trim_pool};
 #[cfg(feature = "std")]
@@ -137,7 +137,8 @@ pub unsafe trait Stack {
 }
 
 /// The smallest stack that `DefaultStack::new`, `SliceStack` and the hub's
-/// `Builder::stack_size` accept: 32 KiB (64 KiB on powerpc64le).
+/// `Builder::stack_size` accept: 32 KiB (64 KiB on powerpc64le and
+/// Windows, whose unwinder takes the most stack).
 ///
 /// What it bounds: every stack of this size runs a coroutine whose closure
 /// is at most an eighth of it (a new coroutine takes four times its

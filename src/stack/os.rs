@@ -178,6 +178,10 @@ pub(crate) unsafe fn unmap_table(table: *mut u8, bytes: usize) {
     unsafe { libc::munmap(table.cast(), bytes) };
 }
 
+/// Whether [`thread_stack`] reports whichever stack runs rather than the
+/// thread's own: no, on Unix.
+pub(crate) const REPORTS_RUNNING_STACK: bool = false;
+
 /// The calling thread's own stack: the lowest address of its reservation,
 /// its lowest usable address and its top, from `pthread_getattr_np`.
 pub(crate) fn thread_stack() -> Option<(usize, usize, usize)> {

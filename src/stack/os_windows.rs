@@ -146,18 +146,39 @@ pub(crate) unsafe fn unmap_table(table: *mut u8, _bytes: usize) {
     unsafe { VirtualFree(table.cast(), 0, MEM_RELEASE) };
 }
 
+/// Whether [`thread_stack`] reports whichever stack runs rather than the
+/// thread's own: yes, the TEB describes the running stack.
+pub(crate) const REPORTS_RUNNING_STACK: bool = true;
+
 /// The stack that runs, as the TEB describes it (`GetCurrentThreadStackLimits`):
 /// the lowest address of its reservation (`DeallocationStack`), its lowest
-/// usable address and its top (`StackBase`). A thread's stack grows on
-/// demand down to a page of hard guard, a page or two of guard and the
-/// stack guarantee (`SetThreadStackGuarantee`) above it: 64 KiB above the
-/// reservation's start is taken as the lowest usable address, which
-/// covers those with room to spare.
+/// usable address and its top (`StackBase`). A stack whose lowest page is
+/// committed has no guard below its usable part (a `SliceStack`): usable
+/// from there. Otherwise it is a thread's, which grows on demand down to a
+/// reserved page of hard guard, a page or two of guard and the stack
+/// guarantee (`SetThreadStackGuarantee`): 64 KiB above the reservation's
+/// start is taken as its lowest usable address, which covers those with
+/// room to spare.
 pub(crate) fn thread_stack() -> Option<(usize, usize, usize)> {
+    use windows_sys::Win32::System::Memory::{MEMORY_BASIC_INFORMATION, VirtualQuery};
     use windows_sys::Win32::System::Threading::GetCurrentThreadStackLimits;
     let (mut low, mut high) = (0usize, 0usize);
     // SAFETY: writes the two outputs.
     unsafe { GetCurrentThreadStackLimits(&mut low, &mut high) };
-    let lo = low.checked_add(64 * 1024)?;
-    (low != 0 && lo < high).then_some((low, lo, high))
+    if low == 0 {
+        return None;
+    }
+    // SAFETY: all-zero is a valid MEMORY_BASIC_INFORMATION, which
+    // VirtualQuery fills in for any address.
+    let state = unsafe {
+        let mut info: MEMORY_BASIC_INFORMATION = std::mem::zeroed();
+        let n = VirtualQuery(low as *const _, &mut info, size_of_val(&info));
+        (n != 0).then_some(info.State)
+    }?;
+    let lo = if state == MEM_COMMIT {
+        low
+    } else {
+        low.checked_add(64 * 1024)?
+    };
+    (lo < high).then_some((low, lo, high))
 }
