@@ -667,12 +667,41 @@ fn a_thread_stack_overflow_is_still_reported_by_std() {
     }
 }
 
+/// Windows, with the overflow handler: the same one-line report as on
+/// Unix, then an abort.
+#[cfg(windows)]
+#[test]
+#[cfg_attr(
+    not(feature = "overflow-handler"),
+    ignore = "the report is the overflow-handler feature's (off by default)"
+)]
+fn overflowing_a_coroutine_stack_is_reported_and_aborts_on_windows() {
+    const ROLE: &str = "overflow-reported";
+    if util::child_role().as_deref() == Some(ROLE) {
+        let stack = DefaultStack::new(64 * 1024).unwrap();
+        let mut co = Coroutine::<(), (), u64>::with_stack(stack, |_, ()| overflow(0));
+        co.resume(());
+        unreachable!("the overflow must abort the process");
+    }
+    let out = util::run_child(
+        "overflowing_a_coroutine_stack_is_reported_and_aborts_on_windows",
+        ROLE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{:?}\n{stderr}", out.status);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("corostack: coroutine stack overflow (stack of 65536 bytes"))
+        .unwrap_or_else(|| panic!("no overflow message in:\n{stderr}"));
+    assert!(line.ends_with("), aborting"), "{line}");
+}
+
 /// Windows, without the overflow handler: an overflow of a coroutine's
 /// stack is the system's own stack overflow (the TEB's fields describe the
 /// coroutine's stack, and its guard pages are laid out as a thread's), so
 /// the process ends with `STATUS_STACK_OVERFLOW`, as std's threads do;
 /// never an access violation somewhere else, or a silent corruption.
-#[cfg(windows)]
+#[cfg(all(windows, not(feature = "overflow-handler")))]
 #[test]
 fn overflowing_a_coroutine_stack_raises_windows_stack_overflow() {
     const ROLE: &str = "overflow";

@@ -9,7 +9,8 @@
 //! - `guards.rs`: the registry of guard pages, read by the overflow handler
 //!   and by `maybe_grow`/`remaining_stack`;
 //! - `overflow.rs`: the SIGSEGV/SIGBUS handler that reports an overflow
-//!   (feature `overflow-handler`);
+//!   (feature `overflow-handler`); on Windows `overflow_windows.rs`, a
+//!   vectored exception handler;
 //! - `mapping.rs`: one guarded, registered mmap;
 //! - `pool.rs`: the per-thread pool of free mappings;
 //! - `default.rs`: [`DefaultStack`], a mapping taken from and given back to
@@ -39,6 +40,7 @@ mod mapping;
 #[cfg_attr(windows, path = "os_windows.rs")]
 mod os;
 #[cfg(feature = "overflow-handler")]
+#[cfg_attr(windows, path = "overflow_windows.rs")]
 pub(crate) mod overflow;
 #[cfg(feature = "std")]
 mod pool;
