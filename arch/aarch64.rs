@@ -1,4 +1,5 @@
-//! The context switch for aarch64, AAPCS64 (Linux).
+//! The context switch for aarch64, AAPCS64 (Linux; macOS, whose ABI
+//! reserves x18 as well, assembled in CI, not run).
 //!
 //! # The contract (the same in every file of `arch/`)
 //!
@@ -269,8 +270,18 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
 /// `ucontext` is the third argument of the running `SA_SIGINFO` handler.
 #[cfg(feature = "std")]
 pub unsafe fn context_sp(ucontext: *const core::ffi::c_void) -> usize {
-    // SAFETY: as the caller promises.
-    unsafe { (*ucontext.cast::<libc::ucontext_t>()).uc_mcontext.sp as usize }
+    let uc = ucontext.cast::<libc::ucontext_t>();
+    // SAFETY: as the caller promises: a live ucontext_t, whose register
+    // layout is each system's (on macOS, uc_mcontext points to it).
+    unsafe {
+        cfg_if::cfg_if! {
+            if #[cfg(target_vendor = "apple")] {
+                (*(*uc).uc_mcontext).__ss.__sp as usize
+            } else {
+                (*uc).uc_mcontext.sp as usize
+            }
+        }
+    }
 }
 
 /// Writes the registers of a trap's recovery into the `ucontext_t` of an
@@ -290,12 +301,24 @@ pub unsafe fn write_trap_regs(
     // SAFETY: as the caller promises, a live ucontext_t the kernel restores
     // from when the handler returns.
     unsafe {
-        let mc = &mut (*uc).uc_mcontext;
-        mc.pc = pc as u64;
-        mc.sp = sp as u64;
-        mc.regs[0] = args[0] as u64;
-        mc.regs[1] = args[1] as u64;
-        mc.regs[30] = 0;
+        cfg_if::cfg_if! {
+            if #[cfg(target_vendor = "apple")] {
+                // macOS: uc_mcontext points to the registers; x30 is `__lr`.
+                let ss = &mut (*(*uc).uc_mcontext).__ss;
+                ss.__pc = pc as u64;
+                ss.__sp = sp as u64;
+                ss.__x[0] = args[0] as u64;
+                ss.__x[1] = args[1] as u64;
+                ss.__lr = 0;
+            } else {
+                let mc = &mut (*uc).uc_mcontext;
+                mc.pc = pc as u64;
+                mc.sp = sp as u64;
+                mc.regs[0] = args[0] as u64;
+                mc.regs[1] = args[1] as u64;
+                mc.regs[30] = 0;
+            }
+        }
     }
 }
 

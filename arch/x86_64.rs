@@ -1,4 +1,5 @@
-//! The context switch for x86_64, System V ABI (Linux).
+//! The context switch for x86_64, System V ABI (Linux; macOS and FreeBSD
+//! assembled in CI, not run).
 //!
 //! # The contract (the same in every file of `arch/`)
 //!
@@ -80,6 +81,23 @@
 //! too; boost.context keeps them.
 
 use core::arch::{asm, naked_asm};
+
+// The section that holds the words the switches push their continuations
+// from: read-only once relocated. ELF (Linux, FreeBSD) names it with flags
+// and a type; Mach-O (macOS) has no such syntax, and its segment and
+// section for relocated constants is `__DATA,__const`.
+#[cfg(not(target_vendor = "apple"))]
+macro_rules! continuations_section {
+    () => {
+        ".pushsection .data.rel.ro.corostack_continuations,\"aw\",@progbits"
+    };
+}
+#[cfg(target_vendor = "apple")]
+macro_rules! continuations_section {
+    () => {
+        ".pushsection __DATA,__const"
+    };
+}
 
 /// The alignment the ABI requires of the stack pointer at a `call`.
 pub const STACK_ALIGNMENT: usize = 16;
@@ -240,7 +258,7 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
             "push rbp",
             "push rbx",
             "push qword ptr [rip + 4f]",
-            ".pushsection .data.rel.ro.corostack_continuations,\"aw\",@progbits",
+            continuations_section!(),
             ".p2align 3",
             "4: .quad 2f",
             ".popsection",
@@ -277,9 +295,19 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
 /// `ucontext` is the third argument of the running `SA_SIGINFO` handler.
 #[cfg(feature = "std")]
 pub unsafe fn context_sp(ucontext: *const core::ffi::c_void) -> usize {
-    // SAFETY: as the caller promises.
+    let uc = ucontext.cast::<libc::ucontext_t>();
+    // SAFETY: as the caller promises: a live ucontext_t, whose register
+    // layout is each system's (on macOS, uc_mcontext points to it).
     unsafe {
-        (*ucontext.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+        cfg_if::cfg_if! {
+            if #[cfg(target_os = "linux")] {
+                (*uc).uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+            } else if #[cfg(target_os = "freebsd")] {
+                (*uc).uc_mcontext.mc_rsp as usize
+            } else if #[cfg(target_vendor = "apple")] {
+                (*(*uc).uc_mcontext).__ss.__rsp as usize
+            }
+        }
     }
 }
 
@@ -297,13 +325,30 @@ pub unsafe fn write_trap_regs(
 ) {
     let uc = ucontext.cast::<libc::ucontext_t>();
     // SAFETY: as the caller promises, a live ucontext_t the kernel restores
-    // from when the handler returns.
+    // from when the handler returns (on macOS, uc_mcontext points to the
+    // registers).
     unsafe {
-        let gregs = &mut (*uc).uc_mcontext.gregs;
-        gregs[libc::REG_RIP as usize] = pc as i64;
-        gregs[libc::REG_RSP as usize] = sp as i64;
-        gregs[libc::REG_RDI as usize] = args[0] as i64;
-        gregs[libc::REG_RSI as usize] = args[1] as i64;
+        cfg_if::cfg_if! {
+            if #[cfg(target_os = "linux")] {
+                let gregs = &mut (*uc).uc_mcontext.gregs;
+                gregs[libc::REG_RIP as usize] = pc as i64;
+                gregs[libc::REG_RSP as usize] = sp as i64;
+                gregs[libc::REG_RDI as usize] = args[0] as i64;
+                gregs[libc::REG_RSI as usize] = args[1] as i64;
+            } else if #[cfg(target_os = "freebsd")] {
+                let mc = &mut (*uc).uc_mcontext;
+                mc.mc_rip = pc as i64;
+                mc.mc_rsp = sp as i64;
+                mc.mc_rdi = args[0] as i64;
+                mc.mc_rsi = args[1] as i64;
+            } else if #[cfg(target_vendor = "apple")] {
+                let ss = &mut (*(*uc).uc_mcontext).__ss;
+                ss.__rip = pc as u64;
+                ss.__rsp = sp as u64;
+                ss.__rdi = args[0] as u64;
+                ss.__rsi = args[1] as u64;
+            }
+        }
     }
 }
 

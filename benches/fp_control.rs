@@ -1,8 +1,8 @@
 //! What keeping the floating-point control state per context would cost.
 //!
 //! corostack's switch does not save MXCSR and the x87 control word (x86_64),
-//! FPCR (aarch64), fcsr's rounding mode (riscv64), FPSCR (armv7) or FPSCR's
-//! control fields (powerpc64le); see the
+//! FPCR (aarch64), fcsr's rounding mode (riscv64), FPSCR (armv7), FPSCR's
+//! control fields (powerpc64le) or FPC (s390x); see the
 //! top comment of `arch/x86_64.rs`. A switch that kept them would add, per
 //! switch: save ours, load theirs. This bench measures, in one run
 //! (`cargo bench --bench fp_control`):
@@ -12,7 +12,8 @@
 //! - `fp_control/save_load`: what one switch would add (x86_64: `stmxcsr`,
 //!   `fnstcw`, `ldmxcsr`, `fldcw`; aarch64: `mrs`/`str`, `ldr`/`msr fpcr`;
 //!   riscv64: `frrm`/`sd`, `ld`/`fsrm`; armv7: `vmrs`/`str`, `ldr`/`vmsr
-//!   fpscr`; powerpc64le: `mffs`/`stfd`, `lfd`/`mtfsf`);
+//!   fpscr`; powerpc64le: `mffs`/`stfd`, `lfd`/`mtfsf`; s390x: `stfpc`,
+//!   `lfpc`);
 //! - on x86_64, `fp_control/save_load_mxcsr_only` and `.._x87_only`: the
 //!   two halves of `save_load` apart;
 //! - `round_trip/plain`: a corostack round trip (two switches), for scale;
@@ -320,6 +321,48 @@ mod imp {
 
     /// FPSCR's control fields are the whole state: no parts to measure
     /// apart.
+    pub const PARTS: &[super::Part] = &[];
+}
+
+#[cfg(target_arch = "s390x")]
+mod imp {
+    use super::Slots;
+    use core::arch::asm;
+
+    /// Saves the floating-point control register (FPC: the exception
+    /// masks and the rounding modes, which the s390x ELF ABI keeps across
+    /// calls, beside the flags and the data-exception code, which are the
+    /// thread's) into `slots.ours` (`stfpc`: its 4 bytes).
+    #[inline(always)]
+    pub fn save(slots: &mut Slots) {
+        // SAFETY: stores 4 bytes into `slots.ours`, which has 16; the base
+        // register is never r0 (which a base field reads as 0).
+        unsafe {
+            asm!(
+                "stfpc 0({p})",
+                p = in(reg_addr) slots.ours.as_mut_ptr(),
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// Saves ours, then loads theirs: what one switch would add (`lfpc`).
+    #[inline(always)]
+    pub fn save_load(slots: &mut Slots) {
+        // SAFETY: `ours` and `theirs` are 16 bytes each and adjacent
+        // (repr(C)); `theirs` holds a valid FPC (no reserved bit set), read
+        // from this thread by `Slots::current`.
+        unsafe {
+            asm!(
+                "stfpc 0({p})",
+                "lfpc 16({p})",
+                p = in(reg_addr) slots.ours.as_mut_ptr(),
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// FPC is the whole state: no parts to measure apart.
     pub const PARTS: &[super::Part] = &[];
 }
 

@@ -59,9 +59,12 @@ cfg_if::cfg_if! {
     } else if #[cfg(all(target_arch = "powerpc64", target_endian = "little"))] {
         #[path = "../arch/powerpc64.rs"]
         mod imp;
+    } else if #[cfg(target_arch = "s390x")] {
+        #[path = "../arch/s390x.rs"]
+        mod imp;
     } else {
         compile_error!(
-            "corostack supports x86_64, aarch64, i686, riscv64, armv7 and powerpc64le (Linux) only; see build.rs"
+            "corostack supports x86_64, aarch64, i686, riscv64, armv7, powerpc64le and s390x (Linux), x86_64 and aarch64 on macOS, x86_64 on FreeBSD, and x86_64 on Windows only; see build.rs"
         );
     }
 }

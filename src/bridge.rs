@@ -337,7 +337,9 @@ impl<R: Send> SendAsyncCoroutine<R, DefaultStack> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        SendAsyncCoroutine(AsyncCoroutine::new(f))
+        let mut inner = AsyncCoroutine::new(f);
+        inner.co.unlist();
+        SendAsyncCoroutine(inner)
     }
 }
 
@@ -350,7 +352,9 @@ impl<R: Send, S: Stack + Send> SendAsyncCoroutine<R, S> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        SendAsyncCoroutine(AsyncCoroutine::with_stack(stack, f))
+        let mut inner = AsyncCoroutine::with_stack(stack, f);
+        inner.co.unlist();
+        SendAsyncCoroutine(inner)
     }
 }
 

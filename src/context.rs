@@ -50,7 +50,9 @@ pub(crate) const COPIES: usize = 3;
 ///
 /// What the new context takes of the stack before the body's own frames:
 /// the closure at the top, the first frame, [`COPIES`] copies of the
-/// closure, each with its alignment's padding, and [`ENTRY_RESERVE`].
+/// closure, each with its alignment's padding, and [`ENTRY_RESERVE`]. The
+/// closure is `f` itself, or a field of it (the coroutines store a small
+/// header with it): `copied` is its (size, alignment).
 /// Every stack of [`MIN_STACK_SIZE`] bytes or more has room for that with a
 /// closure of up to an eighth of it (aligned to at most 16).
 ///
@@ -59,11 +61,17 @@ pub(crate) const COPIES: usize = 3;
 ///
 /// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
 #[inline(always)]
-pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) -> (usize, usize) {
+pub(crate) fn place_closure<S: Stack, F>(
+    stack: &S,
+    f: F,
+    copied: (usize, usize),
+    entry: arch::EntryFn,
+) -> (usize, usize) {
     let (top, limit) = (stack.top(), stack.limit());
     let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
     let size = mem::size_of::<F>();
-    let below = (size + align)
+    let (copy_size, copy_align) = (copied.0, copied.1.max(arch::STACK_ALIGNMENT));
+    let below = (copy_size + copy_align)
         .checked_mul(COPIES)
         .and_then(|copies| copies.checked_add(arch::INIT_FRAME_SIZE + ENTRY_RESERVE));
     let closure = top
@@ -75,7 +83,7 @@ pub(crate) fn place_closure<S: Stack, F>(stack: &S, f: F, entry: arch::EntryFn) 
                 .is_some_and(|low| low >= limit)
         });
     let Some(closure) = closure else {
-        closure_too_large(top.saturating_sub(limit), size);
+        closure_too_large(top.saturating_sub(limit), copy_size);
     };
     // Under valgrind, a pooled stack's top bytes may be unreadable to
     // memcheck (see `valgrind_make_undefined`) beyond the first frame of

@@ -107,7 +107,10 @@
 //!   the call is, and comes back there.
 //! - Dropping a `Coroutine` (or [`Coroutine::into_stack`]) that has started
 //!   and not finished unwinds its body on its own stack, from any stack and
-//!   from any destructor (of a thread-local at thread exit included). The
+//!   from any destructor (of a thread-local at thread exit included, with
+//!   whatever thread-locals are left then: see
+//!   [Thread-locals](#thread-locals): the thread's exit hook unwinds it
+//!   first if it was suspended on its own stack when the hook ran). The
 //!   destructors that unwind runs may do anything but suspend: nothing can
 //!   resume them with an input. A suspend after the unwind began does not
 //!   switch: if the thread is not unwinding (the body caught the unwind and
@@ -121,6 +124,85 @@
 //!   to unwind: raised anywhere else (a body that caught it and raised it
 //!   again in another coroutine, or a nested coroutine that received it) it
 //!   is an ordinary panic there, which reaches that coroutine's resumer.
+//! - **The thread's exit hook** (see [Thread-locals](#thread-locals)):
+//!   runs on the thread's stack while the thread ends, before some of its
+//!   thread-local destructors, and unwinds the thread's coroutines that
+//!   are suspended on their own stacks, as a drop would.
+//!
+//! # Thread-locals
+//!
+//! A body that suspends inside `KEY.with(|d| ...)` keeps the borrow `d` in
+//! a suspended frame, and `LocalKey::with` relies on its closure ending
+//! before the thread does: a fiber switch inside `with` breaks that
+//! (rust-lang/unsafe-code-guidelines issue 602, which also tracks that
+//! Rust has no sound story for stack switching and thread-locals at all
+//! yet). At thread exit `KEY`'s destructor runs; a coroutine dropped after
+//! it (by another thread-local's destructor) would unwind a body whose
+//! destructors read `d`, and a forgotten coroutine's scoped thread that
+//! was lent `d` would go on reading it.
+//!
+//! What the crate does (`tests/thread_exit.rs`; the module
+//! [`thread_exit`] has the design): on Linux with
+//! glibc, at a thread's first coroutine start, it registers an exit hook
+//! with `__cxa_thread_atexit_impl`, the function std uses for each
+//! thread-local's destructor. glibc runs those last registered, first run,
+//! and std registers a thread-local's destructor when the thread first
+//! uses it; so the hook runs before the destructors of the thread-locals
+//! the thread used *before* the hook was registered, and after those used
+//! later. [`thread_exit::rearm`] registers it
+//! again. The hook unwinds, in place, every coroutine of the thread that
+//! is suspended on its own stack, forgotten or not, as a drop would: its
+//! destructors run and its `std::thread::scope`s join their threads while
+//! those thread-locals are alive; a handle still held somewhere then finds
+//! it done.
+//!
+//! **The rule**: a body may suspend inside `KEY.with` (or lend a borrow
+//! from it to a scoped thread and suspend) only if the coroutine is
+//! finished, or dropped by code that is not a thread-local destructor,
+//! before the thread's thread-local destruction begins; or if the thread
+//! used `KEY` before its exit hook was last registered (before its first
+//! coroutine started, or before a call of `thread_exit::rearm`: one call
+//! after the first use of such thread-locals is enough) and, when the
+//! thread ends, the coroutine is suspended on its own stack (not inside
+//! `on_stack`/`maybe_grow`) with the room for its unwind (below). A
+//! thread-local without a destructor (a `const` `Cell` of a `Copy` type)
+//! is never freed before the thread's memory: it is not concerned.
+//!
+//! What remains open (each reads a dropped thread-local where the rule is
+//! broken):
+//! - a thread-local first used after the hook's last registration: it is
+//!   destroyed before the hook runs (std's order, pinned by a test);
+//! - a coroutine suspended inside an [`on_stack`](crate::on_stack) or
+//!   [`maybe_grow`](crate::maybe_grow) segment at thread exit: the hook
+//!   cannot tell it from a running one, and leaves it (it is dropped or
+//!   leaked as before); and one suspended with less stack left than the
+//!   12 KiB that [`Coroutine::with_stack`] reserves for the entry and a
+//!   forced unwind (15.5 KiB on powerpc64le): its unwind would hit the
+//!   guard page (see [Panics, drops and unwinding](Coroutine#panics-drops-and-unwinding)),
+//!   so it is left too;
+//! - a coroutine that runs when the hook does (`process::exit` from a
+//!   body): left alone, as Rust leaves the frames of every thread at
+//!   `exit`;
+//! - coroutines started after the hook ran (from thread-local
+//!   destructors): they work, but the hook does not run again for them;
+//! - [`SendAsyncCoroutine`](crate::bridge::SendAsyncCoroutine), whose
+//!   contract already forbids such borrows across a suspend, is not
+//!   listed;
+//! - where the C library has no `__cxa_thread_atexit_impl` (musl, glibc
+//!   before 2.18) there is no hook at all, and nothing of this holds;
+//! - the hook relies on std's order of thread-local destructors, an
+//!   implementation detail of std (pinned by a test), not a promise.
+//!
+//! A panic that escapes the hook's unwind of a coroutine aborts the
+//! process with a message, as a panic from a thread-local destructor does;
+//! so does any coroutine of the thread suspended in the middle of an unwind
+//! when the hook has a coroutine to unwind (it cannot tell which one that
+//! is, and a forced unwind of that one would abort anyway: the hub's
+//! killed coroutines that it leaks after its shutdown timeout are such),
+//! and a body whose
+//! destructors, run by the hook's unwind, reach the coroutine's own handle
+//! (through a thread-local) and resume or drop it: the hook runs the
+//! coroutine without borrowing its handle.
 
 use core::cell::Cell;
 use core::fmt;
@@ -139,6 +221,8 @@ use crate::sanitizer::{self, AsanPeer, Fiber};
 #[cfg(feature = "std")]
 use crate::stack::DefaultStack;
 use crate::stack::Stack;
+#[cfg(feature = "std")]
+use crate::thread_exit;
 
 /// What [`Coroutine::resume`] returns: the body either suspended with a
 /// value or returned one.
@@ -230,6 +314,25 @@ const CAN_UNWIND: bool = cfg!(feature = "std") && !cfg!(panic = "abort");
 /// The word that asks a coroutine to unwind, and that tells the resumer a
 /// coroutine finished.
 const SIGNAL: usize = 0;
+
+/// What the spare word of a coroutine holds once it was finished without
+/// ever starting (dropped, `force_unwind`, `force_reset` before its first
+/// resume), so that [`Coroutine::started`] stays false: never the address
+/// of an `Ending`, which is aligned.
+const NEVER_STARTED: usize = 1;
+
+/// What `with_stack` stores at the top of the coroutine's stack: the
+/// coroutine's node in its thread's list for the exit hook (see
+/// `thread_exit`), first, so that it lies at the top of the frames, where
+/// the handle and the hook find it without knowing `F`; then the closure.
+/// Frames never reach above the first frame, so the node stays intact for
+/// the coroutine's whole life (a trap's closure goes below it too).
+#[repr(C)]
+struct Start<F> {
+    #[cfg(feature = "std")]
+    node: thread_exit::Node,
+    f: F,
+}
 
 /// Defines `Coroutine`, with `DefaultStack` as the default stack type
 /// where there is one (the `std` feature).
@@ -520,17 +623,37 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     {
         #[cfg(feature = "std")]
         crate::stack::install_overflow_handler();
-        let (closure, sp) = context::place_closure(&stack, f, entry::<Input, Yield, Return, F>);
+        let fiber = Fiber::create();
+        let start = Start {
+            #[cfg(feature = "std")]
+            node: thread_exit::Node::new(stack.limit(), fiber),
+            f,
+        };
+        let copied = (mem::size_of::<F>(), mem::align_of::<F>());
+        let (closure, sp) =
+            context::place_closure(&stack, start, copied, entry::<Input, Yield, Return, F>);
         let link = link_word(closure);
         // SAFETY: the link word lies inside the frame init_stack just wrote.
         unsafe { link.write(sp) };
         Coroutine {
             link,
             stack: ManuallyDrop::new(stack),
-            fiber: Fiber::create(),
+            fiber,
             suspended_on: AsanPeer::default(),
             _marker: PhantomData,
         }
+    }
+
+    /// Leaves this coroutine, not started yet, out of its thread's list for
+    /// the exit hook (see `thread_exit`): for `SendAsyncCoroutine`, which
+    /// may finish on another thread, and whose contract forbids borrows of
+    /// thread-locals across a suspend.
+    #[cfg(feature = "std")]
+    pub(crate) fn unlist(&mut self) {
+        debug_assert!(!self.started());
+        // SAFETY: the node that `with_stack` wrote, before the first
+        // resume: nothing else uses it yet.
+        unsafe { thread_exit::Node::at(self.link).unlist() };
     }
 
     /// Runs the coroutine until it suspends or returns.
@@ -630,10 +753,31 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         }
     }
 
-    /// Whether the first `resume` has happened.
+    /// Whether a `resume` has run the body: false before the first
+    /// `resume`, and stays false for a coroutine finished without one
+    /// (by [`force_unwind`](Coroutine::force_unwind) or
+    /// [`force_reset`](Coroutine::force_reset), which then only dropped
+    /// or leaked its closure), although it is then [`done`](Coroutine::done).
+    ///
+    /// ```
+    /// let mut co = corostack::Coroutine::<(), (), ()>::new(|_, ()| ());
+    /// co.force_unwind(); // drops the closure; the body never ran
+    /// assert!(co.done() && !co.started());
+    /// ```
     pub fn started(&self) -> bool {
         let initial = self.link as usize + arch::LINK_OFFSET - arch::INIT_FRAME_SIZE;
-        self.saved_sp() != initial
+        let sp = self.saved_sp();
+        // SAFETY: the spare word is a word of our stack, alive with it.
+        sp != initial
+            && (sp != arch::dead_sp() || unsafe { spare_word(self.link).read() } != NEVER_STARTED)
+    }
+
+    /// Marks a coroutine finished without ever starting as such (see
+    /// [`Coroutine::started`]).
+    fn mark_never_started(&mut self) {
+        // SAFETY: the spare word is a word of our stack, alive with it, and
+        // free once the coroutine is done.
+        unsafe { spare_word(self.link).write(NEVER_STARTED) };
     }
 
     /// Whether the body has returned or panicked (or was unwound).
@@ -659,7 +803,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// With `panic = "abort"`, when the coroutine is suspended: its stack
     /// cannot be unwound, so it cannot be reused safely.
     pub fn into_stack(mut self) -> S {
-        if self.started() && !self.done() && !CAN_UNWIND {
+        if !CAN_UNWIND && self.started() && !self.done() {
             panic!(
                 "corostack: cannot unwind a suspended coroutine without std or under \
                  panic = \"abort\", so its stack cannot be given back"
@@ -707,7 +851,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// [`done`]: Coroutine::done
     /// [`into_stack`]: Coroutine::into_stack
     pub fn force_unwind(&mut self) {
-        if self.started() && !self.done() && !CAN_UNWIND {
+        if !CAN_UNWIND && self.started() && !self.done() {
             panic!(
                 "corostack: cannot unwind a suspended coroutine without std or under \
                  panic = \"abort\"; force_reset abandons it instead (unsafe)"
@@ -754,6 +898,13 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         if self.done() {
             return;
         }
+        let fresh = !self.started();
+        #[cfg(feature = "std")]
+        if !fresh {
+            // SAFETY: a started, unfinished coroutine of this thread, not
+            // running (we hold it mutably).
+            unsafe { thread_exit::unlink_abandoned(self.link) };
+        }
         // The frames left on the stack are gone for ASan too: a new
         // coroutine there must not be blamed for their scopes.
         sanitizer::unpoison_stack(self.stack.limit(), self.stack.top() - self.stack.limit());
@@ -762,6 +913,9 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         // again (the caller vouches that nothing else needs it).
         unsafe { self.link.write(arch::dead_sp()) };
         self.suspended_on.set((0, 0));
+        if fresh {
+            self.mark_never_started();
+        }
     }
 
     /// The handle a signal handler uses to send this coroutine back to its
@@ -817,13 +971,18 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     #[cold]
     #[inline(never)]
     fn unwind(&mut self) {
+        let fresh = !self.started();
         // The request goes to the pending suspend, which unwinds the body;
         // every later suspend unwinds again at once or panics (see
         // `Yielder::suspend_while_unwinding`) without switching, so the
         // one word that comes back says the body has finished.
         let word = self.switch_in(SIGNAL);
         debug_assert_eq!(word, SIGNAL, "a coroutine being unwound yielded");
-        match self.take_ending() {
+        let ending = self.take_ending();
+        if fresh {
+            self.mark_never_started();
+        }
+        match ending {
             Ending::Unwound | Ending::Returned(_) => {}
             #[cfg(feature = "std")]
             Ending::Panicked(payload) if std::thread::panicking() => drop(payload),
@@ -835,7 +994,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 
 impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
     fn drop(&mut self) {
-        if self.started() && !self.done() && !CAN_UNWIND {
+        if !CAN_UNWIND && self.started() && !self.done() {
             // Nothing can unwind the stack: leak it rather than free memory
             // that live (possibly pinned) values still occupy.
             return;
@@ -1049,7 +1208,10 @@ where
     // that consumes it: every move of a large closure would be a copy on
     // this stack (a dozen in a debug build, through `catch_unwind`'s
     // layers), which `place_closure` could not count.
-    let f = ptr::with_exposed_provenance_mut::<F>(closure);
+    let start = ptr::with_exposed_provenance_mut::<Start<F>>(closure);
+    // SAFETY: `with_stack` wrote a `Start<F>` at `start`; this takes the
+    // address of its closure without reading it.
+    let f = unsafe { &raw mut (*start).f };
     let yielder = Yielder {
         link: link_word(closure),
         resumer: AsanPeer::default(),
@@ -1081,6 +1243,15 @@ where
             // SAFETY: the first resume sent the address of an I, as every
             // resume does.
             let input = unsafe { take::<I>(input) };
+            // Listed for the thread's exit hook while the body lives (see
+            // `thread_exit`), unless `unlist` left it out.
+            // SAFETY: `with_stack` wrote the `Start`, whose node stays at
+            // the top of the frames for the coroutine's life, unmoved; a
+            // forgotten coroutine's stack stays forever, listed.
+            #[cfg(feature = "std")]
+            unsafe {
+                thread_exit::link(&(*start).node)
+            };
             let call = || {
                 // SAFETY: `with_stack` wrote an F at `f`; it is moved out
                 // once, here, straight into the call (a local would be one
@@ -1099,6 +1270,22 @@ where
             // handler, which does not return.
             #[cfg(not(feature = "std"))]
             let ending = Ending::Returned(call());
+            // SAFETY: linked above, on this thread (a listed coroutine is
+            // neither `Send` nor moved between threads), and not unlinked
+            // since (`force_reset` and a trap, which do, abandon the frames
+            // that would get here).
+            #[cfg(feature = "std")]
+            if unsafe { thread_exit::unlink(&(*start).node) } {
+                // The exit hook unwound us: nobody takes the ending. The
+                // cleared mark tells the hook that this is our last switch.
+                drop_for_the_hook(ending);
+                // SAFETY: our node, as above.
+                unsafe { (*start).node.unlist() };
+                Ending::Unwound
+            } else {
+                ending
+            }
+            #[cfg(not(feature = "std"))]
             ending
         }
     };
@@ -1145,6 +1332,17 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
     // SAFETY: the link word holds the resumer's sp, suspended in `resume`
     // while the coroutine ran; nothing resumes this context again.
     unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
+}
+
+/// Drops the ending of a body that the thread's exit hook unwound; a
+/// panic from that drop aborts, as one from the unwind would.
+#[cfg(feature = "std")]
+#[cold]
+#[inline(never)]
+fn drop_for_the_hook<R>(ending: Ending<R>) {
+    if panic::catch_unwind(AssertUnwindSafe(|| drop(ending))).is_err() {
+        thread_exit::panicked_in_hook();
+    }
 }
 
 /// A resume of a finished coroutine: drop its input, panic.

@@ -107,7 +107,12 @@ impl<Input, Yield, S: Stack> Generator<Input, Yield, S> {
         Yield: 'static,
     {
         Generator {
-            co: Coroutine::with_stack(stack, move |y, _priming: Input| f(y)),
+            co: Coroutine::with_stack(stack, move |y, priming: Input| {
+                // Discarded, as the module docs say: dropped now, not
+                // kept alive by this frame for the body's whole life.
+                drop(priming);
+                f(y)
+            }),
         }
     }
 

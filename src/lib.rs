@@ -1,6 +1,6 @@
 //! Stackful coroutines for Rust, with a context switch written by hand in
-//! `core::arch::asm!` for x86_64, aarch64, i686, riscv64, armv7 and powerpc64le
-//! (Linux; Rust 1.95 or later, see the README's supported targets).
+//! `core::arch::asm!` for x86_64, aarch64, i686, riscv64, armv7, powerpc64le
+//! and s390x (Linux; Rust 1.95 or later, see the README's supported targets).
 //!
 //! A [`Coroutine`] runs a closure on its own guard-paged, pooled stack
 //! ([`DefaultStack`], or any [`Stack`]). The closure can suspend itself
@@ -123,6 +123,8 @@ mod sanitizer;
 #[cfg(feature = "std")]
 pub mod scoped;
 pub mod stack;
+#[cfg(feature = "std")]
+pub mod thread_exit;
 #[cfg(feature = "std")]
 pub mod trap;
 

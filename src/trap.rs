@@ -137,7 +137,11 @@ impl TrapHandlerRegs {
     /// armv7: pc, sp, r0, r1, lr (0) and CPSR's Thumb bit (from bit 0 of
     /// the entry's address); on
     /// powerpc64le: NIP, r1, r3, r4, r12 (the entry's address, from which
-    /// its global entry point derives its TOC pointer) and LR (0).
+    /// its global entry point derives its TOC pointer) and LR (0); on
+    /// s390x: the PSW's address, r15, r2, r3 and r14 (0). The same
+    /// registers on macOS (in the thread state `uc_mcontext` points to) and
+    /// FreeBSD (`mc_rip`, `mc_rsp`, ...), where the crate is assembled in
+    /// CI but not run.
     ///
     /// # Safety
     /// `ucontext` is the third argument of the running `SA_SIGINFO` handler,
@@ -216,6 +220,13 @@ impl<Return> CoroutineTrapHandler<Return> {
         };
         let align = core::mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
         let slot = (self.frames_top - core::mem::size_of::<F>()) & !(align - 1);
+        // The frames below are abandoned: their node leaves the thread's
+        // list for the exit hook before `f` is written over it.
+        // SAFETY: `link` is the link word of this thread's coroutine,
+        // which trapped while it ran (the caller's promise).
+        unsafe {
+            crate::thread_exit::unlink_abandoned(core::ptr::with_exposed_provenance_mut(self.link))
+        };
         // SAFETY: [slot, frames_top) lies in the coroutine's stack, below
         // its first frame and above everything else, which the caller lets
         // us abandon (the handler runs on its own stack).

@@ -504,6 +504,63 @@ fn call_with_patterns(seed: u64, f: extern "C" fn(*mut ()), arg: *mut ()) -> u64
         }
         mask = m;
     }
+    // SAFETY: as above: r6 to r13 and f8 to f15 are stored in a frame of
+    // our own (304 bytes, 8-aligned, whose lowest 160 are the register save
+    // area the ABI gives the callee) and reloaded before the block ends;
+    // what the callee left in them is written into `seen` (16 doublewords),
+    // which the block is given a pointer to.
+    #[cfg(target_arch = "s390x")]
+    unsafe {
+        // What the callee left: r6..r13, then f8..f15 (raw bits).
+        let mut seen = [0u64; 16];
+        std::arch::asm!(
+            // Our frame: the callee's save area, then r6..r13 (r11 is the
+            // frame pointer, which asm! cannot name: saved here all the
+            // same), f8..f15, the seed and `seen`, which the callee must
+            // preserve too.
+            "lay %r15, -304(%r15)",
+            "stmg %r6, %r13, 160(%r15)",
+            "std %f8, 224(%r15)", "std %f9, 232(%r15)", "std %f10, 240(%r15)",
+            "std %f11, 248(%r15)", "std %f12, 256(%r15)", "std %f13, 264(%r15)",
+            "std %f14, 272(%r15)", "std %f15, 280(%r15)",
+            "stg %r5, 288(%r15)", "stg %r3, 296(%r15)",
+            // Load the pattern: seed + 1 .. seed + 8 into r6..r13, seed + 9
+            // .. seed + 16 into f8..f15 (as raw bits, through r0).
+            "la %r6, 1(%r5)", "la %r7, 2(%r5)", "la %r8, 3(%r5)", "la %r9, 4(%r5)",
+            "la %r10, 5(%r5)", "la %r11, 6(%r5)", "la %r12, 7(%r5)", "la %r13, 8(%r5)",
+            "la %r0, 9(%r5)", "ldgr %f8, %r0", "la %r0, 10(%r5)", "ldgr %f9, %r0",
+            "la %r0, 11(%r5)", "ldgr %f10, %r0", "la %r0, 12(%r5)", "ldgr %f11, %r0",
+            "la %r0, 13(%r5)", "ldgr %f12, %r0", "la %r0, 14(%r5)", "ldgr %f13, %r0",
+            "la %r0, 15(%r5)", "ldgr %f14, %r0", "la %r0, 16(%r5)", "ldgr %f15, %r0",
+            // Call f(arg).
+            "basr %r14, %r1",
+            // Write down what the callee left in each register.
+            "lg %r3, 296(%r15)",
+            "stmg %r6, %r13, 0(%r3)",
+            "std %f8, 64(%r3)", "std %f9, 72(%r3)", "std %f10, 80(%r3)", "std %f11, 88(%r3)",
+            "std %f12, 96(%r3)", "std %f13, 104(%r3)", "std %f14, 112(%r3)", "std %f15, 120(%r3)",
+            // Restore what we saved.
+            "lmg %r6, %r13, 160(%r15)",
+            "ld %f8, 224(%r15)", "ld %f9, 232(%r15)", "ld %f10, 240(%r15)",
+            "ld %f11, 248(%r15)", "ld %f12, 256(%r15)", "ld %f13, 264(%r15)",
+            "ld %f14, 272(%r15)", "ld %f15, 280(%r15)",
+            "la %r15, 304(%r15)",
+            in("r5") seed,
+            in("r3") seen.as_mut_ptr(),
+            in("r1") f,
+            in("r2") arg,
+            clobber_abi("C"),
+        );
+        // Set bit i when register i lost its pattern: r6..r13 are bits 0
+        // to 7, f8..f15 bits 8 to 15.
+        let mut m = 0u64;
+        for (i, &v) in seen.iter().enumerate() {
+            if v != seed + 1 + i as u64 {
+                m |= 1 << i;
+            }
+        }
+        mask = m;
+    }
     mask
 }
 

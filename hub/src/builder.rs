@@ -99,8 +99,12 @@ impl Builder {
     /// takes. Past it, or as soon as nothing is left that could wake them
     /// (a deadlock), the coroutines still unwinding are leaked (their stacks
     /// stay mapped, the destructors left on them never run) and `run`
-    /// panics saying so, rather than hang or abort (see
-    /// [Ending](crate#ending) in the crate docs).
+    /// panics saying so, rather than hang (see
+    /// [Ending](crate#ending) in the crate docs). Their frames may borrow the
+    /// thread's thread-locals, so the thread that leaked them aborts the
+    /// process when it exits, before those are destroyed, with a message
+    /// naming the leak (see [Thread-locals](crate#thread-locals)): a leak
+    /// is a bug to fix, which `run`'s panic reports first.
     #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
         self.shutdown_timeout = timeout;

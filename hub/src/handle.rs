@@ -20,6 +20,27 @@ use crate::task::{JoinError, TaskState};
 /// });
 /// assert_eq!(sum, 42);
 /// ```
+///
+/// # Threads and hubs
+///
+/// The handle stays on the thread of its hub: it is neither `Send` nor
+/// `Sync` (whatever `T` is).
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// corostack_hub::run(|| send(corostack_hub::spawn(|| 1)));
+/// ```
+///
+/// ```compile_fail
+/// fn sync<T: Sync>(_: &T) {}
+/// corostack_hub::run(|| sync(&corostack_hub::spawn(|| 1)));
+/// ```
+///
+/// It may outlive its hub: a hub ends only once each of its coroutines
+/// has finished (or was leaked, which counts as killed), so in a later hub
+/// [`join`](JoinHandle::join) returns the result at once and
+/// [`kill`](JoinHandle::kill) does nothing; neither touches the later
+/// hub.
 pub struct JoinHandle<T> {
     task: Rc<Task>,
     slot: Slot<T>,
@@ -98,7 +119,12 @@ impl<T> JoinHandle<T> {
     ///   the kill is raised at its next park where it can be.
     /// - Called outside any coroutine (a destructor that the hub's loop
     ///   runs), `kill` asks for the kill and returns; the victim unwinds
-    ///   when the loop runs it next.
+    ///   when the loop runs it next. The same from a greenlet other than
+    ///   the one the hub runs in (a hub run inside a greenlet, one of whose
+    ///   coroutines switched to the thread's main greenlet): that code is
+    ///   no coroutine of the hub, even when the victim is the coroutine
+    ///   that switched away, which unwinds at its next park once switched
+    ///   back to.
     ///
     /// A second kill of a coroutine whose kill is unwinding does nothing: a
     /// kill is never raised inside a destructor that runs during an unwind.
@@ -137,7 +163,19 @@ impl<T> JoinHandle<T> {
     }
 }
 
-/// Kills one coroutine; made by [`JoinHandle::kill_handle`].
+/// Kills one coroutine; made by [`JoinHandle::kill_handle`]. As the
+/// `JoinHandle`, it is neither `Send` nor `Sync`, and once its hub has
+/// ended its [`kill`](KillHandle::kill) does nothing.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// corostack_hub::run(|| send(corostack_hub::spawn(|| 1).kill_handle()));
+/// ```
+///
+/// ```compile_fail
+/// fn sync<T: Sync>(_: &T) {}
+/// corostack_hub::run(|| sync(&corostack_hub::spawn(|| 1).kill_handle()));
+/// ```
 #[derive(Clone)]
 pub struct KillHandle {
     task: Rc<Task>,

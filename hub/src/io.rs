@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::ptr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -238,7 +238,6 @@ fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()
 ///
 /// ```
 /// use std::io::Write;
-/// use std::os::fd::AsRawFd;
 /// use std::os::unix::net::UnixStream;
 /// use corostack_hub as hub;
 ///
@@ -250,6 +249,32 @@ fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()
 /// });
 /// ```
 ///
+/// The descriptor is borrowed for the whole wait (I/O safety, [`AsFd`]):
+/// nothing can close it meanwhile, so its number cannot be reused by
+/// another descriptor (a hub socket the wait's clean-up would then take
+/// out of the poller). A bare [`RawFd`] owns nothing and is refused:
+///
+/// ```compile_fail
+/// use std::os::fd::{AsRawFd, RawFd};
+/// let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+/// let raw: RawFd = a.as_raw_fd();
+/// corostack_hub::run(move || corostack_hub::wait_readable(&raw).unwrap());
+/// ```
+///
+/// Borrow it instead, from its owner or as a [`BorrowedFd`](std::os::fd::BorrowedFd):
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+/// use corostack_hub as hub;
+///
+/// hub::run(|| {
+///     let (a, b) = UnixStream::pair().unwrap();
+///     let _w = hub::spawn(move || drop(a)); // a hang-up makes `b` readable
+///     hub::wait_readable(&b.as_fd()).unwrap();
+/// });
+/// ```
+///
 /// # Errors
 /// When the poller refuses the descriptor (not pollable, already
 /// registered).
@@ -257,9 +282,9 @@ fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()
 /// # Panics
 /// Outside a hub's coroutine.
 #[track_caller]
-pub fn wait_readable(fd: &impl AsRawFd) -> io::Result<()> {
+pub fn wait_readable(fd: &impl AsFd) -> io::Result<()> {
     wait_fd(
-        fd.as_raw_fd(),
+        fd.as_fd().as_raw_fd(),
         Interest::READABLE,
         Dir::Read,
         "hub::wait_readable",
@@ -268,7 +293,15 @@ pub fn wait_readable(fd: &impl AsRawFd) -> io::Result<()> {
 
 /// Suspends the calling coroutine until `fd` is writable (or has an
 /// error), letting the others run: gevent's `wait_write`. See
-/// [`wait_readable`] for the rules.
+/// [`wait_readable`] for the rules (the descriptor is borrowed for the
+/// wait; a bare `RawFd` is refused):
+///
+/// ```compile_fail
+/// use std::os::fd::{AsRawFd, RawFd};
+/// let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+/// let raw: RawFd = a.as_raw_fd();
+/// corostack_hub::run(move || corostack_hub::wait_writable(&raw).unwrap());
+/// ```
 ///
 /// # Errors
 /// When the poller refuses the descriptor.
@@ -276,9 +309,9 @@ pub fn wait_readable(fd: &impl AsRawFd) -> io::Result<()> {
 /// # Panics
 /// Outside a hub's coroutine.
 #[track_caller]
-pub fn wait_writable(fd: &impl AsRawFd) -> io::Result<()> {
+pub fn wait_writable(fd: &impl AsFd) -> io::Result<()> {
     wait_fd(
-        fd.as_raw_fd(),
+        fd.as_fd().as_raw_fd(),
         Interest::WRITABLE,
         Dir::Write,
         "hub::wait_writable",

@@ -47,9 +47,11 @@
 //! on them runs, their sockets close) and their joiners see
 //! [`JoinError::Killed`]; `run` waits for their destructors, which may
 //! still sleep or do I/O, up to [`Builder::shutdown_timeout`], and panics
-//! saying so if some never finish (see the [`Builder`] method). A panic in
-//! the main closure is re-raised by `run` after that cleanup. A panic in
-//! any other coroutine ends only that coroutine: its
+//! saying so if some never finish (see the [`Builder`] method): those are
+//! leaked, and the thread aborts the process when it exits, before its
+//! thread-locals are destroyed (see [Thread-locals](#thread-locals)). A
+//! panic in the main closure is re-raised by `run` after that cleanup. A
+//! panic in any other coroutine ends only that coroutine: its
 //! [`JoinHandle::join`] returns [`JoinError::Panicked`] with the payload.
 //!
 //! # Killing
@@ -59,9 +61,10 @@
 //! destructors run as ordinary code that may itself sleep, write a goodbye
 //! on a socket, `block_on`, spawn, join or kill. Called from a coroutine,
 //! `kill` waits until the victim has finished (gevent's
-//! `kill(block=True)`); from a destructor that the hub's loop runs, it only
-//! asks. A kill is never raised inside a destructor: a second kill while
-//! the first unwinds does nothing, and a coroutine that kills itself from
+//! `kill(block=True)`); from a destructor that the hub's loop runs, or
+//! from a greenlet other than the hub's, it only asks. A kill is never
+//! raised inside a destructor: a second kill while the first unwinds does
+//! nothing, and a coroutine that kills itself from
 //! a destructor of its own kill goes on unwinding. A coroutine may run
 //! plain [`Coroutine`](corostack::Coroutine)s,
 //! [`AsyncCoroutine`](corostack::bridge::AsyncCoroutine)s and
@@ -74,14 +77,64 @@
 //!
 //! When every coroutine waits (in joins, channels, events) and nothing is
 //! left that could wake one — no timer, no registered socket, no
-//! blocking job, no future awaited with [`block_on`], no [`Remote`] held
-//! by another thread — the hub does not sleep forever: the main
-//! coroutine's wait panics with a message naming the deadlock (gevent's
-//! `LoopExit`), and [`run`] unwinds the others and re-raises it. If the
-//! main coroutine cannot take that panic because it is unwinding already
-//! (its destructors are the ones waiting), `run` panics with the deadlock
-//! at once, leaking the coroutines that cannot finish (see
-//! [`Builder::shutdown_timeout`]).
+//! blocking job, no future awaited with [`block_on`], no live [`Remote`]
+//! — the hub does not sleep forever: the main coroutine's wait panics
+//! with a message naming the deadlock (gevent's `LoopExit`), and [`run`]
+//! unwinds the others and re-raises it. If the main coroutine cannot take
+//! that panic because it is unwinding already (its destructors are the
+//! ones waiting), `run` panics with the deadlock at once, leaking the
+//! coroutines that cannot finish (see [`Builder::shutdown_timeout`]).
+//!
+//! What the hub cannot know is where a `Remote` is: it is `Send`, and
+//! moves to another thread unseen. So every live `Remote` (a clone, one
+//! kept in a coroutine, in a thread-local, in another thread) counts as a
+//! way to wake the hub, and the hub waits for it rather than guess: a
+//! `Remote` that only the hub's own coroutines keep makes a deadlock that
+//! the hub cannot tell from a thread that will hand it work later. It
+//! does not wait silently: once every coroutine has waited with only
+//! `Remote`s left for a second, it says so on stderr (once per hub), with
+//! their count. Drop a `Remote` that the hub's coroutines no longer need,
+//! or hand it to the thread that uses it. From the end of `run` on,
+//! `Remote`s no longer count (the work they send is refused).
+//!
+//! # Thread-locals
+//!
+//! The rule for users: **the destructors of a killed coroutine must
+//! finish within [`Builder::shutdown_timeout`]** and wait for nothing that
+//! cannot come, or the thread that ran the hub aborts the process when it
+//! exits. And in the plain coroutines, generators and greenlets that a hub
+//! coroutine runs itself, the core's rule for thread-locals holds (see
+//! [`Coroutine`](corostack::Coroutine)'s threat model).
+//!
+//! Why: a coroutine that suspends inside `KEY.with(|d| ...)` keeps the
+//! borrow `d` alive in its suspended frames, while `LocalKey::with` relies
+//! on its closure ending before the thread does. A hub coroutine's frames
+//! end when it returns or when its kill's unwind is over; the end of
+//! [`run`] leaks those whose unwind does not finish (past the shutdown
+//! timeout, or in a deadlock), and their frames never end. If such a
+//! frame lent `d` to a scoped thread (`std::thread::scope`, whose scope
+//! then never ends), `KEY`'s destructor would free the value under that
+//! thread when the hub's thread exits. Rust has no sound story yet for
+//! stack switching and thread-locals
+//! ([rust-lang/unsafe-code-guidelines#602](https://github.com/rust-lang/unsafe-code-guidelines/issues/602)),
+//! and the hub cannot see what a frame borrows, so it stops the thread
+//! before that can happen:
+//!
+//! - a thread on which `run` leaked coroutines aborts the process when it
+//!   exits, before the destructor of any thread-local that was in use at
+//!   the leak (all those the leaked frames could borrow), with a message
+//!   naming how many coroutines and why. A leak is so reported twice: by
+//!   `run`'s panic, which the caller may catch and go on, and by the abort
+//!   when the thread ends. (A thread that leaks a ninth time aborts at
+//!   once.)
+//! - a coroutine that finished holds no borrow: a `run` that leaks nothing
+//!   leaves nothing behind, and its thread ends normally.
+//!
+//! What remains: the abort also hits a leaked coroutine that borrowed
+//! nothing; and the core's own remaining cases of its threat model, for
+//! the core coroutines a hub coroutine runs itself (one that suspends
+//! inside `KEY.with` and is then forgotten, or dropped by another
+//! thread-local's destructor at thread exit).
 //!
 //! # Outside a hub
 //!
@@ -92,8 +145,12 @@
 //! # Threads
 //!
 //! A hub and its coroutines belong to one thread (the handles are neither
-//! `Send` nor `Sync`). Other threads reach it through a [`Remote`]: they
-//! hand it work and await the result as a [`Future`].
+//! `Send` nor `Sync`), and each handle acts on the hub that made it only:
+//! a [`CallLater`] used in a later hub panics, a [`JoinHandle`] or
+//! [`KillHandle`] of an ended hub finds its coroutine finished. Other
+//! threads reach a hub through a [`Remote`]: they hand it work and await
+//! the result as a [`Future`] ([`RemoteJoinHandle::join`] blocks, and so
+//! panics on the hub's own thread).
 //! A hub coroutine awaits any future with [`block_on`]. For several cores,
 //! [`Builder::run_on_threads`] runs one hub per thread, and
 //! [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport)
@@ -111,11 +168,16 @@
 //!    `pool` (the blocking threads). A driver owns its data and knows
 //!    nothing of the scheduler's tasks nor of the user functions: what a
 //!    timer does and who waits for a socket are type parameters.
-//! 2. **The scheduler** (`scheduler`): the tasks (each a
+//! 2. **The scheduler** (`scheduler/`): the tasks (each a
 //!    [`Coroutine`](corostack::Coroutine), on the core's public API), the
 //!    drivers it owns, the run loop, and the primitives the user functions
 //!    build on (spawn, park, wake, kill); it explains why suspending from
-//!    anywhere is sound and why the hub is built on `Coroutine`.
+//!    anywhere is sound and why the hub is built on `Coroutine`. Five
+//!    files, layered in turn: `task` (the task record), `hub` (the hub's
+//!    state and its wake-ups), `kill` (the park, kills and unwinding),
+//!    `leak` (the tasks leaked at the end, kept until the thread exits),
+//!    `run` (the loop and the end of `run`); they share the records'
+//!    fields within the scheduler, and nothing outside it sees them.
 //! 3. **The user functions**, on the scheduler: `lib.rs` ([`run`],
 //!    [`spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
 //!    `timer` ([`sleep`], [`timeout`], [`call_later`]), `io`

@@ -35,6 +35,8 @@ use crate::task::{JoinError, KillSelf};
 #[derive(Clone)]
 pub struct Remote {
     shared: Arc<Shared>,
+    /// The hub's [`id`](scheduler::Hub::id).
+    hub: u64,
 }
 
 impl fmt::Debug for Remote {
@@ -51,8 +53,10 @@ impl fmt::Debug for Remote {
 /// Outside a hub.
 #[track_caller]
 pub fn remote() -> Remote {
+    let hub = scheduler::hub("hub::remote");
     Remote {
-        shared: scheduler::hub("hub::remote").queue().clone(),
+        shared: hub.queue().clone(),
+        hub: hub.id(),
     }
 }
 
@@ -80,7 +84,7 @@ impl Remote {
         };
         // A refused job is dropped here: its sender reports Killed.
         let _ = self.shared.send(Message::Spawn(Box::new(job)));
-        RemoteJoinHandle { rx }
+        RemoteJoinHandle { rx, hub: self.hub }
     }
 
     /// Whether the hub has ended (work sent now is refused).
@@ -91,15 +95,32 @@ impl Remote {
 
 /// The result of work handed to a hub with [`Remote::spawn`]: await it
 /// from async code, or [`join`](RemoteJoinHandle::join) it from a thread.
+/// It is `Send` and `Sync` (its `T` is `Send`): any thread may hold it, but
+/// a blocking `join` on the hub's own thread panics (see the method).
 pub struct RemoteJoinHandle<T> {
     rx: Receiver<Result<T, JoinError>>,
+    /// The [`id`](scheduler::Hub::id) of the hub that runs the work.
+    hub: u64,
 }
 
 impl<T> RemoteJoinHandle<T> {
-    /// Blocks the calling thread until the result is there. Not for a
-    /// hub's own coroutines (it would block their hub): they use
-    /// [`block_on`](super::block_on) on the handle.
+    /// Blocks the calling thread until the result is there. Not on the
+    /// thread of the hub that runs the work, while it runs: blocking that
+    /// thread would stop the hub, and the result would never come. A
+    /// coroutine awaits the handle with [`block_on`](super::block_on)
+    /// instead (a coroutine of another hub may use either).
+    ///
+    /// # Panics
+    /// On the thread of the hub that runs the work, while that hub runs
+    /// (in one of its coroutines, or in a destructor that its loop runs),
+    /// whether or not the result is there yet: the mistake shows at once.
+    /// (In a destructor that runs during an unwind, such as a kill's, that
+    /// panic aborts the process, as any panic there does; never a hang.)
+    #[track_caller]
     pub fn join(self) -> Result<T, JoinError> {
+        if scheduler::try_with_hub(|h| h.id() == self.hub).unwrap_or(false) {
+            own_hub_join();
+        }
         self.rx.recv()
     }
 
@@ -123,6 +144,18 @@ impl<T> fmt::Debug for RemoteJoinHandle<T> {
             .field("done", &self.done())
             .finish()
     }
+}
+
+/// A blocking join on the thread of the hub that would have to run the
+/// work.
+#[cold]
+#[track_caller]
+fn own_hub_join() -> ! {
+    panic!(
+        "corostack::hub: `RemoteJoinHandle::join` was called on the thread of the hub that runs \
+         the work: blocking that thread stops the hub, so the result could never come; in a \
+         coroutine, await it with `hub::block_on(handle)`"
+    )
 }
 
 /// A one-value channel between threads, awaited or blocked on. A sender

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -49,9 +50,12 @@ pub fn sleep(duration: Duration) {
 }
 
 /// Suspends the calling coroutine until `deadline`, letting the others
-/// run. A deadline already past lets every other ready coroutine run first
-/// (as [`sleep`] with zero does). Coroutines with the same deadline wake
-/// in the order they went to sleep.
+/// run. Sleeps wake in the order of their deadlines, those with the same
+/// deadline in the order they went to sleep; this holds also for a
+/// deadline already past when the sleep starts: it waits for the timers
+/// like any other (after the coroutines ready now, and after the due
+/// sleeps with earlier deadlines, or with the same one that went to sleep
+/// before it).
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -69,10 +73,8 @@ pub fn sleep(duration: Duration) {
 #[track_caller]
 pub fn sleep_until(deadline: Instant) {
     let hub = scheduler::hub("hub::sleep_until");
-    if deadline <= Instant::now() {
-        hub.yield_now();
-        return;
-    }
+    // A deadline already past goes through the timers too, so that it
+    // wakes after the due timers set before it.
     while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
 }
 
@@ -184,9 +186,28 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
 
 /// A function scheduled by [`call_later`]: [`cancel`](CallLater::cancel)
 /// stops it if it has not started. Dropping the handle does not cancel.
+///
+/// The handle belongs to the hub that scheduled the call, and acts on that
+/// hub only: used in another hub (a later `hub::run` on the same thread),
+/// or outside any hub, its methods panic. It is neither `Send` nor `Sync`,
+/// as the hub it names is this thread's:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// corostack_hub::run(|| send(corostack_hub::call_later(std::time::Duration::ZERO, || {})));
+/// ```
+///
+/// ```compile_fail
+/// fn sync<T: Sync>(_: &T) {}
+/// corostack_hub::run(|| sync(&corostack_hub::call_later(std::time::Duration::ZERO, || {})));
+/// ```
 #[derive(Debug)]
 pub struct CallLater {
+    /// The hub that scheduled it ([`Hub::id`](scheduler::Hub::id)).
+    hub: u64,
     key: TimerKey,
+    /// Neither `Send` nor `Sync`: it names this thread's hub.
+    _thread: PhantomData<*const ()>,
 }
 
 impl CallLater {
@@ -194,20 +215,35 @@ impl CallLater {
     /// never will), `false` if it had already started.
     ///
     /// # Panics
-    /// Outside the hub that scheduled it.
+    /// Outside the hub that scheduled it: outside any hub, or in another
+    /// hub (a later `hub::run`).
     #[track_caller]
     pub fn cancel(&self) -> bool {
-        let hub = scheduler::hub("CallLater::cancel");
-        hub.cancel_timer(self.key)
+        self.own_hub("CallLater::cancel").cancel_timer(self.key)
     }
 
     /// Whether the call is still waiting for its time.
     ///
     /// # Panics
-    /// Outside the hub that scheduled it.
+    /// Outside the hub that scheduled it: outside any hub, or in another
+    /// hub (a later `hub::run`).
     #[track_caller]
     pub fn is_pending(&self) -> bool {
-        scheduler::hub("CallLater::is_pending").timer_is_set(self.key)
+        self.own_hub("CallLater::is_pending").timer_is_set(self.key)
+    }
+
+    /// The hub running here, if it is the one that scheduled the call.
+    #[track_caller]
+    fn own_hub(&self, what: &str) -> &'static scheduler::Hub {
+        let hub = scheduler::hub(what);
+        if hub.id() != self.hub {
+            panic!(
+                "corostack::hub: `{what}` was called in another hub than the one that scheduled \
+                 the call: a `CallLater` acts only on its own hub (that hub has ended, and its \
+                 call was dropped with it)"
+            );
+        }
+        hub
     }
 }
 
@@ -241,11 +277,17 @@ pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallLater {
         // The end of `run`: nothing new starts.
         drop(f);
         return CallLater {
+            hub: hub.id(),
             key: (Instant::now(), 0),
+            _thread: PhantomData,
         };
     }
     let deadline =
         deadline_after(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40));
     let key = hub.set_timer(deadline, Action::Call(Box::new(f)));
-    CallLater { key }
+    CallLater {
+        hub: hub.id(),
+        key,
+        _thread: PhantomData,
+    }
 }

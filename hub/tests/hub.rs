@@ -534,6 +534,39 @@ proptest! {
     }
 }
 
+/// A sleep whose deadline has already passed when it starts still wakes
+/// in (deadline, registration) order: after an earlier sleep with the same
+/// or an earlier deadline that is still waiting for its timer (a
+/// coroutine that computes past both deadlines in between).
+#[test]
+fn a_sleep_whose_deadline_passed_wakes_after_earlier_ones() {
+    let woke = hub::run(|| {
+        let woke = Rc::new(RefCell::new(Vec::new()));
+        let d = Instant::now() + Duration::from_millis(20);
+        let sleeper = |name: &'static str, deadline: Instant| {
+            let w = woke.clone();
+            hub::spawn(move || {
+                hub::sleep_until(deadline);
+                w.borrow_mut().push(name);
+            })
+        };
+        let early = sleeper("early", d);
+        let same = sleeper("same", d);
+        // Computes past both deadlines without suspending.
+        let spin = hub::spawn(move || {
+            while Instant::now() <= d + Duration::from_millis(10) {
+                std::hint::spin_loop();
+            }
+        });
+        // Their deadlines have passed when they start.
+        let late_same = sleeper("late same", d);
+        let late_later = sleeper("late later", d + Duration::from_millis(5));
+        hub::join_all([early, same, spin, late_same, late_later]);
+        woke.take()
+    });
+    assert_eq!(woke, ["early", "same", "late same", "late later"]);
+}
+
 #[test]
 fn a_deadlock_panics_in_main_instead_of_hanging() {
     let drops = DropCounter::default();

@@ -115,8 +115,29 @@
 //!   to it, and a use after it makes a fresh one), so whatever the order in
 //!   which thread-locals are destroyed, a handle dropped then kills its
 //!   greenlet as anywhere (its destructors run during thread exit, with
-//!   whatever thread-locals are left), and every entry point works.
+//!   whatever thread-locals are left: see [Thread-locals](self#thread-locals)
+//!   for borrows of those), and every entry point works.
 //! - **Another thread**: does not compile (see [Threads](self#threads)).
+//!
+//! ## Thread-locals
+//!
+//! A greenlet that switches away inside `KEY.with(|d| ...)` keeps the
+//! borrow `d` in its suspended frames, which `LocalKey::with` does not
+//! allow for (rust-lang/unsafe-code-guidelines issue 602). The thread's
+//! exit hook that finishes suspended [`Coroutine`](crate::Coroutine)s
+//! before the thread-locals die (see
+//! [its threat model](crate::coroutine#thread-locals)) does not reach
+//! greenlets: a suspended greenlet is killed at thread exit only when its
+//! last handle goes, by whichever thread-local destructor drops it, after
+//! `KEY`'s perhaps, and a leaked greenlet (a `mem::forget`-ten handle, a
+//! cycle) is never killed. So the rule is stricter than for coroutines: a
+//! greenlet may switch away inside `KEY.with` (or lend a borrow from it to
+//! a scoped thread and switch away) only if it is dead (returned, or
+//! killed by ordinary code) before the thread ends. What the layer
+//! promises at thread exit is its own machinery's (the bullet above), not
+//! the validity of borrows its greenlets hold. A greenlet switched to or
+//! killed from a coroutine's unwind that the exit hook runs works as
+//! anywhere (`tests/thread_exit.rs`).
 //!
 //! Entry point by entry point: [`Greenlet::new`], [`current`],
 //! [`running_id`], [`Greenlet::parent`], [`Greenlet::set_parent`] and the
@@ -204,7 +225,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{self, ManuallyDrop};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::rc::Rc;
@@ -263,6 +284,9 @@ struct Core {
     /// What a switch touches; first, see [`Hot`].
     hot: Hot,
     life: Cell<Life>,
+    /// Whether its body was called (a greenlet killed before it ran, or
+    /// whose start was refused, has only dropped its closure).
+    ran: Cell<bool>,
     parent: RefCell<Option<Handle>>,
     /// Our stack, given back (to the pool) once the greenlet is dead.
     stack: RefCell<Option<DefaultStack>>,
@@ -364,6 +388,7 @@ fn new_main() -> *const Core {
             link: Cell::new(ptr::null_mut()),
         },
         life: Cell::new(Life::Started),
+        ran: Cell::new(true),
         parent: RefCell::new(None),
         stack: RefCell::new(None),
         handles: Cell::new(0),
@@ -702,7 +727,12 @@ impl<T: 'static> Greenlet<T> {
         F: FnOnce(T) -> T + 'static,
     {
         crate::stack::install_overflow_handler();
-        let (closure, sp) = crate::context::place_closure(&stack, f, entry::<T, F>);
+        let (closure, sp) = crate::context::place_closure(
+            &stack,
+            f,
+            (mem::size_of::<F>(), mem::align_of::<F>()),
+            entry::<T, F>,
+        );
         let asan = AsanPeer::default();
         asan.set((stack.limit(), stack.top() - stack.limit()));
         let core = Rc::new(Core {
@@ -715,6 +745,7 @@ impl<T: 'static> Greenlet<T> {
                 )),
             },
             life: Cell::new(Life::NotStarted),
+            ran: Cell::new(false),
             parent: RefCell::new(Some(Handle::new(running()))),
             stack: RefCell::new(Some(stack)),
             handles: Cell::new(0),
@@ -859,9 +890,12 @@ impl<T> Greenlet<T> {
         self.handle.0.life.get() == Life::Dead
     }
 
-    /// Whether the greenlet has started (a main greenlet always has).
+    /// Whether a switch has run the body (a main greenlet always has):
+    /// false before the first switch into it, and stays false for a
+    /// greenlet killed before that (whose closure was only dropped),
+    /// although it is then [`done`](Greenlet::done).
     pub fn started(&self) -> bool {
-        self.handle.0.life.get() != Life::NotStarted
+        self.handle.0.ran.get()
     }
 
     /// Whether this is the thread's implicit main greenlet.
@@ -1114,7 +1148,10 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
             // Only then may that stack go (outside the body's closure, which
             // stays as lean as it was for the switches it makes).
             match sender.map_or(Ok(()), bury_caught) {
-                Ok(()) => panic::catch_unwind(AssertUnwindSafe(|| call(input))),
+                Ok(()) => {
+                    me.ran.set(true);
+                    panic::catch_unwind(AssertUnwindSafe(|| call(input)))
+                }
                 Err(p) => panic::catch_unwind(AssertUnwindSafe(|| {
                     drop(input);
                     drop_f()

@@ -1,0 +1,459 @@
+//! Thread exit: finishing a thread's suspended coroutines while its
+//! thread-locals are still alive.
+//!
+//! # The hazard
+//!
+//! A body that suspends inside `KEY.with(|d| ...)` keeps a borrow of the
+//! thread-local `KEY` in a suspended frame. `LocalKey::with` relies on its
+//! closure ending before the thread does; a suspended coroutine breaks
+//! that. At thread exit `KEY`'s destructor runs, and afterwards either the
+//! coroutine's drop (from another thread-local's destructor) unwinds the
+//! body, whose destructors read `d`, or, for a `mem::forget`-ten coroutine,
+//! a scoped thread the body lent `d` to goes on reading it: both read a
+//! dropped value (rust-lang/unsafe-code-guidelines issue 602: Rust has no
+//! sound story for stack switching and thread-locals yet).
+//!
+//! # What this module does (design note)
+//!
+//! - Every started, unfinished [`Coroutine`](crate::Coroutine) of a thread
+//!   is in a per-thread circular intrusive list: its `Node` lives at the
+//!   top of its own stack, above its first frame (written there with the
+//!   closure by `Coroutine::with_stack`: one word, the stack's lowest
+//!   address), which a forgotten coroutine never frees; its link word is
+//!   right below it. The entry links it when the body starts and unlinks
+//!   it when the body ends: about two dozen instructions per coroutine
+//!   life, nothing per switch. `force_reset` and a trap, which abandon the
+//!   frames, unlink it first.
+//! - At the thread's first coroutine start, the thread's *exit hook* is
+//!   registered with glibc's `__cxa_thread_atexit_impl`, the function that
+//!   Rust's std uses for thread-local destructors on Linux. glibc runs
+//!   those callbacks last registered, first run; std registers one per
+//!   thread-local, when the thread first uses it (not one for all of them:
+//!   `tests/thread_exit.rs` pins this). So the hook runs before the
+//!   destructor of every thread-local that the thread used before the hook
+//!   was registered, and after those first used later. [`rearm`] registers
+//!   it again, so that it also runs before the thread-locals used so far.
+//! - The hook (once per thread: a later registration finds the work done)
+//!   unwinds every listed coroutine that is suspended on its own stack, in
+//!   place, forgotten or not, as a drop would: its destructors run and a
+//!   `std::thread::scope` in it joins its threads while those
+//!   thread-locals are alive. The hook takes the node out of the list and
+//!   marks it; the entry then drops the body's ending itself (the hook
+//!   does not know its type). A handle still alive then finds its
+//!   coroutine done. A panic that escapes that unwind aborts the process
+//!   with a message (as a panic from a thread-local destructor does), and
+//!   so does a resume or drop of the coroutine through its handle from its
+//!   own destructors during that unwind (the handle is not borrowed then:
+//!   the hook, not the handle, runs it).
+//! - Left alone (documented in `Coroutine`'s threat model): a coroutine
+//!   suspended inside an `on_stack`/`maybe_grow` segment, or with less
+//!   than `context::ENTRY_RESERVE` of its stack left, one that is
+//!   running (`process::exit` from inside a body), a `SendAsyncCoroutine`
+//!   (its contract already forbids thread-local borrows across a suspend),
+//!   coroutines started after the hook ran, and every thread where
+//!   `__cxa_thread_atexit_impl` is missing (musl, glibc before 2.18): they
+//!   are finished or leaked as without this module.
+//!
+//! A consumer that leaks suspended coroutines on purpose (the hub after
+//! `shutdown_timeout`) has them unwound by the hook at thread exit, like
+//! any forgotten coroutine of the thread; but while any coroutine of the
+//! thread is suspended in the middle of an unwind (a killed coroutine
+//! whose destructors wait), the hook can unwind none of them (it cannot
+//! tell which one that is, and a forced unwind of that one would abort),
+//! and it aborts the process with a one-line message instead of letting
+//! the thread-locals die under their frames.
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::mem::{self, MaybeUninit};
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::arch;
+use crate::context::{self, Enter, Tsan};
+use crate::sanitizer::Fiber;
+
+/// A coroutine's entry in its thread's list: the head of what
+/// `Coroutine::with_stack` stores at the top of the coroutine's stack
+/// (right above its first frame, where the link word says), written once
+/// there (its `limit` only), linked while the body lives. Frames never
+/// reach it, and it does not move.
+#[repr(C)]
+pub(crate) struct Node {
+    /// The lowest address of the coroutine's stack; 0 for a coroutine left
+    /// out of the list, [`HOOK_FINISHES`] for one the hook unwinds.
+    limit: Cell<usize>,
+    links: Links,
+    /// The coroutine's ThreadSanitizer fiber (empty without it).
+    fiber: Fiber,
+}
+
+/// The two links of a circular list whose head is the thread's [`LIST`]:
+/// set by [`link`], uninitialised before (so a coroutine's creation writes
+/// one word of its node).
+#[repr(C)]
+struct Links {
+    prev: Cell<MaybeUninit<*const Links>>,
+    next: Cell<MaybeUninit<*const Links>>,
+}
+
+/// `Node::limit` of a coroutine that the exit hook took out of the list to
+/// unwind it: its entry drops its ending itself (nobody takes it).
+const HOOK_FINISHES: usize = usize::MAX;
+
+impl Node {
+    /// The node of a new coroutine on a stack whose lowest address is
+    /// `limit`.
+    #[inline(always)]
+    pub(crate) fn new(limit: usize, fiber: Fiber) -> Node {
+        Node {
+            limit: Cell::new(limit),
+            links: Links {
+                prev: Cell::new(MaybeUninit::uninit()),
+                next: Cell::new(MaybeUninit::uninit()),
+            },
+            fiber,
+        }
+    }
+
+    /// The node of the coroutine whose link word is `link`.
+    ///
+    /// # Safety
+    /// `link` is the link word of a live coroutine made by
+    /// `Coroutine::with_stack`.
+    #[inline(always)]
+    pub(crate) unsafe fn at<'a>(link: *mut usize) -> &'a Node {
+        // SAFETY: the node begins where the frames end, `LINK_OFFSET`
+        // above the link word (see `context::link_word`), alive with the
+        // stack.
+        unsafe { &*ptr::with_exposed_provenance::<Node>(link.addr() + arch::LINK_OFFSET) }
+    }
+
+    /// The node whose links are at `links`.
+    ///
+    /// # Safety
+    /// `links` are those of a listed node (not the list's head).
+    unsafe fn of<'a>(links: *const Links) -> &'a Node {
+        // SAFETY: `links` is the field right after `limit` (`repr(C)`).
+        unsafe { &*links.byte_sub(mem::offset_of!(Node, links)).cast::<Node>() }
+    }
+
+    /// Leaves the coroutine out of the list (before it starts, or once its
+    /// frames are abandoned).
+    pub(crate) fn unlist(&self) {
+        self.limit.set(0);
+    }
+
+    /// The coroutine's link word.
+    fn link_word(&self) -> *mut usize {
+        context::link_word(ptr::from_ref(self).expose_provenance())
+    }
+
+    /// Whether the hook can unwind the coroutine: it is suspended on its
+    /// own stack (its saved sp lies in its stack, below this node, its
+    /// frames' top), with room left there for the forced unwind (the
+    /// stack that `context::ENTRY_RESERVE` counts for one; with less, the
+    /// unwind would hit the guard page, as a drop would). A running
+    /// coroutine's link word holds its resumer's sp, which is never on the
+    /// coroutine's own stack (nothing runs there while the coroutine waits
+    /// in a resume of its own; a coroutine cannot resume itself).
+    fn unwindable(&self) -> bool {
+        // SAFETY: the link word is a word of the coroutine's stack, which
+        // stays mapped while the node is listed.
+        let sp = unsafe { self.link_word().read() };
+        let low = self.limit.get().saturating_add(context::ENTRY_RESERVE);
+        (low..ptr::from_ref(self).addr()).contains(&sp)
+    }
+}
+
+/// Where this thread is in its life, as far as coroutines are concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No coroutine has started on this thread yet: no hook.
+    Unhooked,
+    /// The hook is registered (or cannot be: no `__cxa_thread_atexit_impl`).
+    Hooked,
+    /// The hook ran (or runs): the thread is ending.
+    Exiting,
+}
+
+thread_local! {
+    /// This thread's phase. No destructor (a `const` `Cell` of a `Copy`
+    /// type), so it is there for every thread-local destructor.
+    static PHASE: Cell<Phase> = const { Cell::new(Phase::Unhooked) };
+    /// The head of this thread's circular list of nodes: its links point
+    /// at itself when the list is empty, and are null before the thread's
+    /// first coroutine start (which registers the hook). No destructor
+    /// either.
+    static LIST: Links = const {
+        Links {
+            prev: Cell::new(MaybeUninit::new(ptr::null())),
+            next: Cell::new(MaybeUninit::new(ptr::null())),
+        }
+    };
+}
+
+/// This thread's list head.
+#[inline(always)]
+fn head() -> *const Links {
+    LIST.with(ptr::from_ref)
+}
+
+/// Links `node` into this thread's list (unless it was left out),
+/// registering the exit hook at the thread's first coroutine start.
+///
+/// # Safety
+/// `node` stays where it is, alive, until [`unlink`] is called with it on
+/// this thread.
+#[inline(always)]
+pub(crate) unsafe fn link(node: &Node) {
+    if node.limit.get() == 0 {
+        return;
+    }
+    let head = head();
+    // SAFETY: the head is this thread's, alive; its links are initialised
+    // (null before the first start, then nodes or itself).
+    let mut first = unsafe { (*head).next.get().assume_init() };
+    if first.is_null() {
+        first = hook();
+    }
+    let links = &node.links;
+    links.prev.set(MaybeUninit::new(head));
+    links.next.set(MaybeUninit::new(first));
+    // SAFETY: `first` is the head or a listed node's links, alive (the
+    // callers' promise for each).
+    unsafe {
+        (*first).prev.set(MaybeUninit::new(links));
+        (*head).next.set(MaybeUninit::new(links));
+    }
+}
+
+/// Takes `node` out of this thread's list (if it is listed); returns
+/// whether the exit hook had taken it out to unwind it, in which case the
+/// caller drops its own ending.
+///
+/// # Safety
+/// `node` was linked by [`link`] on this thread and not unlinked since
+/// (but by the hook, which leaves it linked to itself).
+#[inline(always)]
+pub(crate) unsafe fn unlink(node: &Node) -> bool {
+    if node.limit.get() == 0 {
+        return false;
+    }
+    let links = &node.links;
+    // SAFETY: a linked node's links were set by `link` (and by the unlinks
+    // of its neighbours since); they point at live links.
+    unsafe {
+        let (prev, next) = (
+            links.prev.get().assume_init(),
+            links.next.get().assume_init(),
+        );
+        (*prev).next.set(MaybeUninit::new(next));
+        (*next).prev.set(MaybeUninit::new(prev));
+    }
+    node.limit.get() == HOOK_FINISHES
+}
+
+/// Takes out of this thread's list the coroutine whose frames are being
+/// abandoned (`force_reset`, a trap), if it is listed.
+///
+/// # Safety
+/// `link` is the link word of a started, unfinished coroutine of this
+/// thread that is not running, or that trapped.
+pub(crate) unsafe fn unlink_abandoned(link: *mut usize) {
+    // SAFETY: as the caller promises: its node is linked (unless left out).
+    unsafe {
+        let node = Node::at(link);
+        let _ = unlink(node);
+        node.unlist();
+    }
+}
+
+/// Registers this thread's exit hook again, now, so that it runs before
+/// the destructor of every thread-local this thread has used so far (see
+/// the threat model of [`Coroutine`](crate::coroutine#thread-locals)):
+/// call it after the first use of the thread-locals that your coroutines
+/// hold borrows of across a suspend. Each call costs one small allocation,
+/// kept until the thread ends: call it once per thread, not per coroutine.
+///
+/// Returns whether the hook is registered: `false` where the C library
+/// lacks `__cxa_thread_atexit_impl` (musl, glibc before 2.18), and once the
+/// hook has run (during thread-local destruction).
+///
+/// ```
+/// use std::cell::RefCell;
+/// thread_local!(static NAMES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) });
+///
+/// std::thread::spawn(|| {
+///     NAMES.with(|n| n.borrow_mut().push("first".into())); // first use
+///     assert!(corostack::thread_exit::rearm());
+///     // ... coroutines that suspend inside NAMES.with ...
+/// })
+/// .join()
+/// .unwrap();
+/// ```
+pub fn rearm() -> bool {
+    if PHASE.get() == Phase::Exiting {
+        return false;
+    }
+    init_list();
+    PHASE.set(Phase::Hooked);
+    register()
+}
+
+/// Makes this thread's list empty (its head linked to itself) if it is
+/// not initialised yet; returns the head.
+fn init_list() -> *const Links {
+    let head = head();
+    // SAFETY: this thread's head, alive; its links are initialised.
+    unsafe {
+        if (*head).next.get().assume_init().is_null() {
+            (*head).next.set(MaybeUninit::new(head));
+            (*head).prev.set(MaybeUninit::new(head));
+        }
+    }
+    head
+}
+
+/// The thread's first coroutine start: registers the hook; returns the
+/// empty list's head.
+#[cold]
+#[inline(never)]
+fn hook() -> *const Links {
+    // Once, whether or not the C library has the function: a thread
+    // without it is not asked again at every start.
+    let head = init_list();
+    if PHASE.get() == Phase::Unhooked {
+        PHASE.set(Phase::Hooked);
+        register();
+    }
+    head
+}
+
+/// `__cxa_thread_atexit_impl(func, obj, dso_symbol)`.
+type AtExitImpl =
+    unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void, *mut c_void) -> i32;
+
+/// Registers [`at_thread_exit`] with glibc; false without the function.
+fn register() -> bool {
+    /// The function's address: 0 not looked up yet, 1 absent.
+    static IMPL: AtomicUsize = AtomicUsize::new(0);
+    /// An address inside this crate's object, so that the C library knows
+    /// which object the callback belongs to (and keeps it loaded).
+    static ANCHOR: u8 = 0;
+    let mut f = IMPL.load(Ordering::Relaxed);
+    if f == 0 {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no
+        // other precondition.
+        let found =
+            unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__cxa_thread_atexit_impl".as_ptr()) };
+        f = if found.is_null() { 1 } else { found.addr() };
+        IMPL.store(f, Ordering::Relaxed);
+    }
+    if f == 1 {
+        return false;
+    }
+    // SAFETY: `f` is glibc's `__cxa_thread_atexit_impl` (found by its
+    // name), whose signature is `AtExitImpl`.
+    let f = unsafe { std::mem::transmute::<usize, AtExitImpl>(f) };
+    let anchor = ptr::from_ref(&ANCHOR).cast_mut().cast();
+    // SAFETY: the callback takes no argument that could dangle; the anchor
+    // is a static of this object.
+    unsafe { f(at_thread_exit, ptr::null_mut(), anchor) == 0 }
+}
+
+/// The one-line report and abort of a panic that escaped the unwind of a
+/// coroutine that the exit hook finishes.
+#[cold]
+pub(crate) fn panicked_in_hook() -> ! {
+    eprintln!(
+        "corostack: a panic escaped the unwind of a coroutine suspended at thread exit \
+         (from one of its destructors); aborting"
+    );
+    std::process::abort();
+}
+
+/// The exit hook: finishes this thread's suspended coroutines.
+unsafe extern "C" fn at_thread_exit(_: *mut c_void) {
+    if PHASE.get() == Phase::Exiting {
+        // A registration made earlier than the one that ran first.
+        return;
+    }
+    PHASE.set(Phase::Exiting);
+    if panic::catch_unwind(AssertUnwindSafe(finish_suspended)).is_err() {
+        panicked_in_hook();
+    }
+}
+
+/// Unwinds every listed coroutine suspended on its own stack, until none
+/// is left (the unwinds may start, suspend or finish other coroutines).
+fn finish_suspended() {
+    while let Some(node) = first_suspended() {
+        if std::thread::panicking() {
+            // A coroutine of this thread is suspended inside a destructor
+            // run by its own panic: a forced unwind now would abort anyway.
+            eprintln!(
+                "corostack: at thread exit, a coroutine is suspended in the middle of an \
+                 unwind, so the thread's suspended coroutines cannot be unwound before its \
+                 thread-locals are destroyed; aborting"
+            );
+            std::process::abort();
+        }
+        let (link, limit) = (node.link_word(), node.limit.get());
+        let enter = Enter {
+            bounds: Some((limit, ptr::from_ref(node).addr() - limit)),
+            tsan: Tsan::Resume(node.fiber),
+        };
+        // Out of the list now, linked to itself (so that its entry's
+        // unlink changes nothing); seeing the mark, its entry drops its own
+        // ending (of a type only it knows) when the unwind is over.
+        // SAFETY: listed on this thread.
+        let _ = unsafe { unlink(node) };
+        node.limit.set(HOOK_FINISHES);
+        let links = ptr::from_ref(&node.links);
+        node.links.prev.set(MaybeUninit::new(links));
+        node.links.next.set(MaybeUninit::new(links));
+        // SAFETY: the coroutine is suspended on its own stack (checked),
+        // alive (listed), and resumed by nothing else now: its handle, if
+        // any, is not running (we are, on this thread). The word 0 asks its
+        // pending suspend to unwind, as `Coroutine`'s drop does; its entry
+        // unlinks the node and comes back with 0 once the body is finished.
+        let back = unsafe { context::switch(0, link.read(), link, enter) };
+        if back.word != 0 || node.limit.get() != 0 {
+            // Not its entry's last switch (which clears the mark): its
+            // handle, reached from its own destructors (through a
+            // thread-local), resumed or dropped it while the hook, not the
+            // handle, was running it. Its frames are in the middle of
+            // that call: nothing can go on.
+            eprintln!(
+                "corostack: a coroutine that the thread's exit hook was unwinding was resumed \
+                 or dropped through its handle from its own destructors; aborting"
+            );
+            std::process::abort();
+        }
+        // SAFETY: the link word of the finished coroutine's stack; the
+        // dead sp there marks it done for its handle, which then neither
+        // resumes nor unwinds it again, nor takes its ending (dropped).
+        unsafe { link.write(arch::dead_sp()) };
+    }
+}
+
+/// The first listed coroutine suspended on its own stack.
+fn first_suspended() -> Option<&'static Node> {
+    let head = init_list();
+    // SAFETY: the list's links are initialised and point at live links:
+    // the head's, or those of listed nodes, alive until their coroutine
+    // finishes, which the caller waits for before looking again.
+    unsafe {
+        let mut n = (*head).next.get().assume_init();
+        while n != head {
+            let node = Node::of(n);
+            if node.unwindable() {
+                return Some(node);
+            }
+            n = (*n).next.get().assume_init();
+        }
+    }
+    None
+}
