@@ -335,6 +335,23 @@ fn hook() -> *const Links {
 type AtExitImpl =
     unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void, *mut c_void) -> i32;
 
+/// glibc's `__cxa_thread_atexit_impl`, or null where the C library has
+/// none.
+#[cfg(unix)]
+fn find_atexit_impl() -> *mut c_void {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no
+    // other precondition.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__cxa_thread_atexit_impl".as_ptr()) }
+}
+
+/// Windows has no `__cxa_thread_atexit_impl` (MinGW's C runtime runs
+/// thread-local destructors from a TLS callback of its own): the thread
+/// goes without the hook, as on a Unix C library without the function.
+#[cfg(windows)]
+fn find_atexit_impl() -> *mut c_void {
+    ptr::null_mut()
+}
+
 /// Registers [`at_thread_exit`] with glibc; false without the function.
 fn register() -> bool {
     /// The function's address: 0 not looked up yet, 1 absent.
@@ -344,10 +361,7 @@ fn register() -> bool {
     static ANCHOR: u8 = 0;
     let mut f = IMPL.load(Ordering::Relaxed);
     if f == 0 {
-        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no
-        // other precondition.
-        let found =
-            unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__cxa_thread_atexit_impl".as_ptr()) };
+        let found = find_atexit_impl();
         f = if found.is_null() { 1 } else { found.addr() };
         IMPL.store(f, Ordering::Relaxed);
     }
