@@ -58,6 +58,10 @@ unsafe extern "system" fn on_fault(info: *mut EXCEPTION_POINTERS) -> i32 {
 }
 
 fn install() {
+    // The crate's handler (with the overflow-handler feature) first, so
+    // that ours, added after it and first in the chain, sees the fault
+    // first.
+    corostack::stack::install_overflow_handler();
     static ONCE: Once = Once::new();
     // SAFETY: `on_fault` has the signature the system calls.
     ONCE.call_once(|| unsafe {
