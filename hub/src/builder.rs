@@ -1,5 +1,6 @@
 //! [`Builder`]: a hub's settings, and hubs on several threads.
 
+use std::io;
 use std::panic;
 use std::sync::Arc;
 use std::thread;
@@ -124,8 +125,37 @@ impl Builder {
     /// apply here.
     ///
     /// # Panics
-    /// Inside a hub; with `f`'s payload if `f` panics.
+    /// Inside a hub; when the hub cannot start (see
+    /// [`try_run`](Builder::try_run)); with `f`'s payload if `f` panics.
+    #[track_caller]
     pub fn run<T: 'static>(self, f: impl FnOnce() -> T + 'static) -> T {
+        match self.try_run(f) {
+            Ok(v) => v,
+            Err(e) => panic!("corostack::hub: {e}"),
+        }
+    }
+
+    /// Runs a hub as [`run`](Builder::run) does, but returns an error
+    /// instead of panicking when the hub cannot start: for a server that
+    /// must not panic under memory pressure (with
+    /// [`try_spawn`](crate::try_spawn) for its coroutines).
+    ///
+    /// ```
+    /// let v = corostack_hub::Builder::new().try_run(|| 6 * 7)?;
+    /// assert_eq!(v, 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the poller cannot be created (`epoll_create`, the waker's
+    /// `eventfd`: out of descriptors), or no stack can be mapped for the
+    /// main coroutine (`OutOfMemory`); `f` has not run then (it is
+    /// dropped).
+    ///
+    /// # Panics
+    /// Inside a hub; with `f`'s payload if `f` panics; as `run` does when
+    /// the end of the hub leaks coroutines.
+    pub fn try_run<T: 'static>(self, f: impl FnOnce() -> T + 'static) -> io::Result<T> {
         scheduler::run(
             Config::new(
                 self.stack_size,
@@ -151,34 +181,83 @@ impl Builder {
     /// ```
     ///
     /// # Panics
-    /// When a thread cannot start; with the first payload if any hub's `f`
-    /// panics (after every thread has ended).
+    /// When a thread or a hub cannot start (see
+    /// [`try_run_on_threads`](Builder::try_run_on_threads)); with the
+    /// first payload if any hub's `f` panics (after every thread has
+    /// ended).
+    #[track_caller]
     pub fn run_on_threads<T, F>(self, f: F) -> Vec<T>
     where
         F: Fn(usize) -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
+        match self.try_run_on_threads(f) {
+            Ok(v) => v,
+            Err(e) => panic!("corostack::hub: {e}"),
+        }
+    }
+
+    /// Runs one hub on each of `threads` threads as
+    /// [`run_on_threads`](Builder::run_on_threads) does, but returns an
+    /// error instead of panicking when a thread or a hub cannot start.
+    ///
+    /// ```
+    /// let ids = corostack_hub::Builder::new()
+    ///     .threads(3)
+    ///     .try_run_on_threads(|i| i)?;
+    /// assert_eq!(ids, [0, 1, 2]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first failure to start: of a thread (`pthread_create`, out of
+    /// memory or of threads: the threads started before it run their hub
+    /// to its end, and the calling thread starts none), or of a hub (see
+    /// [`try_run`](Builder::try_run); the other hubs run to their end).
+    ///
+    /// # Panics
+    /// With the first payload if any hub's `f` panics (after every thread
+    /// has ended).
+    pub fn try_run_on_threads<T, F>(self, f: F) -> io::Result<Vec<T>>
+    where
+        F: Fn(usize) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
         let f = Arc::new(f);
-        let others: Vec<_> = (1..self.threads)
-            .map(|i| {
-                let f = f.clone();
-                thread::Builder::new()
-                    .name(format!("corostack-hub-{i}"))
-                    .spawn(move || self.run(move || f(i)))
-                    .expect("corostack::hub: cannot start a hub thread")
-            })
-            .collect();
-        let g = f.clone();
-        let first = panic::catch_unwind(panic::AssertUnwindSafe(|| self.run(move || g(0))));
+        let mut others = Vec::with_capacity(self.threads - 1);
+        let mut failed = None;
+        for i in 1..self.threads {
+            let f = f.clone();
+            match thread::Builder::new()
+                .name(format!("corostack-hub-{i}"))
+                .spawn(move || self.try_run(move || f(i)))
+            {
+                Ok(t) => others.push(t),
+                Err(e) => {
+                    failed = Some(io::Error::new(
+                        e.kind(),
+                        format!("cannot start a hub thread: {e}"),
+                    ));
+                    break;
+                }
+            }
+        }
         let mut out = Vec::with_capacity(self.threads);
         let mut panicked = None;
-        match first {
-            Ok(v) => out.push(v),
-            Err(p) => panicked = Some(p),
+        if failed.is_none() {
+            let g = f.clone();
+            match panic::catch_unwind(panic::AssertUnwindSafe(|| self.try_run(move || g(0)))) {
+                Ok(Ok(v)) => out.push(v),
+                Ok(Err(e)) => failed = Some(e),
+                Err(p) => panicked = Some(p),
+            }
         }
         for t in others {
             match t.join() {
-                Ok(v) => out.push(v),
+                Ok(Ok(v)) => out.push(v),
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
                 Err(p) => {
                     panicked.get_or_insert(p);
                 }
@@ -187,6 +266,9 @@ impl Builder {
         if let Some(p) = panicked {
             panic::resume_unwind(p);
         }
-        out
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 }

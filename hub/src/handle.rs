@@ -57,6 +57,11 @@ impl<T> JoinHandle<T> {
     /// Waits, cooperatively, until the coroutine has finished, and returns
     /// its value, or why there is none.
     ///
+    /// # Errors
+    /// [`JoinError::Panicked`] with the payload when the coroutine
+    /// panicked; [`JoinError::Killed`] when it was killed before it
+    /// returned (by a kill, or by the end of its hub).
+    ///
     /// # Panics
     /// Outside a hub's coroutine, and when a coroutine joins itself.
     #[track_caller]
@@ -79,16 +84,52 @@ impl<T> JoinHandle<T> {
 
     /// Whether the coroutine has finished (returned, panicked or was
     /// killed): [`join`](JoinHandle::join) would return at once.
+    ///
+    /// The answers of the handle's questions are all there is to them
+    /// (`#[must_use]`, as the crate's `deny` would say):
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// corostack_hub::run(|| {
+    ///     let h = corostack_hub::spawn(|| 1);
+    ///     h.done(); // meant: assert!(h.done()), or a join
+    /// });
+    /// ```
+    #[must_use]
     pub fn done(&self) -> bool {
         self.task.state() == TaskState::Finished
     }
 
+    /// Whether the coroutine has started: it has run, runs now, or has
+    /// finished (one killed before it ran has finished too). `false` while
+    /// it is [`Pending`](TaskState::Pending). With [`done`](JoinHandle::done),
+    /// the names of the core's coroutines (see the crate docs of
+    /// [`corostack`]).
+    ///
+    /// ```
+    /// use corostack_hub as hub;
+    ///
+    /// hub::run(|| {
+    ///     let h = hub::spawn(hub::yield_now);
+    ///     assert!(!h.started());
+    ///     hub::yield_now(); // it runs, and yields back
+    ///     assert!(h.started() && !h.done());
+    ///     h.join().unwrap();
+    /// });
+    /// ```
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.task.state() != TaskState::Pending
+    }
+
     /// Where the coroutine is in its life.
+    #[must_use]
     pub fn state(&self) -> TaskState {
         self.task.state()
     }
 
     /// A number that names this coroutine among all of the process's.
+    #[must_use]
     pub fn id(&self) -> u64 {
         self.task.id()
     }
@@ -156,6 +197,7 @@ impl<T> JoinHandle<T> {
     /// A handle that can kill this coroutine, and be cloned and kept while
     /// this `JoinHandle` is joined (gevent's greenlet objects are shared
     /// this way).
+    #[must_use]
     pub fn kill_handle(&self) -> KillHandle {
         KillHandle {
             task: self.task.clone(),
@@ -166,6 +208,19 @@ impl<T> JoinHandle<T> {
 /// Kills one coroutine; made by [`JoinHandle::kill_handle`]. As the
 /// `JoinHandle`, it is neither `Send` nor `Sync`, and once its hub has
 /// ended its [`kill`](KillHandle::kill) does nothing.
+///
+/// ```
+/// use std::time::Duration;
+/// use corostack_hub as hub;
+///
+/// hub::run(|| {
+///     let worker = hub::spawn(|| hub::sleep(Duration::from_secs(60)));
+///     let killer = worker.kill_handle();
+///     // Another coroutine stops the worker while this one joins it.
+///     hub::spawn(move || killer.kill());
+///     assert!(worker.join().unwrap_err().is_killed());
+/// });
+/// ```
 ///
 /// ```compile_fail
 /// fn send<T: Send>(_: T) {}
@@ -192,9 +247,28 @@ impl KillHandle {
         scheduler::hub("KillHandle::kill").kill(&self.task);
     }
 
-    /// Whether the coroutine has finished.
+    /// Whether the coroutine has finished, as [`JoinHandle::done`].
+    #[must_use]
     pub fn done(&self) -> bool {
         self.task.state() == TaskState::Finished
+    }
+
+    /// Whether the coroutine has started, as [`JoinHandle::started`].
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.task.state() != TaskState::Pending
+    }
+
+    /// Where the coroutine is in its life, as [`JoinHandle::state`].
+    #[must_use]
+    pub fn state(&self) -> TaskState {
+        self.task.state()
+    }
+
+    /// The coroutine's number, as [`JoinHandle::id`].
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.task.id()
     }
 }
 

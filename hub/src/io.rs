@@ -19,9 +19,10 @@ type Source = crate::driver::poller::Source<Waiter>;
 /// The registry part of the hub's poller.
 type IoCore = crate::driver::poller::IoCore<Waiter>;
 
-/// A source registered with a hub: dropping it forgets the source (the
-/// owner deregisters it from the poller first, see
-/// [`deregister`](Registration::deregister)).
+/// A source registered with a hub: dropping it takes the source out of the
+/// poller and forgets it, so its owner drops it before the descriptor
+/// closes (a socket declares it before its descriptor), or before it
+/// hands the descriptor on (`into_raw_fd`, `From<_> for OwnedFd`).
 ///
 /// A socket belongs to no hub in particular: it is registered with the hub
 /// it was made in, and moves to the hub running on the thread when it must
@@ -65,11 +66,6 @@ impl Registration {
             fd,
             interest,
         })
-    }
-
-    /// Takes the source out of the poller (before it is closed).
-    pub(crate) fn deregister(&self) {
-        self.core.borrow().deregister(self.fd);
     }
 
     /// Moves the registration to `hub`, whose thread runs it now (the hub
@@ -184,6 +180,9 @@ fn timed_out_error() -> io::Error {
 impl Drop for Registration {
     fn drop(&mut self) {
         let core = self.core.borrow();
+        // Out of the poller while the descriptor is still the owner's (it
+        // closes after, or goes on to a new owner).
+        core.deregister(self.fd);
         core.forget(self.key.get());
         // A descriptor is about to close: wake acceptors that ran out.
         let waiters = core.take_fd_freed();
@@ -205,15 +204,8 @@ pub(crate) fn wait_fd_freed(deadline: Instant) {
 #[track_caller]
 fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()> {
     let hub = scheduler::hub(what);
+    // Dropped however the wait ends, which takes `fd` out of the poller.
     let reg = Registration::with_interest(hub, fd, interest)?;
-    /// Deregisters however the wait ends.
-    struct Dereg<'a>(&'a Registration);
-    impl Drop for Dereg<'_> {
-        fn drop(&mut self) {
-            self.0.deregister();
-        }
-    }
-    let _dereg = Dereg(&reg);
     let flag = reg.source.flag(dir);
     while !flag.get() {
         reg.source

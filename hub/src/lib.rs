@@ -156,6 +156,17 @@
 //! [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport)
 //! lets their listeners share a port.
 //!
+//! # Names
+//!
+//! The core's rule (see the crate docs of [`corostack`]): where a
+//! coroutine is in its life is asked with `started()` and `done()`
+//! ([`JoinHandle`], [`KillHandle`], and `done()` on a
+//! [`RemoteJoinHandle`]), beside the finer [`TaskState`]; every other
+//! yes-or-no question is `is_*` ([`is_in_hub`], [`CallLater::is_pending`],
+//! [`Remote::is_closed`], [`JoinError::is_panic`]). A query's answer is
+//! all there is to it, so each is `#[must_use]`. The sockets keep std's
+//! names, signatures and traits where std has them ([`net`]).
+//!
 //! # Layout
 //!
 //! Three layers, each importing only from those below it (no file
@@ -179,7 +190,7 @@
 //!    `run` (the loop and the end of `run`); they share the records'
 //!    fields within the scheduler, and nothing outside it sees them.
 //! 3. **The user functions**, on the scheduler: `lib.rs` ([`run`],
-//!    [`spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
+//!    [`spawn`], [`try_spawn`], [`join_all`]), `handle` ([`JoinHandle`], [`KillHandle`]),
 //!    `timer` ([`sleep`], [`timeout`], [`call_later`]), `io`
 //!    ([`wait_readable`], and the registration the sockets wait through),
 //!    `block_on`, `remote` ([`Remote`]), `blocking` ([`spawn_blocking`]),
@@ -190,7 +201,9 @@
 #![warn(
     missing_docs,
     missing_debug_implementations,
-    clippy::undocumented_unsafe_blocks
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_errors_doc,
+    clippy::must_use_candidate
 )]
 
 // The hub runs on Unix only for now. Porting it to Windows takes: the
@@ -227,7 +240,7 @@ pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use handle::{JoinHandle, KillHandle};
 pub use io::{wait_readable, wait_writable};
 pub use remote::{Remote, RemoteJoinHandle, remote};
-pub use task::{JoinError, TaskState};
+pub use task::{JoinError, PanicPayload, TaskState};
 pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yield_now};
 
 /// Runs a hub on the calling thread: runs `f` as its main coroutine,
@@ -265,14 +278,58 @@ pub fn run<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
 /// ```
 ///
 /// # Panics
-/// Outside a hub; when no stack can be mapped for it.
+/// Outside a hub; when no stack can be mapped for it (see
+/// [`try_spawn`]).
 #[track_caller]
 pub fn spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> JoinHandle<T> {
     JoinHandle::new(scheduler::hub("hub::spawn").spawn(f))
 }
 
+/// Spawns `f` as [`spawn`] does, but returns an error instead of
+/// panicking when no stack can be mapped for it: for a server that must
+/// not panic under memory pressure (it may refuse the connection, or wait
+/// and try again). [`Builder::try_run`] starts a hub the same way.
+///
+/// ```
+/// use corostack_hub as hub;
+///
+/// hub::run(|| -> std::io::Result<()> {
+///     let h = hub::try_spawn(|| 2 + 2)?;
+///     assert_eq!(h.join().unwrap(), 4);
+///     Ok(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+/// When no stack can be mapped (`OutOfMemory`: the address space or the
+/// memory map count is exhausted, see
+/// [`DefaultStack::new`](corostack::DefaultStack::new)); `f` is dropped
+/// then, and nothing was spawned.
+///
+/// # Panics
+/// Outside a hub.
+#[track_caller]
+pub fn try_spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> std::io::Result<JoinHandle<T>> {
+    scheduler::hub("hub::try_spawn")
+        .try_spawn(f)
+        .map(JoinHandle::new)
+}
+
 /// Waits for every coroutine of `handles` (`gevent.joinall`) and returns
 /// their results in the same order.
+///
+/// ```
+/// use corostack_hub as hub;
+///
+/// let results = hub::run(|| {
+///     let ok = hub::spawn(|| 1);
+///     let bad = hub::spawn(|| -> i32 { panic!("two") });
+///     hub::join_all([ok, bad])
+/// });
+/// assert_eq!(results[0].as_ref().ok(), Some(&1));
+/// assert_eq!(results[1].as_ref().unwrap_err().panic_message(), Some("two"));
+/// ```
 ///
 /// # Panics
 /// Outside a hub's coroutine.
@@ -283,7 +340,13 @@ pub fn join_all<T>(handles: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Resu
 
 /// Whether the calling thread is running a hub (so that the functions of
 /// this module work here).
-pub fn in_hub() -> bool {
+///
+/// ```
+/// assert!(!corostack_hub::is_in_hub());
+/// corostack_hub::run(|| assert!(corostack_hub::is_in_hub()));
+/// ```
+#[must_use]
+pub fn is_in_hub() -> bool {
     scheduler::try_with_hub(|_| ()).is_some()
 }
 

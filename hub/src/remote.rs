@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::driver::queue::{Message, Shared, lock};
 use crate::scheduler;
-use crate::task::{JoinError, KillSelf};
+use crate::task::{JoinError, KillSelf, PanicPayload};
 
 /// A handle to a hub that any thread can hold: it hands the hub work to
 /// run in a new coroutine and wakes it. Get one inside the hub with
@@ -52,6 +52,7 @@ impl fmt::Debug for Remote {
 /// # Panics
 /// Outside a hub.
 #[track_caller]
+#[must_use]
 pub fn remote() -> Remote {
     let hub = scheduler::hub("hub::remote");
     Remote {
@@ -80,7 +81,7 @@ impl Remote {
             Err(p) if scheduler::current_is_killed() || p.is::<KillSelf>() => {
                 panic::resume_unwind(p)
             }
-            Err(p) => tx.send(Err(JoinError::Panicked(p))),
+            Err(p) => tx.send(Err(JoinError::Panicked(PanicPayload::new(p)))),
         };
         // A refused job is dropped here: its sender reports Killed.
         let _ = self.shared.send(Message::Spawn(Box::new(job)));
@@ -88,6 +89,7 @@ impl Remote {
     }
 
     /// Whether the hub has ended (work sent now is refused).
+    #[must_use]
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
@@ -110,6 +112,11 @@ impl<T> RemoteJoinHandle<T> {
     /// coroutine awaits the handle with [`block_on`](super::block_on)
     /// instead (a coroutine of another hub may use either).
     ///
+    /// # Errors
+    /// [`JoinError::Panicked`] when the work panicked;
+    /// [`JoinError::Killed`] when it was killed, or refused or cut short
+    /// by the end of the hub.
+    ///
     /// # Panics
     /// On the thread of the hub that runs the work, while that hub runs
     /// (in one of its coroutines, or in a destructor that its loop runs),
@@ -125,6 +132,7 @@ impl<T> RemoteJoinHandle<T> {
     }
 
     /// Whether the result is there.
+    #[must_use]
     pub fn done(&self) -> bool {
         lock(&self.rx.0.state).done
     }

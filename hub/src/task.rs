@@ -1,9 +1,11 @@
-//! What a task is and how it ended: [`TaskState`], [`JoinError`], and the
+//! What a task is and how it ended: [`TaskState`], [`JoinError`] (with its
+//! [`PanicPayload`]), and the
 //! payload that unwinds a killed task. A leaf: the scheduler (which keeps
 //! the tasks themselves) and the handles (`handle.rs`) build on it.
 
 use std::any::Any;
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 /// Where a coroutine is in its life, as asyncio names a task's states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,10 +23,30 @@ pub enum TaskState {
 }
 
 /// Why [`JoinHandle::join`](crate::JoinHandle::join) has no value.
+///
+/// It is an error as std's are: `Send`, `Sync` and `'static`, so that `?`
+/// takes it into a `Box<dyn Error + Send + Sync>` (a panic's payload is
+/// only `Send`; [`PanicPayload`] keeps it so that the error is `Sync`).
+///
+/// ```
+/// use corostack_hub as hub;
+///
+/// fn total() -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
+///     hub::run(|| {
+///         let a = hub::spawn(|| 20).join()?;
+///         let b = hub::spawn(|| -> u32 { panic!("no {}", 22) }).join()?;
+///         Ok(a + b)
+///     })
+/// }
+/// let err = total().unwrap_err();
+/// assert_eq!(err.to_string(), "the coroutine panicked: no 22");
+/// ```
+#[derive(Debug)]
 pub enum JoinError {
     /// The coroutine panicked; this is the payload, as
-    /// [`std::thread::JoinHandle::join`] gives it.
-    Panicked(Box<dyn Any + Send + 'static>),
+    /// [`std::thread::JoinHandle::join`] gives it, kept in a
+    /// [`PanicPayload`].
+    Panicked(PanicPayload),
     /// The coroutine was killed ([`JoinHandle::kill`](crate::JoinHandle::kill), the end of
     /// [`run`](crate::run), or the end of its hub) before it returned.
     Killed,
@@ -32,44 +54,35 @@ pub enum JoinError {
 
 impl JoinError {
     /// Whether the coroutine panicked.
+    #[must_use]
     pub fn is_panic(&self) -> bool {
         matches!(self, JoinError::Panicked(_))
     }
 
     /// Whether the coroutine was killed.
+    #[must_use]
     pub fn is_killed(&self) -> bool {
         matches!(self, JoinError::Killed)
     }
 
-    /// The panic's payload, if the coroutine panicked.
+    /// The panic's payload, if the coroutine panicked: the value `panic!`
+    /// or [`panic_any`](std::panic::panic_any) was given, the same box, for
+    /// [`resume_unwind`](std::panic::resume_unwind) or a downcast.
+    #[must_use]
     pub fn into_panic(self) -> Option<Box<dyn Any + Send + 'static>> {
         match self {
-            JoinError::Panicked(p) => Some(p),
+            JoinError::Panicked(p) => Some(p.into_inner()),
             JoinError::Killed => None,
         }
     }
 
     /// The panic's message, when its payload is a string (as `panic!`
-    /// with a format makes it).
+    /// makes it).
+    #[must_use]
     pub fn panic_message(&self) -> Option<&str> {
         match self {
-            JoinError::Panicked(p) => p
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| p.downcast_ref::<String>().map(String::as_str)),
+            JoinError::Panicked(p) => p.message(),
             JoinError::Killed => None,
-        }
-    }
-}
-
-impl fmt::Debug for JoinError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JoinError::Panicked(_) => match self.panic_message() {
-                Some(m) => write!(f, "Panicked({m:?})"),
-                None => f.write_str("Panicked(..)"),
-            },
-            JoinError::Killed => f.write_str("Killed"),
         }
     }
 }
@@ -87,6 +100,90 @@ impl fmt::Display for JoinError {
 }
 
 impl std::error::Error for JoinError {}
+
+/// A panic's payload, kept so that it can be shared between threads
+/// (`Sync`) although the payload itself is only `Send`: a string (what
+/// `panic!` makes) is read through `&self`; any other payload only
+/// through `&mut self` or by value, which no other thread can do at the
+/// same time. Nothing is copied: [`into_inner`](PanicPayload::into_inner)
+/// gives back the box the panic made.
+///
+/// ```
+/// use corostack_hub::{self as hub, JoinError};
+///
+/// hub::run(|| {
+///     let err = hub::spawn(|| std::panic::panic_any(7u8)).join().unwrap_err();
+///     let JoinError::Panicked(mut p) = err else { unreachable!() };
+///     assert_eq!(p.message(), None);
+///     assert_eq!(p.get_mut().downcast_mut::<u8>(), Some(&mut 7));
+///     assert_eq!(*p.into_inner().downcast::<u8>().unwrap(), 7);
+/// });
+/// ```
+pub struct PanicPayload(Box<dyn Any + Send + Sync + 'static>);
+
+/// A payload that is not `Sync` itself, behind a mutex that is never
+/// locked: it only makes the box `Sync` (`get_mut` and `into_inner`
+/// reach it without locking). A private type, so that no user payload is
+/// taken for it.
+struct Unshared(Mutex<Box<dyn Any + Send + 'static>>);
+
+impl PanicPayload {
+    /// Keeps `payload`, as `catch_unwind` gave it: a string's box as it
+    /// is, any other in an [`Unshared`]. Cold and out of line, so that a
+    /// task's body stays as small as it was (its inlined user code is what
+    /// the optimizer should spend on); one box to drop, as before.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn new(payload: Box<dyn Any + Send + 'static>) -> PanicPayload {
+        PanicPayload(match payload.downcast::<&'static str>() {
+            Ok(s) => s,
+            Err(p) => match p.downcast::<String>() {
+                Ok(s) => s,
+                Err(p) => Box::new(Unshared(Mutex::new(p))),
+            },
+        })
+    }
+
+    /// The panic's message, when the payload is a string.
+    #[must_use]
+    pub fn message(&self) -> Option<&str> {
+        self.0
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| self.0.downcast_ref::<String>().map(String::as_str))
+    }
+
+    /// The payload, to downcast in place.
+    pub fn get_mut(&mut self) -> &mut (dyn Any + Send + 'static) {
+        if self.0.is::<Unshared>() {
+            let Some(Unshared(m)) = self.0.downcast_mut::<Unshared>() else {
+                unreachable!("checked just above")
+            };
+            &mut **m.get_mut().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            &mut *self.0
+        }
+    }
+
+    /// The payload, the box the panic made, for
+    /// [`resume_unwind`](std::panic::resume_unwind) or a downcast.
+    #[must_use]
+    pub fn into_inner(self) -> Box<dyn Any + Send + 'static> {
+        match self.0.downcast::<Unshared>() {
+            Ok(u) => u.0.into_inner().unwrap_or_else(PoisonError::into_inner),
+            Err(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for PanicPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(m) => f.debug_tuple("PanicPayload").field(&m).finish(),
+            None => f.write_str("PanicPayload(..)"),
+        }
+    }
+}
 
 /// The payload that unwinds a killed coroutine: raised at its pending (or
 /// next) park, or at once by a coroutine that kills itself, and caught by

@@ -142,6 +142,10 @@ impl From<Elapsed> for io::Error {
 /// });
 /// ```
 ///
+/// # Errors
+/// [`Elapsed`] when `duration` ran out before `f` returned (`f` was
+/// interrupted at a suspension and its destructors have run).
+///
 /// # Panics
 /// Outside a hub's coroutine. A panic in `f` goes on to the caller.
 #[track_caller]
@@ -187,6 +191,19 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
 /// A function scheduled by [`call_later`]: [`cancel`](CallLater::cancel)
 /// stops it if it has not started. Dropping the handle does not cancel.
 ///
+/// ```
+/// use std::time::Duration;
+/// use corostack_hub as hub;
+///
+/// hub::run(|| {
+///     let call = hub::call_later(Duration::from_secs(60), || unreachable!());
+///     assert!(call.is_pending());
+///     assert!(call.cancel()); // it had not started: it never will
+///     assert!(!call.is_pending());
+///     let _detached = hub::call_later(Duration::ZERO, || println!("runs"));
+/// });
+/// ```
+///
 /// The handle belongs to the hub that scheduled the call, and acts on that
 /// hub only: used in another hub (a later `hub::run` on the same thread),
 /// or outside any hub, its methods panic. It is neither `Send` nor `Sync`,
@@ -218,6 +235,10 @@ impl CallLater {
     /// Outside the hub that scheduled it: outside any hub, or in another
     /// hub (a later `hub::run`).
     #[track_caller]
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "cancelling is the point; whether the call had started is often not needed"
+    )]
     pub fn cancel(&self) -> bool {
         self.own_hub("CallLater::cancel").cancel_timer(self.key)
     }
@@ -228,6 +249,7 @@ impl CallLater {
     /// Outside the hub that scheduled it: outside any hub, or in another
     /// hub (a later `hub::run`).
     #[track_caller]
+    #[must_use]
     pub fn is_pending(&self) -> bool {
         self.own_hub("CallLater::is_pending").timer_is_set(self.key)
     }

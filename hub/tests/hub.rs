@@ -109,7 +109,7 @@ fn calls_outside_a_hub_panic_naming_hub_run() {
             Box::new(|| drop(hub::wait_readable(&std::io::stdin()))),
         ),
     ];
-    assert!(!hub::in_hub());
+    assert!(!hub::is_in_hub());
     for (name, call) in calls {
         let p = panic::catch_unwind(AssertUnwindSafe(call)).expect_err(name);
         let m = message(&*p);
@@ -120,7 +120,7 @@ fn calls_outside_a_hub_panic_naming_hub_run() {
 #[test]
 fn a_hub_inside_a_hub_is_refused() {
     hub::run(|| {
-        assert!(hub::in_hub());
+        assert!(hub::is_in_hub());
         let p = panic::catch_unwind(|| hub::run(|| ())).unwrap_err();
         assert!(message(&*p).contains("inside a hub"), "{}", message(&*p));
         // The outer hub still works.
@@ -587,4 +587,87 @@ fn a_deadlock_panics_in_main_instead_of_hanging() {
     .unwrap_err();
     assert!(message(&*p).contains("deadlock"), "{}", message(&*p));
     assert_eq!(drops.get(), 1, "the stuck coroutine was unwound");
+}
+
+#[test]
+fn a_join_error_is_send_sync_static_and_goes_through_question_mark() {
+    fn error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
+    fn joined<T>(h: hub::JoinHandle<T>) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(h.join()?)
+    }
+    hub::run(|| {
+        let seven = std::hint::black_box(7);
+        let err = joined(hub::spawn(move || -> u8 { panic!("boom {seven}") })).unwrap_err();
+        assert_eq!(err.to_string(), "the coroutine panicked: boom 7");
+        // The payload comes back whole, with its type: a String, a
+        // &'static str, anything else.
+        let err = *err.downcast::<JoinError>().unwrap();
+        error(&err);
+        assert_eq!(
+            *err.into_panic().unwrap().downcast::<String>().unwrap(),
+            "boom 7"
+        );
+        let err = hub::spawn(|| panic::panic_any("static"))
+            .join()
+            .unwrap_err();
+        assert_eq!(err.panic_message(), Some("static"));
+        assert_eq!(
+            *err.into_panic().unwrap().downcast::<&str>().unwrap(),
+            "static"
+        );
+        let mut err = hub::spawn(|| panic::panic_any(42u64)).join().unwrap_err();
+        assert_eq!(err.panic_message(), None);
+        let JoinError::Panicked(p) = &mut err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(p.get_mut().downcast_mut::<u64>(), Some(&mut 42));
+        // Shared with another thread by reference (Sync), then moved back.
+        let err = std::thread::scope(|s| s.spawn(|| format!("{err}")).join().unwrap());
+        assert_eq!(err, "the coroutine panicked");
+        let sleeper = hub::spawn(|| hub::sleep(Duration::from_secs(60)));
+        sleeper.kill();
+        let killed = joined(sleeper);
+        assert!(
+            killed
+                .unwrap_err()
+                .downcast_ref::<JoinError>()
+                .unwrap()
+                .is_killed()
+        );
+    });
+}
+
+#[test]
+fn started_and_done_follow_the_state_on_both_handles() {
+    hub::run(|| {
+        let h = hub::spawn(|| hub::sleep(Duration::from_millis(1)));
+        let k = h.kill_handle();
+        let both = |h: &hub::JoinHandle<()>| {
+            assert_eq!((h.started(), h.done()), (k.started(), k.done()));
+            assert_eq!((h.state(), h.id()), (k.state(), k.id()));
+            (h.started(), h.done())
+        };
+        assert_eq!(both(&h), (false, false));
+        hub::yield_now();
+        assert_eq!(both(&h), (true, false));
+        while !h.done() {
+            hub::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(both(&h), (true, true));
+        // Killed before it ran: finished, so started too.
+        let never = hub::spawn(|| ());
+        never.kill();
+        assert!(never.started() && never.done());
+    });
+}
+
+#[test]
+fn a_join_error_is_two_words_as_the_payload_box_was() {
+    // A task's result slot holds a `Result<T, JoinError>`: keeping the
+    // error as small as the payload's box keeps the slot and the task's
+    // body as they were (echo's instruction count moved with it).
+    assert_eq!(
+        std::mem::size_of::<JoinError>(),
+        std::mem::size_of::<Box<dyn std::any::Any + Send>>()
+    );
 }

@@ -41,7 +41,7 @@ fn a_call_later_handle_used_in_another_hub_panics() {
             (
                 "is_pending",
                 panic::catch_unwind(AssertUnwindSafe(|| {
-                    stale.is_pending();
+                    let _ = stale.is_pending();
                 })),
             ),
         ] {

@@ -116,7 +116,7 @@ fn killing_a_coroutine_blocked_in_read_closes_its_socket() {
             unreachable!("killed while reading");
         });
         let mut client = TcpStream::connect(addr).unwrap();
-        client.set_read_timeout(Some(LIMIT));
+        client.set_read_timeout(Some(LIMIT)).unwrap();
         while reader.state() != hub::TaskState::Suspended {
             hub::sleep(Duration::from_millis(1));
         }
@@ -177,7 +177,7 @@ fn a_half_closed_peer_still_gets_every_byte_back() {
         let (l, addr) = listen();
         hub::spawn(move || echo_server::serve(l));
         let c = Rc::new(TcpStream::connect(addr).unwrap());
-        c.set_read_timeout(Some(LIMIT));
+        c.set_read_timeout(Some(LIMIT)).unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         // Write everything while another coroutine reads: the echo fills
         // the buffers both ways, so one coroutine could not do both.
@@ -204,7 +204,7 @@ fn reads_of(pause: Duration, chunks: &[&'static [u8]]) -> Vec<Vec<u8>> {
         let (l, addr) = listen();
         let server = hub::spawn(move || {
             let (c, _) = l.accept().unwrap();
-            c.set_read_timeout(Some(LIMIT));
+            c.set_read_timeout(Some(LIMIT)).unwrap();
             hub::sleep(pause);
             let mut buf = [0u8; 64];
             let mut got = Vec::new();
@@ -245,7 +245,8 @@ fn a_peer_that_never_reads_meets_the_write_timeout() {
         let (l, addr) = listen();
         let writer = hub::spawn(move || {
             let (conn, _) = l.accept().unwrap();
-            conn.set_write_timeout(Some(Duration::from_millis(50)));
+            conn.set_write_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
             let chunk = vec![7u8; 64 * 1024];
             let mut written = 0usize;
             loop {
@@ -274,7 +275,7 @@ fn killing_a_writer_stuck_on_a_peer_that_never_reads_frees_the_peer() {
             }
         });
         let mut peer = TcpStream::connect(addr).unwrap();
-        peer.set_read_timeout(Some(LIMIT));
+        peer.set_read_timeout(Some(LIMIT)).unwrap();
         // Let the writer fill the buffers and park.
         hub::sleep(Duration::from_millis(30));
         assert_eq!(writer.state(), hub::TaskState::Suspended);
@@ -317,8 +318,8 @@ fn a_panicking_connection_leaves_the_others_running() {
         });
         let mut a = TcpStream::connect(addr).unwrap();
         let mut b = TcpStream::connect(addr).unwrap();
-        a.set_read_timeout(Some(LIMIT));
-        b.set_read_timeout(Some(LIMIT));
+        a.set_read_timeout(Some(LIMIT)).unwrap();
+        b.set_read_timeout(Some(LIMIT)).unwrap();
         for _ in 0..3 {
             a.write_all(b"ping").unwrap();
             let mut back = [0; 4];
@@ -347,8 +348,8 @@ fn read_timeout_and_connect_errors() {
             hub::sleep(Duration::from_secs(3600));
         });
         let mut c = TcpStream::connect(addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(20)));
-        assert_eq!(c.read_timeout(), Some(Duration::from_millis(20)));
+        c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        assert_eq!(c.read_timeout().unwrap(), Some(Duration::from_millis(20)));
         let start = Instant::now();
         let err = c.read(&mut [0; 8]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -537,7 +538,7 @@ fn emfile_child() {
         let rest = clients.split_off(before);
         drop(clients);
         for mut c in rest {
-            c.set_read_timeout(Some(LIMIT));
+            c.set_read_timeout(Some(LIMIT)).unwrap();
             c.write_all(b"back").unwrap();
             let mut b = [0; 4];
             c.read_exact(&mut b).unwrap();

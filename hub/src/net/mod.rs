@@ -38,11 +38,12 @@
 mod tcp;
 mod udp;
 
-pub use tcp::{TcpListener, TcpStream};
+pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 /// Tries `f` on each address `addr` resolves to, returning the first
 /// success or the last error.
@@ -63,4 +64,21 @@ pub(crate) fn each_addr<T>(
             "could not resolve to any address",
         )
     }))
+}
+
+/// `timeout` if it is one a socket may have: std refuses a zero duration
+/// (with its message).
+pub(crate) fn check_timeout(timeout: Option<Duration>) -> io::Result<Option<Duration>> {
+    if timeout == Some(Duration::ZERO) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cannot set a 0 duration timeout",
+        ));
+    }
+    Ok(timeout)
+}
+
+/// The deadline of a call that starts now and may wait `timeout`.
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
 }

@@ -4,15 +4,16 @@
 use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::iter::FusedIterator;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::{Dir, Registration, wait_fd_freed};
 
-use super::each_addr;
+use super::{check_timeout, deadline, each_addr};
 
 /// The listen backlog: as tokio's and the kernel's usual `somaxconn`.
 const BACKLOG: i32 = 1024;
@@ -47,8 +48,9 @@ const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// assert_eq!(&reply, b"ping");
 /// ```
 pub struct TcpListener {
-    io: mio::net::TcpListener,
+    // Declared before `io`: out of the poller before the descriptor closes.
     reg: Registration,
+    io: mio::net::TcpListener,
 }
 
 impl TcpListener {
@@ -142,6 +144,49 @@ impl TcpListener {
         }
     }
 
+    /// An iterator over the connections, each [`accept`](TcpListener::accept)ed
+    /// in turn (std's `incoming`): it never ends, and an error is an item
+    /// (the loop goes on after it).
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use corostack_hub::{self as hub, net::{TcpListener, TcpStream}};
+    ///
+    /// hub::run(|| {
+    ///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    ///     let addr = listener.local_addr().unwrap();
+    ///     for i in 0..3u8 {
+    ///         hub::spawn(move || TcpStream::connect(addr).unwrap().write_all(&[i]).unwrap());
+    ///     }
+    ///     for conn in listener.incoming().take(3) {
+    ///         let conn = conn.unwrap();
+    ///         hub::spawn(move || conn.peer_addr()); // serve it
+    ///     }
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// As `accept`, at each item.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// A second listener on the same socket (`dup`): each of the two has
+    /// its own registration with the hub that makes it, so coroutines may
+    /// accept on both (each connection goes to one of them), and each may
+    /// move to another hub on the thread or be dropped alone; the socket
+    /// stops listening when both are gone.
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated (`EMFILE`) or registered.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        TcpListener::from_std(self.io.as_fd().try_clone_to_owned()?.into())
+    }
+
     /// The address the listener is bound to.
     ///
     /// # Errors
@@ -150,6 +195,63 @@ impl TcpListener {
         self.io.local_addr()
     }
 }
+
+/// The connections of a [`TcpListener`], made by
+/// [`incoming`](TcpListener::incoming): each `next` accepts one, so it
+/// never returns `None` (a fused iterator that never ends).
+///
+/// ```
+/// use std::io::{self, Read, Write};
+/// use std::net::Shutdown;
+/// use corostack_hub::{self as hub, net::{TcpListener, TcpStream}};
+///
+/// // A server's loop, one coroutine per connection, as with std's (the
+/// // `take` is for this example, which serves one).
+/// fn serve(listener: TcpListener) -> io::Result<()> {
+///     for conn in listener.incoming().take(1) {
+///         let conn = conn?;
+///         hub::spawn(move || io::copy(&mut &conn, &mut &conn)); // echo
+///     }
+///     Ok(())
+/// }
+///
+/// hub::run(|| -> io::Result<()> {
+///     let listener = TcpListener::bind("127.0.0.1:0")?;
+///     let addr = listener.local_addr()?;
+///     let client = hub::spawn(move || -> io::Result<Vec<u8>> {
+///         let mut c = TcpStream::connect(addr)?;
+///         c.write_all(b"hi")?;
+///         c.shutdown(Shutdown::Write)?;
+///         let mut echo = Vec::new();
+///         c.read_to_end(&mut echo)?;
+///         Ok(echo)
+///     });
+///     serve(listener)?;
+///     assert_eq!(client.join().unwrap()?, b"hi");
+///     Ok(())
+/// })?;
+/// # Ok::<(), io::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "an iterator does nothing unless consumed"]
+pub struct Incoming<'a> {
+    listener: &'a TcpListener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = io::Result<TcpStream>;
+
+    #[track_caller]
+    fn next(&mut self) -> Option<io::Result<TcpStream>> {
+        Some(self.listener.accept().map(|(stream, _)| stream))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::MAX, None)
+    }
+}
+
+impl FusedIterator for Incoming<'_> {}
 
 impl AsRawFd for TcpListener {
     fn as_raw_fd(&self) -> RawFd {
@@ -163,9 +265,55 @@ impl AsFd for TcpListener {
     }
 }
 
-impl Drop for TcpListener {
-    fn drop(&mut self) {
-        self.reg.deregister();
+impl IntoRawFd for TcpListener {
+    /// Takes the descriptor out of the hub's poller and hands it over,
+    /// still non-blocking.
+    fn into_raw_fd(self) -> RawFd {
+        OwnedFd::from(self).into_raw_fd()
+    }
+}
+
+impl FromRawFd for TcpListener {
+    /// Takes over a listening socket's descriptor, as
+    /// [`from_std`](TcpListener::from_std) does.
+    ///
+    /// # Safety
+    /// As [`OwnedFd::from_raw_fd`]: `fd` is an open descriptor that the
+    /// caller owns and hands over (a listening TCP socket).
+    ///
+    /// # Panics
+    /// As `From<OwnedFd>`.
+    #[track_caller]
+    unsafe fn from_raw_fd(fd: RawFd) -> TcpListener {
+        // SAFETY: the caller hands over an open descriptor it owns.
+        TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+impl From<OwnedFd> for TcpListener {
+    /// Takes over a listening socket's descriptor, as
+    /// [`from_std`](TcpListener::from_std) does (`from_std` returns its
+    /// errors instead).
+    ///
+    /// # Panics
+    /// Outside a hub; when the descriptor cannot be made non-blocking or
+    /// registered (the poller refuses a descriptor it has already, or one
+    /// that is no socket).
+    #[track_caller]
+    fn from(fd: OwnedFd) -> TcpListener {
+        TcpListener::from_std(fd.into())
+            .unwrap_or_else(|e| panic!("corostack::hub: TcpListener::from(OwnedFd): {e}"))
+    }
+}
+
+impl From<TcpListener> for OwnedFd {
+    /// Takes the descriptor out of the hub's poller and hands it over,
+    /// still non-blocking (set it blocking again for a std listener that
+    /// should block).
+    fn from(listener: TcpListener) -> OwnedFd {
+        let TcpListener { reg, io } = listener;
+        drop(reg);
+        io.into()
     }
 }
 
@@ -192,17 +340,18 @@ impl fmt::Debug for TcpListener {
 ///     let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
 ///     let (_peer, _) = listener.accept().unwrap();
 ///     // A peer that sends nothing: the read gives up after its timeout.
-///     stream.set_read_timeout(Some(Duration::from_millis(10)));
+///     stream.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
 ///     let err = (&stream).read(&mut [0; 8]).unwrap_err();
 ///     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
 ///     (&stream).write_all(b"still writable").unwrap();
 /// });
 /// ```
 pub struct TcpStream {
-    // Declared before `reg`: the descriptor closes before the registration
-    // goes, which wakes acceptors waiting for a free descriptor.
-    io: mio::net::TcpStream,
+    // Declared before `io`: out of the poller before the descriptor closes
+    // (and acceptors waiting for a free descriptor are woken, to run once
+    // it has).
     reg: Registration,
+    io: mio::net::TcpStream,
     read_timeout: Cell<Option<Duration>>,
     write_timeout: Cell<Option<Duration>>,
 }
@@ -314,26 +463,85 @@ impl TcpStream {
     }
 
     /// Bounds each read: a read that waits longer fails with `TimedOut`.
-    /// `None` (the default) waits as long as it takes.
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) {
-        self.read_timeout.set(timeout);
+    /// `None` (the default) waits as long as it takes. The timeout is this
+    /// handle's (a [`try_clone`](TcpStream::try_clone) has its own).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a zero duration, as std refuses it (it would
+    /// mean "never wait", which is no timeout): the timeout is unchanged.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(check_timeout(timeout)?);
+        Ok(())
     }
 
     /// Bounds each write (each call of `write`, so `write_all` may take
     /// longer in total): a write that waits longer fails with `TimedOut`,
-    /// for a peer that never reads.
-    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
-        self.write_timeout.set(timeout);
+    /// for a peer that never reads. `None` (the default) waits as long as
+    /// it takes.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a zero duration, as std refuses it: the timeout
+    /// is unchanged.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout.set(check_timeout(timeout)?);
+        Ok(())
     }
 
     /// The read timeout.
-    pub fn read_timeout(&self) -> Option<Duration> {
-        self.read_timeout.get()
+    ///
+    /// # Errors
+    /// None: a `Result` as std's (which asks the socket).
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.read_timeout.get())
     }
 
     /// The write timeout.
-    pub fn write_timeout(&self) -> Option<Duration> {
-        self.write_timeout.get()
+    ///
+    /// # Errors
+    /// None: a `Result` as std's (which asks the socket).
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.write_timeout.get())
+    }
+
+    /// A second handle on the same connection (`dup`), as std's: one
+    /// coroutine may read through one while another writes through the
+    /// other, or each may go to its own owner. Each handle has its own
+    /// registration with the hub that makes it (the clone registers its
+    /// own descriptor here, and may move to a later hub on the thread as
+    /// any socket does) and its own timeouts, which start as this one's.
+    /// Dropping one closes only its descriptor: the connection stays open
+    /// while the other lives (the peer sees the end of the stream once
+    /// both are gone, or after a [`shutdown`](TcpStream::shutdown)).
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use corostack_hub::{self as hub, net::{TcpListener, TcpStream}};
+    ///
+    /// hub::run(|| {
+    ///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    ///     let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    ///     let (peer, _) = listener.accept().unwrap();
+    ///     let mut writer = reader.try_clone().unwrap();
+    ///     hub::spawn(move || writer.write_all(b"ping").unwrap());
+    ///     let mut buf = [0; 4];
+    ///     (&peer).read_exact(&mut buf).unwrap();
+    ///     (&peer).write_all(&buf).unwrap();
+    ///     reader.read_exact(&mut buf).unwrap();
+    ///     assert_eq!(&buf, b"ping");
+    /// });
+    /// ```
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated (`EMFILE`) or registered.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        let clone = TcpStream::from_std(self.io.as_fd().try_clone_to_owned()?.into())?;
+        clone.read_timeout.set(self.read_timeout.get());
+        clone.write_timeout.set(self.write_timeout.get());
+        Ok(clone)
     }
 
     #[track_caller]
@@ -364,11 +572,30 @@ impl TcpStream {
         }
         Ok(n)
     }
-}
 
-/// The deadline of a call that starts now and may wait `timeout`.
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
+    /// `write_all` as std's default (`Interrupted` retried, `WriteZero`
+    /// when nothing is taken), inline so that the loop is the caller's,
+    /// around one call of [`write_inner`](Self::write_inner) per write
+    /// (std's default, a generic, is inlined or not as the optimizer
+    /// decides for each program).
+    #[track_caller]
+    #[inline]
+    fn write_all_inner(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write_inner(buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write whole buffer",
+                    ));
+                }
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Read for TcpStream {
@@ -384,6 +611,11 @@ impl Read for &TcpStream {
 }
 
 impl Write for TcpStream {
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all_inner(buf)
+    }
+
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_inner(buf)
     }
@@ -394,6 +626,11 @@ impl Write for TcpStream {
 }
 
 impl Write for &TcpStream {
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all_inner(buf)
+    }
+
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_inner(buf)
     }
@@ -415,9 +652,55 @@ impl AsFd for TcpStream {
     }
 }
 
-impl Drop for TcpStream {
-    fn drop(&mut self) {
-        self.reg.deregister();
+impl IntoRawFd for TcpStream {
+    /// Takes the descriptor out of the hub's poller and hands it over,
+    /// still non-blocking.
+    fn into_raw_fd(self) -> RawFd {
+        OwnedFd::from(self).into_raw_fd()
+    }
+}
+
+impl FromRawFd for TcpStream {
+    /// Takes over a connected socket's descriptor, as
+    /// [`from_std`](TcpStream::from_std) does.
+    ///
+    /// # Safety
+    /// As [`OwnedFd::from_raw_fd`]: `fd` is an open descriptor that the
+    /// caller owns and hands over (a connected TCP socket).
+    ///
+    /// # Panics
+    /// As `From<OwnedFd>`.
+    #[track_caller]
+    unsafe fn from_raw_fd(fd: RawFd) -> TcpStream {
+        // SAFETY: the caller hands over an open descriptor it owns.
+        TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+impl From<OwnedFd> for TcpStream {
+    /// Takes over a connected socket's descriptor, as
+    /// [`from_std`](TcpStream::from_std) does (`from_std` returns its
+    /// errors instead).
+    ///
+    /// # Panics
+    /// Outside a hub; when the descriptor cannot be made non-blocking or
+    /// registered (the poller refuses a descriptor it has already, or one
+    /// that is no socket).
+    #[track_caller]
+    fn from(fd: OwnedFd) -> TcpStream {
+        TcpStream::from_std(fd.into())
+            .unwrap_or_else(|e| panic!("corostack::hub: TcpStream::from(OwnedFd): {e}"))
+    }
+}
+
+impl From<TcpStream> for OwnedFd {
+    /// Takes the descriptor out of the hub's poller and hands it over,
+    /// still non-blocking (set it blocking again for a std stream that
+    /// should block; the timeouts, the hub's, do not go with it).
+    fn from(stream: TcpStream) -> OwnedFd {
+        let TcpStream { reg, io, .. } = stream;
+        drop(reg);
+        io.into()
     }
 }
 

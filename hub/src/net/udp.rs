@@ -1,14 +1,16 @@
 //! UDP: datagrams that suspend the calling coroutine while the socket is
 //! not ready.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use crate::io::{Dir, Registration};
 
-use super::each_addr;
+use super::{check_timeout, deadline, each_addr};
 
 /// A UDP socket.
 ///
@@ -29,8 +31,11 @@ use super::each_addr;
 /// });
 /// ```
 pub struct UdpSocket {
-    io: mio::net::UdpSocket,
+    // Declared before `io`: out of the poller before the descriptor closes.
     reg: Registration,
+    io: mio::net::UdpSocket,
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
 }
 
 impl UdpSocket {
@@ -43,11 +48,87 @@ impl UdpSocket {
     /// Outside a hub.
     #[track_caller]
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
-        each_addr(addr, |a| {
-            let io = mio::net::UdpSocket::bind(a)?;
-            let reg = Registration::new(&io, "UdpSocket::bind")?;
-            Ok(UdpSocket { io, reg })
+        each_addr(addr, |a| Self::from_mio(mio::net::UdpSocket::bind(a)?))
+    }
+
+    #[track_caller]
+    fn from_mio(io: mio::net::UdpSocket) -> io::Result<UdpSocket> {
+        let reg = Registration::new(&io, "UdpSocket")?;
+        Ok(UdpSocket {
+            reg,
+            io,
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
         })
+    }
+
+    /// Takes over a standard socket (made non-blocking here).
+    ///
+    /// # Errors
+    /// When it cannot be made non-blocking or registered.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn from_std(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
+        socket.set_nonblocking(true)?;
+        Self::from_mio(mio::net::UdpSocket::from_std(socket))
+    }
+
+    /// A second handle on the same socket (`dup`), as std's: each handle
+    /// has its own registration with the hub that makes it and its own
+    /// timeouts (starting as this one's); a datagram goes to one reader.
+    /// The socket closes when both are gone.
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated (`EMFILE`) or registered.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn try_clone(&self) -> io::Result<UdpSocket> {
+        let clone = UdpSocket::from_std(self.io.as_fd().try_clone_to_owned()?.into())?;
+        clone.read_timeout.set(self.read_timeout.get());
+        clone.write_timeout.set(self.write_timeout.get());
+        Ok(clone)
+    }
+
+    /// Bounds each receive: one that waits longer fails with `TimedOut`.
+    /// `None` (the default) waits as long as it takes.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a zero duration, as std refuses it: the timeout
+    /// is unchanged.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(check_timeout(timeout)?);
+        Ok(())
+    }
+
+    /// Bounds each send: one that waits longer (a full send buffer) fails
+    /// with `TimedOut`. `None` (the default) waits as long as it takes.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a zero duration, as std refuses it: the timeout
+    /// is unchanged.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout.set(check_timeout(timeout)?);
+        Ok(())
+    }
+
+    /// The read timeout.
+    ///
+    /// # Errors
+    /// None: a `Result` as std's (which asks the socket).
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.read_timeout.get())
+    }
+
+    /// The write timeout.
+    ///
+    /// # Errors
+    /// None: a `Result` as std's (which asks the socket).
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.write_timeout.get())
     }
 
     /// Sets the default peer of [`send`](UdpSocket::send) and the only
@@ -62,51 +143,64 @@ impl UdpSocket {
     /// Sends a datagram to `addr`; returns the bytes sent.
     ///
     /// # Errors
-    /// As `sendto(2)` fails.
+    /// As `sendto(2)` fails; `TimedOut` past the write timeout.
     ///
     /// # Panics
     /// Outside a hub's coroutine, if it must wait.
     #[track_caller]
     pub fn send_to(&self, buf: &[u8], addr: impl ToSocketAddrs) -> io::Result<usize> {
         each_addr(addr, |a| {
-            self.reg.io(Dir::Write, None, || self.io.send_to(buf, a))
+            self.reg
+                .io(Dir::Write, deadline(self.write_timeout.get()), || {
+                    self.io.send_to(buf, a)
+                })
         })
     }
 
     /// Waits for a datagram; returns its length and sender.
     ///
     /// # Errors
-    /// As `recvfrom(2)` fails.
+    /// As `recvfrom(2)` fails; `TimedOut` past the read timeout.
     ///
     /// # Panics
     /// Outside a hub's coroutine, if it must wait.
     #[track_caller]
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.reg.io(Dir::Read, None, || self.io.recv_from(buf))
+        self.reg
+            .io(Dir::Read, deadline(self.read_timeout.get()), || {
+                self.io.recv_from(buf)
+            })
     }
 
     /// Sends a datagram to the connected peer.
     ///
     /// # Errors
-    /// As `send(2)` fails (`NotConnected` before `connect`).
+    /// As `send(2)` fails (`NotConnected` before `connect`); `TimedOut`
+    /// past the write timeout.
     ///
     /// # Panics
     /// Outside a hub's coroutine, if it must wait.
     #[track_caller]
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.reg.io(Dir::Write, None, || self.io.send(buf))
+        self.reg
+            .io(Dir::Write, deadline(self.write_timeout.get()), || {
+                self.io.send(buf)
+            })
     }
 
     /// Waits for a datagram from the connected peer.
     ///
     /// # Errors
-    /// As `recv(2)` fails.
+    /// As `recv(2)` fails; `TimedOut` past the read timeout.
     ///
     /// # Panics
     /// Outside a hub's coroutine, if it must wait.
     #[track_caller]
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reg.io(Dir::Read, None, || self.io.recv(buf))
+        self.reg
+            .io(Dir::Read, deadline(self.read_timeout.get()), || {
+                self.io.recv(buf)
+            })
     }
 
     /// The local address.
@@ -138,9 +232,54 @@ impl AsFd for UdpSocket {
     }
 }
 
-impl Drop for UdpSocket {
-    fn drop(&mut self) {
-        self.reg.deregister();
+impl IntoRawFd for UdpSocket {
+    /// Takes the descriptor out of the hub's poller and hands it over,
+    /// still non-blocking.
+    fn into_raw_fd(self) -> RawFd {
+        OwnedFd::from(self).into_raw_fd()
+    }
+}
+
+impl FromRawFd for UdpSocket {
+    /// Takes over a UDP socket's descriptor, as
+    /// [`from_std`](UdpSocket::from_std) does.
+    ///
+    /// # Safety
+    /// As [`OwnedFd::from_raw_fd`]: `fd` is an open descriptor that the
+    /// caller owns and hands over (a UDP socket).
+    ///
+    /// # Panics
+    /// As `From<OwnedFd>`.
+    #[track_caller]
+    unsafe fn from_raw_fd(fd: RawFd) -> UdpSocket {
+        // SAFETY: the caller hands over an open descriptor it owns.
+        UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+impl From<OwnedFd> for UdpSocket {
+    /// Takes over a UDP socket's descriptor, as
+    /// [`from_std`](UdpSocket::from_std) does (`from_std` returns its
+    /// errors instead).
+    ///
+    /// # Panics
+    /// Outside a hub; when the descriptor cannot be made non-blocking or
+    /// registered (the poller refuses a descriptor it has already, or one
+    /// that is no socket).
+    #[track_caller]
+    fn from(fd: OwnedFd) -> UdpSocket {
+        UdpSocket::from_std(fd.into())
+            .unwrap_or_else(|e| panic!("corostack::hub: UdpSocket::from(OwnedFd): {e}"))
+    }
+}
+
+impl From<UdpSocket> for OwnedFd {
+    /// Takes the descriptor out of the hub's poller and hands it over,
+    /// still non-blocking (the timeouts, the hub's, do not go with it).
+    fn from(socket: UdpSocket) -> OwnedFd {
+        let UdpSocket { reg, io, .. } = socket;
+        drop(reg);
+        io.into()
     }
 }
 

@@ -23,6 +23,7 @@
 //! the task record (`task.rs`).
 
 use std::cell::Cell;
+use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::rc::Rc;
@@ -34,7 +35,7 @@ use corostack::stack::DefaultStack;
 
 use crate::driver::queue::Message;
 use crate::driver::timers::poll_timeout;
-use crate::task::{JoinError, KillSelf, TaskState};
+use crate::task::{JoinError, KillSelf, PanicPayload, TaskState};
 
 use super::hub::{Action, Config, HUB, Hub, hub, next_task_id};
 use super::leak;
@@ -62,13 +63,30 @@ pub(crate) enum Outcome {
 }
 
 impl Hub {
-    /// Spawns `f` as a new task, ready to run after those already ready;
-    /// returns the task and the slot where its body leaves its result
-    /// (what a [`JoinHandle`](crate::JoinHandle) holds).
+    /// [`try_spawn`](Hub::try_spawn), which panics when no stack can be
+    /// mapped.
+    #[track_caller]
     pub(crate) fn spawn<T: 'static, F: FnOnce() -> T + 'static>(
         &self,
         f: F,
     ) -> (Rc<Task>, Slot<T>) {
+        match self.try_spawn(f) {
+            Ok(spawned) => spawned,
+            Err(e) => panic!("corostack::hub: cannot allocate a coroutine's stack: {e}"),
+        }
+    }
+
+    /// Spawns `f` as a new task, ready to run after those already ready;
+    /// returns the task and the slot where its body leaves its result
+    /// (what a [`JoinHandle`](crate::JoinHandle) holds), or the error of
+    /// mapping its stack (then `f` is dropped, here, and nothing changed).
+    pub(crate) fn try_spawn<T: 'static, F: FnOnce() -> T + 'static>(
+        &self,
+        f: F,
+    ) -> io::Result<(Rc<Task>, Slot<T>)> {
+        // From the thread's pool, whose capacity the hub raised to its
+        // `stack_cache`: finished tasks give their stacks back to it.
+        let stack = DefaultStack::new(self.config.stack_size)?;
         let task = Rc::new(Task::new(next_task_id()));
         let slot: Slot<T> = Rc::new(Cell::new(None));
         let out = slot.clone();
@@ -84,24 +102,18 @@ impl Hub {
                 let hub = hub("a coroutine's start");
                 hub.mark_unwinding(task);
                 match panic::catch_unwind(AssertUnwindSafe(move || drop(f))) {
-                    Err(p) if !p.is::<KillSelf>() => Err(JoinError::Panicked(p)),
+                    Err(p) if !p.is::<KillSelf>() => Err(JoinError::Panicked(PanicPayload::new(p))),
                     _ => Err(JoinError::Killed),
                 }
             } else {
                 match panic::catch_unwind(AssertUnwindSafe(f)) {
                     Ok(v) => Ok(v),
                     Err(p) if p.is::<KillSelf>() => Err(JoinError::Killed),
-                    Err(p) => Err(JoinError::Panicked(p)),
+                    Err(p) => Err(JoinError::Panicked(PanicPayload::new(p))),
                 }
             };
             out.set(Some(r));
             task.yielder.set(ptr::null());
-        };
-        // From the thread's pool, whose capacity the hub raised to its
-        // `stack_cache`: finished tasks give their stacks back to it.
-        let stack = match DefaultStack::new(self.config.stack_size) {
-            Ok(s) => s,
-            Err(e) => panic!("corostack::hub: cannot allocate a coroutine's stack: {e}"),
         };
         *task.co.borrow_mut() = Some(Coroutine::with_stack(stack, body));
         if self.shutting_down.get() {
@@ -112,7 +124,7 @@ impl Hub {
         task.key.set(self.tasks.borrow_mut().insert(task.clone()));
         task.queued.set(true);
         self.ready.borrow_mut().push_back(task.clone());
-        (task, slot)
+        Ok((task, slot))
     }
 
     /// Warms the cache for the next ready tasks while this one runs: with
@@ -499,12 +511,22 @@ impl Drop for Installed {
 }
 
 /// Runs a hub with `config` on this thread until `f` returns.
-pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -> T {
-    let hub = match Hub::new(config) {
-        Ok(h) => h,
-        Err(e) => panic!("corostack::hub: cannot start a hub: {e}"),
-    };
+pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -> io::Result<T> {
+    let hub = Hub::new(config)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start a hub: {e}")))?;
     let installed = Installed::new(&hub);
+    let (main, slot) = match hub.try_spawn(f) {
+        Ok(main) => main,
+        Err(e) => {
+            // Nothing ran: the hub ends as an empty one does.
+            hub.shut_down();
+            drop(installed);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot map the main coroutine's stack: {e}"),
+            ));
+        }
+    };
     /// Shuts the hub down if the loop itself fails, while it is still
     /// installed.
     struct ShutDown<'a>(&'a Hub);
@@ -524,7 +546,6 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
         }
     }
     let shutdown = ShutDown(&hub);
-    let (main, slot) = hub.spawn(f);
     let outcome = hub.run_until(&main);
     std::mem::forget(shutdown);
     let (leaked, end) = hub.shut_down();
@@ -557,7 +578,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
         match result {
             Err(JoinError::Panicked(p)) => {
                 eprintln!("{msg}");
-                panic::resume_unwind(p)
+                panic::resume_unwind(p.into_inner())
             }
             _ => panic!("{msg}"),
         }
@@ -568,9 +589,9 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
             if let Some(p) = loop_panic {
                 panic::resume_unwind(p);
             }
-            v
+            Ok(v)
         }
-        Err(JoinError::Panicked(p)) => panic::resume_unwind(p),
+        Err(JoinError::Panicked(p)) => panic::resume_unwind(p.into_inner()),
         Err(JoinError::Killed) => panic!("corostack::hub: the main coroutine was killed"),
     }
 }

@@ -60,6 +60,7 @@ fn new<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
 /// drop(tx);
 /// assert_eq!(rx.iter().sum::<i32>(), 499_500);
 /// ```
+#[must_use]
 pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
     new(None)
 }
@@ -78,6 +79,7 @@ pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
 ///
 /// # Panics
 /// When `capacity` is 0 (a rendezvous channel is not provided).
+#[must_use]
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     assert!(
         capacity > 0,
@@ -119,14 +121,48 @@ pub struct Sender<T>(Rc<Chan<T>>);
 pub struct Receiver<T>(Rc<Chan<T>>);
 
 /// `send` failed: every receiver is gone. The value comes back.
+///
+/// ```
+/// use corostack_hub::{self as hub, sync::channel::{self, SendError}};
+///
+/// hub::run(|| {
+///     let (tx, rx) = channel::unbounded();
+///     drop(rx);
+///     assert_eq!(tx.send("lost"), Err(SendError("lost")));
+/// });
+/// ```
 #[derive(PartialEq, Eq, Clone, Copy)]
 pub struct SendError<T>(pub T);
 
 /// `recv` failed: the channel is empty and every sender is gone.
+///
+/// ```
+/// use corostack_hub::{self as hub, sync::channel::{self, RecvError}};
+///
+/// hub::run(|| {
+///     let (tx, rx) = channel::unbounded();
+///     tx.send(1).unwrap();
+///     drop(tx);
+///     assert_eq!(rx.recv(), Ok(1)); // what was sent still comes
+///     assert_eq!(rx.recv(), Err(RecvError));
+/// });
+/// ```
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub struct RecvError;
 
 /// Why [`Sender::try_send`] failed; the value comes back.
+///
+/// ```
+/// use corostack_hub::{self as hub, sync::channel::{self, TrySendError}};
+///
+/// hub::run(|| {
+///     let (tx, rx) = channel::bounded(1);
+///     tx.try_send('a').unwrap();
+///     assert_eq!(tx.try_send('b'), Err(TrySendError::Full('b')));
+///     drop(rx);
+///     assert_eq!(tx.try_send('c'), Err(TrySendError::Disconnected('c')));
+/// });
+/// ```
 #[derive(PartialEq, Eq, Clone, Copy)]
 pub enum TrySendError<T> {
     /// The channel is full.
@@ -136,6 +172,17 @@ pub enum TrySendError<T> {
 }
 
 /// Why [`Receiver::try_recv`] failed.
+///
+/// ```
+/// use corostack_hub::{self as hub, sync::channel::{self, TryRecvError}};
+///
+/// hub::run(|| {
+///     let (tx, rx) = channel::unbounded::<u8>();
+///     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+///     drop(tx);
+///     assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+/// });
+/// ```
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum TryRecvError {
     /// No value is waiting.
@@ -147,6 +194,21 @@ pub enum TryRecvError {
 impl<T> Sender<T> {
     /// Sends `value`, waiting (cooperatively) while a bounded channel is
     /// full.
+    ///
+    /// ```
+    /// use corostack_hub::{self as hub, sync::channel};
+    ///
+    /// hub::run(|| {
+    ///     let (tx, rx) = channel::bounded(1);
+    ///     let producer = hub::spawn(move || {
+    ///         for i in 0..3 {
+    ///             tx.send(i).unwrap(); // waits while the one slot is taken
+    ///         }
+    ///     });
+    ///     assert_eq!(rx.iter().collect::<Vec<_>>(), [0, 1, 2]);
+    ///     producer.join().unwrap();
+    /// });
+    /// ```
     ///
     /// # Errors
     /// [`SendError`] with the value when every receiver is gone.
@@ -167,7 +229,21 @@ impl<T> Sender<T> {
         }
     }
 
-    /// Sends `value` if there is room now.
+    /// Sends `value` if there is room now (never waits, so it works
+    /// outside a coroutine too: from a destructor the hub's loop runs, a
+    /// `call_later`).
+    ///
+    /// ```
+    /// use corostack_hub::{self as hub, sync::channel};
+    ///
+    /// hub::run(|| {
+    ///     let (tx, rx) = channel::bounded(2);
+    ///     assert!(tx.try_send(1).is_ok() && tx.try_send(2).is_ok());
+    ///     assert!(tx.try_send(3).is_err()); // full
+    ///     assert_eq!((tx.len(), tx.capacity()), (2, Some(2)));
+    ///     assert_eq!(rx.try_recv(), Ok(1));
+    /// });
+    /// ```
     ///
     /// # Errors
     /// [`TrySendError::Full`] or [`TrySendError::Disconnected`], with the
@@ -189,21 +265,53 @@ impl<T> Sender<T> {
     }
 
     /// How many values wait in the channel.
+    ///
+    /// ```
+    /// use corostack_hub::sync::channel;
+    ///
+    /// let (tx, rx) = channel::unbounded();
+    /// tx.try_send(()).unwrap(); // no hub needed: nothing waits
+    /// assert_eq!((tx.len(), rx.len()), (1, 1));
+    /// assert!(!tx.is_empty());
+    /// ```
+    #[must_use]
     pub fn len(&self) -> usize {
         self.0.buf.borrow().len()
     }
 
     /// Whether no value waits in the channel.
+    ///
+    /// ```
+    /// let (tx, _rx) = corostack_hub::sync::channel::unbounded::<u8>();
+    /// assert!(tx.is_empty());
+    /// ```
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The capacity of a bounded channel.
+    ///
+    /// ```
+    /// use corostack_hub::sync::channel;
+    ///
+    /// assert_eq!(channel::bounded::<u8>(4).0.capacity(), Some(4));
+    /// assert_eq!(channel::unbounded::<u8>().0.capacity(), None);
+    /// ```
+    #[must_use]
     pub fn capacity(&self) -> Option<usize> {
         self.0.cap
     }
 
     /// Whether every receiver is gone.
+    ///
+    /// ```
+    /// let (tx, rx) = corostack_hub::sync::channel::unbounded::<u8>();
+    /// assert!(!tx.is_closed());
+    /// drop(rx);
+    /// assert!(tx.is_closed());
+    /// ```
+    #[must_use]
     pub fn is_closed(&self) -> bool {
         self.0.receivers.get() == 0
     }
@@ -212,6 +320,20 @@ impl<T> Sender<T> {
 impl<T> Receiver<T> {
     /// Takes the oldest value, waiting (cooperatively) while there is
     /// none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corostack_hub::{self as hub, sync::channel};
+    ///
+    /// hub::run(|| {
+    ///     let (tx, rx) = channel::unbounded();
+    ///     hub::spawn(move || {
+    ///         hub::sleep(Duration::from_millis(1));
+    ///         tx.send("late").unwrap();
+    ///     });
+    ///     assert_eq!(rx.recv(), Ok("late")); // waits for the sleeper
+    /// });
+    /// ```
     ///
     /// # Errors
     /// [`RecvError`] when the channel is empty and every sender is gone.
@@ -229,7 +351,14 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// Takes the oldest value if there is one.
+    /// Takes the oldest value if there is one (never waits).
+    ///
+    /// ```
+    /// let (tx, rx) = corostack_hub::sync::channel::unbounded();
+    /// tx.try_send(7).unwrap();
+    /// assert_eq!(rx.try_recv(), Ok(7));
+    /// assert!(rx.try_recv().is_err());
+    /// ```
     ///
     /// # Errors
     /// [`TryRecvError::Empty`] or [`TryRecvError::Disconnected`].
@@ -249,23 +378,65 @@ impl<T> Receiver<T> {
     }
 
     /// An iterator that receives until the channel is empty and closed.
+    ///
+    /// ```
+    /// use corostack_hub::{self as hub, sync::channel};
+    ///
+    /// hub::run(|| {
+    ///     let (tx, rx) = channel::unbounded();
+    ///     hub::spawn(move || (1..=3).for_each(|i| tx.send(i).unwrap()));
+    ///     assert_eq!(rx.iter().sum::<i32>(), 6); // ends once the sender is gone
+    /// });
+    /// ```
+    #[must_use]
     pub fn iter(&self) -> Iter<'_, T> {
         Iter(self)
     }
 
     /// How many values wait in the channel.
+    ///
+    /// ```
+    /// let (tx, rx) = corostack_hub::sync::channel::unbounded();
+    /// tx.try_send('x').unwrap();
+    /// assert_eq!(rx.len(), 1);
+    /// ```
+    #[must_use]
     pub fn len(&self) -> usize {
         self.0.buf.borrow().len()
     }
 
     /// Whether no value waits in the channel.
+    ///
+    /// ```
+    /// let (_tx, rx) = corostack_hub::sync::channel::unbounded::<u8>();
+    /// assert!(rx.is_empty());
+    /// ```
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 /// Receives until the channel is empty and every sender is gone; from
-/// [`Receiver::iter`].
+/// [`Receiver::iter`] (or `for v in &receiver`). Fused: once it ends, no
+/// sender can come back.
+///
+/// ```
+/// use corostack_hub::{self as hub, sync::channel};
+///
+/// hub::run(|| {
+///     let (tx, rx) = channel::bounded(8);
+///     for word in ["a", "b"] {
+///         tx.send(word).unwrap();
+///     }
+///     drop(tx);
+///     let mut words = Vec::new();
+///     for w in &rx {
+///         words.push(w);
+///     }
+///     assert_eq!(words, ["a", "b"]);
+/// });
+/// ```
 #[derive(Debug)]
 pub struct Iter<'a, T>(&'a Receiver<T>);
 

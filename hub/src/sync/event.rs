@@ -36,6 +36,7 @@ struct Inner {
 
 impl Event {
     /// A new event, not set.
+    #[must_use]
     pub fn new() -> Event {
         Event::default()
     }
@@ -52,6 +53,7 @@ impl Event {
     }
 
     /// Whether the flag is set.
+    #[must_use]
     pub fn is_set(&self) -> bool {
         self.0.set.get()
     }

@@ -50,6 +50,7 @@ pub struct SemaphorePermit {
 
 impl Semaphore {
     /// A semaphore with `permits` permits.
+    #[must_use]
     pub fn new(permits: usize) -> Semaphore {
         Semaphore(Rc::new(Inner {
             permits: Cell::new(permits),
@@ -62,6 +63,7 @@ impl Semaphore {
     /// # Panics
     /// Outside a hub's coroutine, when it must wait.
     #[track_caller]
+    #[must_use]
     pub fn acquire(&self) -> SemaphorePermit {
         loop {
             if let Some(p) = self.try_acquire() {
@@ -72,6 +74,7 @@ impl Semaphore {
     }
 
     /// Takes a permit if one is free now.
+    #[must_use]
     pub fn try_acquire(&self) -> Option<SemaphorePermit> {
         let n = self.0.permits.get();
         (n > 0).then(|| {
@@ -100,6 +103,7 @@ impl Semaphore {
     }
 
     /// How many permits are free.
+    #[must_use]
     pub fn available(&self) -> usize {
         self.0.permits.get()
     }
