@@ -1335,11 +1335,16 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
 }
 
 /// Drops the ending of a body that the thread's exit hook unwound; a
-/// panic from that drop aborts, as one from the unwind would.
+/// panic that escaped the body (one that caught the unwind and panicked
+/// on its own) aborts, as a drop would have raised it, and so does a
+/// panic from that drop.
 #[cfg(feature = "std")]
 #[cold]
 #[inline(never)]
 fn drop_for_the_hook<R>(ending: Ending<R>) {
+    if matches!(ending, Ending::Panicked(_)) {
+        thread_exit::panicked_in_hook();
+    }
     if panic::catch_unwind(AssertUnwindSafe(|| drop(ending))).is_err() {
         thread_exit::panicked_in_hook();
     }

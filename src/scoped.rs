@@ -191,20 +191,25 @@ impl<'a, Input, Yield, Return, S: Stack> ScopedCoroutine<'a, Input, Yield, Retur
         }
     }
 
-    /// Runs `f` with the coroutine to resume, then drops the coroutine
-    /// (unwinding its stack if it is suspended) and returns `f`'s value;
-    /// if `f` panics, the coroutine is dropped as the panic passes.
-    pub fn scope<T>(self, f: impl FnOnce(&mut Scoped<'a, Input, Yield, Return, S>) -> T) -> T {
+    /// The coroutine, moved into the `Scoped` that a scope lends out.
+    fn into_running(self) -> Scoped<'a, Input, Yield, Return, S> {
         // `self` has a `Drop` (for the drop check), so its coroutine is
         // moved out through a `ManuallyDrop`.
         let this = core::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again: the coroutine is
         // moved out once.
         let co = unsafe { core::ptr::read(&this.co) };
-        let mut running = Scoped {
+        Scoped {
             co,
             _borrows: PhantomData,
-        };
+        }
+    }
+
+    /// Runs `f` with the coroutine to resume, then drops the coroutine
+    /// (unwinding its stack if it is suspended) and returns `f`'s value;
+    /// if `f` panics, the coroutine is dropped as the panic passes.
+    pub fn scope<T>(self, f: impl FnOnce(&mut Scoped<'a, Input, Yield, Return, S>) -> T) -> T {
+        let mut running = self.into_running();
         let out = f(&mut running);
         drop(running);
         out
@@ -236,13 +241,7 @@ impl<'a, Input, Yield, Return, S: Stack> ScopedCoroutine<'a, Input, Yield, Retur
         self,
         f: impl FnOnce(&mut Scoped<'a, Input, Yield, Return, S>) -> T,
     ) -> (T, S) {
-        let this = core::mem::ManuallyDrop::new(self);
-        // SAFETY: as in `scope`: `this` is never used or dropped again.
-        let co = unsafe { core::ptr::read(&this.co) };
-        let mut running = Scoped {
-            co,
-            _borrows: PhantomData,
-        };
+        let mut running = self.into_running();
         let out = f(&mut running);
         // `Scoped` has a `Drop` too: its coroutine is moved out the same way.
         let running = core::mem::ManuallyDrop::new(running);

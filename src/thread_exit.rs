@@ -297,7 +297,9 @@ pub fn rearm() -> bool {
     if PHASE.get() == Phase::Exiting {
         return false;
     }
-    init_list();
+    // The list is left as it is: a thread's first coroutine start, which
+    // finds it uninitialised, registers the hook again after this call
+    // (the thread-locals used in between count as used before it).
     PHASE.set(Phase::Hooked);
     register()
 }
@@ -322,9 +324,11 @@ fn init_list() -> *const Links {
 #[inline(never)]
 fn hook() -> *const Links {
     // Once, whether or not the C library has the function: a thread
-    // without it is not asked again at every start.
+    // without it is not asked again at every start. Also after a `rearm`
+    // (which leaves the list uninitialised): the registration that counts
+    // is the last one, and the first start must be one of them.
     let head = init_list();
-    if PHASE.get() == Phase::Unhooked {
+    if PHASE.get() != Phase::Exiting {
         PHASE.set(Phase::Hooked);
         register();
     }

@@ -477,7 +477,10 @@ fn switch_error_debug_names_the_variant_not_the_message() {
     let slot = as_u8.clone();
     let waits = Greenlet::new(move |s: String| {
         *slot.borrow_mut() = Some(current::<u8>());
-        current::<String>().parent().unwrap().switch(s)
+        // The parent's handle only: a temporary handle of this greenlet
+        // held across the switch would keep it alive (a cycle, leaked).
+        let parent = current::<String>().parent().unwrap();
+        parent.switch(s)
     });
     waits.switch(String::new());
     let err = as_u8.borrow().as_ref().unwrap().try_switch(5).unwrap_err();

@@ -14,15 +14,7 @@ use std::time::{Duration, Instant};
 
 use corostack_hub::{self as hub, JoinError, TaskState};
 use proptest::prelude::*;
-use util::{DropCounter, capture};
-
-/// The message of a caught panic.
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
+use util::{DropCounter, capture, message};
 
 #[test]
 fn the_gevent_sleep_example_prints_geventss_output() {

@@ -14,14 +14,7 @@ use std::time::Duration;
 
 use corostack_hub as hub;
 use hub_util::{in_child, passes_in_child};
-
-/// The message of a caught panic.
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
+use util::message;
 
 /// A `CallLater` made by one hub, used in another: refused with a panic
 /// naming the mistake, rather than acting on the other hub's timers.

@@ -27,15 +27,7 @@ use corostack_hub::net::{TcpListener, TcpStream, UdpSocket};
 use corostack_hub::sync::{Event, Semaphore};
 use corostack_hub::{self as hub, JoinHandle, TaskState};
 use hub_util::{in_child, passes_in_child};
-use util::DropCounter;
-
-/// The message of a caught panic.
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
+use util::{DropCounter, message};
 
 const MS: Duration = Duration::from_millis(1);
 

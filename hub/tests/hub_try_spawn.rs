@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use corostack_hub as hub;
 use hub_util::passes_in_child;
-use util::DropCounter;
+use util::{DropCounter, message};
 
 /// This process's address space, in bytes.
 fn vm_size() -> usize {
@@ -45,14 +45,6 @@ fn cannot_limit() -> bool {
     std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"))
         || util::emulated()
         || vm_size() > 1 << 40
-}
-
-/// The message of a caught panic.
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
 }
 
 #[test]

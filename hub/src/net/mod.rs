@@ -35,6 +35,87 @@
 //! (`TimedOut`); [`hub::timeout`](crate::timeout) bounds any block of
 //! calls.
 
+/// The descriptor traits of a hub socket `$ty` (a struct with the fields
+/// `reg`, its registration with the hub's poller, and `io`, the socket),
+/// as std's sockets have them: borrowing (`AsFd`, `AsRawFd`), handing the
+/// descriptor over (out of the poller first: `IntoRawFd`,
+/// `From<$ty> for OwnedFd`) and taking one over (registered with the
+/// running hub, as `$ty::from_std` does: `FromRawFd`, `From<OwnedFd>`).
+macro_rules! fd_conversions {
+    ($ty:ident) => {
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(&self.io)
+            }
+        }
+
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(&self.io)
+            }
+        }
+
+        impl std::os::fd::IntoRawFd for $ty {
+            /// Takes the descriptor out of the hub's poller and hands it
+            /// over, still non-blocking.
+            fn into_raw_fd(self) -> std::os::fd::RawFd {
+                std::os::fd::IntoRawFd::into_raw_fd(std::os::fd::OwnedFd::from(self))
+            }
+        }
+
+        impl std::os::fd::FromRawFd for $ty {
+            /// Takes over a socket's descriptor of this kind, as `from_std`
+            /// does.
+            ///
+            /// # Safety
+            /// As [`FromRawFd::from_raw_fd`](std::os::fd::FromRawFd::from_raw_fd) for `OwnedFd`:
+            /// `fd` is an open descriptor that the caller owns and hands
+            /// over (a socket of this kind).
+            ///
+            /// # Panics
+            /// As `From<OwnedFd>`.
+            #[track_caller]
+            unsafe fn from_raw_fd(fd: std::os::fd::RawFd) -> $ty {
+                // SAFETY: the caller hands over an open descriptor it owns.
+                $ty::from(unsafe {
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                })
+            }
+        }
+
+        impl From<std::os::fd::OwnedFd> for $ty {
+            /// Takes over a socket's descriptor of this kind, as `from_std`
+            /// does (`from_std` returns its errors instead).
+            ///
+            /// # Panics
+            /// Outside a hub; when the descriptor cannot be made
+            /// non-blocking or registered (the poller refuses a descriptor
+            /// it has already, or one that is no socket).
+            #[track_caller]
+            fn from(fd: std::os::fd::OwnedFd) -> $ty {
+                $ty::from_std(fd.into()).unwrap_or_else(|e| {
+                    panic!(
+                        concat!("corostack::hub: ", stringify!($ty), "::from(OwnedFd): {}"),
+                        e
+                    )
+                })
+            }
+        }
+
+        impl From<$ty> for std::os::fd::OwnedFd {
+            /// Takes the descriptor out of the hub's poller and hands it
+            /// over, still non-blocking (set it blocking again for a std
+            /// socket that should block; the hub's timeouts do not go with
+            /// it).
+            fn from(socket: $ty) -> std::os::fd::OwnedFd {
+                let $ty { reg, io, .. } = socket;
+                drop(reg);
+                io.into()
+            }
+        }
+    };
+}
+
 mod tcp;
 mod udp;
 

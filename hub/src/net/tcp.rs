@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::iter::FusedIterator;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -253,69 +253,7 @@ impl Iterator for Incoming<'_> {
 
 impl FusedIterator for Incoming<'_> {}
 
-impl AsRawFd for TcpListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.as_raw_fd()
-    }
-}
-
-impl AsFd for TcpListener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.as_fd()
-    }
-}
-
-impl IntoRawFd for TcpListener {
-    /// Takes the descriptor out of the hub's poller and hands it over,
-    /// still non-blocking.
-    fn into_raw_fd(self) -> RawFd {
-        OwnedFd::from(self).into_raw_fd()
-    }
-}
-
-impl FromRawFd for TcpListener {
-    /// Takes over a listening socket's descriptor, as
-    /// [`from_std`](TcpListener::from_std) does.
-    ///
-    /// # Safety
-    /// As [`OwnedFd::from_raw_fd`]: `fd` is an open descriptor that the
-    /// caller owns and hands over (a listening TCP socket).
-    ///
-    /// # Panics
-    /// As `From<OwnedFd>`.
-    #[track_caller]
-    unsafe fn from_raw_fd(fd: RawFd) -> TcpListener {
-        // SAFETY: the caller hands over an open descriptor it owns.
-        TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
-impl From<OwnedFd> for TcpListener {
-    /// Takes over a listening socket's descriptor, as
-    /// [`from_std`](TcpListener::from_std) does (`from_std` returns its
-    /// errors instead).
-    ///
-    /// # Panics
-    /// Outside a hub; when the descriptor cannot be made non-blocking or
-    /// registered (the poller refuses a descriptor it has already, or one
-    /// that is no socket).
-    #[track_caller]
-    fn from(fd: OwnedFd) -> TcpListener {
-        TcpListener::from_std(fd.into())
-            .unwrap_or_else(|e| panic!("corostack::hub: TcpListener::from(OwnedFd): {e}"))
-    }
-}
-
-impl From<TcpListener> for OwnedFd {
-    /// Takes the descriptor out of the hub's poller and hands it over,
-    /// still non-blocking (set it blocking again for a std listener that
-    /// should block).
-    fn from(listener: TcpListener) -> OwnedFd {
-        let TcpListener { reg, io } = listener;
-        drop(reg);
-        io.into()
-    }
-}
+fd_conversions!(TcpListener);
 
 impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -640,69 +578,7 @@ impl Write for &TcpStream {
     }
 }
 
-impl AsRawFd for TcpStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.as_raw_fd()
-    }
-}
-
-impl AsFd for TcpStream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.as_fd()
-    }
-}
-
-impl IntoRawFd for TcpStream {
-    /// Takes the descriptor out of the hub's poller and hands it over,
-    /// still non-blocking.
-    fn into_raw_fd(self) -> RawFd {
-        OwnedFd::from(self).into_raw_fd()
-    }
-}
-
-impl FromRawFd for TcpStream {
-    /// Takes over a connected socket's descriptor, as
-    /// [`from_std`](TcpStream::from_std) does.
-    ///
-    /// # Safety
-    /// As [`OwnedFd::from_raw_fd`]: `fd` is an open descriptor that the
-    /// caller owns and hands over (a connected TCP socket).
-    ///
-    /// # Panics
-    /// As `From<OwnedFd>`.
-    #[track_caller]
-    unsafe fn from_raw_fd(fd: RawFd) -> TcpStream {
-        // SAFETY: the caller hands over an open descriptor it owns.
-        TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
-impl From<OwnedFd> for TcpStream {
-    /// Takes over a connected socket's descriptor, as
-    /// [`from_std`](TcpStream::from_std) does (`from_std` returns its
-    /// errors instead).
-    ///
-    /// # Panics
-    /// Outside a hub; when the descriptor cannot be made non-blocking or
-    /// registered (the poller refuses a descriptor it has already, or one
-    /// that is no socket).
-    #[track_caller]
-    fn from(fd: OwnedFd) -> TcpStream {
-        TcpStream::from_std(fd.into())
-            .unwrap_or_else(|e| panic!("corostack::hub: TcpStream::from(OwnedFd): {e}"))
-    }
-}
-
-impl From<TcpStream> for OwnedFd {
-    /// Takes the descriptor out of the hub's poller and hands it over,
-    /// still non-blocking (set it blocking again for a std stream that
-    /// should block; the timeouts, the hub's, do not go with it).
-    fn from(stream: TcpStream) -> OwnedFd {
-        let TcpStream { reg, io, .. } = stream;
-        drop(reg);
-        io.into()
-    }
-}
+fd_conversions!(TcpStream);
 
 impl fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use crate::io::{Dir, Registration};
@@ -220,68 +220,7 @@ impl UdpSocket {
     }
 }
 
-impl AsRawFd for UdpSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.as_raw_fd()
-    }
-}
-
-impl AsFd for UdpSocket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.as_fd()
-    }
-}
-
-impl IntoRawFd for UdpSocket {
-    /// Takes the descriptor out of the hub's poller and hands it over,
-    /// still non-blocking.
-    fn into_raw_fd(self) -> RawFd {
-        OwnedFd::from(self).into_raw_fd()
-    }
-}
-
-impl FromRawFd for UdpSocket {
-    /// Takes over a UDP socket's descriptor, as
-    /// [`from_std`](UdpSocket::from_std) does.
-    ///
-    /// # Safety
-    /// As [`OwnedFd::from_raw_fd`]: `fd` is an open descriptor that the
-    /// caller owns and hands over (a UDP socket).
-    ///
-    /// # Panics
-    /// As `From<OwnedFd>`.
-    #[track_caller]
-    unsafe fn from_raw_fd(fd: RawFd) -> UdpSocket {
-        // SAFETY: the caller hands over an open descriptor it owns.
-        UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
-impl From<OwnedFd> for UdpSocket {
-    /// Takes over a UDP socket's descriptor, as
-    /// [`from_std`](UdpSocket::from_std) does (`from_std` returns its
-    /// errors instead).
-    ///
-    /// # Panics
-    /// Outside a hub; when the descriptor cannot be made non-blocking or
-    /// registered (the poller refuses a descriptor it has already, or one
-    /// that is no socket).
-    #[track_caller]
-    fn from(fd: OwnedFd) -> UdpSocket {
-        UdpSocket::from_std(fd.into())
-            .unwrap_or_else(|e| panic!("corostack::hub: UdpSocket::from(OwnedFd): {e}"))
-    }
-}
-
-impl From<UdpSocket> for OwnedFd {
-    /// Takes the descriptor out of the hub's poller and hands it over,
-    /// still non-blocking (the timeouts, the hub's, do not go with it).
-    fn from(socket: UdpSocket) -> OwnedFd {
-        let UdpSocket { reg, io, .. } = socket;
-        drop(reg);
-        io.into()
-    }
-}
+fd_conversions!(UdpSocket);
 
 impl fmt::Debug for UdpSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

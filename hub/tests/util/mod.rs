@@ -7,6 +7,15 @@ use std::cell::{Cell, RefCell};
 use std::process::{Command, Output};
 use std::rc::Rc;
 
+/// The message of a caught panic (a `String` or a `&str` payload; empty
+/// for any other).
+pub fn message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 /// Whether the tests run under emulation (qemu-user), where everything is
 /// 10 to 50 times slower: heavy loops scale down, checks stay the same.
 pub fn emulated() -> bool {
