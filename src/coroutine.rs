@@ -18,9 +18,12 @@
 //!
 //! A suspended body keeps whatever it holds on its stack, and safe code
 //! may `mem::forget` its `Coroutine`: the stack then stays mapped with the
-//! frames on it, but nothing on it runs or is dropped again. So anything a
-//! body can reach must stay valid for as long as those frames exist, which
-//! may be forever. The rules that follow from it, for `Coroutine<Input,
+//! frames on it, and nothing on it runs or is dropped again until its
+//! thread exits, where the thread's exit hook unwinds it in place (see
+//! [Thread-locals](#thread-locals)): its destructors then run, long after
+//! whatever they point at may have gone. So anything a body can reach must
+//! stay valid for as long as those frames exist, which may be until the
+//! thread ends (or forever, where the hook does not run). The rules that follow from it, for `Coroutine<Input,
 //! Yield, Return, S>`:
 //!
 //! - The body is `'static` (the closure's type).
@@ -125,9 +128,11 @@
 //!   again in another coroutine, or a nested coroutine that received it) it
 //!   is an ordinary panic there, which reaches that coroutine's resumer.
 //! - **The thread's exit hook** (see [Thread-locals](#thread-locals)):
-//!   runs on the thread's stack while the thread ends, before some of its
-//!   thread-local destructors, and unwinds the thread's coroutines that
-//!   are suspended on their own stacks, as a drop would.
+//!   runs on whatever stack is running when the thread ends (inside
+//!   `process::exit`, the caller's), before some of its thread-local
+//!   destructors, and unwinds the thread's coroutines that are suspended
+//!   on their own stacks with the forced unwind that a drop runs, though
+//!   not where a drop would run it (see there).
 //!
 //! # Thread-locals
 //!
@@ -142,19 +147,26 @@
 //! was lent `d` would go on reading it.
 //!
 //! What the crate does (`tests/thread_exit.rs`; the module
-//! [`thread_exit`] has the design): on Linux with
-//! glibc, at a thread's first coroutine start, it registers an exit hook
-//! with `__cxa_thread_atexit_impl`, the function std uses for each
-//! thread-local's destructor. glibc runs those last registered, first run,
-//! and std registers a thread-local's destructor when the thread first
-//! uses it; so the hook runs before the destructors of the thread-locals
+//! [`thread_exit`] has the design): at a thread's first coroutine start,
+//! it registers an exit hook, the destructor of a thread-local of its
+//! own. std registers a thread-local's destructor when the thread first
+//! uses it and runs them last registered, first run (on glibc through
+//! `__cxa_thread_atexit_impl`, or its own list in a static build); so the
+//! hook runs before the destructors of the thread-locals
 //! the thread used *before* the hook was registered, and after those used
 //! later. [`thread_exit::rearm`] registers it
 //! again. The hook unwinds, in place, every coroutine of the thread that
-//! is suspended on its own stack, forgotten or not, as a drop would: its
-//! destructors run and its `std::thread::scope`s join their threads while
-//! those thread-locals are alive; a handle still held somewhere then finds
-//! it done.
+//! is suspended on its own stack, forgotten or not, with the forced unwind
+//! that a drop runs: its destructors run and its `std::thread::scope`s
+//! join their threads while those thread-locals are alive; a handle still
+//! held somewhere then finds it done. It is not a drop, and the frames'
+//! destructors can tell: it also unwinds coroutines that no drop would
+//! ever reach (forgotten ones, and those a scheduler leaked), whose frames
+//! then run again after whatever they use that was not kept alive for
+//! them may be gone (a hub whose `run` has returned); and when the thread
+//! calls `process::exit`, it runs inside `exit`, above the caller's frames,
+//! so code those destructors switch to (a scheduler's loop that is among
+//! the caller's frames, when a task parks) can still run there.
 //!
 //! **The rule**: a body may suspend inside `KEY.with` (or lend a borrow
 //! from it to a scoped thread and suspend) only if the coroutine is
@@ -188,21 +200,37 @@
 //! - [`SendAsyncCoroutine`](crate::bridge::SendAsyncCoroutine), whose
 //!   contract already forbids such borrows across a suspend, is not
 //!   listed;
-//! - where the C library has no `__cxa_thread_atexit_impl` (musl, glibc
-//!   before 2.18) there is no hook at all, and nothing of this holds;
+//! - more than 16 registrations on one thread (its first start and 15
+//!   `rearm` calls): `rearm` returns `false` after that;
 //! - the hook relies on std's order of thread-local destructors, an
 //!   implementation detail of std (pinned by a test), not a promise.
 //!
 //! A panic that escapes the hook's unwind of a coroutine aborts the
 //! process with a message, as a panic from a thread-local destructor does;
-//! so does any coroutine of the thread suspended in the middle of an unwind
-//! when the hook has a coroutine to unwind (it cannot tell which one that
-//! is, and a forced unwind of that one would abort anyway: the hub's
-//! killed coroutines that it leaks after its shutdown timeout are such),
-//! and a body whose
-//! destructors, run by the hook's unwind, reach the coroutine's own handle
-//! (through a thread-local) and resume or drop it: the hook runs the
-//! coroutine without borrowing its handle.
+//! so does a resume or drop of the coroutine through its handle during
+//! that unwind, by its destructors or by code they run (another
+//! coroutine, a scheduler's loop, reaching the handle through a
+//! thread-local): the hook runs the coroutine without borrowing its
+//! handle. A coroutine suspended in a destructor run by its own unwind
+//! (see the limits in [Panics, drops and unwinding](Coroutine#panics-drops-and-unwinding))
+//! cannot be unwound: the hook's forced unwind runs the destructors
+//! between its pending `suspend` and that destructor, escapes the
+//! destructor, and the process aborts with Rust's "panic in a destructor
+//! during cleanup", as the coroutine's drop would (the hub's killed tasks
+//! that it leaks after its shutdown timeout are such).
+//!
+//! The hook unwinds whether or not the thread is panicking:
+//! [`std::thread::panicking`] counts the thread's unwinds, not those of
+//! one stack, and a forced unwind is a nested unwind on the coroutine's
+//! own stack, caught by its entry, which Rust allows. So `process::exit`
+//! called from a panic hook, or from a destructor during an unwind, with
+//! coroutines suspended, unwinds them and ends the process with its
+//! status (`tests/attack_issue20.rs`), and a greenlet suspended in the
+//! middle of its own unwind does not keep the hook from unwinding the
+//! coroutines. Inside a panic hook Rust aborts on a panic ("thread
+//! panicked while processing panic"), so a destructor of those frames that
+//! panics there, even one that would catch its panic, may abort the
+//! process.
 
 use core::cell::Cell;
 use core::fmt;

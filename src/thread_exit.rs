@@ -25,38 +25,55 @@
 //!   life, nothing per switch. `force_reset` and a trap, which abandon the
 //!   frames, unlink it first.
 //! - At the thread's first coroutine start, the thread's *exit hook* is
-//!   registered with glibc's `__cxa_thread_atexit_impl`, the function that
-//!   Rust's std uses for thread-local destructors on Linux. glibc runs
-//!   those callbacks last registered, first run; std registers one per
-//!   thread-local, when the thread first uses it (not one for all of them:
-//!   `tests/thread_exit.rs` pins this). So the hook runs before the
-//!   destructor of every thread-local that the thread used before the hook
-//!   was registered, and after those first used later. [`rearm`] registers
-//!   it again, so that it also runs before the thread-locals used so far.
+//!   registered: the first use of a thread-local of this module whose
+//!   destructor is the hook. std registers a thread-local's destructor
+//!   when the thread first uses it, and runs them last registered, first
+//!   run (on glibc, one `__cxa_thread_atexit_impl` call per thread-local,
+//!   run in that order by glibc; in a statically linked program, from
+//!   std's own list under one pthread key, in the same order:
+//!   `tests/thread_exit.rs` pins it, natively and in CI's static builds).
+//!   So the hook runs before the destructor of every thread-local that the
+//!   thread used before the hook was registered, and after those first
+//!   used later. [`rearm`] registers it again (the next of 16 such
+//!   thread-locals), so that it also runs before the thread-locals used so
+//!   far.
 //! - The hook (once per thread: a later registration finds the work done)
 //!   unwinds every listed coroutine that is suspended on its own stack, in
-//!   place, forgotten or not, as a drop would: its destructors run and a
-//!   `std::thread::scope` in it joins its threads while those
+//!   place, forgotten or not, with the forced unwind a drop runs (not
+//!   where a drop would: see `Coroutine`'s threat model): its destructors
+//!   run and a `std::thread::scope` in it joins its threads while those
 //!   thread-locals are alive. The hook takes the node out of the list and
 //!   marks it; the entry then drops the body's ending itself (the hook
 //!   does not know its type). A handle still alive then finds its
 //!   coroutine done. A panic that escapes that unwind aborts the process
 //!   with a message (as a panic from a thread-local destructor does), and
-//!   so does a resume or drop of the coroutine through its handle from its
-//!   own destructors during that unwind (the handle is not borrowed then:
-//!   the hook, not the handle, runs it).
+//!   so does a resume or drop of the coroutine through its handle during
+//!   that unwind, by its destructors or by code they run (another
+//!   coroutine, a scheduler's loop): the handle is not borrowed then (the
+//!   hook, not the handle, runs it), and the hook cannot tell who did it.
+//!   The hook does not look at `thread::panicking()`, which counts the
+//!   thread's unwinds, not a coroutine's (it is true inside an `exit`
+//!   called from a panic hook): a forced unwind is a nested unwind on the
+//!   coroutine's stack, which Rust allows, and only that of a coroutine
+//!   suspended in a destructor run by its own unwind aborts (Rust's rule),
+//!   as its drop would.
 //! - Left alone (documented in `Coroutine`'s threat model): a coroutine
 //!   suspended inside an `on_stack`/`maybe_grow` segment, or with less
 //!   than `context::ENTRY_RESERVE` of its stack left, one that is
 //!   running (`process::exit` from inside a body), a `SendAsyncCoroutine`
 //!   (its contract already forbids thread-local borrows across a suspend),
-//!   coroutines started after the hook ran, and every thread where
-//!   `__cxa_thread_atexit_impl` is missing (musl, glibc before 2.18): they
-//!   are finished or leaked as without this module.
+//!   and coroutines started after the hook ran: they are finished or
+//!   leaked as without this module. Where std runs no thread-local
+//!   destructor (the main thread of a statically linked glibc program at
+//!   `exit`), the hook does not run either, and nothing of the thread dies.
 //!
 //! A consumer that leaks suspended coroutines on purpose (the hub after
 //! `shutdown_timeout`) has them unwound by the hook at thread exit, like
-//! any forgotten coroutine of the thread; but while any coroutine of the
+//! any forgotten coroutine of the thread (if the hook runs before the
+//! consumer's own exit guard: the hub's aborts first unless a `rearm`
+//! came after the leak), long after the consumer that ran them is gone:
+//! their destructors must not reach it (the hub's guards check that their
+//! hub still runs on the thread); but while any coroutine of the
 //! thread is suspended in the middle of an unwind (a killed coroutine
 //! whose destructors wait), the hook can unwind none of them (it cannot
 //! tell which one that is, and a forced unwind of that one would abort),
@@ -64,11 +81,9 @@
 //! the thread-locals die under their frames.
 
 use std::cell::Cell;
-use std::ffi::c_void;
 use std::mem::{self, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::arch;
 use crate::context::{self, Enter, Tsan};
@@ -172,7 +187,7 @@ impl Node {
 enum Phase {
     /// No coroutine has started on this thread yet: no hook.
     Unhooked,
-    /// The hook is registered (or cannot be: no `__cxa_thread_atexit_impl`).
+    /// The hook is registered.
     Hooked,
     /// The hook ran (or runs): the thread is ending.
     Exiting,
@@ -274,12 +289,13 @@ pub(crate) unsafe fn unlink_abandoned(link: *mut usize) {
 /// the destructor of every thread-local this thread has used so far (see
 /// the threat model of [`Coroutine`](crate::coroutine#thread-locals)):
 /// call it after the first use of the thread-locals that your coroutines
-/// hold borrows of across a suspend. Each call costs one small allocation,
-/// kept until the thread ends: call it once per thread, not per coroutine.
+/// hold borrows of across a suspend. Each call uses one of 16
+/// registrations a thread has (its first coroutine start uses one): call
+/// it once per thread, not per coroutine.
 ///
-/// Returns whether the hook is registered: `false` where the C library
-/// lacks `__cxa_thread_atexit_impl` (musl, glibc before 2.18), and once the
-/// hook has run (during thread-local destruction).
+/// Returns whether the hook is registered: `false` once the thread has
+/// used all 16, and once the hook has run (during thread-local
+/// destruction).
 ///
 /// ```
 /// use std::cell::RefCell;
@@ -335,50 +351,56 @@ fn hook() -> *const Links {
     head
 }
 
-/// `__cxa_thread_atexit_impl(func, obj, dso_symbol)`.
-type AtExitImpl =
-    unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void, *mut c_void) -> i32;
+/// How many times a thread can register the hook: its first coroutine
+/// start, and `rearm` calls after it (one each).
+const REGISTRATIONS: usize = 16;
 
-/// glibc's `__cxa_thread_atexit_impl`, or null where the C library has
-/// none.
-#[cfg(unix)]
-fn find_atexit_impl() -> *mut c_void {
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no
-    // other precondition.
-    unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__cxa_thread_atexit_impl".as_ptr()) }
+/// One registration of the exit hook: a thread-local of the crate's own
+/// whose destructor runs [`at_thread_exit`]. std registers a thread-local's
+/// destructor when the thread first uses it, and runs them last
+/// registered, first run (on glibc through `__cxa_thread_atexit_impl`, one
+/// call per thread-local; where that function is missing, statically
+/// linked programs included, from std's own list under one pthread key, in
+/// the same order), so the first use of one of these is what registers the
+/// hook, in std's order, whatever its mechanism.
+struct Registration;
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        at_thread_exit();
+    }
 }
 
-/// Windows has no `__cxa_thread_atexit_impl` (MinGW's C runtime runs
-/// thread-local destructors from a TLS callback of its own): the thread
-/// goes without the hook, as on a Unix C library without the function.
-#[cfg(windows)]
-fn find_atexit_impl() -> *mut c_void {
-    ptr::null_mut()
+/// The thread-locals that [`register`] uses, one per registration
+/// (`thread_local!` makes each a `LocalKey`, registered at most once a
+/// thread).
+macro_rules! registrations {
+    ($($key:ident)*) => {
+        thread_local! {
+            $(static $key: Registration = const { Registration };)*
+        }
+        /// The keys in the order [`register`] uses them.
+        static KEYS: [&std::thread::LocalKey<Registration>; REGISTRATIONS] = [$(&$key),*];
+    };
 }
 
-/// Registers [`at_thread_exit`] with glibc; false without the function.
+registrations!(R0 R1 R2 R3 R4 R5 R6 R7 R8 R9 R10 R11 R12 R13 R14 R15);
+
+thread_local! {
+    /// How many of [`KEYS`] this thread has used. No destructor.
+    static USED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Registers the hook again, now (the next unused key's first use); false
+/// once the thread has used all [`REGISTRATIONS`], or when thread-local
+/// destruction has already passed that key.
 fn register() -> bool {
-    /// The function's address: 0 not looked up yet, 1 absent.
-    static IMPL: AtomicUsize = AtomicUsize::new(0);
-    /// An address inside this crate's object, so that the C library knows
-    /// which object the callback belongs to (and keeps it loaded).
-    static ANCHOR: u8 = 0;
-    let mut f = IMPL.load(Ordering::Relaxed);
-    if f == 0 {
-        let found = find_atexit_impl();
-        f = if found.is_null() { 1 } else { found.addr() };
-        IMPL.store(f, Ordering::Relaxed);
-    }
-    if f == 1 {
+    let used = USED.get();
+    let Some(key) = KEYS.get(used) else {
         return false;
-    }
-    // SAFETY: `f` is glibc's `__cxa_thread_atexit_impl` (found by its
-    // name), whose signature is `AtExitImpl`.
-    let f = unsafe { std::mem::transmute::<usize, AtExitImpl>(f) };
-    let anchor = ptr::from_ref(&ANCHOR).cast_mut().cast();
-    // SAFETY: the callback takes no argument that could dangle; the anchor
-    // is a static of this object.
-    unsafe { f(at_thread_exit, ptr::null_mut(), anchor) == 0 }
+    };
+    USED.set(used + 1);
+    key.try_with(|_| ()).is_ok()
 }
 
 /// The one-line report and abort of a panic that escaped the unwind of a
@@ -392,8 +414,9 @@ pub(crate) fn panicked_in_hook() -> ! {
     std::process::abort();
 }
 
-/// The exit hook: finishes this thread's suspended coroutines.
-unsafe extern "C" fn at_thread_exit(_: *mut c_void) {
+/// The exit hook: finishes this thread's suspended coroutines (run by
+/// the destructor of the thread's last registration, in std's order).
+fn at_thread_exit() {
     if PHASE.get() == Phase::Exiting {
         // A registration made earlier than the one that ran first.
         return;
@@ -407,17 +430,16 @@ unsafe extern "C" fn at_thread_exit(_: *mut c_void) {
 /// Unwinds every listed coroutine suspended on its own stack, until none
 /// is left (the unwinds may start, suspend or finish other coroutines).
 fn finish_suspended() {
+    // Whatever `thread::panicking()` says: it counts the thread's unwinds,
+    // not this stack's. True here when the thread calls `exit` from a
+    // panic hook or from a destructor during an unwind (the hook runs
+    // inside `exit`), or while any coroutine or greenlet of the thread is
+    // suspended in the middle of its own unwind. A forced unwind is a
+    // nested unwind on the coroutine's own stack, caught by its entry,
+    // which Rust allows; only for a coroutine suspended in a destructor
+    // run by its own unwind does it escape that destructor, and the
+    // process aborts by Rust's rule, as that coroutine's drop would.
     while let Some(node) = first_suspended() {
-        if std::thread::panicking() {
-            // A coroutine of this thread is suspended inside a destructor
-            // run by its own panic: a forced unwind now would abort anyway.
-            eprintln!(
-                "corostack: at thread exit, a coroutine is suspended in the middle of an \
-                 unwind, so the thread's suspended coroutines cannot be unwound before its \
-                 thread-locals are destroyed; aborting"
-            );
-            std::process::abort();
-        }
         let (link, limit) = (node.link_word(), node.limit.get());
         let enter = Enter {
             bounds: Some((limit, ptr::from_ref(node).addr() - limit)),
@@ -440,13 +462,16 @@ fn finish_suspended() {
         let back = unsafe { context::switch(0, link.read(), link, enter) };
         if back.word != 0 || node.limit.get() != 0 {
             // Not its entry's last switch (which clears the mark): its
-            // handle, reached from its own destructors (through a
-            // thread-local), resumed or dropped it while the hook, not the
-            // handle, was running it. Its frames are in the middle of
-            // that call: nothing can go on.
+            // handle resumed or dropped it (the switch came here, where
+            // its link word pointed) while the hook, not the handle, was
+            // running it; which code did is not known: its destructors,
+            // or code they ran (another coroutine, a scheduler's loop, a
+            // greenlet). Its frames are in the middle of that call:
+            // nothing can go on.
             eprintln!(
                 "corostack: a coroutine that the thread's exit hook was unwinding was resumed \
-                 or dropped through its handle from its own destructors; aborting"
+                 or dropped through its handle during that unwind (by its destructors, or by \
+                 code they ran, such as a scheduler's loop); aborting"
             );
             std::process::abort();
         }

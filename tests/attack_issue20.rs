@@ -103,33 +103,36 @@ impl Drop for ReadOnDrop<'_> {
 // while the panicking thread holds a suspended coroutine.
 // ---------------------------------------------------------------------------
 
-// BUG: glibc's `exit` runs the calling thread's thread-local destructors,
-// so the exit hook runs inside the panic hook, where `thread::panicking()`
-// is true; the hook takes that for "a coroutine is suspended in the middle
-// of an unwind" and aborts (SIGABRT, exit status 134) instead of letting
-// `exit(7)` end the process with status 7. Without the hook (or without a
-// suspended coroutine) the process exits with 7. The same happens for an
-// `exit` called from a destructor during any unwind (next test).
+// glibc's `exit` runs the calling thread's thread-local destructors, so
+// the exit hook runs inside the panic hook (or inside the destructor),
+// where `thread::panicking()` is true. The hook used to take that for "a
+// coroutine is suspended in the middle of an unwind" and abort (SIGABRT,
+// status 134). A forced unwind while the thread panics is an ordinary
+// nested unwind on the coroutine's own stack, caught by its entry: the
+// coroutine is unwound (its destructors run) and `exit(7)` ends the
+// process with status 7.
 #[test]
-#[ignore = "bug: process::exit from a panic hook aborts (134) when a coroutine is suspended"]
 fn exit_from_a_panic_hook_with_a_suspended_coroutine_keeps_its_status() {
     let name = "exit_from_a_panic_hook_with_a_suspended_coroutine_keeps_its_status";
-    let Some((code, _, stderr)) = in_child(name, || {
+    let Some((code, stdout, stderr)) = in_child(name, || {
         std::panic::set_hook(Box::new(|_| std::process::exit(7)));
-        let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| y.suspend(()));
+        let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+            let _p = PrintsOnDrop("UNWOUND BY THE HOOK");
+            y.suspend(())
+        });
         co.resume(());
         panic!("logged and exited by the hook");
     }) else {
         return;
     };
     assert_eq!(code, Some(7), "stderr:\n{stderr}");
+    assert!(stdout.contains("UNWOUND BY THE HOOK"), "{stdout}\n{stderr}");
 }
 
 #[test]
-#[ignore = "bug: process::exit from a destructor during an unwind aborts (134) when a coroutine is suspended"]
 fn exit_from_a_destructor_during_an_unwind_keeps_its_status() {
     let name = "exit_from_a_destructor_during_an_unwind_keeps_its_status";
-    let Some((code, _, stderr)) = in_child(name, || {
+    let Some((code, stdout, stderr)) = in_child(name, || {
         struct ExitsOnDrop;
         impl Drop for ExitsOnDrop {
             fn drop(&mut self) {
@@ -137,7 +140,13 @@ fn exit_from_a_destructor_during_an_unwind_keeps_its_status() {
             }
         }
         std::panic::set_hook(Box::new(|_| ()));
-        let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| y.suspend(()));
+        let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+            // A panic caught inside the body's unwind: nested in the
+            // thread's own (allowed outside a panic hook).
+            let _c = CatchesAPanicOnDrop;
+            let _p = PrintsOnDrop("UNWOUND BY THE HOOK");
+            y.suspend(())
+        });
         co.resume(());
         let _e = ExitsOnDrop;
         panic!("unwinding into ExitsOnDrop");
@@ -145,6 +154,137 @@ fn exit_from_a_destructor_during_an_unwind_keeps_its_status() {
         return;
     };
     assert_eq!(code, Some(7), "stderr:\n{stderr}");
+    assert!(stdout.contains("UNWOUND BY THE HOOK"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("CAUGHT A NESTED PANIC"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+/// Prints its line when dropped (flushed: the process ends in `exit`).
+struct PrintsOnDrop(&'static str);
+
+impl Drop for PrintsOnDrop {
+    fn drop(&mut self) {
+        use std::io::Write;
+        println!("{}", self.0);
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Panics and catches its own panic when dropped; prints that it did.
+struct CatchesAPanicOnDrop;
+
+impl Drop for CatchesAPanicOnDrop {
+    fn drop(&mut self) {
+        let r = std::panic::catch_unwind(|| panic!("caught inside the hook's unwind"));
+        assert!(r.is_err());
+        drop(PrintsOnDrop("CAUGHT A NESTED PANIC"));
+    }
+}
+
+// A thread that ends normally while a greenlet of it is suspended in the
+// middle of its own panic's unwind (a destructor switched away; the
+// greenlet is leaked): `thread::panicking()` is true on the whole thread,
+// and the hook used to abort with "a coroutine is suspended in the middle
+// of an unwind" although no coroutine was, instead of unwinding the
+// thread's suspended coroutine, which reads a thread-local when unwound.
+
+static DROPPED_1G: AtomicBool = AtomicBool::new(false);
+static READ_1G: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static DATA_1G: Tracked = Tracked::new(&DROPPED_1G);
+}
+
+#[test]
+fn a_greenlet_suspended_mid_unwind_does_not_keep_the_hook_from_unwinding_coroutines() {
+    passes_in_child(
+        "a_greenlet_suspended_mid_unwind_does_not_keep_the_hook_from_unwinding_coroutines",
+        || {
+            std::panic::set_hook(Box::new(|_| ()));
+            std::thread::spawn(|| {
+                DATA_1G.with(|_| ());
+                let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+                    DATA_1G.with(|d| {
+                        let _g = ReadOnDrop(d, &READ_1G);
+                        y.suspend(());
+                    })
+                });
+                co.resume(());
+                std::mem::forget(co);
+                struct SwitchesAway(Greenlet<u32>);
+                impl Drop for SwitchesAway {
+                    fn drop(&mut self) {
+                        self.0.switch(1);
+                    }
+                }
+                let main = corostack::greenlet::current::<u32>();
+                let g = Greenlet::new(move |_: u32| -> u32 {
+                    let _s = SwitchesAway(main);
+                    panic!("the greenlet's own panic");
+                });
+                assert_eq!(g.switch(0), 1);
+                assert!(std::thread::panicking(), "the greenlet's unwind is pending");
+                std::mem::forget(g);
+            })
+            .join()
+            .unwrap();
+            assert_eq!(READ_1G.load(Ordering::SeqCst), 1, "the hook unwound it");
+        },
+    );
+}
+
+// Documented behaviour: a coroutine suspended in the middle of its own
+// panic's unwind (a destructor suspended) cannot be unwound: the hook's
+// forced unwind escapes that destructor and the process aborts, by Rust's
+// rule, as the coroutine's drop would; never a read of a thread-local
+// after its destruction.
+
+static DROPPED_1U: AtomicBool = AtomicBool::new(false);
+static READ_1U: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static DATA_1U: Tracked = Tracked::new(&DROPPED_1U);
+}
+
+#[test]
+fn a_coroutine_suspended_mid_unwind_at_thread_exit_aborts_as_its_drop_would() {
+    let name = "a_coroutine_suspended_mid_unwind_at_thread_exit_aborts_as_its_drop_would";
+    let Some((code, stdout, stderr)) = in_child(name, || {
+        std::thread::spawn(|| {
+            DATA_1U.with(|_| ());
+            struct SuspendsOnDrop<'a>(&'a Yielder<(), ()>);
+            impl Drop for SuspendsOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.suspend(());
+                }
+            }
+            let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+                DATA_9.with(|d| {
+                    let _g = ReadOnDrop(d, &READ_1U);
+                    let _s = SuspendsOnDrop(y);
+                    panic!("the body's own panic");
+                })
+            });
+            co.resume(());
+            assert!(std::thread::panicking(), "suspended mid-unwind");
+            std::mem::forget(co);
+        })
+        .join()
+        .unwrap();
+    }) else {
+        return;
+    };
+    assert!(
+        !stdout.contains("DONE") && code.is_none(),
+        "{code:?}\n{stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("READ A DROPPED"), "{stderr}");
+    assert!(
+        stderr.contains("panic in a destructor during cleanup"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------

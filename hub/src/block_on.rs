@@ -105,14 +105,17 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     let waker = Waker::from(signal.clone());
     // While a future is awaited, a waker elsewhere may wake the hub.
     hub.block_on_started();
-    /// Counts the call out however it ends.
-    struct Active<'a>(&'a scheduler::Hub);
-    impl Drop for Active<'_> {
+    /// Counts the call out however it ends (nothing once the hub is gone:
+    /// the core's thread-exit hook may unwind the call after `run`
+    /// returned).
+    struct Active(u64);
+    impl Drop for Active {
         fn drop(&mut self) {
-            self.0.block_on_ended();
+            scheduler::with_hub_id(self.0, |hub| hub.block_on_ended());
         }
     }
-    let _active = Active(hub);
+    let id = hub.id();
+    let _active = Active(id);
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
     loop {
@@ -125,7 +128,10 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         }
         signal.parked.store(task.epoch(), Ordering::SeqCst);
         if !signal.woken.load(Ordering::SeqCst) {
-            scheduler::park(hub);
+            // Looked up again: `poll` may have caught the unwind of the
+            // core's thread-exit hook (a forgotten coroutine that suspended
+            // inside it) and returned, after the hub is gone.
+            scheduler::park(scheduler::hub_by_id(id, "hub::block_on"));
         }
         signal.parked.store(RUNNING, Ordering::SeqCst);
     }

@@ -99,7 +99,7 @@ impl Builder {
     /// [`DEFAULT_SHUTDOWN_TIMEOUT`] unless set; `None` waits as long as it
     /// takes. Past it, or as soon as nothing is left that could wake them
     /// (a deadlock), the coroutines still unwinding are leaked (their stacks
-    /// stay mapped, the destructors left on them never run) and `run`
+    /// stay mapped, the destructors left on them are not run by the hub) and `run`
     /// panics saying so, rather than hang (see
     /// [Ending](crate#ending) in the crate docs). Their frames may borrow the
     /// thread's thread-locals, so the thread that leaked them aborts the

@@ -128,7 +128,20 @@
 //!   when the thread ends. (A thread that leaks a ninth time aborts at
 //!   once.)
 //! - a coroutine that finished holds no borrow: a `run` that leaks nothing
-//!   leaves nothing behind, and its thread ends normally.
+//!   leaves no hub coroutine behind, and its thread ends normally. (A
+//!   plain coroutine that a hub coroutine suspended and forgot stays, as
+//!   the core's rule says; the core's exit hook unwinds it at thread exit,
+//!   and so a leaked hub coroutine, when a `corostack::thread_exit::rearm`
+//!   after the leak puts the hook before the hub's abort. Their hub is
+//!   gone by then: the hub's guards on their frames find that out and do
+//!   nothing, and a wait in their destructors panics, which aborts the
+//!   process there, since nothing could wake it.)
+//! - `std::process::exit` called inside a hub: the hub stops before the
+//!   core's exit hook unwinds its suspended coroutines (its loop never
+//!   runs during the exit): as above, their destructors may not wait; one
+//!   that does aborts the process instead of the exit. (Not yet after a
+//!   `corostack::thread_exit::rearm` made inside the hub: the hook then
+//!   runs first, and such a wait hangs the exit.)
 //!
 //! What remains: the abort also hits a leaked coroutine that borrowed
 //! nothing; and the core's own remaining cases of its threat model, for

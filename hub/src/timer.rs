@@ -164,15 +164,16 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
         },
     );
     /// Cancels the timer, and a raised-but-undelivered interrupt, however
-    /// the scope ends.
-    struct Cancel<'a>(&'a scheduler::Hub, TimerKey, Rc<Task>, u64);
-    impl Drop for Cancel<'_> {
+    /// the scope ends (the timer alone is gone with its hub: the core's
+    /// thread-exit hook may unwind the scope after `run` returned).
+    struct Cancel(u64, TimerKey, Rc<Task>, u64);
+    impl Drop for Cancel {
         fn drop(&mut self) {
-            self.0.cancel_timer(self.1);
+            scheduler::with_hub_id(self.0, |hub| hub.cancel_timer(self.1));
             self.2.clear_interrupt(self.3);
         }
     }
-    let cancel = Cancel(hub, key, task, scope);
+    let cancel = Cancel(hub.id(), key, task, scope);
     let r = panic::catch_unwind(AssertUnwindSafe(f));
     let task = cancel.2.clone();
     drop(cancel);

@@ -24,6 +24,48 @@ use super::task::{Task, Waiter};
 thread_local! {
     /// The hub running on this thread, null outside [`run`](super::run).
     pub(super) static HUB: Cell<*const Hub> = const { Cell::new(ptr::null()) };
+    /// The thread is exiting while a hub ran on it (`process::exit` from
+    /// inside the hub): that hub was [`detach`]ed. No destructor.
+    static DETACHED: Cell<bool> = const { Cell::new(false) };
+    /// Detaches the running hub when the thread exits (see [`detach`]).
+    static DETACH_AT_EXIT: DetachAtExit = const { DetachAtExit };
+}
+
+/// A thread-local whose destructor [`detach`]es the hub that still runs on
+/// the thread when it exits.
+struct DetachAtExit;
+
+impl Drop for DetachAtExit {
+    fn drop(&mut self) {
+        detach();
+    }
+}
+
+/// Makes sure that a hub still running when this thread exits is detached
+/// before the core's thread-exit hook runs: called by the main task of
+/// each `run` when it starts, after the thread's first coroutine start
+/// (which registers the hook), so that this thread-local's destructor,
+/// registered at its first use, runs before the hook (glibc runs them
+/// last registered, first run). A `corostack::thread_exit::rearm` made
+/// after that puts the hook first again: then the hook unwinds the tasks
+/// with the hub still installed, as without this guard.
+#[inline]
+pub(super) fn detach_at_thread_exit() {
+    let _ = DETACH_AT_EXIT.try_with(|_| ());
+}
+
+/// The thread exits (`process::exit` or `libc::exit` from inside a hub:
+/// the hub's frames never return): the hub is taken off the thread, so
+/// that the coroutines the core's exit hook unwinds next find no hub. Its
+/// guards then do nothing ([`with_hub_id`]), and a wait (a park) in their
+/// destructors panics (see [`outside`]), which aborts the process there:
+/// nothing will ever run the hub's loop again, so nothing could wake it,
+/// and suspending would switch into the loop of a thread that is exiting.
+fn detach() {
+    if !HUB.with(Cell::get).is_null() {
+        HUB.with(|h| h.set(ptr::null()));
+        DETACHED.with(|d| d.set(true));
+    }
 }
 
 /// One thread's hub.
@@ -154,6 +196,13 @@ pub(super) fn next_task_id() -> u64 {
 #[cold]
 #[track_caller]
 pub(super) fn outside(what: &str) -> ! {
+    if DETACHED.with(Cell::get) {
+        panic!(
+            "corostack::hub: `{what}` was called while the thread exits (`process::exit` from \
+             inside a hub): the hub has stopped, and the core's exit hook is unwinding its \
+             suspended coroutines, whose destructors cannot wait (nothing would wake them)"
+        );
+    }
     panic!(
         "corostack::hub: `{what}` was called outside a hub: run it inside `corostack_hub::run` \
          (or `hub::Builder::run`), on the hub's thread"
@@ -162,10 +211,13 @@ pub(super) fn outside(what: &str) -> ! {
 
 /// This thread's hub.
 ///
-/// The reference is valid until [`run`] returns, which happens only after
-/// every task of the hub has ended and the thread-local is cleared; the
-/// crate's callers use it within a call made from a task or from the loop,
-/// and never store it.
+/// The reference is valid until [`run`] returns, which clears the
+/// thread-local first; the crate's callers use it within a call made from
+/// a task or from the loop, and never keep it in anything that a suspended
+/// frame's unwind may drop (a guard): the core's thread-exit hook unwinds
+/// a forgotten or leaked coroutine's frames after their hub is gone, so
+/// guards keep the hub's [`id`](Hub::id) and reach it through
+/// [`with_hub_id`], which finds nothing then.
 ///
 /// # Panics
 /// Outside a hub, naming `what` and `hub::run`.
@@ -179,6 +231,35 @@ pub(crate) fn hub(what: &str) -> &'static Hub {
     // SAFETY: `run` points HUB at a hub that it keeps alive, and clears
     // it before that hub is dropped (see above for the reference's use).
     unsafe { &*p }
+}
+
+/// Runs `f` with this thread's hub if it is the hub numbered `id`, the
+/// one a guard was made in: `None` once that hub is gone (its `run`
+/// returned, and a forgotten or leaked coroutine's frames are unwound by
+/// the core's thread-exit hook), or under another hub of the thread.
+#[inline]
+pub(crate) fn with_hub_id<R>(id: u64, f: impl FnOnce(&Hub) -> R) -> Option<R> {
+    let p = HUB.with(Cell::get);
+    // SAFETY: as in `hub`: a non-null HUB points at the live hub.
+    let hub = unsafe { p.as_ref() }?;
+    (hub.id == id).then(|| f(hub))
+}
+
+/// This thread's hub if it is the hub numbered `id`: for a call that
+/// runs user code (which may catch the unwind of the core's thread-exit
+/// hook and return) and then goes on with the hub it started in.
+///
+/// # Panics
+/// When that hub is gone (see [`with_hub_id`]), naming `what`.
+#[track_caller]
+#[inline]
+pub(crate) fn hub_by_id(id: u64, what: &str) -> &'static Hub {
+    let p = HUB.with(Cell::get);
+    // SAFETY: as in `hub`: a non-null HUB points at the live hub.
+    match unsafe { p.as_ref() } {
+        Some(hub) if hub.id == id => hub,
+        _ => outside(what),
+    }
 }
 
 /// Runs `f` with this thread's hub, if there is one.

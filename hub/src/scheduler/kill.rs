@@ -80,7 +80,7 @@ use std::time::Instant;
 use crate::driver::timers::TimerKey;
 use crate::task::{KillSelf, TaskState};
 
-use super::hub::{Action, Hub, TimeoutUnwind, outside, try_with_hub};
+use super::hub::{Action, Hub, TimeoutUnwind, outside, try_with_hub, with_hub_id};
 use super::task::{Task, Waiter};
 
 /// Whether the running task is being killed (its unwind must not be
@@ -214,14 +214,15 @@ pub(crate) fn park_until(hub: &Hub, deadline: Option<Instant>) -> bool {
 #[inline(never)]
 pub(super) fn park_with_timer(hub: &Hub, deadline: Instant) -> bool {
     let key = hub.set_timer(deadline, Action::Wake(Waiter::current(hub)));
-    /// Removes the timer however the park ends.
-    struct Remove<'a>(&'a Hub, TimerKey);
-    impl Drop for Remove<'_> {
+    /// Removes the timer however the park ends (nothing once the hub is
+    /// gone: see [`with_hub_id`]).
+    struct Remove(u64, TimerKey);
+    impl Drop for Remove {
         fn drop(&mut self) {
-            self.0.cancel_timer(self.1);
+            with_hub_id(self.0, |hub| hub.cancel_timer(self.1));
         }
     }
-    let guard = Remove(hub, key);
+    let guard = Remove(hub.id(), key);
     park(hub);
     let fired = !hub.timer_is_set(key);
     drop(guard);

@@ -73,6 +73,16 @@
 //!   the hub ended: it detaches and never suspends.
 //! - **the end of `run`**: the loop, after the main task finished. See
 //!   "The end of `run`" in `run.rs`.
+//! - **the core's thread-exit hook**: it unwinds, in place, every
+//!   suspended coroutine of the thread, forgotten ones included (a plain
+//!   `Coroutine` a task suspended and forgot; a task leaked by the end of
+//!   `run`, when a `rearm` puts the hook before the leak's abort), long
+//!   after their hub's `run` returned, or inside `process::exit` called
+//!   from a hub (which detaches the hub from the thread first: see
+//!   `detach` in `hub.rs`). So nothing on a task's stack holds a
+//!   reference to its hub across a suspend: guards keep the hub's id and
+//!   reach it through the thread-local ([`with_hub_id`]), doing nothing
+//!   once it is gone, and a park then finds no hub and panics.
 //!
 //! Lifetimes: every closure a hub runs on a stack of its own (`run`'s,
 //! `spawn`'s, `call_later`'s, a `Remote`'s work) is `'static`, as are the
@@ -103,7 +113,9 @@ mod leak;
 mod run;
 mod task;
 
-pub(crate) use hub::{Action, Config, Hub, TimeoutUnwind, hub, try_with_hub};
+pub(crate) use hub::{
+    Action, Config, Hub, TimeoutUnwind, hub, hub_by_id, try_with_hub, with_hub_id,
+};
 pub(crate) use kill::{current_is_killed, park, park_until};
 pub(crate) use run::run;
 pub(crate) use task::{Slot, Task, Waiter};

@@ -7,15 +7,18 @@
 //! destructors may park as in any kill. Tasks spawned meanwhile are killed
 //! at birth. If the remaining tasks can never be woken (a deadlock), or
 //! are still unwinding after [`Builder::shutdown_timeout`](super::Builder::shutdown_timeout),
-//! their coroutines are leaked (their stacks stay mapped, suspended
-//! forever, the destructors left on them never run: dropping them would
+//! their coroutines are leaked (their stacks stay mapped, suspended, the
+//! destructors left on them not run by the hub: dropping them would
 //! unwind them outside any hub, where a park cannot work) and `run` panics
 //! saying how many and why (if the main task panicked, its panic is
 //! re-raised instead and the leak is printed to stderr). Never a silent
 //! hang. If the main task can take no deadlock panic because it is
 //! unwinding itself, the same happens at once. The leaked tasks are kept
 //! (`leak.rs`) until the thread exits, which then aborts before its
-//! thread-locals die: their frames may borrow them.
+//! thread-locals die: their frames may borrow them. (Unless a
+//! `corostack::thread_exit::rearm` after the leak puts the core's exit
+//! hook first: it unwinds them, with their hub gone, which their guards
+//! check, as those of any forgotten coroutine do: see `with_hub_id`.)
 //!
 //! This file holds the loop: spawning a task, resuming it, finishing it,
 //! firing timers, polling, and the end of `run`. The top of the
@@ -515,7 +518,10 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
     let hub = Hub::new(config)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start a hub: {e}")))?;
     let installed = Installed::new(&hub);
-    let (main, slot) = match hub.try_spawn(f) {
+    let (main, slot) = match hub.try_spawn(move || {
+        super::hub::detach_at_thread_exit();
+        f()
+    }) {
         Ok(main) => main,
         Err(e) => {
             // Nothing ran: the hub ends as an empty one does.
