@@ -102,10 +102,6 @@ thread_local! {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
-)]
 fn a_coroutine_dropped_by_a_later_thread_local_destructor_is_unwound_before_its_borrow_dies() {
     passes_in_child(
         "a_coroutine_dropped_by_a_later_thread_local_destructor_is_unwound_before_its_borrow_dies",
@@ -144,10 +140,6 @@ thread_local! {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
-)]
 fn a_generator_and_a_coroutine_it_owns_are_unwound_before_their_borrows_die() {
     passes_in_child(
         "a_generator_and_a_coroutine_it_owns_are_unwound_before_their_borrows_die",
@@ -205,10 +197,6 @@ impl Drop for Stop<'_> {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
-)]
 fn a_forgotten_coroutine_joins_its_scoped_thread_before_the_borrow_dies() {
     passes_in_child(
         "a_forgotten_coroutine_joins_its_scoped_thread_before_the_borrow_dies",
@@ -276,10 +264,6 @@ thread_local! {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
-)]
 fn the_hook_runs_before_the_thread_locals_used_before_it_was_registered() {
     passes_in_child(
         "the_hook_runs_before_the_thread_locals_used_before_it_was_registered",
@@ -319,10 +303,6 @@ thread_local! {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
-)]
 fn rearm_covers_a_thread_local_first_used_inside_the_body() {
     passes_in_child(
         "rearm_covers_a_thread_local_first_used_inside_the_body",
@@ -408,10 +388,6 @@ impl Drop for SwitchesOnDrop {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
-)]
 fn greenlets_switched_and_killed_from_the_hooks_unwind() {
     passes_in_child(
         "greenlets_switched_and_killed_from_the_hooks_unwind",
@@ -440,7 +416,7 @@ fn greenlets_switched_and_killed_from_the_hooks_unwind() {
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
+    ignore = "under Wine, process::exit runs the main thread's thread-local destructors differently from glibc: not investigated yet"
 )]
 fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
     let name = "process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone";
@@ -587,10 +563,6 @@ impl Drop for DropsOwnHandle {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "no thread-exit hook on Windows yet (it is glibc's __cxa_thread_atexit_impl)"
-)]
 fn a_body_that_drops_its_own_handle_while_the_hook_unwinds_it_aborts_with_a_message() {
     let name = "a_body_that_drops_its_own_handle_while_the_hook_unwinds_it_aborts_with_a_message";
     if util::child_role().as_deref() == Some(name) {
