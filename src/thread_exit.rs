@@ -73,12 +73,11 @@
 //! consumer's own exit guard: the hub's aborts first unless a `rearm`
 //! came after the leak), long after the consumer that ran them is gone:
 //! their destructors must not reach it (the hub's guards check that their
-//! hub still runs on the thread); but while any coroutine of the
-//! thread is suspended in the middle of an unwind (a killed coroutine
-//! whose destructors wait), the hook can unwind none of them (it cannot
-//! tell which one that is, and a forced unwind of that one would abort),
-//! and it aborts the process with a one-line message instead of letting
-//! the thread-locals die under their frames.
+//! hub still runs on the thread). One of them suspended in the middle of
+//! an unwind (a killed coroutine whose destructors wait) ends the process
+//! when the hook's forced unwind reaches it: that unwind escapes a
+//! destructor during unwinding, which Rust aborts ("panic in a destructor
+//! during cleanup"), before any thread-local its frames borrow dies.
 
 use std::cell::Cell;
 use std::mem::{self, MaybeUninit};
@@ -318,6 +317,20 @@ pub fn rearm() -> bool {
     // (the thread-locals used in between count as used before it).
     PHASE.set(Phase::Hooked);
     register()
+}
+
+/// Whether this thread is ending: its exit hook has run or runs now (it
+/// is unwinding the thread's suspended coroutines, or has). A scheduler
+/// whose tasks the hook unwinds asks it before suspending a task into its
+/// loop, which nothing will run again (the hub panics there instead).
+///
+/// ```
+/// assert!(!corostack::thread_exit::is_exiting());
+/// ```
+#[must_use]
+#[inline]
+pub fn is_exiting() -> bool {
+    PHASE.get() == Phase::Exiting
 }
 
 /// Makes this thread's list empty (its head linked to itself) if it is

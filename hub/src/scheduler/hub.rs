@@ -68,6 +68,16 @@ fn detach() {
     }
 }
 
+/// A wait while the core's exit hook unwinds the thread's coroutines:
+/// the hub is detached (if it was not yet) and the wait panics, as every
+/// hub call after the detach does (see [`outside`]).
+#[cold]
+#[track_caller]
+pub(super) fn exiting(what: &str) -> ! {
+    detach();
+    outside(what)
+}
+
 /// One thread's hub.
 pub(crate) struct Hub {
     /// Names this hub among all of the process's (the handles that act on

@@ -80,7 +80,7 @@ use std::time::Instant;
 use crate::driver::timers::TimerKey;
 use crate::task::{KillSelf, TaskState};
 
-use super::hub::{Action, Hub, TimeoutUnwind, outside, try_with_hub, with_hub_id};
+use super::hub::{Action, Hub, TimeoutUnwind, exiting, outside, try_with_hub, with_hub_id};
 use super::task::{Task, Waiter};
 
 /// Whether the running task is being killed (its unwind must not be
@@ -120,6 +120,12 @@ pub(crate) fn park(hub: &Hub) {
     // be the one the hub's loop runs in (see the scheduler's threat model, `mod.rs`).
     if corostack::greenlet::running_id() != hub.greenlet {
         wrong_greenlet();
+    }
+    // The core's exit hook is unwinding this task (`process::exit` from
+    // inside the hub, after a `rearm` that put the hook before the hub's
+    // own detach): nothing will run the loop again.
+    if corostack::thread_exit::is_exiting() {
+        exiting("a suspending call");
     }
     // SAFETY: `current` points at the running task, which the loop holds
     // an Rc to while it runs.
