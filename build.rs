@@ -71,6 +71,13 @@ const SUPPORTED: &[(&str, &str, &str, &str)] = &[
         "x86_64-unknown-freebsd",
         "assembled in CI, not run",
     ),
+    // The MinGW ABI: the test suite runs under Wine.
+    (
+        "x86_64",
+        "windows",
+        "x86_64-pc-windows-gnu",
+        "tested under Wine",
+    ),
 ];
 
 fn main() {

@@ -12,7 +12,9 @@
 //!   forced unwind (measured per architecture: the unwinder's contexts
 //!   hold the register file);
 //! - `MIN_STACK_SIZE`: the smallest stack the crate accepts;
-//! - `unsafe fn init_stack(top, entry, data) -> sp`: lay out a new context;
+//! - `unsafe fn init_stack(top, entry, data) -> sp`: lay out a new context
+//!   (on Windows with a fourth argument, the TEB's view of the stack: see
+//!   [`StackInfo`], and [`init_stack`] here, which every caller uses);
 //! - `unsafe fn switch(arg, to, link) -> (arg, link of the switcher back)`:
 //!   the one symmetric switch, which reaches the target with an indirect
 //!   jump (the CPU's return predictor is left alone);
@@ -36,7 +38,10 @@
 pub(crate) type EntryFn = unsafe extern "C" fn(arg: usize, from: usize, data: usize) -> !;
 
 cfg_if::cfg_if! {
-    if #[cfg(target_arch = "x86_64")] {
+    if #[cfg(all(target_arch = "x86_64", windows))] {
+        #[path = "../arch/x86_64_windows.rs"]
+        mod imp;
+    } else if #[cfg(target_arch = "x86_64")] {
         #[path = "../arch/x86_64.rs"]
         mod imp;
     } else if #[cfg(target_arch = "aarch64")] {
@@ -59,7 +64,7 @@ cfg_if::cfg_if! {
         mod imp;
     } else {
         compile_error!(
-            "corostack supports x86_64, aarch64, i686, riscv64, armv7, powerpc64le and s390x (Linux), and x86_64 and aarch64 on macOS and FreeBSD (x86_64) only; see build.rs"
+            "corostack supports x86_64, aarch64, i686, riscv64, armv7, powerpc64le and s390x (Linux), x86_64 and aarch64 on macOS, x86_64 on FreeBSD, and x86_64 on Windows only; see build.rs"
         );
     }
 }
@@ -67,7 +72,58 @@ cfg_if::cfg_if! {
 pub(crate) use imp::prefetch;
 pub(crate) use imp::{
     ENTRY_RESERVE, INIT_FRAME_SIZE, LINK_OFFSET, MIN_STACK_SIZE, SPARE_OFFSET, STACK_ALIGNMENT,
-    dead_sp, init_stack, switch,
+    dead_sp, switch,
 };
+
+cfg_if::cfg_if! {
+    if #[cfg(windows)] {
+        pub(crate) use imp::StackInfo;
+
+        /// Lays out a new context (see the contract above); `info` is the
+        /// TEB's view of its stack, which the context loads when it starts.
+        ///
+        /// # Safety
+        /// As the arch file's `init_stack`.
+        #[inline(always)]
+        pub(crate) unsafe fn init_stack(top: usize, entry: EntryFn, data: usize, info: StackInfo) -> usize {
+            // SAFETY: as the caller promises.
+            unsafe { imp::init_stack(top, entry, data, info) }
+        }
+    } else {
+        /// What a system keeps about the stack that runs, for a new
+        /// context to start with: nothing outside Windows (a signal's
+        /// alternate stack and the guard pages need no per-stack state).
+        #[derive(Clone, Copy)]
+        pub(crate) struct StackInfo;
+
+        impl StackInfo {
+            /// The stack `[limit, top)` with `guard` bytes of guard below.
+            #[inline(always)]
+            pub(crate) fn new(_top: usize, _limit: usize, _guard: usize) -> StackInfo {
+                StackInfo
+            }
+
+            /// The stack of the context suspended at `sp`.
+            ///
+            /// # Safety
+            /// `sp` is the sp of a context suspended in a switch.
+            #[cfg(feature = "std")]
+            #[inline(always)]
+            pub(crate) unsafe fn of_suspended(_sp: usize) -> StackInfo {
+                StackInfo
+            }
+        }
+
+        /// Lays out a new context (see the contract above).
+        ///
+        /// # Safety
+        /// As the arch file's `init_stack`.
+        #[inline(always)]
+        pub(crate) unsafe fn init_stack(top: usize, entry: EntryFn, data: usize, _info: StackInfo) -> usize {
+            // SAFETY: as the caller promises.
+            unsafe { imp::init_stack(top, entry, data) }
+        }
+    }
+}
 #[cfg(feature = "std")]
 pub(crate) use imp::{RED_ZONE, context_sp, trap_entry_sp, valgrind_request, write_trap_regs};

@@ -99,9 +99,10 @@ pub(crate) fn place_closure<S: Stack, F>(
     // stack alone; `closure` lies inside it, aligned for F, with
     // size_of::<F>() bytes up to `top` (checked above).
     unsafe { ptr.write(f) };
+    let info = arch::StackInfo::new(top, limit, stack.guard_size());
     // SAFETY: `closure` is STACK_ALIGNMENT-aligned and the INIT_FRAME_SIZE
     // bytes below it are inside the stack (checked above).
-    let sp = unsafe { init(closure, entry, closure) };
+    let sp = unsafe { init(closure, entry, closure, info) };
     (closure, sp)
 }
 
@@ -119,16 +120,22 @@ fn closure_too_large(stack: usize, closure: usize) -> ! {
 }
 
 /// Lays out a first frame below `top` that will call `entry(arg, from,
-/// data)` on the first switch into it; returns the new context's sp.
+/// data)` on the first switch into it, on the stack that `info` describes;
+/// returns the new context's sp.
 ///
 /// # Safety
 /// As `arch::init_stack`: `top` is `arch::STACK_ALIGNMENT`-aligned and the
 /// `arch::INIT_FRAME_SIZE` bytes below it are writable memory of a stack
 /// that nothing else uses.
 #[inline(always)]
-pub(crate) unsafe fn init(top: usize, entry: arch::EntryFn, data: usize) -> usize {
+pub(crate) unsafe fn init(
+    top: usize,
+    entry: arch::EntryFn,
+    data: usize,
+    info: arch::StackInfo,
+) -> usize {
     // SAFETY: as the caller promises.
-    unsafe { arch::init_stack(top, entry, data) }
+    unsafe { arch::init_stack(top, entry, data, info) }
 }
 
 /// The link word of the context whose first frame lies below `top` (see

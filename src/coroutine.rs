@@ -1194,12 +1194,16 @@ impl<Input, Yield> Yielder<Input, Yield> {
         // To memcheck, the resumer's stack below its sp is dead memory
         // until its sp goes there: the first frame is written before.
         sanitizer::valgrind_make_undefined(top - arch::INIT_FRAME_SIZE, arch::INIT_FRAME_SIZE);
+        // The system's view of the resumer's stack (Windows: its TEB
+        // fields), which the code below its frames runs on.
+        // SAFETY: the resumer is suspended in its switch at `resumer_sp`.
+        let info = unsafe { arch::StackInfo::of_suspended(resumer_sp) };
         // SAFETY: the memory below the resumer's sp is its stack's free
         // part: the resumer is suspended in `resume` until we switch back,
         // and we do not before `f` has finished, so nothing else uses it;
         // its guard (the thread's, or a `DefaultStack`'s) catches an
         // overflow there as on the resumer's own calls.
-        unsafe { crate::grow::run_at(top, self.resumer.get(), f) }
+        unsafe { crate::grow::run_at(top, self.resumer.get(), info, f) }
     }
 }
 

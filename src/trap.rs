@@ -1,6 +1,12 @@
 //! Recovering from a trap inside a coroutine: [`CoroutineTrapHandler`] and
 //! [`TrapHandlerRegs`], with corosensei's names and meaning.
 //!
+//! On Windows the handler is a vectored exception handler
+//! (`AddVectoredExceptionHandler`), and the context it works on is the
+//! exception's `CONTEXT` (its `ContextRecord`), where Unix has a signal
+//! handler and its `ucontext_t`; everything else below is the same
+//! (`tests/trap_windows.rs` shows a whole recovery there).
+//!
 //! A JIT or an interpreter runs guest code on a coroutine with a fixed
 //! stack; a stack overflow or a fault in that code should come back to the
 //! host as a value, not kill the process. The host keeps a
@@ -131,6 +137,9 @@ impl TrapHandlerRegs {
     /// Writes these registers into the `ucontext_t` that the kernel passed
     /// to an `SA_SIGINFO` signal handler (its third argument), so that the
     /// interrupted thread goes on with them when the handler returns. On
+    /// Windows, into the `CONTEXT` of a vectored exception handler's
+    /// exception (`ContextRecord`), which then returns
+    /// `EXCEPTION_CONTINUE_EXECUTION`: Rip, Rsp, Rcx and Rdx there. On
     /// x86_64: rip, rsp, rdi and rsi; on aarch64: pc, sp, x0, x1 and x30
     /// (0, which ends backtraces); on i686: eip and esp (the arguments are
     /// on the stack already); on riscv64: pc, sp, a0, a1 and ra (0); on
@@ -201,6 +210,12 @@ impl<Return> CoroutineTrapHandler<Return> {
     ///   its own stack (`stack_ptr_in_bounds` of the context's sp), with
     ///   the returned registers written into that signal's context (and
     ///   nothing else changed there) before the handler returns.
+    ///   On Windows: called from a vectored exception handler, for an
+    ///   exception raised by the coroutine's own code on its own stack (an
+    ///   access violation, `STATUS_STACK_OVERFLOW`), with the registers
+    ///   written into that exception's `CONTEXT` before the handler returns
+    ///   `EXCEPTION_CONTINUE_EXECUTION` (the handler runs on the faulting
+    ///   stack, below the frames it abandons; the closure goes at the top).
     /// - The coroutine is alive, and not moved to another stack since this
     ///   handle was made.
     /// - The frames abandoned run no destructors, and whatever the

@@ -518,7 +518,10 @@ fn a_coroutine_iterator_is_fused_after_a_return_and_after_a_panic() {
 }
 
 /// Lowers this process's address-space limit to what it uses now plus
-/// `room` bytes, so that a new 1 MiB stack cannot be mapped.
+/// `room` bytes, so that a new 1 MiB stack cannot be mapped. (Unix:
+/// `RLIMIT_AS` and `/proc`; Windows has no such limit for a process of its
+/// own.)
+#[cfg(unix)]
 fn limit_address_space(room: usize) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kib: usize = status
@@ -535,6 +538,7 @@ fn limit_address_space(room: usize) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) }, 0);
 }
 
+#[cfg(unix)]
 #[test]
 #[cfg_attr(
     feature = "asan",

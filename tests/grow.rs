@@ -215,6 +215,9 @@ fn maybe_grow_inside_a_coroutine_knows_the_coroutine_stack() {
     assert!(in_new <= 256 * 1024 && in_new > 200 * 1024, "{in_new}");
 }
 
+/// Unix: nothing tells where a SliceStack is. (On Windows the TEB does:
+/// see `maybe_grow_on_a_slice_stack_knows_it_from_the_teb`.)
+#[cfg(unix)]
 #[test]
 fn maybe_grow_on_an_unknown_stack_grows() {
     // A coroutine on a SliceStack: no guard registered, not inside on_stack.
@@ -227,6 +230,34 @@ fn maybe_grow_on_an_unknown_stack_grows() {
         (unknown, lo <= addr && addr < hi)
     });
     assert_eq!(co.resume(()), CoroutineResult::Return((None, false)));
+}
+
+/// Windows: the TEB describes the stack that runs, a SliceStack's too, so
+/// `remaining_stack` knows it and `maybe_grow` stays on it while it has
+/// room; and once back on the thread's stack, the thread's is known again.
+#[cfg(windows)]
+#[test]
+fn maybe_grow_on_a_slice_stack_knows_it_from_the_teb() {
+    // SAFETY: the frames on it are a few KiB at most.
+    let stack = unsafe { SliceStack::new(vec![0u8; 128 * 1024].into_boxed_slice()) };
+    let (lo, hi) = (stack.limit(), stack.top());
+    let thread_before = remaining_stack().unwrap();
+    let mut co = Coroutine::<(), (), _, _>::with_stack(stack, move |_, ()| {
+        let known = remaining_stack();
+        let addr = maybe_grow(1024, 64 * 1024, here);
+        (known, lo <= addr && addr < hi)
+    });
+    let CoroutineResult::Return((known, stayed)) = co.resume(()) else {
+        panic!("the body should return");
+    };
+    let known = known.expect("the TEB describes the SliceStack");
+    assert!(known < 128 * 1024 && known > 100 * 1024, "{known}");
+    assert!(stayed, "1 KiB of a fresh 128 KiB stack is room enough");
+    let thread_after = remaining_stack().unwrap();
+    assert!(
+        thread_after.abs_diff(thread_before) < 64 * 1024,
+        "{thread_before} {thread_after}"
+    );
 }
 
 /// A coroutine that suspends inside on_stack, interleaved with the thread's

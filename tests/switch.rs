@@ -21,7 +21,7 @@ fn call_with_patterns(seed: u64, f: extern "C" fn(*mut ()), arg: *mut ()) -> u64
     // SAFETY: the block saves every callee-saved register it overwrites on
     // the stack and restores it before it ends, keeps the stack 16-aligned
     // at the call, and declares everything the call may clobber.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(windows)))]
     unsafe {
         std::arch::asm!(
             // Save the callee-saved registers we are about to overwrite
@@ -46,6 +46,68 @@ fn call_with_patterns(seed: u64, f: extern "C" fn(*mut ()), arg: *mut ()) -> u64
             inout("rax") seed => _,
             inout("rcx") f => mask,
             in("rdi") arg,
+            clobber_abi("C"),
+        );
+    }
+    // SAFETY: as above. The Microsoft x64 ABI's callee-saved registers:
+    // rbx, rbp, rdi, rsi, r12 to r15 (bits 0 to 7) and xmm6 to xmm15 (bits
+    // 8 to 17, their low 64 bits patterned); 160 bytes of xmm saves and
+    // the 32-byte shadow space keep rsp 16-aligned at the call.
+    #[cfg(all(target_arch = "x86_64", windows))]
+    unsafe {
+        std::arch::asm!(
+            // Save the general registers we overwrite (eight pushes), then
+            // the xmm registers, the seed, and the shadow space.
+            "push rbx", "push rbp", "push rdi", "push rsi",
+            "push r12", "push r13", "push r14", "push r15",
+            "sub rsp, 176",
+            "movdqu [rsp + 0], xmm6", "movdqu [rsp + 16], xmm7", "movdqu [rsp + 32], xmm8",
+            "movdqu [rsp + 48], xmm9", "movdqu [rsp + 64], xmm10", "movdqu [rsp + 80], xmm11",
+            "movdqu [rsp + 96], xmm12", "movdqu [rsp + 112], xmm13", "movdqu [rsp + 128], xmm14",
+            "movdqu [rsp + 144], xmm15", "mov [rsp + 160], rax",
+            // The pattern: seed + 1 .. seed + 18.
+            "lea rbx, [rax + 1]", "lea rbp, [rax + 2]", "lea rdi, [rax + 3]", "lea rsi, [rax + 4]",
+            "lea r12, [rax + 5]", "lea r13, [rax + 6]", "lea r14, [rax + 7]", "lea r15, [rax + 8]",
+            "lea rdx, [rax + 9]", "movq xmm6, rdx", "lea rdx, [rax + 10]", "movq xmm7, rdx",
+            "lea rdx, [rax + 11]", "movq xmm8, rdx", "lea rdx, [rax + 12]", "movq xmm9, rdx",
+            "lea rdx, [rax + 13]", "movq xmm10, rdx", "lea rdx, [rax + 14]", "movq xmm11, rdx",
+            "lea rdx, [rax + 15]", "movq xmm12, rdx", "lea rdx, [rax + 16]", "movq xmm13, rdx",
+            "lea rdx, [rax + 17]", "movq xmm14, rdx", "lea rdx, [rax + 18]", "movq xmm15, rdx",
+            "sub rsp, 32",
+            "call r10",
+            "add rsp, 32",
+            "mov rax, [rsp + 160]",
+            // Compare, setting bit i when register i lost its pattern.
+            "xor ecx, ecx",
+            "lea rdx, [rax + 1]", "cmp rbx, rdx", "setne dl", "movzx edx, dl", "or rcx, rdx",
+            "lea rdx, [rax + 2]", "cmp rbp, rdx", "setne dl", "movzx edx, dl", "shl edx, 1", "or rcx, rdx",
+            "lea rdx, [rax + 3]", "cmp rdi, rdx", "setne dl", "movzx edx, dl", "shl edx, 2", "or rcx, rdx",
+            "lea rdx, [rax + 4]", "cmp rsi, rdx", "setne dl", "movzx edx, dl", "shl edx, 3", "or rcx, rdx",
+            "lea rdx, [rax + 5]", "cmp r12, rdx", "setne dl", "movzx edx, dl", "shl edx, 4", "or rcx, rdx",
+            "lea rdx, [rax + 6]", "cmp r13, rdx", "setne dl", "movzx edx, dl", "shl edx, 5", "or rcx, rdx",
+            "lea rdx, [rax + 7]", "cmp r14, rdx", "setne dl", "movzx edx, dl", "shl edx, 6", "or rcx, rdx",
+            "lea rdx, [rax + 8]", "cmp r15, rdx", "setne dl", "movzx edx, dl", "shl edx, 7", "or rcx, rdx",
+            "lea rdx, [rax + 9]", "movq r8, xmm6", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 8", "or rcx, rdx",
+            "lea rdx, [rax + 10]", "movq r8, xmm7", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 9", "or rcx, rdx",
+            "lea rdx, [rax + 11]", "movq r8, xmm8", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 10", "or rcx, rdx",
+            "lea rdx, [rax + 12]", "movq r8, xmm9", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 11", "or rcx, rdx",
+            "lea rdx, [rax + 13]", "movq r8, xmm10", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 12", "or rcx, rdx",
+            "lea rdx, [rax + 14]", "movq r8, xmm11", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 13", "or rcx, rdx",
+            "lea rdx, [rax + 15]", "movq r8, xmm12", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 14", "or rcx, rdx",
+            "lea rdx, [rax + 16]", "movq r8, xmm13", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 15", "or rcx, rdx",
+            "lea rdx, [rax + 17]", "movq r8, xmm14", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 16", "or rcx, rdx",
+            "lea rdx, [rax + 18]", "movq r8, xmm15", "cmp r8, rdx", "setne dl", "movzx edx, dl", "shl edx, 17", "or rcx, rdx",
+            // Restore what we saved.
+            "movdqu xmm6, [rsp + 0]", "movdqu xmm7, [rsp + 16]", "movdqu xmm8, [rsp + 32]",
+            "movdqu xmm9, [rsp + 48]", "movdqu xmm10, [rsp + 64]", "movdqu xmm11, [rsp + 80]",
+            "movdqu xmm12, [rsp + 96]", "movdqu xmm13, [rsp + 112]", "movdqu xmm14, [rsp + 128]",
+            "movdqu xmm15, [rsp + 144]",
+            "add rsp, 176",
+            "pop r15", "pop r14", "pop r13", "pop r12",
+            "pop rsi", "pop rdi", "pop rbp", "pop rbx",
+            inout("rax") seed => _,
+            inout("rcx") arg => mask,
+            in("r10") f,
             clobber_abi("C"),
         );
     }
@@ -598,6 +660,9 @@ fn overflow(depth: u64) -> u64 {
     overflow(depth + 1) + buf[63]
 }
 
+// Unix: the child dies by SIGABRT (signals); on Windows, see
+// `overflowing_a_coroutine_stack_raises_windows_stack_overflow`.
+#[cfg(unix)]
 #[test]
 #[cfg_attr(
     not(feature = "overflow-handler"),
@@ -630,6 +695,8 @@ fn overflowing_a_coroutine_stack_is_reported_and_aborts() {
     );
 }
 
+// Unix: the child dies by a signal.
+#[cfg(unix)]
 #[test]
 #[cfg_attr(
     feature = "asan",
@@ -655,4 +722,95 @@ fn a_thread_stack_overflow_is_still_reported_by_std() {
         // qemu-user reports the thread's overflow as a plain SIGSEGV.
         assert!(stderr.contains("has overflowed its stack"), "{stderr}");
     }
+}
+
+/// Windows, with the overflow handler: the same one-line report as on
+/// Unix, then an abort.
+#[cfg(windows)]
+#[test]
+#[cfg_attr(
+    not(feature = "overflow-handler"),
+    ignore = "the report is the overflow-handler feature's (off by default)"
+)]
+fn overflowing_a_coroutine_stack_is_reported_and_aborts_on_windows() {
+    const ROLE: &str = "overflow-reported";
+    if util::child_role().as_deref() == Some(ROLE) {
+        let stack = DefaultStack::new(64 * 1024).unwrap();
+        let mut co = Coroutine::<(), (), u64>::with_stack(stack, |_, ()| overflow(0));
+        co.resume(());
+        unreachable!("the overflow must abort the process");
+    }
+    let out = util::run_child(
+        "overflowing_a_coroutine_stack_is_reported_and_aborts_on_windows",
+        ROLE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{:?}\n{stderr}", out.status);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("corostack: coroutine stack overflow (stack of 65536 bytes"))
+        .unwrap_or_else(|| panic!("no overflow message in:\n{stderr}"));
+    assert!(line.ends_with("), aborting"), "{line}");
+}
+
+/// Windows, without the overflow handler: an overflow of a coroutine's
+/// stack is the system's own stack overflow (the TEB's fields describe the
+/// coroutine's stack, and its guard pages are laid out as a thread's), so
+/// the process ends with `STATUS_STACK_OVERFLOW`, as std's threads do;
+/// never an access violation somewhere else, or a silent corruption.
+#[cfg(all(windows, not(feature = "overflow-handler")))]
+#[test]
+fn overflowing_a_coroutine_stack_raises_windows_stack_overflow() {
+    const ROLE: &str = "overflow";
+    if util::child_role().as_deref() == Some(ROLE) {
+        let stack = DefaultStack::new(64 * 1024).unwrap();
+        let mut co = Coroutine::<(), (), u64>::with_stack(stack, |_, ()| overflow(0));
+        co.resume(());
+        unreachable!("the overflow must end the process");
+    }
+    let out = util::run_child(
+        "overflowing_a_coroutine_stack_raises_windows_stack_overflow",
+        ROLE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    const STATUS_STACK_OVERFLOW: u32 = 0xC000_00FD;
+    assert_eq!(
+        out.status.code().map(|c| c as u32),
+        Some(STATUS_STACK_OVERFLOW),
+        "{:?}\n{stderr}",
+        out.status
+    );
+}
+
+/// Windows: with the crate's vectored exception handler in place, a
+/// thread's own overflow is passed on (the crate's handler claims only
+/// faults in a coroutine's guard): Windows then has std report it and end
+/// the process; Wine 8.0 ends the overflowing thread alone, which std's
+/// join reports as a thread that terminated unexpectedly. Either way, no
+/// coroutine overflow is reported.
+#[cfg(windows)]
+#[test]
+fn a_thread_stack_overflow_is_still_reported_by_std_on_windows() {
+    const ROLE: &str = "thread-overflow";
+    if util::child_role().as_deref() == Some(ROLE) {
+        // Make sure our handler is installed, then overflow the thread.
+        drop(Coroutine::<(), (), ()>::new(|_, ()| ()));
+        let t = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| overflow(0));
+        let _ = t.unwrap().join();
+        unreachable!("the overflow must end the process");
+    }
+    let out = util::run_child(
+        "a_thread_stack_overflow_is_still_reported_by_std_on_windows",
+        ROLE,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{:?}\n{stderr}", out.status);
+    assert!(!stderr.contains("coroutine stack overflow"), "{stderr}");
+    assert!(
+        stderr.contains("has overflowed its stack")
+            || stderr.contains("threads should not terminate unexpectedly"),
+        "{stderr}"
+    );
 }

@@ -414,6 +414,10 @@ fn greenlets_switched_and_killed_from_the_hooks_unwind() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "under Wine, process::exit runs the main thread's thread-local destructors differently from glibc: not investigated yet"
+)]
 fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
     let name = "process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone";
     if util::child_role().as_deref() == Some(name) {

@@ -2,6 +2,9 @@
 //! that the test installs, comes back to the resumer as the coroutine's
 //! return (or panic), and the stack runs a new coroutine afterwards. Each
 //! case in a child process, since a failure is a crash.
+//!
+//! Unix: the handler is a signal handler (`sigaction`, `sigaltstack`).
+#![cfg(unix)]
 
 mod util;
 

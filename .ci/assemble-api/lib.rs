@@ -1,4 +1,5 @@
-//! Instantiates the core's and the hub's public API for `.ci/assemble`:
+//! Instantiates the core's and the hub's public API for `.ci/assemble`
+//! (the core's alone on Windows, where the hub does not build yet):
 //! each `#[no_mangle]` function below is exported from the static library,
 //! so everything it reaches is compiled to the target's machine code and
 //! assembled. Nothing here is meant to run (though it would).
@@ -9,6 +10,7 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+#[cfg(unix)]
 use std::time::Duration;
 
 use corostack::bridge::AsyncCoroutine;
@@ -18,14 +20,18 @@ use corostack::{
     Coroutine, CoroutineResult, DefaultStack, Generator, SliceStack, Yielder, maybe_grow, on_stack,
     remaining_stack,
 };
+#[cfg(unix)]
 use corostack_hub as hub;
 
 #[path = "../../examples/baozi.rs"]
 mod baozi;
+#[cfg(unix)]
 #[path = "../../hub/examples/echo_client.rs"]
 mod echo_client;
+#[cfg(unix)]
 #[path = "../../hub/examples/echo_server.rs"]
 mod echo_server;
+#[cfg(unix)]
 #[path = "../../hub/examples/gevent_sleep.rs"]
 mod gevent_sleep;
 #[path = "../../examples/greenlet.rs"]
@@ -98,10 +104,12 @@ fn poll_ready<F: Future>(fut: F) -> Option<F::Output> {
 }
 
 /// A trap's recovery, as a signal handler would do it: the registers
-/// written into the handler's `ucontext_t` per system.
+/// written into the handler's `ucontext_t` per system (on Windows, a
+/// vectored exception handler's `CONTEXT`).
 ///
 /// # Safety
-/// `ucontext` is the third argument of a running `SA_SIGINFO` handler.
+/// `ucontext` is the third argument of a running `SA_SIGINFO` handler (on
+/// Windows, the `ContextRecord` of the exception being handled).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn corostack_assemble_trap(ucontext: *mut core::ffi::c_void) -> bool {
     let co = Coroutine::<(), (), u64>::new(|_, ()| 1);
@@ -120,6 +128,7 @@ pub unsafe extern "C" fn corostack_assemble_trap(ucontext: *mut core::ffi::c_voi
 
 /// The hub: tasks, timers, channels, events, semaphores, sockets (TCP and
 /// UDP), the blocking pool, remotes and block_on.
+#[cfg(unix)]
 #[unsafe(no_mangle)]
 pub extern "C" fn corostack_assemble_hub() -> u64 {
     hub::Builder::new().stack_size(64 * 1024).run(|| {

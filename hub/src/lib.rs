@@ -219,6 +219,19 @@
     clippy::must_use_candidate
 )]
 
+// The hub runs on Unix only for now. Porting it to Windows takes: the
+// poller's readiness from mio on Windows (its AFD-based IOCP backend works
+// per socket, with no raw file descriptors), socket handles as
+// `RawSocket`/`AsSocket` where `io.rs`, `net/tcp.rs` and `net/udp.rs` use
+// `RawFd` and libc calls (socket2 offers both sides), the driver's waker
+// without a pipe or eventfd (`mio::Waker`), and the test suite's Unix
+// sockets, signals and `/proc` left out or given Windows counterparts.
+#[cfg(not(unix))]
+compile_error!(
+    "corostack-hub runs on Unix only for now (its sockets and poller use file descriptors); \
+     the core, corostack, runs on Windows"
+);
+
 mod block_on;
 mod blocking;
 mod builder;

@@ -172,6 +172,8 @@ mod tests {
         }
     }
 
+    /// Unix: the guard is checked with a read() into it (EFAULT).
+    #[cfg(unix)]
     #[test]
     fn size_is_rounded_to_pages_and_guarded() {
         let stack = DefaultStack::new(MIN_STACK_SIZE + 1).unwrap();
@@ -198,6 +200,46 @@ mod tests {
             errno
         };
         assert_eq!(errno, Some(libc::EFAULT));
+    }
+
+    /// Windows: the guard is a reserved page at the bottom and guard pages
+    /// above it, as VirtualQuery reports them; the usable part committed.
+    #[cfg(windows)]
+    #[test]
+    fn size_is_rounded_to_pages_and_guarded() {
+        use windows_sys::Win32::System::Memory::{
+            MEM_COMMIT, MEM_RESERVE, MEMORY_BASIC_INFORMATION, PAGE_GUARD, PAGE_READWRITE,
+            VirtualQuery,
+        };
+        let stack = DefaultStack::new(MIN_STACK_SIZE + 1).unwrap();
+        let page = page_size();
+        assert_eq!(stack.size(), (MIN_STACK_SIZE + 1).next_multiple_of(page));
+        assert_eq!(stack.guard_size(), 4 * page);
+        assert_eq!(stack.top() % 16, 0);
+        let query = |addr: usize| {
+            // SAFETY: all-zero is a valid MEMORY_BASIC_INFORMATION, which
+            // VirtualQuery fills in for any address.
+            unsafe {
+                let mut info: MEMORY_BASIC_INFORMATION = std::mem::zeroed();
+                let n = VirtualQuery(addr as *const _, &mut info, size_of_val(&info));
+                assert_ne!(n, 0);
+                (info.State, info.Protect)
+            }
+        };
+        let low = stack.limit() - stack.guard_size();
+        assert_eq!(
+            query(low).0,
+            MEM_RESERVE,
+            "the lowest page is reserved only"
+        );
+        for p in 1..4 {
+            assert_eq!(
+                query(low + p * page),
+                (MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD)
+            );
+        }
+        assert_eq!(query(stack.limit()), (MEM_COMMIT, PAGE_READWRITE));
+        assert_eq!(query(stack.top() - 1), (MEM_COMMIT, PAGE_READWRITE));
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //! on from the stack pointer. A fixed-capacity, lock-free hash table, so
 //! that a lookup is async-signal-safe.
 
-use std::ptr::{self, null_mut};
+use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 
 /// Slots in the table: room for 2^21 stacks at a load factor of one half. The table is mapped
-/// with `MAP_NORESERVE`, so only the pages of slots ever written cost memory.
+/// so that only the pages of slots ever written cost memory (`os::map_table`).
 const CAPACITY: usize = 1 << 22;
 /// How many consecutive slots a key may be away from its hash slot.
 const PROBE_LIMIT: usize = 64;
@@ -63,18 +63,8 @@ pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
         Some(table) => table,
         None => {
             let bytes = CAPACITY * size_of::<Slot>();
-            // FreeBSD has no MAP_NORESERVE (it reserves no swap for an
-            // anonymous mapping anyway).
-            #[cfg(not(target_os = "freebsd"))]
-            let no_reserve = libc::MAP_NORESERVE;
-            #[cfg(target_os = "freebsd")]
-            let no_reserve = 0;
-            let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, no_reserve);
-            let flags = flags | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-            // SAFETY: a new anonymous mapping at an address of the kernel's choice touches no
-            // existing memory.
-            let map = unsafe { libc::mmap(ptr::null_mut(), bytes, prot, flags, -1, 0) };
-            if map == libc::MAP_FAILED {
+            let map = super::os::map_table(bytes);
+            if map.is_null() {
                 return;
             }
             if TABLE
@@ -82,7 +72,7 @@ pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
                 .is_err()
             {
                 // SAFETY: another thread published its table first; ours was never shared.
-                unsafe { libc::munmap(map, bytes) };
+                unsafe { super::os::unmap_table(map, bytes) };
             }
             table().expect("the table was just published")
         }

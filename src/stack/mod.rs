@@ -4,12 +4,13 @@
 //!
 //! The files, each one concept, lower layers first (each imports only the
 //! ones above it in this list):
-//! - `os.rs`: the operating system's facts (page size, whether
-//!   `MADV_GUARD_INSTALL` works);
+//! - `os.rs` (Unix) or `os_windows.rs`: what the system gives (page size,
+//!   a guarded region of memory for a stack, the registry's table);
 //! - `guards.rs`: the registry of guard pages, read by the overflow handler
 //!   and by `maybe_grow`/`remaining_stack`;
 //! - `overflow.rs`: the SIGSEGV/SIGBUS handler that reports an overflow
-//!   (feature `overflow-handler`);
+//!   (feature `overflow-handler`); on Windows `overflow_windows.rs`, a
+//!   vectored exception handler;
 //! - `mapping.rs`: one guarded, registered mmap;
 //! - `pool.rs`: the per-thread pool of free mappings;
 //! - `default.rs`: [`DefaultStack`], a mapping taken from and given back to
@@ -36,8 +37,10 @@ pub(crate) mod guards;
 #[cfg(feature = "std")]
 mod mapping;
 #[cfg(feature = "std")]
+#[cfg_attr(windows, path = "os_windows.rs")]
 mod os;
 #[cfg(feature = "overflow-handler")]
+#[cfg_attr(windows, path = "overflow_windows.rs")]
 pub(crate) mod overflow;
 #[cfg(feature = "std")]
 mod pool;
@@ -47,7 +50,7 @@ mod slice;
 #[cfg(feature = "std")]
 pub use default::DefaultStack;
 #[cfg(feature = "std")]
-pub(crate) use os::page_size;
+pub(crate) use os::{REPORTS_RUNNING_STACK, page_size, thread_stack};
 #[cfg(feature = "std")]
 pub use pool::{raise_pool_capacity, set_pool_capacity, trim_pool};
 #[cfg(feature = "std")]
@@ -136,7 +139,8 @@ pub unsafe trait Stack {
 }
 
 /// The smallest stack that `DefaultStack::new`, `SliceStack` and the hub's
-/// `Builder::stack_size` accept: 32 KiB (64 KiB on powerpc64le).
+/// `Builder::stack_size` accept: 32 KiB (64 KiB on powerpc64le and
+/// Windows, whose unwinder takes the most stack).
 ///
 /// What it bounds: every stack of this size runs a coroutine whose closure
 /// is at most an eighth of it (a new coroutine takes four times its

@@ -1,0 +1,128 @@
+//! Trap recovery on Windows: a fault inside a coroutine, caught by a
+//! vectored exception handler that the test adds, comes back to the
+//! resumer as the coroutine's return, and the stack runs a new coroutine
+//! afterwards: an access violation, and a stack overflow (the system's
+//! `STATUS_STACK_OVERFLOW`, raised in the coroutine's own guard pages,
+//! which the TEB's fields describe while it runs). The handler writes the
+//! recovery's registers into the exception's `CONTEXT`. Each case in a
+//! child process, since a failure is a crash. (tests/trap.rs is the Unix
+//! counterpart, with a signal handler.)
+#![cfg(windows)]
+
+mod util;
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::sync::Once;
+
+use corostack::{Coroutine, CoroutineTrapHandler, DefaultStack, Yielder};
+use windows_sys::Win32::Foundation::{EXCEPTION_ACCESS_VIOLATION, EXCEPTION_STACK_OVERFLOW};
+use windows_sys::Win32::System::Diagnostics::Debug::{
+    AddVectoredExceptionHandler, EXCEPTION_CONTINUE_EXECUTION, EXCEPTION_CONTINUE_SEARCH,
+    EXCEPTION_POINTERS,
+};
+
+thread_local! {
+    static TRAP: Cell<Option<CoroutineTrapHandler<u32>>> = const { Cell::new(None) };
+    /// The exception codes the handler recovered from.
+    static SEEN: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The embedder's handler: a fault of the coroutine whose handle is in
+/// `TRAP` (its stack pointer inside the coroutine's stack) makes the
+/// coroutine return 42; anything else goes on.
+unsafe extern "system" fn on_fault(info: *mut EXCEPTION_POINTERS) -> i32 {
+    // SAFETY: the system passes a valid EXCEPTION_POINTERS.
+    let (code, context) = unsafe {
+        (
+            (*(*info).ExceptionRecord).ExceptionCode,
+            (*info).ContextRecord,
+        )
+    };
+    if code != EXCEPTION_ACCESS_VIOLATION && code != EXCEPTION_STACK_OVERFLOW {
+        return EXCEPTION_CONTINUE_SEARCH;
+    }
+    // SAFETY (the filter): the CONTEXT of the exception being handled.
+    let Some(trap) = TRAP
+        .get()
+        .filter(|t| unsafe { t.context_in_bounds(context.cast()) })
+    else {
+        return EXCEPTION_CONTINUE_SEARCH;
+    };
+    SEEN.set(code);
+    // SAFETY: a fault of the coroutine's own code, which touches nothing
+    // but its own locals; the registers go into the exception's CONTEXT,
+    // from which the system resumes the thread.
+    unsafe { trap.setup_trap_handler(|| 42).write_to(context.cast()) };
+    EXCEPTION_CONTINUE_EXECUTION
+}
+
+fn install() {
+    // The crate's handler (with the overflow-handler feature) first, so
+    // that ours, added after it and first in the chain, sees the fault
+    // first.
+    corostack::stack::install_overflow_handler();
+    static ONCE: Once = Once::new();
+    // SAFETY: `on_fault` has the signature the system calls.
+    ONCE.call_once(|| unsafe {
+        AddVectoredExceptionHandler(1, Some(on_fault));
+    });
+}
+
+/// Recurses until the stack runs out.
+#[allow(unconditional_recursion)]
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let buf = black_box([depth; 64]);
+    recurse(depth + 1) + buf[63]
+}
+
+/// Runs `body` in a coroutine on a 256 KiB stack with the handler in place;
+/// checks that it came back as 42 after the exception `code`, and that the
+/// stack then runs a new coroutine.
+fn recovers(code: i32, body: fn() -> u32) {
+    install();
+    let stack = DefaultStack::new(256 * 1024).unwrap();
+    let mut co = Coroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| body());
+    TRAP.set(Some(co.trap_handler()));
+    assert_eq!(co.resume(()).as_return(), Some(42));
+    TRAP.set(None);
+    assert_eq!(SEEN.get(), code, "the exception recovered from");
+    assert!(co.done());
+    let mut next = Coroutine::with_stack(co.into_stack(), |_: &Yielder<(), ()>, ()| 7u32);
+    assert_eq!(next.resume(()).as_return(), Some(7));
+}
+
+macro_rules! child_test {
+    ($name:ident, $body:block) => {
+        #[test]
+        fn $name() {
+            if util::child_role().as_deref() == Some(stringify!($name)) {
+                $body;
+                println!("CHILD-FINISHED");
+                return;
+            }
+            let out = util::run_child(stringify!($name), stringify!($name));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("CHILD-FINISHED"),
+                "the child did not finish normally: {:?}\n--- stdout\n{stdout}\n--- stderr\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+}
+
+child_test!(an_access_violation_is_recovered_into_a_return_value, {
+    recovers(EXCEPTION_ACCESS_VIOLATION, || {
+        // SAFETY: not sound, on purpose: address 8 is never mapped, and the
+        // write faults.
+        unsafe { std::ptr::write_volatile(black_box(8usize) as *mut u64, 1) };
+        unreachable!("the write did not fault")
+    });
+});
+
+child_test!(a_stack_overflow_is_recovered_into_a_return_value, {
+    recovers(EXCEPTION_STACK_OVERFLOW, || recurse(0) as u32);
+});
