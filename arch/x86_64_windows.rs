@@ -115,13 +115,14 @@ pub struct StackInfo {
 }
 
 impl StackInfo {
-    /// The fields of a stack of ours (`Stack`'s top, limit and guard).
+    /// The fields of a stack of ours (`Stack`'s top, limit and guard
+    /// size, asked for here only: elsewhere nothing is kept).
     #[inline(always)]
-    pub fn new(top: usize, limit: usize, guard: usize) -> StackInfo {
+    pub fn new(top: usize, limit: usize, guard: impl FnOnce() -> usize) -> StackInfo {
         StackInfo {
             base: top,
             limit,
-            dealloc: limit - guard,
+            dealloc: limit - guard(),
             guaranteed: 0,
         }
     }

@@ -97,9 +97,11 @@ cfg_if::cfg_if! {
         pub(crate) struct StackInfo;
 
         impl StackInfo {
-            /// The stack `[limit, top)` with `guard` bytes of guard below.
+            /// The stack `[limit, top)` with `guard()` bytes of guard below
+            /// (not asked for here: a `Stack`'s `guard_size` may cost a
+            /// look-up, on every coroutine's creation).
             #[inline(always)]
-            pub(crate) fn new(_top: usize, _limit: usize, _guard: usize) -> StackInfo {
+            pub(crate) fn new(_top: usize, _limit: usize, _guard: impl FnOnce() -> usize) -> StackInfo {
                 StackInfo
             }
 

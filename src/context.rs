@@ -99,7 +99,7 @@ pub(crate) fn place_closure<S: Stack, F>(
     // stack alone; `closure` lies inside it, aligned for F, with
     // size_of::<F>() bytes up to `top` (checked above).
     unsafe { ptr.write(f) };
-    let info = arch::StackInfo::new(top, limit, stack.guard_size());
+    let info = arch::StackInfo::new(top, limit, || stack.guard_size());
     // SAFETY: `closure` is STACK_ALIGNMENT-aligned and the INIT_FRAME_SIZE
     // bytes below it are inside the stack (checked above).
     let sp = unsafe { init(closure, entry, closure, info) };

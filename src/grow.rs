@@ -320,7 +320,7 @@ pub fn on_stack<S: Stack, R, F: FnOnce() -> R>(stack: S, f: F) -> R {
         }
     }
     let _leave = Leave(lo, hi, seq, prev);
-    let info = crate::arch::StackInfo::new(hi, lo, stack.guard_size());
+    let info = crate::arch::StackInfo::new(hi, lo, || stack.guard_size());
     // SAFETY: `Stack` promises that [limit, top) is writable memory that
     // nothing else uses, with top 16-aligned; we own the stack, and drop it
     // only once the body has finished with it (or never, if this frame is
