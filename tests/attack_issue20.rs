@@ -8,6 +8,8 @@
 
 mod util;
 
+use util::{ReadOnDrop, Tracked};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -53,48 +55,6 @@ fn passes_in_child(name: &str, scenario: fn()) {
             code == Some(0) && stdout.contains("DONE"),
             "the child running {name} failed: {code:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
         );
-    }
-}
-
-/// A thread-local's value that knows when it was dropped: a read after its
-/// drop reports it and aborts.
-struct Tracked {
-    dropped: &'static AtomicBool,
-    data: Vec<u64>,
-}
-
-impl Tracked {
-    fn new(dropped: &'static AtomicBool) -> Tracked {
-        Tracked {
-            dropped,
-            data: vec![1, 2, 3],
-        }
-    }
-
-    fn read(&self) -> u64 {
-        if self.dropped.load(Ordering::SeqCst) {
-            eprintln!("READ A DROPPED THREAD-LOCAL");
-            let sum: u64 = std::hint::black_box(self.data.iter().sum());
-            eprintln!("(it summed to {sum})");
-            std::process::abort();
-        }
-        self.data.iter().sum()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.dropped.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Reads its thread-local when dropped, and counts that it did.
-struct ReadOnDrop<'a>(&'a Tracked, &'static AtomicUsize);
-
-impl Drop for ReadOnDrop<'_> {
-    fn drop(&mut self) {
-        assert_eq!(self.0.read(), 6);
-        self.1.fetch_add(1, Ordering::SeqCst);
     }
 }
 

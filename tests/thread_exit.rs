@@ -15,6 +15,8 @@
 
 mod util;
 
+use util::{ReadOnDrop, Tracked};
+
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -40,52 +42,6 @@ fn passes_in_child(name: &str, scenario: fn()) {
         "the child running {name} failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-}
-
-/// A thread-local's value that knows when it was dropped: a read after
-/// its drop reports it and aborts (the process-wide flag, not the value,
-/// tells, so the report does not depend on the freed bytes); the read of
-/// its `Vec` that follows is what valgrind sees.
-struct Tracked {
-    dropped: &'static AtomicBool,
-    data: Vec<u64>,
-}
-
-impl Tracked {
-    fn new(dropped: &'static AtomicBool) -> Tracked {
-        Tracked {
-            dropped,
-            data: vec![1, 2, 3],
-        }
-    }
-
-    /// Reads the value; aborts if it was dropped.
-    fn read(&self) -> u64 {
-        if self.dropped.load(Ordering::SeqCst) {
-            eprintln!("READ A DROPPED THREAD-LOCAL");
-            let sum: u64 = std::hint::black_box(self.data.iter().sum());
-            eprintln!("(it summed to {sum})");
-            std::process::abort();
-        }
-        self.data.iter().sum()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.dropped.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Reads its thread-local when dropped (by the unwind of the body that
-/// holds it), and counts that it did.
-struct ReadOnDrop<'a>(&'a Tracked, &'static AtomicUsize);
-
-impl Drop for ReadOnDrop<'_> {
-    fn drop(&mut self) {
-        assert_eq!(self.0.read(), 6);
-        self.1.fetch_add(1, Ordering::SeqCst);
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::process::{Command, Output};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Whether the tests run under emulation (qemu-user), where everything is
 /// 10 to 50 times slower: heavy loops scale down, checks stay the same.
@@ -96,4 +97,50 @@ pub fn capture(run: impl FnOnce(Rc<dyn Fn(String)>)) -> Vec<String> {
     let sink = lines.clone();
     run(Rc::new(move |l| sink.borrow_mut().push(l)));
     lines.take()
+}
+
+/// A thread-local's value that knows when it was dropped: a read after
+/// its drop reports it and aborts (the process-wide flag, not the value,
+/// tells, so the report does not depend on the freed bytes); the read of
+/// its `Vec` that follows is what valgrind sees.
+pub struct Tracked {
+    dropped: &'static AtomicBool,
+    data: Vec<u64>,
+}
+
+impl Tracked {
+    pub fn new(dropped: &'static AtomicBool) -> Tracked {
+        Tracked {
+            dropped,
+            data: vec![1, 2, 3],
+        }
+    }
+
+    /// Reads the value; aborts if it was dropped.
+    pub fn read(&self) -> u64 {
+        if self.dropped.load(Ordering::SeqCst) {
+            eprintln!("READ A DROPPED THREAD-LOCAL");
+            let sum: u64 = std::hint::black_box(self.data.iter().sum());
+            eprintln!("(it summed to {sum})");
+            std::process::abort();
+        }
+        self.data.iter().sum()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads its thread-local when dropped (by the unwind of the body that
+/// holds it), and counts that it did.
+pub struct ReadOnDrop<'a>(pub &'a Tracked, pub &'static AtomicUsize);
+
+impl Drop for ReadOnDrop<'_> {
+    fn drop(&mut self) {
+        assert_eq!(self.0.read(), 6);
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
 }
