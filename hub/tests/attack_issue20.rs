@@ -2,77 +2,32 @@
 //! meet the hub: the leak after `shutdown_timeout` and the core's
 //! thread-exit hook (`corostack::thread_exit`).
 
+#[path = "util/hub.rs"]
+mod hub_util;
 mod util;
 
 use std::cell::RefCell;
-use std::io::Read;
 use std::panic::{self, AssertUnwindSafe};
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 
 use corostack::{Coroutine, Yielder};
 use corostack_hub as hub;
 
-/// Runs `scenario` in a child process playing `name` (the test's own
-/// name, run there even when ignored); returns its exit code (`None` for
-/// a signal), stdout and stderr.
+/// Runs `scenario` in a child process playing `name` (the shared runner's
+/// watchdog: 20 s natively); returns its exit code (`None` for a signal or
+/// a hang), stdout, and stderr (ending in "HUNG" if the watchdog killed
+/// it). The child prints "DONE" when the scenario returns.
 fn in_child(name: &str, scenario: fn()) -> Option<(Option<i32>, String, String)> {
-    if util::child_role().as_deref() == Some(name) {
+    let run = hub_util::in_child(name, Duration::from_secs(20), || {
         scenario();
         println!("DONE");
-        return None;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = match std::env::var_os("COROSTACK_RUNNER") {
-        Some(runner) => {
-            let mut c = Command::new(runner);
-            c.arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    };
-    let asan = std::env::var("ASAN_OPTIONS").unwrap_or_default();
-    let mut child = cmd
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .arg("--include-ignored")
-        .env(util::CHILD_ROLE, name)
-        .env("ASAN_OPTIONS", format!("{asan}:detect_leaks=0"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the child test process");
-    // Read while it runs (a full pipe would block it).
-    let (mut o, mut e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let o = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = o.read_to_string(&mut s);
-        s
-    });
-    let e = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = e.read_to_string(&mut s);
-        s
-    });
-    // A watchdog: a hang fails the test (code `None`, "HUNG" in stderr).
-    let limit = Duration::from_secs(if util::emulated() { 200 } else { 20 });
-    let start = std::time::Instant::now();
-    let mut hung = false;
-    while child.try_wait().expect("wait for the child").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            hung = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let status = child.wait().expect("wait for the child");
-    let mut stderr = e.join().unwrap();
-    if hung {
+    })?;
+    let mut stderr = run.stderr;
+    if run.hung {
         stderr.push_str("\nHUNG: killed by the watchdog");
     }
-    Some((status.code(), o.join().unwrap(), stderr))
+    Some((run.code, run.stdout, stderr))
 }
 
 /// Overwrites the part of this thread's stack where a returned call's
