@@ -1342,6 +1342,10 @@ where
 #[cfg(feature = "std")]
 pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, link: usize) -> ! {
     let link = ptr::with_exposed_provenance_mut::<usize>(link);
+    // An overflow took the stack's one-shot guard pages on Windows: give
+    // them back before the stack runs anything else.
+    #[cfg(windows)]
+    crate::stack::restore_guard();
     let call = || {
         // SAFETY: `setup_trap_handler` wrote an F at `slot`; it is moved out
         // once, straight into the call.

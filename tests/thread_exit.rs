@@ -370,10 +370,6 @@ fn greenlets_switched_and_killed_from_the_hooks_unwind() {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "under Wine, process::exit runs the main thread's thread-local destructors differently from glibc: not investigated yet"
-)]
 fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
     let name = "process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone";
     if util::child_role().as_deref() == Some(name) {
@@ -423,10 +419,17 @@ fn process_exit_from_inside_a_coroutine_leaves_the_running_ones_alone() {
     // the thread dies, and the hook does not run either.
     let destroyed = stdout.find("MAIN THREAD-LOCALS DESTROYED");
     let unwound = stdout.find("PARKED UNWOUND");
+    assert!(
+        !cfg!(windows) || (unwound, destroyed) == (None, None),
+        "on Windows no thread-local destructor runs at exit:\n{stdout}"
+    );
     match (unwound, destroyed) {
         (Some(u), Some(d)) => assert!(u < d, "the hook ran after a thread-local died:\n{stdout}"),
-        // Only a static build may run none (a dynamic one runs them).
-        (None, None) if cfg!(target_feature = "crt-static") => {}
+        // Only a static build may run none (a dynamic one runs them), and
+        // Windows (x86_64-pc-windows-gnu under Wine 8.0), where
+        // `process::exit` (ExitProcess) runs none of the main thread's
+        // thread-local destructors: the probe's never runs.
+        (None, None) if cfg!(any(target_feature = "crt-static", windows)) => {}
         _ => panic!("the hook and the thread-locals disagree, or none ran:\n{stdout}"),
     }
 }

@@ -49,6 +49,8 @@ mod slice;
 
 #[cfg(feature = "std")]
 pub use default::DefaultStack;
+#[cfg(all(feature = "std", windows))]
+pub(crate) use os::restore_guard;
 #[cfg(feature = "std")]
 pub(crate) use os::{REPORTS_RUNNING_STACK, page_size, thread_stack};
 #[cfg(feature = "std")]

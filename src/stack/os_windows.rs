@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use windows_sys::Win32::System::Memory::{
     MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_GUARD, PAGE_NOACCESS, PAGE_READWRITE, VirtualAlloc,
-    VirtualFree,
+    VirtualFree, VirtualProtect,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
+use windows_sys::Win32::System::Threading::GetCurrentThreadStackLimits;
 
 /// The system's page size, read once.
 #[inline]
@@ -115,6 +116,40 @@ impl Drop for Region {
     }
 }
 
+/// Gives the guard pages of the running stack, if it is one of ours (a
+/// [`Region`] in the guard registry), their `PAGE_GUARD` back. Windows
+/// clears it on each guard page a stack grows into, a one-shot guard, and
+/// an overflow (`STATUS_STACK_OVERFLOW`) has grown into all of them: the
+/// stack's next overflow would run past them into the reserved page, where
+/// the system has no stack left to raise an exception on, and the process
+/// would end without a word. Called by a trap's recovery (`trap_entry`),
+/// at the top of the stack, far above the guard, once the exception
+/// handler that ran on the guard pages has returned: the one way a
+/// coroutine comes back from an overflow. A recovery from any other fault
+/// pays the same one system call, and an ordinary life none.
+pub(crate) fn restore_guard() {
+    let (mut low, mut high) = (0usize, 0usize);
+    // SAFETY: writes the two outputs.
+    unsafe { GetCurrentThreadStackLimits(&mut low, &mut high) };
+    // The TEB's DeallocationStack is the region's base, which is the key
+    // of its guard in the registry.
+    let Some((guard, _)) = super::guards::guard_at(low) else {
+        return;
+    };
+    let page = page_size();
+    let mut old = 0;
+    // SAFETY: the guard pages of the running stack's region, below its
+    // usable part (committed by `Region::new`), which no frame uses now.
+    unsafe {
+        VirtualProtect(
+            (low + page) as *const _,
+            guard - page,
+            PAGE_READWRITE | PAGE_GUARD,
+            &mut old,
+        )
+    };
+}
+
 /// Turns a failed reservation or commit into an error that says what ran
 /// out and what to do.
 fn exhausted(err: io::Error, usable: usize, live: usize) -> io::Error {
@@ -161,7 +196,6 @@ pub(crate) const REPORTS_RUNNING_STACK: bool = true;
 /// room to spare.
 pub(crate) fn thread_stack() -> Option<(usize, usize, usize)> {
     use windows_sys::Win32::System::Memory::{MEMORY_BASIC_INFORMATION, VirtualQuery};
-    use windows_sys::Win32::System::Threading::GetCurrentThreadStackLimits;
     let (mut low, mut high) = (0usize, 0usize);
     // SAFETY: writes the two outputs.
     unsafe { GetCurrentThreadStackLimits(&mut low, &mut high) };
