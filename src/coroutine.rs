@@ -203,7 +203,19 @@
 //! - more than 16 registrations on one thread (its first start and 15
 //!   `rearm` calls): `rearm` returns `false` after that;
 //! - the hook relies on std's order of thread-local destructors, an
-//!   implementation detail of std (pinned by a test), not a promise.
+//!   implementation detail of std (pinned by a test), not a promise;
+//! - on Windows (`x86_64-pc-windows-gnu`, which has no native thread-local
+//!   storage in Rust), std runs thread-local destructors in the order in
+//!   which their keys were created in the whole process, newest first, not
+//!   in the thread's order of first use: the hook's key is created once,
+//!   at the process's first coroutine start, so it runs before the
+//!   destructors of thread-locals whose keys existed before that, and
+//!   after those of any created later, whatever the thread did; `rearm`
+//!   from a thread-local destructor does not help there (a test shows a
+//!   read of a dropped thread-local, and is ignored on Windows with the
+//!   cause). And `process::exit` runs no thread-local destructor of the
+//!   thread there (nor in a statically linked Linux program), so the hook
+//!   does not run at `exit`, and nothing of the thread dies either.
 //!
 //! A panic that escapes the hook's unwind of a coroutine aborts the
 //! process with a message, as a panic from a thread-local destructor does;
