@@ -110,8 +110,9 @@ pub const RED_ZONE: usize = 0;
 pub const ENTRY_RESERVE: usize = 12 * 1024;
 
 /// The smallest stack the crate accepts (`stack::MIN_STACK_SIZE`, which
-/// documents what it bounds).
-pub const MIN_STACK_SIZE: usize = 32 * 1024;
+/// documents what it bounds): 64 KiB, as on powerpc64le (each frame gives
+/// its callee a 160-byte save area, and a panic's frames are deep).
+pub const MIN_STACK_SIZE: usize = 64 * 1024;
 
 /// A switch frame that is never resumed: switching to [`dead_sp`] comes
 /// straight back, with the word 0 and the caller's state intact.

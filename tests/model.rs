@@ -9,6 +9,7 @@ mod util;
 
 use std::panic::{self, AssertUnwindSafe};
 
+use corostack::stack::MIN_STACK_SIZE;
 use corostack::{Coroutine, CoroutineResult, DefaultStack, Stack};
 use proptest::prelude::*;
 use util::DropCounter;
@@ -110,7 +111,7 @@ proptest! {
                         Some(s) if reuse => s,
                         other => {
                             spare_stacks.extend(other);
-                            DefaultStack::new(64 * 1024).unwrap()
+                            DefaultStack::new((2 * MIN_STACK_SIZE).max(64 * 1024)).unwrap()
                         }
                     };
                     let co = make(script.clone(), drops.guard(), stack);
