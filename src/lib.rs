@@ -93,7 +93,7 @@
 //! | `Return: 'static` | `Return` may borrow | it comes out after the body's frames are gone |
 //! | `scope(\|mut co\| co.as_mut().resume(x))` with a `ScopedCoroutineRef` | `scope(\|co\| co.resume(x))` with a `&mut` [`Scoped`](scoped::Scoped); [`scope_into_stack`](scoped::ScopedCoroutine::scope_into_stack) gives the stack back | a plain `&mut` reborrows by itself |
 //! | `Stack`: `base()` and `limit()` as `StackPointer`, TEB fields | [`Stack`]: `top()`, `limit()` and `guard_size()` as `usize` | the TEB fields come from the stack's bounds on Windows; the guard's size lets a handler tell an overflow from another fault |
-//! | `MIN_STACK_SIZE` 4 KiB | [`MIN_STACK_SIZE`](stack::MIN_STACK_SIZE) 32 KiB (64 KiB on powerpc64le) | every size a constructor accepts runs a coroutine and can unwind it when dropped |
+//! | `MIN_STACK_SIZE` 4 KiB | [`MIN_STACK_SIZE`](stack::MIN_STACK_SIZE) 32 KiB (64 KiB on powerpc64le, riscv64, s390x and Windows) | every size a constructor accepts runs a coroutine and can unwind it when dropped |
 //! | `TrapHandlerRegs` with each architecture's registers as fields, set by the embedder | [`TrapHandlerRegs`]: `pc`, `sp` and `args` everywhere, and [`write_to`](TrapHandlerRegs::write_to) a `ucontext_t`; [`context_in_bounds`](CoroutineTrapHandler::context_in_bounds) | one signal handler for every architecture |
 //! | features `default-stack`, `unwind` | `std` (both) | |
 //! | Windows, macOS, Linux; many architectures | Linux on x86_64, aarch64, riscv64, armv7, i686, powerpc64le, s390x; Windows on x86_64 (MinGW, tested under Wine); macOS and FreeBSD assembled | |

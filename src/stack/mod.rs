@@ -141,8 +141,8 @@ pub unsafe trait Stack {
 }
 
 /// The smallest stack that `DefaultStack::new`, `SliceStack` and the hub's
-/// `Builder::stack_size` accept: 32 KiB (64 KiB on powerpc64le and
-/// Windows, whose unwinder takes the most stack).
+/// `Builder::stack_size` accept: 32 KiB (64 KiB on powerpc64le, riscv64,
+/// s390x and Windows, whose debug frames or unwinders take the most stack).
 ///
 /// What it bounds: every stack of this size runs a coroutine whose closure
 /// is at most an eighth of it (a new coroutine takes four times its
