@@ -17,9 +17,9 @@ use hub_util::passes_in_child;
 use util::{DropCounter, message};
 
 /// This process's address space, in bytes.
-fn vm_size() -> usize {
+fn vm_size() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: usize = status
+    let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmSize:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
@@ -31,7 +31,9 @@ fn vm_size() -> usize {
 /// `room` bytes (`None`: no limit).
 fn limit_address_space(room: Option<usize>) {
     let rlim = libc::rlimit {
-        rlim_cur: room.map_or(libc::RLIM_INFINITY, |r| (vm_size() + r) as libc::rlim_t),
+        rlim_cur: room.map_or(libc::RLIM_INFINITY, |r| {
+            (vm_size() + r as u64) as libc::rlim_t
+        }),
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: a plain system call on a valid struct.
@@ -44,7 +46,7 @@ fn limit_address_space(room: Option<usize>) {
 fn cannot_limit() -> bool {
     std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"))
         || util::emulated()
-        || vm_size() > 1 << 40
+        || vm_size() > 1u64 << 40
 }
 
 #[test]
