@@ -183,7 +183,8 @@
 //! What remains open (each reads a dropped thread-local where the rule is
 //! broken):
 //! - a thread-local first used after the hook's last registration: it is
-//!   destroyed before the hook runs (std's order, pinned by a test);
+//!   destroyed before the hook runs (std's order, pinned by a test), except
+//!   on Windows (below);
 //! - a coroutine suspended inside an [`on_stack`](crate::on_stack) or
 //!   [`maybe_grow`](crate::maybe_grow) segment at thread exit: the hook
 //!   cannot tell it from a running one, and leaves it (it is dropped or
@@ -204,18 +205,21 @@
 //!   `rearm` calls): `rearm` returns `false` after that;
 //! - the hook relies on std's order of thread-local destructors, an
 //!   implementation detail of std (pinned by a test), not a promise;
-//! - on Windows (`x86_64-pc-windows-gnu`, which has no native thread-local
-//!   storage in Rust), std runs thread-local destructors in the order in
-//!   which their keys were created in the whole process, newest first, not
-//!   in the thread's order of first use: the hook's key is created once,
-//!   at the process's first coroutine start, so it runs before the
-//!   destructors of thread-locals whose keys existed before that, and
-//!   after those of any created later, whatever the thread did; `rearm`
-//!   from a thread-local destructor does not help there (a test shows a
-//!   read of a dropped thread-local, and is ignored on Windows with the
-//!   cause). And `process::exit` runs no thread-local destructor of the
-//!   thread there (nor in a statically linked Linux program), so the hook
-//!   does not run at `exit`, and nothing of the thread dies either.
+//! - `process::exit` runs no thread-local destructor of the calling
+//!   thread on Windows (under Wine) nor in a statically linked Linux
+//!   program, so the hook does not run at `exit` there, and nothing of
+//!   the thread dies either.
+//!
+//! On Windows the hook is stronger: it runs from a TLS callback of the
+//! crate's own, which the loader calls before std's (the one that runs
+//! the thread-local destructors: the linkers order the callbacks by their
+//! sections' names, `.CRT$XLAB` before std's `.CRT$XLB`), so it runs before
+//! the destructor of every thread-local of the thread, whenever the thread
+//! first used it, and `rearm` is not needed there (the first open case
+//! above does not arise; `tests/attack_issue20.rs` pins it under Wine).
+//! Without it, key-based thread-locals (`x86_64-pc-windows-gnu` has no
+//! native ones) would die in the process-wide order of their keys'
+//! creation, which no registration can follow.
 //!
 //! A panic that escapes the hook's unwind of a coroutine aborts the
 //! process with a message, as a panic from a thread-local destructor does;

@@ -37,6 +37,9 @@
 //!   used later. [`rearm`] registers it again (the next of 16 such
 //!   thread-locals), so that it also runs before the thread-locals used so
 //!   far.
+//! - On Windows a TLS callback of this module runs the hook before std's
+//!   callback runs any thread-local destructor (see `windows` below): the
+//!   registrations' order does not hold there.
 //! - The hook (once per thread: a later registration finds the work done)
 //!   unwinds every listed coroutine that is suspended on its own stack, in
 //!   place, forgotten or not, with the forced unwind a drop runs (not
@@ -408,6 +411,8 @@ thread_local! {
 /// once the thread has used all [`REGISTRATIONS`], or when thread-local
 /// destruction has already passed that key.
 fn register() -> bool {
+    #[cfg(windows)]
+    windows::enable();
     let used = USED.get();
     let Some(key) = KEYS.get(used) else {
         return false;
@@ -430,8 +435,12 @@ pub(crate) fn panicked_in_hook() -> ! {
 /// The exit hook: finishes this thread's suspended coroutines (run by
 /// the destructor of the thread's last registration, in std's order).
 fn at_thread_exit() {
-    if PHASE.get() == Phase::Exiting {
-        // A registration made earlier than the one that ran first.
+    // `try_with`: on Windows a registration's destructor can run after
+    // std has destroyed `PHASE` (key-based thread-locals die in the
+    // process's key order), when the callback has done the work already.
+    if PHASE.try_with(Cell::get) != Ok(Phase::Hooked) {
+        // A registration made earlier than the one that ran first (or,
+        // on Windows, any: the callback ran the hook).
         return;
     }
     PHASE.set(Phase::Exiting);
@@ -512,4 +521,76 @@ fn first_suspended() -> Option<&'static Node> {
         }
     }
     None
+}
+
+/// Windows: the hook runs from a TLS callback of the crate's own, before
+/// std's.
+///
+/// std's thread-local destructors run from its TLS callback in section
+/// `.CRT$XLB`. On `x86_64-pc-windows-gnu`, which has no `#[thread_local]`,
+/// they are key-based and run in the process-wide order of their keys'
+/// creation (newest first), not in the thread's order of first use, so a
+/// registration (a thread-local of [`KEYS`]) cannot order the hook before
+/// the thread-locals that the thread's coroutines borrow. The loader runs
+/// the TLS callbacks in the order of their sections' names (the linkers
+/// sort `.CRT$XL*` by name: MinGW's `SORT(.CRT$XL*)`, MSVC's grouped
+/// sections), so this one, in `.CRT$XLAB`, between the C runtime's start
+/// marker `.CRT$XLA` and std's `.CRT$XLB`, runs first: the hook runs before
+/// the destructor of every thread-local of the thread, whenever it was
+/// first used. The registrations stay (their destructors find the work
+/// done) and so does [`rearm`], which is not needed there.
+#[cfg(windows)]
+mod windows {
+    use core::ffi::c_void;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::{PHASE, Phase};
+
+    /// `DLL_PROCESS_DETACH` and `DLL_THREAD_DETACH` (winnt.h): the reasons
+    /// std's callback runs the thread-local destructors for, the first for
+    /// the thread that ends the process.
+    const DETACH: [u32; 2] = [0, 3];
+
+    /// Whether any thread of the process has registered the hook: until
+    /// then the callback touches no thread-local (a key-based one would be
+    /// allocated for every ending thread).
+    static USED: AtomicBool = AtomicBool::new(false);
+
+    unsafe extern "C" {
+        /// The C runtime's TLS directory: the linker keeps the callbacks
+        /// only when something refers to it.
+        #[link_name = "_tls_used"]
+        static TLS_USED: u8;
+    }
+
+    /// The callback's slot, in the section the loader reads callbacks from.
+    #[unsafe(link_section = ".CRT$XLAB")]
+    #[used]
+    static CALLBACK: unsafe extern "system" fn(*mut c_void, u32, *mut c_void) = callback;
+
+    /// Makes sure the linker keeps the TLS directory and [`CALLBACK`], and
+    /// lets the callback look at the threads' phases (at a registration).
+    pub(super) fn enable() {
+        USED.store(true, Ordering::Relaxed);
+        // SAFETY: one-byte reads of two statics (a symbol of the C runtime
+        // that every Windows program has, and ours); volatile so that the
+        // references stay.
+        unsafe {
+            core::ptr::from_ref(&TLS_USED).read_volatile();
+            core::ptr::from_ref(&CALLBACK).read_volatile();
+        }
+    }
+
+    /// Runs the hook of an ending thread whose hook is registered.
+    ///
+    /// # Safety
+    /// Called by the loader only, as a TLS callback.
+    unsafe extern "system" fn callback(_module: *mut c_void, reason: u32, _: *mut c_void) {
+        if DETACH.contains(&reason)
+            && USED.load(Ordering::Relaxed)
+            && PHASE.try_with(core::cell::Cell::get) == Ok(Phase::Hooked)
+        {
+            super::at_thread_exit();
+        }
+    }
 }
