@@ -23,7 +23,7 @@ use core::ptr;
 
 use crate::arch;
 use crate::sanitizer::{self, AsanSave, Fiber};
-use crate::stack::{MIN_STACK_SIZE, Stack};
+use crate::stack::Stack;
 
 /// The stack that a new context takes before its body's own frames,
 /// besides the first frame and the closure's copies (see
@@ -58,6 +58,8 @@ pub(crate) const COPIES: usize = 3;
 ///
 /// # Panics
 /// When that does not fit in the stack (the closure is too large).
+///
+/// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
 #[inline(always)]
 pub(crate) fn place_closure<S: Stack, F>(
     stack: &S,
@@ -72,29 +74,14 @@ pub(crate) fn place_closure<S: Stack, F>(
     let below = (copy_size + copy_align)
         .checked_mul(COPIES)
         .and_then(|copies| copies.checked_add(arch::INIT_FRAME_SIZE + ENTRY_RESERVE));
-    // The `Stack` contract promises a 16-aligned top at least
-    // MIN_STACK_SIZE above the limit: a closure whose room fits in that
-    // (every small one; the sizes are constants, so this folds away) needs
-    // no check at run time (a dozen instructions a coroutine's creation).
-    let fits_any = below
-        .and_then(|below| below.checked_add(size))
-        .and_then(|room| room.checked_add(align))
-        .is_some_and(|room| room <= MIN_STACK_SIZE);
-    let closure = if fits_any {
-        debug_assert!(
-            top % arch::STACK_ALIGNMENT == 0 && top.wrapping_sub(limit) >= MIN_STACK_SIZE,
-            "a Stack broke its contract: top {top:#x}, limit {limit:#x}"
-        );
-        Some(top.wrapping_sub(size) & !(align - 1))
-    } else {
-        top.checked_sub(size)
-            .map(|a| a & !(align - 1))
-            .filter(|&a| {
-                below
-                    .and_then(|below| a.checked_sub(below))
-                    .is_some_and(|low| low >= limit)
-            })
-    };
+    let closure = top
+        .checked_sub(size)
+        .map(|a| a & !(align - 1))
+        .filter(|&a| {
+            below
+                .and_then(|below| a.checked_sub(below))
+                .is_some_and(|low| low >= limit)
+        });
     let Some(closure) = closure else {
         closure_too_large(top.saturating_sub(limit), copy_size);
     };
