@@ -196,9 +196,17 @@ unsafe extern "C" fn trampoline() {
         // 16 is 16-aligned.
         "ldr x1, [x2]",
         "mov x2, x19",
-        "ldr x3, [sp]",
-        "blr x3",
+        // Entered as by `blr`, with the return address `blr` would write
+        // (label 3, for unwinders) written into lr by hand: `blr` would
+        // also push it onto the return predictor, and entry never returns,
+        // so the first `ret` the resumer runs after the coroutine's life
+        // would mispredict. `br` through x16, as a call through a veneer
+        // is, lands on a BTI `c` landing pad.
+        "ldr x16, [sp]",
+        "adr x30, 3f",
+        "br x16",
         // entry never returns; if it did, trap rather than run garbage.
+        "3:",
         "brk #0x1",
         ".cfi_endproc",
     )

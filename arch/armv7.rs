@@ -266,14 +266,19 @@ unsafe extern "C" fn trampoline() {
         // sp = top - 8, 8-aligned, with entry at sp and the link above it.
         "mov sp, r1",
         "pop {{r6, r7, r11, ip}}",
-        // entry(arg = r0, from = the switcher's sp, data = r6). `blx`
-        // writes lr: a call, which entry never returns from; it
-        // interworks, should entry be Thumb code.
+        // entry(arg = r0, from = the switcher's sp, data = r6), entered
+        // as by `blx r3`, with the return address it would write (label 3,
+        // for unwinders) put into lr by hand: `blx` would also push it
+        // onto the return predictor, and entry never returns, so the first
+        // return the resumer runs after the coroutine's life would
+        // mispredict. `bx` interworks, should entry be Thumb code.
         "ldr r1, [r2]",
         "mov r2, r6",
         "ldr r3, [sp]",
-        "blx r3",
+        "adr lr, 3f",
+        "bx r3",
         // entry never returns; if it did, trap rather than run garbage.
+        "3:",
         "udf #0",
         ".fnend",
     )

@@ -209,21 +209,37 @@ unsafe extern "C" fn trampoline() {
         ".cfi_offset 5, -4",
         // As every arrival: move to our stack past our continuation, pop
         // our esi (data) and ebp (0); esp = top - 8, at entry.
-        "lea esp, [ecx + 4]",
-        "pop esi",
-        "pop ebp",
+        "2:",
+        "leal 4(%ecx), %esp",
+        "popl %esi",
+        "popl %ebp",
         // entry(arg = eax, from = the switcher's sp, data = esi), the
         // arguments pushed last to first below 12 bytes of padding, so
         // that esp = top - 32 is 16-aligned at the call, as the ABI
         // requires; entry is then at esp + 24.
-        "sub esp, 12",
-        "push esi",
-        "push dword ptr [edx]",
-        "push eax",
-        "call dword ptr [esp + 24]",
+        "subl $12, %esp",
+        "pushl %esi",
+        "pushl (%edx)",
+        "pushl %eax",
+        // Entered as by `call`, with the return address it would push
+        // (label 3, for unwinders) pushed by hand, found from our
+        // continuation (label 2, this function's start, the first word of
+        // our frame at ecx: no PC-relative address on i686): a `call`
+        // would also push it onto the return predictor, and entry never
+        // returns, so the first `ret` the resumer runs after the
+        // coroutine's life would mispredict.
+        "movl (%ecx), %edi",
+        "addl $(3f - 2b), %edi",
+        "pushl %edi",
+        // (The CFA rule above stays: unwinders stand here with esp =
+        // entry's CFA, above that return address, as after a `call`.)
+        "jmpl *28(%esp)",
         // entry never returns; if it did, trap rather than run garbage.
+        "3:",
         "ud2",
         ".cfi_endproc",
+        // AT&T syntax: Intel's takes `3f - 2b` for a memory operand.
+        options(att_syntax),
     )
 }
 

@@ -261,22 +261,34 @@ unsafe extern "C" fn trampoline() {
         // Take data from our frame's r29 doubleword (no other reserved
         // register matters to entry, which saves what it uses), and move
         // onto our stack: r1 = top - 48, the entry's caller's frame.
+        "2:",
         "ld 6, 8(4)",
         "addi 1, 4, 16",
+        // The return address entry is entered with (see below): label 3,
+        // found from our continuation (label 2, this function's start, the
+        // word at r1 now; no PC-relative address before POWER10).
+        "ld 11, 0(1)",
+        "addi 11, 11, 3f - 2b",
+        "mtlr 11",
         // Its back chain: 0, which ends back-chain walks (the word held our
         // continuation, which has run).
         "li 0, 0",
         "std 0, 0(1)",
         // entry(arg = r3, from = the switcher's sp, data), through its
         // global entry point: r12 = its address, from which its prologue
-        // derives its TOC pointer (r2). `bctrl` is a call, which entry
-        // never returns from.
+        // derives its TOC pointer (r2); entered as by `bctrl`, with the
+        // return address it would write (label 3, for unwinders) in lr,
+        // put there above: `bctrl` would also push it onto the return
+        // predictor (the link stack), and entry never returns, so the
+        // first `blr` the resumer runs after the coroutine's life would
+        // mispredict.
         "ld 12, 32(1)",
         "ld 4, 0(5)",
         "mr 5, 6",
         "mtctr 12",
-        "bctrl",
+        "bctr",
         // entry never returns; if it did, trap rather than run garbage.
+        "3:",
         "trap",
         ".cfi_endproc",
     )

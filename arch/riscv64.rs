@@ -223,13 +223,20 @@ unsafe extern "C" fn trampoline() {
         "ld s1, 8(a1)",
         "addi sp, a1, 32",
         // entry(arg = a0, from = the switcher's sp, data = s1); sp = top -
-        // 16 is 16-aligned, and `entry` is the word at sp. `jalr t1` writes
-        // ra: a call, which entry never returns from.
+        // 16 is 16-aligned, and `entry` is the word at sp. Entered as by
+        // `jalr t1`, with the return address it would write (label 3, for
+        // unwinders) put into ra by hand: `jalr` with rd = ra would also
+        // push it onto the return predictor, and entry never returns, so
+        // the first return the resumer runs after the coroutine's life
+        // would mispredict; `jr t1` (rd = zero, rs1 = t1, not a link
+        // register) neither pushes nor pops it.
         "ld a1, 0(a2)",
         "mv a2, s1",
         "ld t1, 0(sp)",
-        "jalr t1",
+        "lla ra, 3f",
+        "jr t1",
         // entry never returns; if it did, trap rather than run garbage.
+        "3:",
         "unimp",
         ".cfi_endproc",
     )

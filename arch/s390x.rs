@@ -231,11 +231,17 @@ unsafe extern "C" fn trampoline() {
         // The back chain: 0, which ends back-chain walks (the word held
         // our continuation, which has run).
         "mvghi 0(%r15), 0",
-        // Call entry (`basr`: a call, which entry never returns from).
+        // Enter entry as by `basr %r14, %r1`, with the return address it
+        // would write (label 3, for unwinders) put into r14 by hand: `basr`
+        // would also push it onto the return predictor, and entry never
+        // returns, so the first return the resumer runs after the
+        // coroutine's life would mispredict.
         "lg %r1, 160(%r15)",
-        "basr %r14, %r1",
+        "larl %r14, 3f",
+        "br %r1",
         // entry never returns; if it did, trap rather than run garbage:
         // the two bytes 0 are no instruction (SIGILL).
+        "3:",
         ".2byte 0",
         ".cfi_endproc",
     )

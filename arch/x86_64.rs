@@ -224,8 +224,18 @@ unsafe extern "C" fn trampoline() {
         // 16 is 16-aligned here, as the ABI requires at a call.
         "mov rsi, [rdx]",
         "mov rdx, rbx",
-        "call qword ptr [rsp]",
+        // Entered as by a `call`, with the return address of one (label
+        // 3, in this function, for unwinders) pushed by hand: a `call`
+        // would push it onto the return predictor too, and entry never
+        // returns, so the first `ret` the resumer runs after the
+        // coroutine's life would mispredict.
+        "lea rax, [rip + 3f]",
+        "push rax",
+        // (The CFA rule above stays: unwinders stand here with rsp =
+        // entry's CFA, above that return address, as after a `call`.)
+        "jmp qword ptr [rsp + 8]",
         // entry never returns; if it did, trap rather than run garbage.
+        "3:",
         "ud2",
         ".cfi_endproc",
     )

@@ -258,10 +258,18 @@ unsafe extern "C" fn trampoline() {
         "mov rdx, [rdx]",
         "mov r8, rbx",
         "sub rsp, 32",
-        "call qword ptr [rsp + 32]",
+        // Entered as by `call`, with the return address it would push
+        // (label 3, for unwinders) pushed by hand: a `call` would also
+        // push it onto the return predictor, and entry never returns, so
+        // the first `ret` the resumer runs after the coroutine's life
+        // would mispredict.
+        "lea rax, [rip + 3f]",
+        "push rax",
+        "jmp qword ptr [rsp + 40]",
         // entry never returns; if it did, trap rather than run garbage
-        // (and an unwinder looking for an epilogue after the call finds
+        // (and an unwinder looking for an epilogue after the jump finds
         // none).
+        "3:",
         "ud2",
         ".seh_endproc",
         name = sym trampoline,

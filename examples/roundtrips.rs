@@ -19,9 +19,19 @@
 //! `corostack-life-reuse` and `corosensei-life` (one stack handed in with
 //! `with_stack` and taken back with `into_stack`), `context-life` (one
 //! stack reused), `generator-life` (`scoped_init` on one generator).
+//! `corostack-life-call`, `corostack-life-reuse-call` and
+//! `corosensei-life-call`: the same lives, each inside a function call of
+//! its own that returns, as in a program or in criterion's `iter` (the
+//! loops above inline everything, so no `ret` follows a life there): an
+//! unbalanced `call` in a life (corostack's trampoline calls the entry,
+//! which never returns) makes that `ret` mispredict, a cost the plain
+//! loops do not show.
 //!
 //! Prints one line, `<workload> n=<n> ns_per_iteration=<t>`, timed with
-//! `Instant` around the loop alone.
+//! `Instant` around the loop alone. `scan-<life workload> <n>` instead runs
+//! the life at 272 depths of the thread's stack (a page of offsets between
+//! its frames and the coroutine's page-aligned stack) and prints a line per
+//! depth: what 4 KiB aliasing between the two stacks would show.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -29,7 +39,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const WORKLOADS: [&str; 12] = [
+const WORKLOADS: [&str; 15] = [
     "corostack",
     "corosensei",
     "corostack-deep",
@@ -42,6 +52,9 @@ const WORKLOADS: [&str; 12] = [
     "corosensei-life",
     "context-life",
     "generator-life",
+    "corostack-life-call",
+    "corostack-life-reuse-call",
+    "corosensei-life-call",
 ];
 
 /// The usable stack size of the lifecycle workloads.
@@ -56,6 +69,9 @@ fn main() -> ExitCode {
         },
         _ => return usage("expected two arguments"),
     };
+    if let Some(workload) = name.strip_prefix("scan-") {
+        return scan(workload, n);
+    }
     let elapsed = match name {
         "corostack" => corostack(n),
         #[cfg(peer_corosensei)]
@@ -74,10 +90,70 @@ fn main() -> ExitCode {
         #[cfg(peer_context)]
         "context-life" => context_life(n),
         "generator-life" => generator_life(n),
+        "corostack-life-call" => corostack_life_call(n),
+        "corostack-life-reuse-call" => corostack_life_reuse_call(n),
+        #[cfg(peer_corosensei)]
+        "corosensei-life-call" => corosensei_life_call(n),
         _ => return usage(&format!("unknown workload {name:?}")),
     };
     let ns = elapsed.as_nanos() as f64 / n.max(1) as f64;
     println!("{name} n={n} ns_per_iteration={ns:.3}");
+    ExitCode::SUCCESS
+}
+
+/// The whole lives of `scan-<workload>`: `corostack-life`,
+/// `corostack-life-reuse` and `corosensei-life`.
+fn life_workload(name: &str) -> Option<fn(u64) -> Duration> {
+    Some(match name {
+        "corostack-life" => corostack_life,
+        "corostack-life-reuse" => corostack_life_reuse,
+        #[cfg(peer_corosensei)]
+        "corosensei-life" => corosensei_life,
+        "corostack-life-call" => corostack_life_call,
+        "corostack-life-reuse-call" => corostack_life_reuse_call,
+        #[cfg(peer_corosensei)]
+        "corosensei-life-call" => corosensei_life_call,
+        _ => return None,
+    })
+}
+
+/// `scan-<life workload> <n>`: the workload's loop run from deeper and
+/// deeper in the thread's stack, one `nested` frame more at each step, so
+/// that its frames (and the resumer's switch frames) slide over a whole
+/// page while the coroutine's stack, page-aligned, stays put: a cost that
+/// depends on where the two stacks sit in a page relative to each other
+/// (4 KiB aliasing between their stores and loads) shows as a step in the
+/// table. Prints, per depth, the page offset of the caller's frame and the
+/// best ns per iteration of `PASSES` passes of `n` iterations each, the
+/// passes interleaved so that a burst of load on the machine hits every
+/// depth alike.
+fn scan(workload: &str, n: u64) -> ExitCode {
+    /// How many times each depth runs; the best counts.
+    const PASSES: usize = 5;
+    /// How many depths: at 16 bytes or more a `nested` frame, more than a
+    /// page.
+    const DEPTHS: u32 = 272;
+    let Some(f) = life_workload(workload) else {
+        return usage(&format!("no scan of {workload:?}"));
+    };
+    let mut best = vec![(0usize, f64::INFINITY); DEPTHS as usize];
+    for _ in 0..PASSES {
+        for depth in 0..DEPTHS {
+            let (offset, elapsed) = nested(depth, &mut || {
+                let here = 0u8;
+                let offset = black_box(&here) as *const u8 as usize % 4096;
+                (offset, f(n))
+            });
+            let ns = elapsed.as_nanos() as f64 / n.max(1) as f64;
+            let b = &mut best[depth as usize];
+            *b = (offset, b.1.min(ns));
+        }
+    }
+    for (depth, (offset, ns)) in best.iter().enumerate() {
+        println!(
+            "{workload} depth={depth} page_offset={offset:#05x} best_ns_per_iteration={ns:.3}"
+        );
+    }
     ExitCode::SUCCESS
 }
 
@@ -268,6 +344,66 @@ reuse_life!(
 reuse_life!(
     /// corosensei: the same.
     corosensei_life,
+    corosensei,
+    corosensei::stack::DefaultStack
+);
+
+/// corostack: `corostack-life`, each life inside a call of its own that
+/// returns, as lives are in a program (a scheduler's spawn and its task's
+/// end) and in criterion's `iter`: what the call and return predictors see
+/// of a life (an unmatched `call` in it makes that `ret` mispredict).
+#[inline(never)]
+fn corostack_life_call(n: u64) -> Duration {
+    #[inline(never)]
+    fn once(i: u64) {
+        use corostack::{Coroutine, CoroutineResult};
+        let mut co = Coroutine::<u64, u64, u64>::new(|y, x| y.suspend(x) + 1);
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
+        assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
+    }
+    let start = Instant::now();
+    for i in 0..n {
+        once(black_box(i));
+    }
+    start.elapsed()
+}
+
+/// `reuse_life!`, each life inside a call of its own that returns (see
+/// `corostack_life_call`).
+macro_rules! reuse_life_call {
+    ($(#[$doc:meta])* $name:ident, $krate:ident, $stack:path) => {
+        $(#[$doc])*
+        #[inline(never)]
+        fn $name(n: u64) -> Duration {
+            #[inline(never)]
+            fn once(stack: $stack, i: u64) -> $stack {
+                use $krate::{Coroutine, CoroutineResult};
+                let mut co =
+                    Coroutine::<u64, u64, u64, _>::with_stack(stack, |y, x| y.suspend(x) + 1);
+                assert_eq!(co.resume(black_box(i)), CoroutineResult::Yield(i));
+                assert_eq!(co.resume(black_box(i)), CoroutineResult::Return(i + 1));
+                co.into_stack()
+            }
+            let mut stack = <$stack>::new(STACK_SIZE).expect("a stack");
+            let start = Instant::now();
+            for i in 0..n {
+                stack = once(stack, black_box(i));
+            }
+            start.elapsed()
+        }
+    };
+}
+
+reuse_life_call!(
+    /// corostack: `corostack-life-reuse`, a call per life.
+    corostack_life_reuse_call,
+    corostack,
+    corostack::DefaultStack
+);
+#[cfg(peer_corosensei)]
+reuse_life_call!(
+    /// corosensei: `corosensei-life`, a call per life.
+    corosensei_life_call,
     corosensei,
     corosensei::stack::DefaultStack
 );

@@ -115,6 +115,16 @@ struct Links {
     next: Cell<MaybeUninit<*const Links>>,
 }
 
+impl Links {
+    /// Links these links to themselves: a one-element circle, which
+    /// [`unlink`] leaves as it is.
+    fn link_to_self(&self) {
+        let me = ptr::from_ref(self);
+        self.prev.set(MaybeUninit::new(me));
+        self.next.set(MaybeUninit::new(me));
+    }
+}
+
 /// `Node::limit` of a coroutine that the exit hook took out of the list to
 /// unwind it: its entry drops its ending itself (nobody takes it).
 const HOOK_FINISHES: usize = usize::MAX;
@@ -157,9 +167,11 @@ impl Node {
     }
 
     /// Leaves the coroutine out of the list (before it starts, or once its
-    /// frames are abandoned).
+    /// frames are abandoned): its links point at themselves, so that an
+    /// [`unlink`] of it changes nothing and needs no check of its own.
     pub(crate) fn unlist(&self) {
         self.limit.set(0);
+        self.links.link_to_self();
     }
 
     /// The coroutine's link word.
@@ -248,16 +260,16 @@ pub(crate) unsafe fn link(node: &Node) {
 
 /// Takes `node` out of this thread's list (if it is listed); returns
 /// whether the exit hook had taken it out to unwind it, in which case the
-/// caller drops its own ending.
+/// caller drops its own ending. A node left out of the list (`unlist`) or
+/// taken out by the hook is linked to itself, which this leaves as it is:
+/// no check needed.
 ///
 /// # Safety
-/// `node` was linked by [`link`] on this thread and not unlinked since
-/// (but by the hook, which leaves it linked to itself).
+/// `node` was linked by [`link`] on this thread, or left out by
+/// [`Node::unlist`], and not unlinked since (but by the hook, or by
+/// `unlist`, which leave it linked to itself).
 #[inline(always)]
 pub(crate) unsafe fn unlink(node: &Node) -> bool {
-    if node.limit.get() == 0 {
-        return false;
-    }
     let links = &node.links;
     // SAFETY: a linked node's links were set by `link` (and by the unlinks
     // of its neighbours since); they point at live links.
@@ -473,9 +485,7 @@ fn finish_suspended() {
         // SAFETY: listed on this thread.
         let _ = unsafe { unlink(node) };
         node.limit.set(HOOK_FINISHES);
-        let links = ptr::from_ref(&node.links);
-        node.links.prev.set(MaybeUninit::new(links));
-        node.links.next.set(MaybeUninit::new(links));
+        node.links.link_to_self();
         // SAFETY: the coroutine is suspended on its own stack (checked),
         // alive (listed), and resumed by nothing else now: its handle, if
         // any, is not running (we are, on this thread). The word 0 asks its

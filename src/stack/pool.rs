@@ -3,30 +3,66 @@
 //! one takes a mapping of its size from here before mapping a new one, so
 //! that creating coroutines costs no system call in the steady state.
 
-use std::cell::Cell;
+use std::cell::UnsafeCell;
 use std::mem::{self, ManuallyDrop};
-use std::ptr;
 
 use super::POOL_CAPACITY;
 use super::mapping::Mapping;
 
 thread_local! {
-    /// This thread's pool, reached through a plain pointer: a thread-local
-    /// without a destructor costs one load to reach, where one with a
-    /// destructor checks its registration on every access. Null until the
-    /// thread first pools a stack; [`EXITED`] once the thread is exiting.
-    static POOL: Cell<*mut Pool> = const { Cell::new(ptr::null_mut()) };
-    /// Owns the pool: its destructor frees it when the thread exits.
+    /// This thread's pool, in place: a `const` thread-local without a
+    /// destructor (the vector is `ManuallyDrop`) is one `fs`-relative
+    /// access away, where one with a destructor checks its registration on
+    /// every access, and one behind a pointer costs a load and a check of
+    /// the pointer. [`POOL_OWNER`]'s destructor empties it at thread exit.
+    static POOL: UnsafeCell<Pool> = const {
+        UnsafeCell::new(Pool {
+            free: ManuallyDrop::new(Vec::new()),
+            room: 0,
+            cap: POOL_CAPACITY,
+            state: State::Unowned,
+        })
+    };
+    /// Owns the pool's contents: its destructor unmaps them and frees the
+    /// vector when the thread exits.
     static POOL_OWNER: PoolOwner = const { PoolOwner };
 }
 
-/// `POOL` of a thread whose pool is gone: stacks are unmapped at once.
-const EXITED: *mut Pool = ptr::dangling_mut::<Pool>();
+/// Where a thread's pool is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing pooled yet: [`POOL_OWNER`]'s destructor is not registered,
+    /// so nothing may be kept.
+    Unowned,
+    /// Registered: stacks are kept, up to `cap`.
+    Owned,
+    /// The thread is exiting and its pool is gone: stacks are unmapped at
+    /// once.
+    Exited,
+}
 
 /// A thread's free mappings, and how many it keeps.
 struct Pool {
-    free: Vec<Mapping>,
+    /// Freed (its mappings unmapped) by [`POOL_OWNER`]'s destructor.
+    free: ManuallyDrop<Vec<Mapping>>,
+    /// How many mappings `give`'s fast path may hold: `cap` or the
+    /// vector's allocation, whichever is smaller, while `Owned`; 0
+    /// otherwise, so that the one comparison of the fast path sends every
+    /// other case to the slow one. Kept by [`Pool::set_room`].
+    room: usize,
     cap: usize,
+    state: State,
+}
+
+impl Pool {
+    /// Recomputes `room` after a change of `cap`, of the allocation, or of
+    /// the state.
+    fn set_room(&mut self) {
+        self.room = match self.state {
+            State::Owned => self.cap.min(self.free.capacity()),
+            State::Unowned | State::Exited => 0,
+        };
+    }
 }
 
 /// Frees the thread's pool when the thread exits.
@@ -34,60 +70,58 @@ struct PoolOwner;
 
 impl Drop for PoolOwner {
     fn drop(&mut self) {
-        let pool = POOL.replace(EXITED);
-        if pool != EXITED && !pool.is_null() {
-            // SAFETY: a non-sentinel POOL came from Box::into_raw in
-            // `pool_mut`, and is freed only here, once.
-            let pool = unsafe { Box::from_raw(pool) };
-            // Dropping the mappings unmaps each (they do not reach the
-            // pool, which now reads EXITED anyway).
-            drop(pool);
-        }
+        // SAFETY: this thread's pool; no other reference to it is alive
+        // (none is held across anything that could run this destructor).
+        let pool = unsafe { &mut *POOL.with(UnsafeCell::get) };
+        pool.state = State::Exited;
+        pool.set_room();
+        // Dropping the mappings unmaps each (they do not reach the pool,
+        // which is Exited now anyway).
+        drop(mem::take(&mut *pool.free));
     }
 }
 
-/// This thread's pool, made on first use; `None` once the thread exits.
+/// This thread's pool, registering its owner on first use; `None` once
+/// the thread exits.
 ///
 /// The reference must not be held across anything that could reach the
 /// pool again (nothing in this module does: unmapping does not).
 #[inline]
 fn pool_mut() -> Option<&'static mut Pool> {
-    if POOL.get().is_null() {
-        return new_pool();
+    let pool = pool_raw();
+    match pool.state {
+        State::Owned => Some(pool),
+        State::Unowned => own(pool),
+        State::Exited => None,
     }
-    live_pool()
 }
 
-/// This thread's pool if it has been made and not yet freed; never makes
-/// it (the fast paths of `take_last` and `give`). Same rule as `pool_mut`.
+/// This thread's pool whatever its state (the fast paths of `take_last`
+/// and `give`, which need no state: an unowned or exited pool is empty
+/// and has no room). Same rule as `pool_mut`.
 #[inline(always)]
-fn live_pool() -> Option<&'static mut Pool> {
-    let pool = POOL.get();
-    // SAFETY: a non-null, non-sentinel POOL points at this thread's live
-    // pool, which only this thread reaches, and never re-entrantly.
-    (!pool.is_null() && pool != EXITED).then(|| unsafe { &mut *pool })
+fn pool_raw() -> &'static mut Pool {
+    // SAFETY: this thread's pool, reached only by this thread, and never
+    // re-entrantly (see `pool_mut`).
+    unsafe { &mut *POOL.with(UnsafeCell::get) }
 }
 
-/// Makes this thread's pool.
+/// Registers the owner of this thread's pool; if the thread is already
+/// exiting, goes without a pool.
 #[cold]
-fn new_pool() -> Option<&'static mut Pool> {
-    // Register the owner's destructor; if the thread is already exiting,
-    // go without a pool.
+#[inline(never)]
+fn own(pool: &'static mut Pool) -> Option<&'static mut Pool> {
     POOL_OWNER.try_with(|_| ()).ok()?;
-    let pool = Box::into_raw(Box::new(Pool {
-        free: Vec::new(),
-        cap: POOL_CAPACITY,
-    }));
-    POOL.set(pool);
-    // SAFETY: just made, owned by POOL_OWNER, reached only by this thread.
-    Some(unsafe { &mut *pool })
+    pool.state = State::Owned;
+    pool.set_room();
+    Some(pool)
 }
 
 /// The last mapping pooled on this thread, if it has `size` usable bytes
 /// (the likeliest to be wanted: `DefaultStack::default`'s fast path).
 #[inline(always)]
 pub(crate) fn take_last(size: usize) -> Option<Mapping> {
-    live_pool()?.free.pop_if(|m| m.size() == size)
+    pool_raw().free.pop_if(|m| m.size() == size)
 }
 
 /// A pooled mapping of `size` usable bytes, the last pooled first.
@@ -110,28 +144,35 @@ pub(crate) fn take(size: usize) -> Option<Mapping> {
 /// `slot` holds a mapping, which nothing uses or drops after this call.
 #[inline(always)]
 pub(crate) unsafe fn give(slot: &mut ManuallyDrop<Mapping>) {
-    if let Some(pool) = live_pool()
-        && pool.free.len() < pool.cap
-        && let Some(spare) = pool.free.spare_capacity_mut().first_mut()
-    {
-        // SAFETY: the caller gives the mapping up.
-        spare.write(unsafe { ManuallyDrop::take(slot) });
-        let len = pool.free.len() + 1;
-        // SAFETY: the element at the old length was just written, within
-        // the capacity.
-        unsafe { pool.free.set_len(len) };
+    let pool = pool_raw();
+    let len = pool.free.len();
+    if len < pool.room {
+        // SAFETY: the caller gives the mapping up; `room` is at most the
+        // vector's capacity, so the element at `len` is spare capacity,
+        // written before the length covers it.
+        unsafe {
+            pool.free
+                .as_mut_ptr()
+                .add(len)
+                .write(ManuallyDrop::take(slot));
+            pool.free.set_len(len + 1);
+        }
         return;
     }
     // SAFETY: as above.
     give_slow(unsafe { ManuallyDrop::take(slot) });
 }
 
-/// `give` without this thread's pool made yet, or with it full or gone.
+/// `give` without this thread's pool owned yet, or with it full (or its
+/// allocation), or gone.
 #[cold]
 #[inline(never)]
 fn give_slow(mapping: Mapping) {
     match pool_mut() {
-        Some(pool) if pool.free.len() < pool.cap => pool.free.push(mapping),
+        Some(pool) if pool.free.len() < pool.cap => {
+            pool.free.push(mapping);
+            pool.set_room();
+        }
         _ => drop(mapping),
     }
 }
@@ -153,6 +194,7 @@ pub fn raise_pool_capacity(capacity: usize) -> usize {
     let Some(pool) = pool_mut() else { return 0 };
     let old = pool.cap;
     pool.cap = old.max(capacity);
+    pool.set_room();
     old
 }
 
@@ -173,6 +215,7 @@ pub fn set_pool_capacity(capacity: usize) -> usize {
     let n = pool.free.len().saturating_sub(capacity);
     // Unmapping does not reach the pool, so they go straight from it.
     pool.free.drain(..n).for_each(drop);
+    pool.set_room();
     old
 }
 
