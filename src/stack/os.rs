@@ -280,7 +280,14 @@ mod reserve {
                 1
             }
             .max(1);
-            let base = map(strides.checked_mul(stride)?)?;
+            let Some(base) = strides.checked_mul(stride).and_then(map) else {
+                // Near an address-space limit the doubling would fail every
+                // time: the next try asks for half of this one.
+                if r.stride == stride {
+                    r.strides /= 4;
+                }
+                return None;
+            };
             if !install_guards(base, stride, strides, guard) {
                 super::unmap(base, base + strides * stride);
                 return None;
