@@ -11,7 +11,21 @@
 //! its stack in use), resumes every one once more, drops them all, and
 //! prints the time per coroutine for each phase and the resident memory
 //! each costs (VmRSS from /proc/self/status, before and after, over the
-//! count), with the number of kernel mappings.
+//! count), with the number of kernel mappings and the page faults per
+//! coroutine of each phase (Unix: `ru_minflt` of getrusage).
+//!
+//! Beside them, in the same run, the floors the phases are measured
+//! against:
+//! - **first touch**: one anonymous mapping with a stack's stride (the
+//!   stack and its guard) per coroutine, whose top page of each stride is
+//!   written once, as a new coroutine's first frames are: the cost of a
+//!   fresh page to the kernel, the least a live coroutine can take
+//!   (`create / first touch` is the ratio to it); then the whole mapping
+//!   unmapped in one call (`unmap each`: the least that giving the pages
+//!   back costs);
+//! - **pooled drop**: a suspended coroutine dropped with its stack going
+//!   back to the pool (no system call): the unwind alone, without the
+//!   unmapping that the drop of a million pays beyond the pool.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -36,6 +50,18 @@ pub struct Report {
     pub resume: Duration,
     /// Time per coroutine to drop it (unwinding its stack).
     pub drop: Duration,
+    /// Page faults per coroutine in each phase: create, resume, drop
+    /// (`None` where getrusage is not there).
+    pub faults: Option<[f64; 3]>,
+    /// The floor: time per page of a first touch (see the module docs).
+    pub first_touch: Duration,
+    /// Page faults per touched page in the probe (1 where only the page
+    /// itself faults).
+    pub first_touch_faults: Option<f64>,
+    /// Time per page to unmap the probe's mapping in one call.
+    pub unmap: Duration,
+    /// Time per drop of a suspended coroutine whose stack is pooled.
+    pub pooled_drop: Duration,
 }
 
 /// A value from /proc/self/status, in kB.
@@ -48,13 +74,106 @@ fn status_kb(key: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Runs the three phases over `count` coroutines.
+/// The process's minor page faults so far.
+#[cfg(unix)]
+fn minor_faults() -> Option<u64> {
+    // SAFETY: all-zero is a valid rusage, which getrusage fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to write to.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    (rc == 0).then_some(usage.ru_minflt as u64)
+}
+
+#[cfg(not(unix))]
+fn minor_faults() -> Option<u64> {
+    None
+}
+
+/// Faults per item between two readings of [`minor_faults`].
+fn per_item(before: Option<u64>, after: Option<u64>, count: usize) -> Option<f64> {
+    Some((after? - before?) as f64 / count.max(1) as f64)
+}
+
+/// The first-touch floor: mappings of strides of a stack's size and guard
+/// (1,024 strides each, so that 32-bit address spaces have room), the top
+/// page of each stride written once (as a new coroutine's first frames
+/// are), then each mapping unmapped in one call; `count` strides in all.
+/// Returns the time per page of the touches, the faults per page, and the
+/// time per page of the unmapping.
+fn first_touch(count: usize) -> (Duration, Option<f64>, Duration) {
+    const CHUNK: usize = 1024;
+    // The stride of a DefaultStack of STACK_SIZE: its four guard pages of
+    // 4 KiB (or the page size, if larger) and the stack.
+    let page = 4096usize.max(page_size());
+    let stride = STACK_SIZE + 4 * page;
+    let (mut touch, mut unmap, mut faults) = (Duration::ZERO, Duration::ZERO, Some(0));
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let mut map = memmap2::MmapOptions::new()
+            .len(n * stride)
+            .no_reserve_swap()
+            .map_anon()
+            .unwrap_or_else(|e| panic!("the probe's mapping: {e}"));
+        let base = map.as_mut_ptr();
+        let before = minor_faults();
+        let start = Instant::now();
+        for i in 0..n {
+            // SAFETY: the top page of stride i lies inside the mapping.
+            unsafe { base.add((i + 1) * stride - page).write_volatile(1) };
+        }
+        touch += start.elapsed();
+        faults = (|| Some(faults? + minor_faults()? - before?))();
+        let start = Instant::now();
+        drop(map);
+        unmap += start.elapsed();
+    }
+    let per = |d: Duration| d / count.max(1) as u32;
+    let faults = faults.map(|f| f as f64 / count.max(1) as f64);
+    (per(touch), faults, per(unmap))
+}
+
+/// The system's page size (4 KiB where it cannot be asked).
+fn page_size() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+    }
+    #[cfg(not(unix))]
+    4096
+}
+
+/// Time per drop of a suspended coroutine whose stack goes back to the
+/// pool: `count` of them, one at a time, on one pooled stack.
+fn pooled_drops(count: usize) -> Duration {
+    let start = Instant::now();
+    for i in 0..count {
+        let stack = DefaultStack::new(STACK_SIZE).unwrap_or_else(|e| panic!("{e}"));
+        let mut co: Coroutine<(), u32, ()> = Coroutine::with_stack(stack, move |y, ()| {
+            let mut frame = [i as u32; 32];
+            loop {
+                frame[0] += 1;
+                y.suspend(black_box(&mut frame)[0]);
+            }
+        });
+        co.resume(());
+        drop(black_box(co));
+    }
+    start.elapsed() / count.max(1) as u32
+}
+
+/// Runs the three phases over `count` coroutines, and the floors beside
+/// them (see the module docs).
 ///
 /// # Panics
 /// When a stack cannot be mapped (the message names the limit).
 pub fn run(count: usize) -> Report {
     corostack::stack::trim_pool();
+    let (first_touch, first_touch_faults, unmap) = first_touch(count);
     let rss_before = status_kb("VmRSS:");
+    let faults_start = minor_faults();
     let mut cos: Vec<Coroutine<(), u32, ()>> = Vec::with_capacity(count);
     let start = Instant::now();
     for _ in 0..count {
@@ -71,6 +190,7 @@ pub fn run(count: usize) -> Report {
         cos.push(co);
     }
     let create = start.elapsed();
+    let faults_created = minor_faults();
     let rss_after = status_kb("VmRSS:");
     let mappings = std::fs::read_to_string("/proc/self/maps")
         .map(|m| m.lines().count())
@@ -80,9 +200,19 @@ pub fn run(count: usize) -> Report {
         assert_eq!(co.resume(()).as_yield(), Some(2));
     }
     let resume = start.elapsed();
+    let faults_resumed = minor_faults();
     let start = Instant::now();
     drop(cos);
     let drop_time = start.elapsed();
+    let faults_dropped = minor_faults();
+    let faults = (|| {
+        Some([
+            per_item(faults_start, faults_created, count)?,
+            per_item(faults_created, faults_resumed, count)?,
+            per_item(faults_resumed, faults_dropped, count)?,
+        ])
+    })();
+    let pooled_drop = pooled_drops(count.min(100_000));
     let per = |d: Duration| d / count.max(1) as u32;
     Report {
         count,
@@ -92,6 +222,11 @@ pub fn run(count: usize) -> Report {
         create: per(create),
         resume: per(resume),
         drop: per(drop_time),
+        faults,
+        first_touch,
+        first_touch_faults,
+        unmap,
+        pooled_drop,
     }
 }
 
@@ -117,7 +252,37 @@ fn main() {
         r.mappings,
         max_map_count.trim()
     );
-    println!("create + first resume:  {:?} per coroutine", r.create);
-    println!("resume once more:       {:?} per coroutine", r.resume);
-    println!("drop (unwind):          {:?} per coroutine", r.drop);
+    let faults = |i: usize| r.faults.map_or("-".into(), |f| format!("{:.2}", f[i]));
+    println!(
+        "create + first resume:  {:?} per coroutine, {} faults each",
+        r.create,
+        faults(0)
+    );
+    println!(
+        "resume once more:       {:?} per coroutine, {} faults each",
+        r.resume,
+        faults(1)
+    );
+    println!(
+        "drop (unwind):          {:?} per coroutine, {} faults each",
+        r.drop,
+        faults(2)
+    );
+    println!(
+        "first touch (floor):    {:?} per page, {} faults each",
+        r.first_touch,
+        r.first_touch_faults
+            .map_or("-".into(), |f| format!("{f:.2}"))
+    );
+    println!(
+        "unmap (floor):          {:?} per page, in one call",
+        r.unmap
+    );
+    println!("pooled drop (unwind):   {:?} per coroutine", r.pooled_drop);
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-12);
+    println!(
+        "create / first touch:   {:.2}",
+        ratio(r.create, r.first_touch)
+    );
+    println!("drop / create:          {:.2}", ratio(r.drop, r.create));
 }

@@ -266,6 +266,27 @@ mod tests {
         assert_eq!(DefaultStack::new(64 * 1024).unwrap().top(), small_top);
     }
 
+    /// A full pool gives its older half back (in one batch) and keeps the
+    /// newest, which it hands out last pooled first.
+    #[test]
+    fn a_full_pool_keeps_its_newer_half() {
+        trim_pool();
+        let old = super::super::set_pool_capacity(4);
+        let stacks: Vec<DefaultStack> = (0..5)
+            .map(|_| DefaultStack::new(64 * 1024).unwrap())
+            .collect();
+        let tops: Vec<usize> = stacks.iter().map(|s| s.top()).collect();
+        // The first four fill the pool; the fifth gives the first two back.
+        drop(stacks);
+        let taken: Vec<DefaultStack> = (0..3)
+            .map(|_| DefaultStack::new(64 * 1024).unwrap())
+            .collect();
+        let taken: Vec<usize> = taken.iter().map(|s| s.top()).collect();
+        assert_eq!(taken, [tops[4], tops[3], tops[2]]);
+        super::super::set_pool_capacity(old);
+        trim_pool();
+    }
+
     #[test]
     fn dropped_stacks_are_reused() {
         trim_pool();

@@ -80,15 +80,51 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Unregisters the stack (its guard, and from valgrind), and hands
+    /// its region over for unmapping.
+    ///
+    /// # Safety
+    /// Called once, by the mapping's last use (`drop` or `release`).
+    unsafe fn unregister(&mut self) -> Region {
+        // SAFETY: as the caller promises: the map is not used after this.
+        let map = unsafe { ManuallyDrop::take(&mut self.map) };
+        crate::sanitizer::valgrind_stack_deregister(self.limit);
+        guards::unregister(map.base());
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+        map
+    }
+
+    /// Unmaps `maps` together: back-to-back stacks (a thread's stacks
+    /// mapped one after another, dropped in any order) with one system
+    /// call a run (see [`Region::unmap_all`]), where dropping each would
+    /// make one a stack.
+    pub(crate) fn unmap_all(maps: impl IntoIterator<Item = Mapping>) {
+        let regions = maps
+            .into_iter()
+            .map(|map| {
+                let mut map = ManuallyDrop::new(map);
+                // SAFETY: the mapping is not dropped (ManuallyDrop), so this
+                // is its last use.
+                unsafe { map.unregister() }
+            })
+            .collect();
+        Region::unmap_all(regions);
+    }
+}
+
+impl Mapping {
+    /// Gives back the address space reserved for stacks not handed out
+    /// yet (see `Region::release_reserve`).
+    pub(crate) fn release_reserve() {
+        Region::release_reserve();
+    }
+}
+
 impl Drop for Mapping {
     /// Unregisters the stack (its guard, and from valgrind) and unmaps it.
     fn drop(&mut self) {
-        // SAFETY: `drop` runs once; the map is not used after this.
-        let map = unsafe { ManuallyDrop::take(&mut self.map) };
-        let base = map.base();
-        crate::sanitizer::valgrind_stack_deregister(self.limit);
-        guards::unregister(base);
-        LIVE.fetch_sub(1, Ordering::Relaxed);
-        drop(map);
+        // SAFETY: `drop` runs once and is the mapping's last use.
+        drop(unsafe { self.unregister() });
     }
 }

@@ -7,7 +7,7 @@
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::MmapOptions;
 
 /// `MADV_GUARD_INSTALL` (Linux 6.13): make pages fault on access without
 /// splitting the mapping. Not yet in every libc release; Linux only.
@@ -100,27 +100,47 @@ fn probe_guard_install() -> bool {
     faulted
 }
 /// The memory of one stack: `guard` bytes of guard pages, then the usable
-/// bytes; unmapped when dropped.
+/// bytes; unmapped when dropped. A whole mapping of its own, or a stride
+/// carved from a [`reserve`]d one (which its drop unmaps alone, as the
+/// kernel allows for any page-aligned part of a mapping).
 #[derive(Debug)]
 pub(crate) struct Region {
-    map: MmapMut,
+    base: usize,
+    len: usize,
 }
 
 impl Region {
     /// Maps `guard + usable` bytes and installs the guard on the lowest
     /// `guard` bytes (`MADV_GUARD_INSTALL` where it works, so that the
     /// stack stays one kernel mapping; `mprotect(PROT_NONE)` elsewhere).
-    /// `live` (the stacks mapped now) goes into the error's message.
+    /// Where `MADV_GUARD_INSTALL` works the stride comes from the
+    /// reservation ([`reserve`]), guard and all, without a system call
+    /// most of the time. `live` (the stacks mapped now) goes into the
+    /// error's message.
     pub(crate) fn new(usable: usize, guard: usize, live: usize) -> io::Result<Region> {
+        let len = usable + guard;
+        #[cfg(target_os = "linux")]
+        if guard_install_works()
+            && let Some(base) = reserve::take(len, guard)
+        {
+            return Ok(Region { base, len });
+        }
         let mut options = MmapOptions::new();
-        options.len(usable + guard).no_reserve_swap();
+        options.len(len).no_reserve_swap();
         // MAP_STACK: on Linux a hint (no huge pages); FreeBSD's makes a
         // region that grows down on demand with a gap of its own, which a
         // guard of ours must not meet; macOS has none.
         #[cfg(target_os = "linux")]
         options.stack();
         let map = options.map_anon().map_err(|e| exhausted(e, usable, live))?;
-        let base = map.as_ptr() as *mut libc::c_void;
+        // From here the region unmaps it (memmap2 would unmap the same
+        // range: an anonymous map has no alignment offset).
+        let region = Region {
+            base: map.as_ptr() as usize,
+            len: map.len(),
+        };
+        std::mem::forget(map);
+        let base = region.base as *mut libc::c_void;
         // SAFETY: `base` is the start of a private mapping we own, and the
         // guard's pages are inside the mapping, with nothing in them yet.
         let guarded = unsafe { install_guard_advice(base, guard) };
@@ -128,19 +148,225 @@ impl Region {
         if !guarded && unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
             return Err(exhausted(io::Error::last_os_error(), usable, live));
         }
-        Ok(Region { map })
+        Ok(region)
     }
 
     /// The lowest address (the guard's).
     #[inline(always)]
     pub(crate) fn base(&self) -> usize {
-        self.map.as_ptr() as usize
+        self.base
     }
 
     /// One past the highest usable byte.
     #[inline(always)]
     pub(crate) fn top(&self) -> usize {
-        self.base() + self.map.len()
+        self.base + self.len
+    }
+
+    /// Gives back the address space reserved for stacks and not handed
+    /// out yet (see [`reserve`]), so that the next stack is mapped anew
+    /// (and an address-space limit is met at once, not after the rest).
+    pub(crate) fn release_reserve() {
+        #[cfg(target_os = "linux")]
+        reserve::release();
+    }
+
+    /// Unmaps `regions`, those that lie back to back (stacks mapped one
+    /// after another, which the kernel places next to each other, or
+    /// carved from one reservation) with one `munmap` a run: a `munmap`
+    /// costs microseconds whatever its length (the split of the mapping
+    /// that the kernel merged them into, the TLB flush), and a page a few
+    /// hundred nanoseconds on top (`examples/million.rs` measures both).
+    pub(crate) fn unmap_all(mut regions: Vec<Region>) {
+        regions.sort_unstable_by_key(Region::base);
+        let mut run: Option<(usize, usize)> = None;
+        for region in regions {
+            let (base, top) = (region.base(), region.top());
+            // Its memory is unmapped with its run, below.
+            std::mem::forget(region);
+            run = match run {
+                Some((start, end)) if end == base => Some((start, top)),
+                Some((start, end)) => {
+                    unmap(start, end);
+                    Some((base, top))
+                }
+                None => Some((base, top)),
+            };
+        }
+        if let Some((start, end)) = run {
+            unmap(start, end);
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        unmap(self.base, self.top());
+    }
+}
+
+/// Unmaps `[start, end)`: whole regions (or the unused rest of a
+/// reservation) that their owners gave up.
+fn unmap(start: usize, end: usize) {
+    // SAFETY: the range is made of whole regions, each a page-aligned
+    // part of a mapping of ours that nothing else covers, or of the free
+    // rest of a reservation; nothing refers to their memory any more. An
+    // error (none is expected for a range of our own mappings) leaves the
+    // memory mapped, as memmap2's own drop would.
+    unsafe { libc::munmap(start as *mut libc::c_void, end - start) };
+}
+
+/// The reservation (Linux, where `MADV_GUARD_INSTALL` works): stacks of
+/// one stride (guard and usable bytes) carved from one mapping made for
+/// many, their guards installed in one `process_madvise` call, so that a
+/// new stack costs no system call most of the time (an `mmap` and a
+/// `madvise` each cost about as much as the stack's first page does).
+///
+/// A run of requests of one stride doubles the reservation each time it
+/// runs out (1, 2, 4 ... strides, up to [`reserve::MAX_STRIDES`] and
+/// [`reserve::MAX_BYTES`]); a request of another stride starts over at one
+/// and unmaps the unused rest. That rest costs address space only (and
+/// the page tables of its guards): no memory is touched before a stack
+/// is handed out. One reservation for the process, behind a lock that is
+/// only tried: a thread that finds it taken (or a child forked while it
+/// was) maps its stack alone, as elsewhere.
+#[cfg(target_os = "linux")]
+mod reserve {
+    use std::sync::Mutex;
+
+    /// The most strides of one reservation: `process_madvise` takes at
+    /// most 1,024 ranges (`UIO_MAXIOV`) a call.
+    pub(super) const MAX_STRIDES: usize = 1024;
+
+    /// The most address space of one reservation: 256 MiB (16 MiB on
+    /// 32-bit targets, whose address space is small).
+    #[cfg(target_pointer_width = "64")]
+    pub(super) const MAX_BYTES: usize = 256 << 20;
+    #[cfg(target_pointer_width = "32")]
+    pub(super) const MAX_BYTES: usize = 16 << 20;
+
+    /// `PIDFD_SELF` (Linux 6.15): the calling thread's process, for
+    /// `process_madvise` (a pidfd made once would name the parent in a
+    /// forked child). Older kernels refuse it (`EBADF`) and the guards are
+    /// installed one `madvise` each.
+    const PIDFD_SELF: libc::c_int = -10000;
+
+    /// The free part `[next, end)` of the current reservation, of strides
+    /// of `stride` bytes, handed out from the top down; `strides`, how
+    /// many it was made with.
+    struct Reservation {
+        stride: usize,
+        next: usize,
+        end: usize,
+        strides: usize,
+    }
+
+    static RESERVATION: Mutex<Reservation> = Mutex::new(Reservation {
+        stride: 0,
+        next: 0,
+        end: 0,
+        strides: 0,
+    });
+
+    /// The base of a free stride of `stride` bytes whose lowest `guard`
+    /// bytes are a guard already; `None` when the lock is taken or no new
+    /// reservation can be made (the caller then maps the stack alone).
+    pub(super) fn take(stride: usize, guard: usize) -> Option<usize> {
+        let mut r = RESERVATION.try_lock().ok()?;
+        if r.next == r.end || r.stride != stride {
+            let strides = if r.stride == stride {
+                (r.strides * 2).min(MAX_STRIDES).min(MAX_BYTES / stride)
+            } else {
+                1
+            }
+            .max(1);
+            let Some(base) = strides.checked_mul(stride).and_then(map) else {
+                // Near an address-space limit the doubling would fail every
+                // time: the next try asks for half of this one.
+                if r.stride == stride {
+                    r.strides /= 4;
+                }
+                return None;
+            };
+            if !install_guards(base, stride, strides, guard) {
+                super::unmap(base, base + strides * stride);
+                return None;
+            }
+            if r.next != r.end {
+                super::unmap(r.next, r.end);
+            }
+            *r = Reservation {
+                stride,
+                next: base,
+                end: base + strides * stride,
+                strides,
+            };
+        }
+        // From the top down, as the kernel places mappings one after
+        // another: each new stack directly below the one before.
+        r.end -= stride;
+        Some(r.end)
+    }
+
+    /// Unmaps the free rest of the reservation and starts over at one
+    /// stride (nothing if another thread holds the lock: it is using it).
+    pub(super) fn release() {
+        if let Ok(mut r) = RESERVATION.try_lock() {
+            if r.next != r.end {
+                super::unmap(r.next, r.end);
+            }
+            r.stride = 0;
+            r.next = 0;
+            r.end = 0;
+            r.strides = 0;
+        }
+    }
+
+    /// A new private anonymous mapping of `len` bytes (as `Region::new`'s:
+    /// no swap reserved, a stack's).
+    fn map(len: usize) -> Option<usize> {
+        let (prot, flags) = (
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+        );
+        // SAFETY: a new mapping at an address of the kernel's choice
+        // touches no existing memory.
+        let map = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+        (map != libc::MAP_FAILED).then_some(map as usize)
+    }
+
+    /// Installs the guard, the lowest `guard` bytes, of each of the
+    /// `strides` strides at `base`: one `process_madvise` call for them
+    /// all, or one `madvise` each where that call is refused.
+    fn install_guards(base: usize, stride: usize, strides: usize, guard: usize) -> bool {
+        let ranges: Vec<libc::iovec> = (0..strides)
+            .map(|i| libc::iovec {
+                iov_base: (base + i * stride) as *mut libc::c_void,
+                iov_len: guard,
+            })
+            .collect();
+        // SAFETY: every range is the start of a stride of our own new
+        // private mapping, with nothing in it; the call reads the vector
+        // only.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                PIDFD_SELF,
+                ranges.as_ptr(),
+                ranges.len(),
+                super::MADV_GUARD_INSTALL,
+                0,
+            )
+        };
+        if usize::try_from(done) == Ok(strides * guard) {
+            return true;
+        }
+        // Refused, or stopped part way: a guard installed twice is one
+        // guard.
+        ranges.iter().all(|r| {
+            // SAFETY: as above.
+            unsafe { super::install_guard_advice(r.iov_base, guard) }
+        })
     }
 }
 
@@ -273,4 +499,61 @@ fn read_thread_stack() -> Option<(usize, usize)> {
         )
     };
     (top != 0 && size != 0).then(|| (top - size, top))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the kernel lets `read` write one byte at `addr`: `false`
+    /// (EFAULT) in a guard or outside any mapping.
+    fn writable(addr: usize) -> bool {
+        let mut fds = [0; 2];
+        // SAFETY: plain pipe calls; the read targets `addr`, which the
+        // kernel checks for us (EFAULT instead of a fault).
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            assert_eq!(libc::write(fds[1], b"x".as_ptr().cast(), 1), 1);
+            let n = libc::read(fds[0], addr as *mut libc::c_void, 1);
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+            n == 1
+        }
+    }
+
+    /// Stacks of one size in a row (carved from one reservation where
+    /// `MADV_GUARD_INSTALL` works): each has its guard and its usable
+    /// bytes; unmapping some of them together, back to back or not,
+    /// leaves the others whole.
+    #[test]
+    fn regions_in_a_row_are_guarded_and_unmapped_alone() {
+        let page = page_size();
+        let (usable, guard) = (16 * page, 4 * page);
+        let mut regions: Vec<Region> = (0..16)
+            .map(|_| Region::new(usable, guard, 0).unwrap())
+            .collect();
+        for r in &regions {
+            assert_eq!(r.top() - r.base(), usable + guard);
+            for p in 0..4 {
+                assert!(!writable(r.base() + p * page), "guard page {p} is open");
+            }
+            assert!(writable(r.base() + guard), "the lowest usable page");
+            assert!(writable(r.top() - 1), "the highest usable byte");
+        }
+        // Give back the 1st, 2nd, 3rd, 6th and last (some back to back,
+        // in any order), keep the others.
+        let mut gone = Vec::new();
+        for i in [15, 5, 2, 1, 0] {
+            gone.push(regions.remove(i));
+        }
+        Region::unmap_all(gone);
+        for r in &regions {
+            assert!(
+                !writable(r.base()),
+                "a guard opened by a neighbour's unmapping"
+            );
+            assert!(writable(r.base() + guard) && writable(r.top() - 1));
+        }
+        Region::unmap_all(regions);
+    }
 }

@@ -109,6 +109,18 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Frees `regions`: one `VirtualFree` each (a reservation is freed
+    /// only whole, by its own base, so back-to-back ones cannot be freed
+    /// together as on Unix).
+    pub(crate) fn unmap_all(regions: Vec<Region>) {
+        regions.into_iter().for_each(drop);
+    }
+
+    /// Nothing: Windows reserves no stacks ahead (Unix's reservation).
+    pub(crate) fn release_reserve() {}
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: the reservation is this value's own, released once.

@@ -75,9 +75,8 @@ impl Drop for PoolOwner {
         let pool = unsafe { &mut *POOL.with(UnsafeCell::get) };
         pool.state = State::Exited;
         pool.set_room();
-        // Dropping the mappings unmaps each (they do not reach the pool,
-        // which is Exited now anyway).
-        drop(mem::take(&mut *pool.free));
+        // Unmapping does not reach the pool, which is Exited now anyway.
+        Mapping::unmap_all(mem::take(&mut *pool.free));
     }
 }
 
@@ -165,11 +164,23 @@ pub(crate) unsafe fn give(slot: &mut ManuallyDrop<Mapping>) {
 
 /// `give` without this thread's pool owned yet, or with it full (or its
 /// allocation), or gone.
+///
+/// A full pool gives its older half back to the kernel and keeps the new
+/// one: back-to-back stacks (as a burst of coroutines maps them, and
+/// drops them) go in one system call, where a `munmap` per stack costs
+/// more than the stack's pages (see `Mapping::unmap_all`).
 #[cold]
 #[inline(never)]
 fn give_slow(mapping: Mapping) {
     match pool_mut() {
         Some(pool) if pool.free.len() < pool.cap => {
+            pool.free.push(mapping);
+            pool.set_room();
+        }
+        Some(pool) if !pool.free.is_empty() => {
+            // Unmapping does not reach the pool.
+            let half = pool.free.len().div_ceil(2);
+            Mapping::unmap_all(pool.free.drain(..half));
             pool.free.push(mapping);
             pool.set_room();
         }
@@ -202,7 +213,8 @@ pub fn raise_pool_capacity(capacity: usize) -> usize {
 /// (initially [`POOL_CAPACITY`]) and returns the previous capacity. Free
 /// stacks beyond the new capacity are unmapped at once; 0 turns pooling off
 /// on this thread, so every dropped [`DefaultStack`](super::DefaultStack)
-/// is unmapped.
+/// is unmapped. Like [`trim_pool`], it gives back the address space
+/// reserved for stacks not handed out yet.
 ///
 /// ```
 /// let old = corostack::stack::set_pool_capacity(4);
@@ -214,14 +226,18 @@ pub fn set_pool_capacity(capacity: usize) -> usize {
     let old = mem::replace(&mut pool.cap, capacity);
     let n = pool.free.len().saturating_sub(capacity);
     // Unmapping does not reach the pool, so they go straight from it.
-    pool.free.drain(..n).for_each(drop);
+    Mapping::unmap_all(pool.free.drain(..n));
+    Mapping::release_reserve();
     pool.set_room();
     old
 }
 
-/// Empties the calling thread's pool of free stacks, unmapping them.
+/// Empties the calling thread's pool of free stacks, unmapping them, and
+/// gives back the address space reserved for stacks not handed out yet
+/// (Linux reserves it for many stacks at a time).
 pub fn trim_pool() {
     if let Some(pool) = pool_mut() {
-        pool.free.drain(..).for_each(drop);
+        Mapping::unmap_all(pool.free.drain(..));
     }
+    Mapping::release_reserve();
 }
