@@ -9,8 +9,16 @@
 # misses of a simulated cache the size of this machine's L2 (reads +
 # writes). The kernel's share (the system calls themselves) is not counted.
 #
+# With STEADY=1 the window holds no connection's setup (accepting it,
+# spawning its task, mapping its stack, zeroing its buffer, which the
+# default window amortizes over however many round trips it had): it opens
+# inside one longer run of the load generator, once its connections are
+# up, and its round trips are counted as the server's calls of libc's
+# `send` in it (one per echo of a 64-byte message). Steadier at 1,000
+# connections and above.
+#
 # Usage: hub/benches/echo_callgrind.sh [connections...]   (default: 1 1000)
-# Environment: SECONDS_EACH (3).
+# Environment: SECONDS_EACH (3), STEADY (0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,24 +61,55 @@ measure() {
         sleep 0.2
     done
     "$B/echo_bench" "127.0.0.1:$port" -c "$c" -m 64 -d 1 -t 1 >/dev/null
-    callgrind_control -z "$vp" >/dev/null 2>&1
-    out=$("$B/echo_bench" "127.0.0.1:$port" -c "$c" -m 64 -d "$D" -t 1 | tail -1)
-    callgrind_control -d "$vp" >/dev/null 2>&1
+    local f n
+    if [ "${STEADY:-0}" = 1 ]; then
+        # One run of D + 9 s: its connections are up (under valgrind) well
+        # within 4.5 s; the window is the D seconds after that.
+        "$B/echo_bench" "127.0.0.1:$port" -c "$c" -m 64 -d "$((D + 9))" -t 1 >/dev/null &
+        local bp=$!
+        sleep 4.5
+        callgrind_control -z "$vp" >/dev/null 2>&1
+        sleep "$D"
+        callgrind_control -d "$vp" >/dev/null 2>&1
+        wait "$bp"
+    else
+        callgrind_control -z "$vp" >/dev/null 2>&1
+        out=$("$B/echo_bench" "127.0.0.1:$port" -c "$c" -m 64 -d "$D" -t 1 | tail -1)
+        callgrind_control -d "$vp" >/dev/null 2>&1
+    fi
     kill "$vp" 2>/dev/null || true
     wait "$vp" 2>/dev/null || true
-    rt=$(echo "$out" | sed 's/.*s: \([0-9]*\) round trips\/s.*/\1/')
     # The dump made after zeroing: the newest file with a part number.
-    local f
     f=$(ls -t "$work"/cg.*.* | head -1)
+    if [ "${STEADY:-0}" = 1 ]; then
+        # The calls of `send` recorded in the dump: a function's name is
+        # given once, with its number ("cfn=(12) send"), then by the
+        # number alone; a "calls=" line follows each call site's "cfn=".
+        n=$(awk '
+            match($0, /^c?fn=\([0-9]+\)/) {
+                id = substr($0, 1, RLENGTH); sub(/^c/, "", id)
+                name = substr($0, RLENGTH + 2)
+                if (name != "") names[id] = name
+                callee = (substr($0, 1, 1) == "c") ? names[id] : ""
+                next
+            }
+            /^calls=/ && (callee == "send" || callee == "__send" || callee == "__libc_send") {
+                split(substr($0, 7), a, " "); sends += a[1]
+            }
+            END { print sends + 0 }' "$f")
+    else
+        rt=$(echo "$out" | sed 's/.*s: \([0-9]*\) round trips\/s.*/\1/')
+        n=$((rt * D))
+    fi
     # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
     sed -n 's/^summary: *//p; s/^totals: *//p' "$f" | head -1 |
-        awk -v n="$((rt * D))" -v s="$server" -v c="$c" '{
+        awk -v n="$n" -v s="$server" -v c="$c" '{
             printf "%-18s %5d conns: %7.0f instructions, %5.1f L1d misses, %5.1f L2 misses per round trip\n",
                 s, c, $1 / n, ($5 + $6) / n, ($8 + $9) / n }'
     rm -f "$work"/cg.*
 }
 
-echo "user-space cost per echo round trip under callgrind (simulated L2: $LL), ${D} s windows"
+echo "user-space cost per echo round trip under callgrind (simulated L2: $LL), ${D} s windows$([ "${STEADY:-0}" = 1 ] && echo ', steady (no connection setup)')"
 for c in "${conns[@]}"; do
     for server in echo_server tokio_echo_server; do
         measure "$server" "$c"

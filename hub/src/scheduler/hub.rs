@@ -387,6 +387,23 @@ impl Hub {
         true
     }
 
+    /// [`wake`](Hub::wake) for a waiter taken out of a list (a source's,
+    /// a timer's, a finished task's): its `Rc` goes to the ready queue as
+    /// it is, rather than a count taken there and the waiter's dropped.
+    #[inline]
+    pub(crate) fn wake_waiter(&self, waiter: Waiter) -> bool {
+        let Waiter { task, epoch } = waiter;
+        if task.epoch.get() != epoch
+            || task.queued.get()
+            || task.state.get() != TaskState::Suspended
+        {
+            return false;
+        }
+        task.queued.set(true);
+        self.ready.borrow_mut().push_back(task);
+        true
+    }
+
     /// Makes `task` ready whatever it waits for (a kill or a timeout will
     /// be raised at its park).
     pub(crate) fn wake_any(&self, task: &Rc<Task>) {

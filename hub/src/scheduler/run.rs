@@ -195,7 +195,7 @@ impl Hub {
         }
         let waiters = std::mem::take(&mut *task.waiters.borrow_mut());
         for w in waiters {
-            self.wake(&w.task, w.epoch);
+            self.wake_waiter(w);
         }
         if self.has_deferred.get() {
             // An unwind may have ended with it.
@@ -277,7 +277,7 @@ impl Hub {
                         timeout = Some(timeout.map_or(left, |t| t.min(left)));
                     }
                     let remote = self.io.poll(timeout, |w| {
-                        self.wake(&w.task, w.epoch);
+                        self.wake_waiter(w);
                     });
                     if remote {
                         self.drain_remote();
@@ -368,7 +368,7 @@ impl Hub {
             match action {
                 None => return,
                 Some(Action::Wake(w)) => {
-                    self.wake(&w.task, w.epoch);
+                    self.wake_waiter(w);
                 }
                 Some(Action::Interrupt { task, scope }) => {
                     // An outer scope's pending interrupt (a smaller id)
