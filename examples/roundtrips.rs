@@ -23,9 +23,9 @@
 //! `corosensei-life-call`: the same lives, each inside a function call of
 //! its own that returns, as in a program or in criterion's `iter` (the
 //! loops above inline everything, so no `ret` follows a life there): an
-//! unbalanced `call` in a life (corostack's trampoline calls the entry,
-//! which never returns) makes that `ret` mispredict, a cost the plain
-//! loops do not show.
+//! unbalanced `call` in a life (a trampoline that calls an entry that
+//! never returns; corostack's jumps) makes that `ret` mispredict, a cost
+//! the plain loops do not show.
 //!
 //! Prints one line, `<workload> n=<n> ns_per_iteration=<t>`, timed with
 //! `Instant` around the loop alone. `scan-<life workload> <n>` instead runs
