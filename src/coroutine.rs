@@ -1209,7 +1209,10 @@ impl<Input, Yield> Yielder<Input, Yield> {
         let top = (resumer_sp - PARENT_GAP) & !(arch::STACK_ALIGNMENT - 1);
         // To memcheck, the resumer's stack below its sp is dead memory
         // until its sp goes there: the first frame is written before.
-        sanitizer::valgrind_make_undefined(top - arch::INIT_FRAME_SIZE, arch::INIT_FRAME_SIZE);
+        // (With the red zone below it: the trampoline enters entry without
+        // a `call`, which memcheck would take to announce it.)
+        let first = arch::INIT_FRAME_SIZE + arch::RED_ZONE;
+        sanitizer::valgrind_make_undefined(top - first, first);
         // The system's view of the resumer's stack (Windows: its TEB
         // fields), which the code below its frames runs on.
         // SAFETY: the resumer is suspended in its switch at `resumer_sp`.
