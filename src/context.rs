@@ -85,11 +85,15 @@ pub(crate) fn place_closure<S: Stack, F>(
     let Some(closure) = closure else {
         closure_too_large(top.saturating_sub(limit), copy_size);
     };
-    // Under valgrind, a reused stack's top bytes are dead to memcheck:
-    // the closure, the first frame and the red zone below it become
-    // writable (`below` reserved room for them).
+    // Under valgrind, a pooled stack's top bytes may be unreadable to
+    // memcheck (see `valgrind_make_undefined`) beyond the first frame of
+    // its last context; a closure this small stays within it, so the
+    // request (a dozen instructions) is made only for larger ones.
     #[cfg(feature = "std")]
-    sanitizer::valgrind_new_frames(closure - arch::INIT_FRAME_SIZE - arch::RED_ZONE, top);
+    if size + arch::INIT_FRAME_SIZE > 64 {
+        let low = closure - arch::INIT_FRAME_SIZE;
+        sanitizer::valgrind_make_undefined(low, top - low);
+    }
     let ptr = ptr::with_exposed_provenance_mut::<F>(closure);
     // SAFETY: `Stack` promises [limit, top) is writable memory of this
     // stack alone; `closure` lies inside it, aligned for F, with

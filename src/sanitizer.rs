@@ -215,62 +215,16 @@ pub(crate) fn valgrind_make_undefined(start: usize, len: usize) {
     crate::arch::valgrind_request(0, &[MAKE_MEM_UNDEFINED, start, len, 0, 0, 0]);
 }
 
-/// Whether valgrind runs this process: [`VALGRIND_UNKNOWN`] until a new
-/// context first asks, then [`VALGRIND_ABSENT`] or [`VALGRIND_PRESENT`].
-#[cfg(feature = "std")]
-static VALGRIND: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(VALGRIND_UNKNOWN);
-#[cfg(feature = "std")]
-const VALGRIND_UNKNOWN: u8 = 0;
-#[cfg(feature = "std")]
-const VALGRIND_ABSENT: u8 = 1;
-#[cfg(feature = "std")]
-const VALGRIND_PRESENT: u8 = 2;
-
-/// Tells memcheck that a new context's first frames, `[low, top)`, are
-/// writable stack (`low` already below the red zone that its entry may use
-/// unmoved). A reused stack's bytes there are dead to memcheck (it saw the
-/// last context's frames return), and the switch into the new context
-/// moves the stack pointer as no call does: memcheck then keeps the red
-/// zone below it as it found it, and the trampoline's `push` of entry's
-/// return address (not a `call`: see `arch`) announces nothing more.
-/// Outside valgrind: one load and a branch, after the process's first
-/// context (which asks valgrind once).
-#[cfg(feature = "std")]
-#[inline(always)]
-pub(crate) fn valgrind_new_frames(low: usize, top: usize) {
-    if VALGRIND.load(core::sync::atomic::Ordering::Relaxed) != VALGRIND_ABSENT {
-        valgrind_new_frames_slow(low, top);
-    }
-}
-
-/// [`valgrind_new_frames`] under valgrind, or before the process knows.
-#[cfg(feature = "std")]
-#[cold]
-#[inline(never)]
-fn valgrind_new_frames_slow(low: usize, top: usize) {
-    if under_valgrind() {
-        valgrind_make_undefined(low, top - low);
-    }
-}
-
-/// Whether valgrind runs this process (asked once, then remembered).
+/// Whether valgrind runs this process (a client request: a few
+/// instructions, for cold paths).
 #[cfg(feature = "std")]
 pub(crate) fn under_valgrind() -> bool {
-    use core::sync::atomic::Ordering::Relaxed;
-    /// VG_USERREQ__RUNNING_ON_VALGRIND, from valgrind.h.
-    const RUNNING_ON_VALGRIND: usize = 0x1001;
-    let mut state = VALGRIND.load(Relaxed);
-    if state == VALGRIND_UNKNOWN {
-        let running = crate::arch::valgrind_request(0, &[RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]);
-        state = if running == 0 {
-            VALGRIND_ABSENT
-        } else {
-            VALGRIND_PRESENT
-        };
-        VALGRIND.store(state, Relaxed);
-    }
-    state == VALGRIND_PRESENT
+    crate::arch::valgrind_request(0, &[RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]) != 0
 }
+
+/// VG_USERREQ__RUNNING_ON_VALGRIND, from valgrind.h.
+#[cfg(feature = "std")]
+const RUNNING_ON_VALGRIND: usize = 0x1001;
 
 /// valgrind's `VALGRIND_STACK_DEREGISTER` for the stack registered with
 /// the lowest address `start`.
@@ -278,9 +232,7 @@ pub(crate) fn under_valgrind() -> bool {
 pub(crate) fn valgrind_stack_deregister(start: usize) {
     /// VG_USERREQ__STACK_DEREGISTER, from valgrind.h.
     const STACK_DEREGISTER: usize = 0x1502;
-    /// VG_USERREQ__RUNNING_ON_VALGRIND, from valgrind.h.
-    const RUNNING_ON_VALGRIND: usize = 0x1001;
-    if crate::arch::valgrind_request(0, &[RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]) == 0 {
+    if !under_valgrind() {
         return;
     }
     let id = VALGRIND_IDS
