@@ -274,6 +274,14 @@ mod reserve {
     pub(super) fn take(stride: usize, guard: usize) -> Option<usize> {
         let mut r = RESERVATION.try_lock().ok()?;
         if r.next == r.end || r.stride != stride {
+            // The unused rest of a reservation of another stride goes back
+            // first: near an address-space limit its room may be what this
+            // one needs (kept until after, it made a stack of another size
+            // fail with memory to spare, `tests/attack_perf.rs`).
+            if r.next != r.end {
+                super::unmap(r.next, r.end);
+                r.next = r.end;
+            }
             let strides = if r.stride == stride {
                 (r.strides * 2).min(MAX_STRIDES).min(MAX_BYTES / stride)
             } else {
@@ -291,9 +299,6 @@ mod reserve {
             if !install_guards(base, stride, strides, guard) {
                 super::unmap(base, base + strides * stride);
                 return None;
-            }
-            if r.next != r.end {
-                super::unmap(r.next, r.end);
             }
             *r = Reservation {
                 stride,
