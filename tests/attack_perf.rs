@@ -590,7 +590,12 @@ child_test!(odd_sizes_are_an_error_or_a_working_guarded_stack, {
                 let s = co.into_stack();
                 assert!(guarded(&s), "{size}");
             }
-            Err(e) => assert_eq!(e.kind(), io::ErrorKind::OutOfMemory, "{size}: {e}"),
+            // OutOfMemory from the kernel; valgrind refuses 128 GiB with
+            // EINVAL (InvalidInput): a clear error either way.
+            Err(e) => assert!(
+                e.to_string().contains("cannot map a coroutine stack"),
+                "{size}: {e}"
+            ),
         }
     }
 });
