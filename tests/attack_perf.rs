@@ -675,3 +675,72 @@ fn an_overflow_on_a_carved_stack_hits_its_own_guard() {
         "the fault at {at:#x} is not in stack 3's guard {lo:#x}..{hi:#x}: {stdout}{stderr}"
     );
 }
+
+// ===========================================================================
+// 9. fork while another thread holds the reservation's lock (it maps and
+// guards a new reservation at every stack, each of another size): the
+// child, where that lock stays taken forever, still makes guarded stacks,
+// and does not hang.
+//
+// Catches: a reservation behind a lock that is waited for (the child
+// would hang: the test fails after 20 s), a child that uses a
+// reservation half set up by the thread that forked away.
+// ===========================================================================
+
+child_test!(
+    a_child_forked_while_the_reservation_is_taken_makes_stacks,
+    {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                // Nothing pooled: every stack comes from a new reservation.
+                set_pool_capacity(0);
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    drop(DefaultStack::new(MIN_STACK_SIZE + (k % 7) * page()).unwrap());
+                    k += 1;
+                }
+            })
+        };
+        for _ in 0..util::scaled(100, 10) {
+            // SAFETY: the child allocates stacks, checks them, and _exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                let stacks: Vec<DefaultStack> = (0..4)
+                    .map(|i| DefaultStack::new(64 * 1024 + i * page()).unwrap())
+                    .collect();
+                let ok = stacks.iter().all(guarded);
+                // SAFETY: ends the forked child without running the parent's
+                // destructors or atexit handlers.
+                unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut status = 0;
+            loop {
+                // SAFETY: polls our own child.
+                let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if r == pid {
+                    break;
+                }
+                assert_eq!(r, 0);
+                if Instant::now() > deadline {
+                    // SAFETY: our own child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    panic!("the forked child hangs");
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the forked child failed (status {status:#x})"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        busy.join().unwrap();
+    }
+);
