@@ -744,3 +744,109 @@ child_test!(
         busy.join().unwrap();
     }
 );
+
+// ===========================================================================
+// 10. The trampoline enters the body by a jump with a hand-written return
+// address: unwinders must still go from the body, through the trampoline's
+// frame, to whoever resumed the coroutine last (its link), for a backtrace
+// and for a panic, also after the coroutine was suspended and resumed by
+// another function, and during the forced unwind of a drop.
+//
+// Catches: a return address or CFA rule that leads unwinders anywhere but
+// the current resumer's switch frame (a backtrace that stops at the
+// trampoline, loops, or shows the first resumer: checked by pushing 0 as
+// the return address, which fails both backtrace tests). The panic test
+// checks the other path (the entry catches the body's panic, the resumer
+// of the moment rethrows it): one that the first resumer, or nobody,
+// receives.
+// ===========================================================================
+
+type Bt = Coroutine<(), (), String>;
+
+#[inline(never)]
+fn first_resumer(co: &mut Bt) {
+    assert!(black_box(co.resume(())).as_yield().is_some());
+}
+
+#[inline(never)]
+fn second_resumer(co: &mut Bt) -> String {
+    black_box(co.resume(())).as_return().unwrap()
+}
+
+#[inline(never)]
+fn captured_in_the_body() -> String {
+    std::backtrace::Backtrace::force_capture().to_string()
+}
+
+/// The index of the first frame line whose function name ends in `name`.
+fn frame(bt: &str, name: &str) -> Option<usize> {
+    bt.lines().position(|l| l.trim_end().ends_with(name))
+}
+
+#[test]
+fn a_backtrace_after_a_second_resume_reaches_the_second_resumer() {
+    let mut co = Bt::new(|y, ()| {
+        y.suspend(());
+        black_box(captured_in_the_body())
+    });
+    first_resumer(&mut co);
+    let bt = second_resumer(&mut co);
+    let (inside, resumer, test) = (
+        frame(&bt, "captured_in_the_body"),
+        frame(&bt, "second_resumer"),
+        frame(
+            &bt,
+            "a_backtrace_after_a_second_resume_reaches_the_second_resumer",
+        ),
+    );
+    assert!(
+        inside.is_some() && inside < resumer && resumer < test,
+        "the backtrace does not reach the second resumer:\n{bt}"
+    );
+    assert!(
+        frame(&bt, "first_resumer").is_none(),
+        "a resumer that has returned:\n{bt}"
+    );
+}
+
+#[inline(never)]
+fn dropper(co: Bt) {
+    drop(black_box(co));
+}
+
+#[test]
+fn a_backtrace_in_the_forced_unwind_of_a_drop_reaches_the_dropper() {
+    struct Capture(std::rc::Rc<RefCell<String>>);
+    impl Drop for Capture {
+        fn drop(&mut self) {
+            *self.0.borrow_mut() = captured_in_the_body();
+        }
+    }
+    let got = std::rc::Rc::new(RefCell::new(String::new()));
+    let cap = Capture(got.clone());
+    let mut co = Bt::new(move |y, ()| {
+        let _cap = cap;
+        y.suspend(());
+        String::new()
+    });
+    first_resumer(&mut co);
+    dropper(co);
+    let bt = got.borrow().clone();
+    let (inside, dropper_at) = (frame(&bt, "captured_in_the_body"), frame(&bt, "dropper"));
+    assert!(
+        inside.is_some() && inside < dropper_at,
+        "the backtrace does not reach the dropper:\n{bt}"
+    );
+}
+
+#[test]
+fn a_panic_after_a_second_resume_reaches_the_second_resumer() {
+    let mut co = Bt::new(|y, ()| {
+        y.suspend(());
+        std::panic::panic_any(0x5eedu32)
+    });
+    first_resumer(&mut co);
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| second_resumer(&mut co)))
+        .unwrap_err();
+    assert_eq!(err.downcast_ref::<u32>(), Some(&0x5eed));
+}
