@@ -850,3 +850,58 @@ fn a_panic_after_a_second_resume_reaches_the_second_resumer() {
         .unwrap_err();
     assert_eq!(err.downcast_ref::<u32>(), Some(&0x5eed));
 }
+
+// ===========================================================================
+// 11. A process that locks its future mappings (mlockall(MCL_FUTURE), as
+// real-time programs do): every new mapping is populated (and locked) at
+// once, and guard advice is refused on locked mappings. A reservation
+// then populates all its strides, fails to install their guards, and is
+// unmapped; if the next stack tries again, every stack populates a whole
+// reservation (up to 256 MiB) to use one stride. Stacks must stay guarded,
+// and cost about their own pages.
+//
+// Catches: a reservation retried at every stack after its guards were
+// refused (here 20 stacks of 64 KiB cost over 50,000 page faults, 2,580 a
+// stack, the 128 strides of the doubled reservation, where their own pages
+// are 20 a stack).
+// ===========================================================================
+
+/// Minor page faults of this process so far.
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut u), 0);
+        u.ru_minflt
+    }
+}
+
+child_test!(stacks_under_mlockall_cost_their_own_pages, {
+    let size = 64 * 1024;
+    // Reservations of 1, 2 ... 64 strides, used up: the next doubles.
+    let held: Vec<DefaultStack> = (0..127).map(|_| DefaultStack::new(size).unwrap()).collect();
+    // SAFETY: locks the process's future mappings; undone below.
+    if unsafe { libc::mlockall(libc::MCL_FUTURE) } != 0 {
+        // Without CAP_IPC_LOCK and a large RLIMIT_MEMLOCK there is nothing
+        // to check: say so in the output.
+        println!("SKIPPED: mlockall: {}", io::Error::last_os_error());
+        return;
+    }
+    let before = minor_faults();
+    let stacks: Vec<DefaultStack> = (0..20).map(|_| DefaultStack::new(size).unwrap()).collect();
+    let faults = minor_faults() - before;
+    // SAFETY: undoes the mlockall above.
+    unsafe { libc::munlockall() };
+    // A stack's own pages: (64 KiB + the 16 KiB guard) / 4 KiB = 20.
+    let own = (size + 4 * page()) / page();
+    assert!(
+        faults <= (20 * own * 4) as i64,
+        "20 stacks of {own} pages cost {faults} page faults under mlockall(MCL_FUTURE)"
+    );
+    for s in stacks {
+        assert!(guarded(&s));
+        let mut co = Coroutine::with_stack(s, |_: &Yielder<(), ()>, ()| touch_deep(16 * 1024));
+        assert!(co.resume(()).as_return().is_some());
+    }
+    drop(held);
+});
