@@ -229,7 +229,9 @@ fn unmap(start: usize, end: usize) {
 /// the page tables of its guards): no memory is touched before a stack
 /// is handed out. One reservation for the process, behind a lock that is
 /// only tried: a thread that finds it taken (or a child forked while it
-/// was) maps its stack alone, as elsewhere.
+/// was) maps its stack alone, as elsewhere. So does every stack once a
+/// reservation's guards were refused (a process under
+/// `mlockall(MCL_FUTURE)`, whose new mappings are populated and locked).
 #[cfg(target_os = "linux")]
 mod reserve {
     use std::sync::Mutex;
