@@ -898,7 +898,7 @@ fn a_panic_after_a_second_resume_reaches_the_second_resumer() {
 // ===========================================================================
 
 /// Minor page faults of this process so far.
-fn minor_faults() -> i64 {
+fn minor_faults() -> libc::c_long {
     // SAFETY: getrusage fills the zeroed struct we pass.
     unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
@@ -940,7 +940,7 @@ child_test!(
         // One reservation may be tried (the doubled one, 128 strides, all
         // populated) before the refusal is known; then about their own pages.
         assert!(
-            faults <= (128 * own + 20 * own * 4) as i64,
+            faults <= (128 * own + 20 * own * 4) as libc::c_long,
             "20 stacks of {own} pages cost {faults} page faults under mlockall(MCL_FUTURE)"
         );
         for s in stacks {
