@@ -229,10 +229,13 @@ fn unmap(start: usize, end: usize) {
 /// the page tables of its guards): no memory is touched before a stack
 /// is handed out. One reservation for the process, behind a lock that is
 /// only tried: a thread that finds it taken (or a child forked while it
-/// was) maps its stack alone, as elsewhere.
+/// was) maps its stack alone, as elsewhere. So does every stack once a
+/// reservation's guards were refused (a process under
+/// `mlockall(MCL_FUTURE)`, whose new mappings are populated and locked).
 #[cfg(target_os = "linux")]
 mod reserve {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// The most strides of one reservation: `process_madvise` takes at
     /// most 1,024 ranges (`UIO_MAXIOV`) a call.
@@ -268,12 +271,31 @@ mod reserve {
         strides: 0,
     });
 
+    /// Set once the guards of a new reservation were refused: every stack
+    /// is mapped alone from then on. A process that locks its future
+    /// mappings (`mlockall(MCL_FUTURE)`) has each new mapping populated at
+    /// once and refuses guard advice on it: a reservation tried again at
+    /// every stack populated all its strides (up to [`MAX_BYTES`]) to use
+    /// none (`tests/attack_perf.rs`).
+    static OFF: AtomicBool = AtomicBool::new(false);
+
     /// The base of a free stride of `stride` bytes whose lowest `guard`
     /// bytes are a guard already; `None` when the lock is taken or no new
     /// reservation can be made (the caller then maps the stack alone).
     pub(super) fn take(stride: usize, guard: usize) -> Option<usize> {
+        if OFF.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut r = RESERVATION.try_lock().ok()?;
         if r.next == r.end || r.stride != stride {
+            // The unused rest of a reservation of another stride goes back
+            // first: near an address-space limit its room may be what this
+            // one needs (kept until after, it made a stack of another size
+            // fail with memory to spare, `tests/attack_perf.rs`).
+            if r.next != r.end {
+                super::unmap(r.next, r.end);
+                r.next = r.end;
+            }
             let strides = if r.stride == stride {
                 (r.strides * 2).min(MAX_STRIDES).min(MAX_BYTES / stride)
             } else {
@@ -290,10 +312,8 @@ mod reserve {
             };
             if !install_guards(base, stride, strides, guard) {
                 super::unmap(base, base + strides * stride);
+                OFF.store(true, Ordering::Relaxed);
                 return None;
-            }
-            if r.next != r.end {
-                super::unmap(r.next, r.end);
             }
             *r = Reservation {
                 stride,
