@@ -365,3 +365,81 @@ pub fn trim_pool() {
     }
     Mapping::release_reserve();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DEFAULT_STACK_SIZE, DefaultStack, Stack};
+    use super::*;
+
+    /// How many mappings this thread's pool holds (each test runs on a
+    /// thread of its own, with a pool of its own).
+    fn pooled() -> usize {
+        let pool = pool_raw();
+        pool.free.len() + usize::from(pool.slot == FULL)
+    }
+
+    /// A default stack made while the pool is full of stacks of another
+    /// size is only handed over (`STAGED`), not counted as kept: the
+    /// pool never holds more than its capacity.
+    #[test]
+    fn a_stack_made_for_a_full_pool_is_not_kept_beyond_its_capacity() {
+        trim_pool();
+        let old = set_pool_capacity(1);
+        drop(DefaultStack::new(64 * 1024).unwrap());
+        assert_eq!(pooled(), 1);
+        let d = DefaultStack::default();
+        assert_eq!(d.size(), DEFAULT_STACK_SIZE);
+        assert_eq!(pooled(), 1, "the small stack stays");
+        assert!(pool_raw().slot == SHUT, "no room for one more");
+        let top = d.top();
+        drop(d);
+        assert_eq!(pooled(), 1, "the full pool gave its older half back");
+        assert_eq!(DefaultStack::default().top(), top, "and kept the newest");
+        set_pool_capacity(old);
+        trim_pool();
+        assert_eq!(pooled(), 0);
+    }
+
+    /// Capacity 0: nothing is kept, whichever path makes the stack.
+    #[test]
+    fn capacity_zero_keeps_nothing() {
+        trim_pool();
+        let old = set_pool_capacity(0);
+        drop(DefaultStack::default());
+        drop(DefaultStack::new(64 * 1024).unwrap());
+        assert_eq!(pooled(), 0);
+        assert!(pool_raw().slot == SHUT);
+        set_pool_capacity(old);
+        drop(DefaultStack::default());
+        assert_eq!(pooled(), 1);
+        assert!(pool_raw().slot == FULL);
+        let d = DefaultStack::default();
+        assert!(pool_raw().slot == OPEN, "taken from the slot, room for one");
+        drop(d);
+        trim_pool();
+    }
+
+    /// The slot holds the newest stack and the vector the older ones:
+    /// the pool hands them out last pooled first, whatever their sizes.
+    #[test]
+    fn the_slot_and_the_vector_keep_the_order() {
+        trim_pool();
+        let a = DefaultStack::default();
+        let b = DefaultStack::new(64 * 1024).unwrap();
+        let c = DefaultStack::default();
+        let tops = [a.top(), b.top(), c.top()];
+        drop(a);
+        drop(b);
+        drop(c);
+        assert_eq!(pooled(), 3);
+        assert_eq!(DefaultStack::default().top(), tops[2]);
+        let c = DefaultStack::default();
+        assert_eq!(c.top(), tops[2]);
+        // Not the 64 KiB one in between: the older default one.
+        let a = DefaultStack::default();
+        assert_eq!(a.top(), tops[0]);
+        assert_eq!(DefaultStack::new(64 * 1024).unwrap().top(), tops[1]);
+        drop((a, c));
+        trim_pool();
+    }
+}
