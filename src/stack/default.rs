@@ -100,12 +100,13 @@ impl DefaultStack {
         self.map.size()
     }
 
-    /// `default` without a pooled stack at hand.
+    /// A new mapping of the default size, for `default` without a pooled
+    /// one of that size.
     #[cold]
     #[inline(never)]
-    fn default_slow() -> DefaultStack {
-        match DefaultStack::new(DEFAULT_STACK_SIZE) {
-            Ok(stack) => stack,
+    fn default_new() -> Mapping {
+        match Self::map_new(DEFAULT_STACK_SIZE, page_size()) {
+            Ok(map) => map,
             Err(e) => panic!("corostack: cannot allocate a coroutine stack: {e}"),
         }
     }
@@ -120,10 +121,10 @@ impl Default for DefaultStack {
     fn default() -> Self {
         // DEFAULT_STACK_SIZE is a whole number of pages of every page size
         // Linux has (4, 16 or 64 KiB): it is its own rounding.
-        match pool::take_last(DEFAULT_STACK_SIZE) {
-            Some(map) => DefaultStack::from(map),
-            None => DefaultStack::default_slow(),
-        }
+        DefaultStack::from(pool::take_last_or(
+            DEFAULT_STACK_SIZE,
+            DefaultStack::default_new,
+        ))
     }
 }
 

@@ -4,21 +4,23 @@
 //! that creating coroutines costs no system call in the steady state.
 
 use std::cell::UnsafeCell;
-use std::mem::{self, ManuallyDrop};
+use std::mem::{self, ManuallyDrop, MaybeUninit};
 
 use super::POOL_CAPACITY;
 use super::mapping::Mapping;
 
 thread_local! {
     /// This thread's pool, in place: a `const` thread-local without a
-    /// destructor (the vector is `ManuallyDrop`) is one `fs`-relative
-    /// access away, where one with a destructor checks its registration on
-    /// every access, and one behind a pointer costs a load and a check of
-    /// the pointer. [`POOL_OWNER`]'s destructor empties it at thread exit.
+    /// destructor (the vector is `ManuallyDrop`, the slot `MaybeUninit`)
+    /// is one `fs`-relative access away, where one with a destructor
+    /// checks its registration on every access, and one behind a pointer
+    /// costs a load and a check of the pointer. [`POOL_OWNER`]'s destructor
+    /// empties it at thread exit.
     static POOL: UnsafeCell<Pool> = const {
         UnsafeCell::new(Pool {
+            slot: SHUT,
+            last: MaybeUninit::uninit(),
             free: ManuallyDrop::new(Vec::new()),
-            room: 0,
             cap: POOL_CAPACITY,
             state: State::Unowned,
         })
@@ -41,27 +43,81 @@ enum State {
     Exited,
 }
 
+/// What [`Pool::last`] holds, and whether `give`'s fast path may fill it:
+/// the one byte that the fast paths test. Bit 0 ([`HOLDS`]) says that
+/// `last` holds a mapping; taking it clears the bit, which leaves the
+/// right empty state (`FULL` becomes `OPEN`, `STAGED` becomes `SHUT`).
+type Slot = u8;
+/// Empty, and the pool has room for one more (it is `Owned`, and the
+/// vector holds fewer than `cap`): `give` may fill it.
+const OPEN: Slot = 0;
+/// Holds the newest pooled mapping (the pool is `Owned`, and holds at most
+/// `cap` mappings with it, so that taking it leaves it `OPEN`).
+const FULL: Slot = HOLDS;
+/// Empty, and `give` must take its slow path (not owned, exited, or no
+/// room).
+const SHUT: Slot = 2;
+/// Holds a mapping that the pool does not keep, only hands over: how
+/// `take_last_or`'s slow path passes the mapping it found or made to its
+/// fast path's read (taking it leaves the slot `SHUT`). Never seen
+/// outside `take_last_or`.
+const STAGED: Slot = SHUT | HOLDS;
+/// The bit of the states in which `last` holds a mapping.
+const HOLDS: Slot = 1;
+
 /// A thread's free mappings, and how many it keeps.
+///
+/// The newest is kept apart, in `last`, so that a coroutine's life (take
+/// the newest, give it back) moves the mapping between the slot and the
+/// stack without touching the vector: a test of one byte and the
+/// mapping's words each way. Every mapping in `free` is older than the
+/// one in `last`.
 struct Pool {
-    /// Freed (its mappings unmapped) by [`POOL_OWNER`]'s destructor.
+    /// What `last` holds: `OPEN`, `FULL`, `SHUT` or `STAGED`.
+    slot: Slot,
+    /// The newest pooled mapping when `slot` is `FULL` (or the one being
+    /// handed over, when `STAGED`); uninitialised otherwise.
+    last: MaybeUninit<Mapping>,
+    /// The older ones, oldest first. Freed (its mappings unmapped) by
+    /// [`POOL_OWNER`]'s destructor.
     free: ManuallyDrop<Vec<Mapping>>,
-    /// How many mappings `give`'s fast path may hold: `cap` or the
-    /// vector's allocation, whichever is smaller, while `Owned`; 0
-    /// otherwise, so that the one comparison of the fast path sends every
-    /// other case to the slow one. Kept by [`Pool::set_room`].
-    room: usize,
     cap: usize,
     state: State,
 }
 
 impl Pool {
-    /// Recomputes `room` after a change of `cap`, of the allocation, or of
-    /// the state.
-    fn set_room(&mut self) {
-        self.room = match self.state {
-            State::Owned => self.cap.min(self.free.capacity()),
-            State::Unowned | State::Exited => 0,
-        };
+    /// Moves the slot's mapping (if any) to the end of the vector, for
+    /// the slow paths, which then work on the vector alone; the slot is
+    /// left `SHUT` until [`Pool::sync`].
+    fn spill(&mut self) {
+        if self.slot == FULL {
+            self.slot = SHUT;
+            // SAFETY: `FULL` says `last` holds a mapping, which is moved
+            // out once (the slot is no longer `FULL`).
+            let last = unsafe { self.last.assume_init_read() };
+            self.free.push(last);
+        }
+    }
+
+    /// Sets an empty slot's state after a change of `cap`, of the
+    /// vector or of the state, moving the newest mapping of the vector
+    /// into it, so that the next `take_last` finds it there.
+    fn sync(&mut self) {
+        if self.slot == FULL {
+            return;
+        }
+        if self.state != State::Owned {
+            self.slot = SHUT;
+            return;
+        }
+        if let Some(newest) = self.free.pop() {
+            self.last.write(newest);
+            self.slot = FULL;
+        } else if self.cap > 0 {
+            self.slot = OPEN;
+        } else {
+            self.slot = SHUT;
+        }
     }
 }
 
@@ -70,13 +126,17 @@ struct PoolOwner;
 
 impl Drop for PoolOwner {
     fn drop(&mut self) {
-        // SAFETY: this thread's pool; no other reference to it is alive
-        // (none is held across anything that could run this destructor).
-        let pool = unsafe { &mut *POOL.with(UnsafeCell::get) };
+        let pool = pool_raw();
         pool.state = State::Exited;
-        pool.set_room();
+        let last = (pool.slot == FULL).then(|| {
+            // SAFETY: `FULL` says `last` holds a mapping, moved out once
+            // (`sync` shuts the slot right after).
+            unsafe { pool.last.assume_init_read() }
+        });
+        pool.slot = SHUT;
+        pool.sync();
         // Unmapping does not reach the pool, which is Exited now anyway.
-        Mapping::unmap_all(mem::take(&mut *pool.free));
+        Mapping::unmap_all(mem::take(&mut *pool.free).into_iter().chain(last));
     }
 }
 
@@ -96,13 +156,13 @@ fn pool_mut() -> Option<&'static mut Pool> {
 }
 
 /// This thread's pool whatever its state (the fast paths of `take_last`
-/// and `give`, which need no state: an unowned or exited pool is empty
-/// and has no room). Same rule as `pool_mut`.
+/// and `give`, which need no state: the slot of an unowned or exited
+/// pool is `SHUT`). Same rule as `pool_mut`.
 #[inline(always)]
 fn pool_raw() -> &'static mut Pool {
     // SAFETY: this thread's pool, reached only by this thread, and never
     // re-entrantly (see `pool_mut`).
-    unsafe { &mut *POOL.with(UnsafeCell::get) }
+    unsafe { &mut *POOL.with(|pool| pool.get()) }
 }
 
 /// Registers the owner of this thread's pool; if the thread is already
@@ -112,58 +172,117 @@ fn pool_raw() -> &'static mut Pool {
 fn own(pool: &'static mut Pool) -> Option<&'static mut Pool> {
     POOL_OWNER.try_with(|_| ()).ok()?;
     pool.state = State::Owned;
-    pool.set_room();
+    pool.sync();
     Some(pool)
 }
 
 /// The last mapping pooled on this thread, if it has `size` usable bytes
-/// (the likeliest to be wanted: `DefaultStack::default`'s fast path).
+/// and lies in the slot (`None` does not mean that the pool has none of
+/// that size: `take` looks further).
 #[inline(always)]
-pub(crate) fn take_last(size: usize) -> Option<Mapping> {
-    pool_raw().free.pop_if(|m| m.size() == size)
+fn take_last(size: usize) -> Option<Mapping> {
+    let pool = pool_raw();
+    if pool.slot == FULL {
+        // SAFETY: `FULL` says `last` holds a mapping.
+        let last = unsafe { pool.last.assume_init_ref() };
+        if last.size() == size {
+            // SAFETY: moved out once: the slot is `OPEN` right after.
+            let last = unsafe { pool.last.assume_init_read() };
+            // The pool held at most `cap` with it: there is room for one
+            // more now, and the pool is owned (only then is it `FULL`).
+            pool.slot = OPEN;
+            return Some(last);
+        }
+    }
+    None
+}
+
+/// A mapping of `size` usable bytes: the last pooled one if it has that
+/// size (`DefaultStack::default`'s fast path), else another pooled one,
+/// else `make`'s (which may panic).
+///
+/// Both ways end in the same read of the slot (the slow one stages its
+/// mapping there), so that the mapping's words go straight from the
+/// thread-local to where the caller puts them, with no copy in between.
+#[inline(always)]
+pub(crate) fn take_last_or(size: usize, make: fn() -> Mapping) -> Mapping {
+    let pool = pool_raw();
+    // SAFETY: `FULL` says `last` holds a mapping (`&&` reads it only then).
+    if pool.slot != FULL || unsafe { pool.last.assume_init_ref() }.size() != size {
+        stage(size, make);
+    }
+    let pool = pool_raw();
+    // SAFETY: the slot holds a mapping (`FULL`, or `STAGED` by `stage`),
+    // moved out once: the slot is emptied right after.
+    let mapping = unsafe { pool.last.assume_init_read() };
+    pool.slot &= !HOLDS;
+    mapping
+}
+
+/// `take_last_or` without the mapping at hand in the slot: puts the
+/// mapping that `take` or else `make` gives into the slot, `FULL` if the
+/// pool may keep it (so that taking it leaves the slot `OPEN`), else
+/// `STAGED`.
+#[cold]
+#[inline(never)]
+fn stage(size: usize, make: fn() -> Mapping) {
+    let mapping = take(size).unwrap_or_else(make);
+    let pool = pool_raw();
+    pool.spill();
+    pool.last.write(mapping);
+    pool.slot = if pool.state == State::Owned && pool.free.len() < pool.cap {
+        FULL
+    } else {
+        STAGED
+    };
 }
 
 /// A pooled mapping of `size` usable bytes, the last pooled first.
 #[inline]
 pub(crate) fn take(size: usize) -> Option<Mapping> {
+    if let Some(last) = take_last(size) {
+        return Some(last);
+    }
+    take_older(size)
+}
+
+/// `take` past the slot: a mapping of `size` from the vector.
+#[cold]
+#[inline(never)]
+fn take_older(size: usize) -> Option<Mapping> {
     let pool = pool_mut()?;
     let i = pool.free.iter().rposition(|m| m.size() == size)?;
-    Some(pool.free.swap_remove(i))
+    let mapping = pool.free.swap_remove(i);
+    pool.sync();
+    Some(mapping)
 }
 
 /// Moves the mapping out of `slot` (which must not be used again) and
 /// keeps it for reuse if the pool has room, else unmaps it.
 ///
-/// The fast path writes into the pool's spare capacity, so that nothing
-/// on it can panic: a `push` that might grow the vector would need a
-/// landing pad, and the mapping a copy on the stack for it (four
-/// instructions a drop, counted by `benches/callgrind.sh life`).
+/// The fast path moves it into the pool's slot, so that nothing on it can
+/// panic: a `push` that might grow the vector would need a landing pad,
+/// and the mapping a copy on the stack for it.
 ///
 /// # Safety
 /// `slot` holds a mapping, which nothing uses or drops after this call.
 #[inline(always)]
 pub(crate) unsafe fn give(slot: &mut ManuallyDrop<Mapping>) {
     let pool = pool_raw();
-    let len = pool.free.len();
-    if len < pool.room {
-        // SAFETY: the caller gives the mapping up; `room` is at most the
-        // vector's capacity, so the element at `len` is spare capacity,
-        // written before the length covers it.
-        unsafe {
-            pool.free
-                .as_mut_ptr()
-                .add(len)
-                .write(ManuallyDrop::take(slot));
-            pool.free.set_len(len + 1);
-        }
+    if pool.slot == OPEN {
+        // `OPEN`: the pool is owned and has room for one more, newer than
+        // every mapping in the vector.
+        // SAFETY: the caller gives the mapping up.
+        pool.last.write(unsafe { ManuallyDrop::take(slot) });
+        pool.slot = FULL;
         return;
     }
     // SAFETY: as above.
     give_slow(unsafe { ManuallyDrop::take(slot) });
 }
 
-/// `give` without this thread's pool owned yet, or with it full (or its
-/// allocation), or gone.
+/// `give` without this thread's pool owned yet, or with it full, or gone,
+/// or with the slot taken.
 ///
 /// A full pool gives its older half back to the kernel and keeps the new
 /// one: back-to-back stacks (as a burst of coroutines maps them, and
@@ -172,20 +291,22 @@ pub(crate) unsafe fn give(slot: &mut ManuallyDrop<Mapping>) {
 #[cold]
 #[inline(never)]
 fn give_slow(mapping: Mapping) {
-    match pool_mut() {
-        Some(pool) if pool.free.len() < pool.cap => {
-            pool.free.push(mapping);
-            pool.set_room();
-        }
-        Some(pool) if !pool.free.is_empty() => {
-            // Unmapping does not reach the pool.
-            let half = pool.free.len().div_ceil(2);
-            Mapping::unmap_all(pool.free.drain(..half));
-            pool.free.push(mapping);
-            pool.set_room();
-        }
-        _ => drop(mapping),
+    let Some(pool) = pool_mut() else {
+        drop(mapping);
+        return;
+    };
+    pool.spill();
+    if pool.free.len() < pool.cap {
+        pool.free.push(mapping);
+    } else if !pool.free.is_empty() {
+        // Unmapping does not reach the pool.
+        let half = pool.free.len().div_ceil(2);
+        Mapping::unmap_all(pool.free.drain(..half));
+        pool.free.push(mapping);
+    } else {
+        drop(mapping);
     }
+    pool.sync();
 }
 
 /// Raises the calling thread's pool capacity to at least `capacity`, and
@@ -205,7 +326,7 @@ pub fn raise_pool_capacity(capacity: usize) -> usize {
     let Some(pool) = pool_mut() else { return 0 };
     let old = pool.cap;
     pool.cap = old.max(capacity);
-    pool.set_room();
+    pool.sync();
     old
 }
 
@@ -224,11 +345,12 @@ pub fn raise_pool_capacity(capacity: usize) -> usize {
 pub fn set_pool_capacity(capacity: usize) -> usize {
     let Some(pool) = pool_mut() else { return 0 };
     let old = mem::replace(&mut pool.cap, capacity);
+    pool.spill();
     let n = pool.free.len().saturating_sub(capacity);
     // Unmapping does not reach the pool, so they go straight from it.
     Mapping::unmap_all(pool.free.drain(..n));
     Mapping::release_reserve();
-    pool.set_room();
+    pool.sync();
     old
 }
 
@@ -237,7 +359,87 @@ pub fn set_pool_capacity(capacity: usize) -> usize {
 /// (Linux reserves it for many stacks at a time).
 pub fn trim_pool() {
     if let Some(pool) = pool_mut() {
+        pool.spill();
         Mapping::unmap_all(pool.free.drain(..));
+        pool.sync();
     }
     Mapping::release_reserve();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DEFAULT_STACK_SIZE, DefaultStack, Stack};
+    use super::*;
+
+    /// How many mappings this thread's pool holds (each test runs on a
+    /// thread of its own, with a pool of its own).
+    fn pooled() -> usize {
+        let pool = pool_raw();
+        pool.free.len() + usize::from(pool.slot == FULL)
+    }
+
+    /// A default stack made while the pool is full of stacks of another
+    /// size is only handed over (`STAGED`), not counted as kept: the
+    /// pool never holds more than its capacity.
+    #[test]
+    fn a_stack_made_for_a_full_pool_is_not_kept_beyond_its_capacity() {
+        trim_pool();
+        let old = set_pool_capacity(1);
+        drop(DefaultStack::new(64 * 1024).unwrap());
+        assert_eq!(pooled(), 1);
+        let d = DefaultStack::default();
+        assert_eq!(d.size(), DEFAULT_STACK_SIZE);
+        assert_eq!(pooled(), 1, "the small stack stays");
+        assert!(pool_raw().slot == SHUT, "no room for one more");
+        let top = d.top();
+        drop(d);
+        assert_eq!(pooled(), 1, "the full pool gave its older half back");
+        assert_eq!(DefaultStack::default().top(), top, "and kept the newest");
+        set_pool_capacity(old);
+        trim_pool();
+        assert_eq!(pooled(), 0);
+    }
+
+    /// Capacity 0: nothing is kept, whichever path makes the stack.
+    #[test]
+    fn capacity_zero_keeps_nothing() {
+        trim_pool();
+        let old = set_pool_capacity(0);
+        drop(DefaultStack::default());
+        drop(DefaultStack::new(64 * 1024).unwrap());
+        assert_eq!(pooled(), 0);
+        assert!(pool_raw().slot == SHUT);
+        set_pool_capacity(old);
+        drop(DefaultStack::default());
+        assert_eq!(pooled(), 1);
+        assert!(pool_raw().slot == FULL);
+        let d = DefaultStack::default();
+        assert!(pool_raw().slot == OPEN, "taken from the slot, room for one");
+        drop(d);
+        trim_pool();
+    }
+
+    /// The slot holds the newest stack and the vector the older ones:
+    /// the pool hands them out last pooled first, whatever their sizes.
+    #[test]
+    fn the_slot_and_the_vector_keep_the_order() {
+        trim_pool();
+        let a = DefaultStack::default();
+        let b = DefaultStack::new(64 * 1024).unwrap();
+        let c = DefaultStack::default();
+        let tops = [a.top(), b.top(), c.top()];
+        drop(a);
+        drop(b);
+        drop(c);
+        assert_eq!(pooled(), 3);
+        assert_eq!(DefaultStack::default().top(), tops[2]);
+        let c = DefaultStack::default();
+        assert_eq!(c.top(), tops[2]);
+        // Not the 64 KiB one in between: the older default one.
+        let a = DefaultStack::default();
+        assert_eq!(a.top(), tops[0]);
+        assert_eq!(DefaultStack::new(64 * 1024).unwrap().top(), tops[1]);
+        drop((a, c));
+        trim_pool();
+    }
 }
