@@ -161,13 +161,17 @@ fn claim<'a>(
     stack_size: usize,
 ) -> bool {
     for slot in window {
-        let key = slot.key.load(Relaxed);
-        if (key == EMPTY || key == TOMBSTONE)
-            && slot
+        // A compare-and-swap from EMPTY first, not a load: on a page of the table never written
+        // a load maps the shared zero page, and the write then faults a second time to copy it.
+        let claimed = match slot.key.compare_exchange(EMPTY, BUSY, Acquire, Relaxed) {
+            Ok(_) => true,
+            Err(TOMBSTONE) => slot
                 .key
-                .compare_exchange(key, BUSY, Acquire, Relaxed)
-                .is_ok()
-        {
+                .compare_exchange(TOMBSTONE, BUSY, Acquire, Relaxed)
+                .is_ok(),
+            Err(_) => false,
+        };
+        if claimed {
             slot.stack_size.store(stack_size, Relaxed);
             slot.guard_len.store(guard_len, Relaxed);
             slot.key.store(guard_lo, Release); // publishes the two stores above to the handler
