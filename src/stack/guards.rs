@@ -321,6 +321,27 @@ mod tests {
         }
     }
 
+    /// A guard whose first window is full is found in its second window by the overflow
+    /// handler's lookup from a fault address inside it, as well as by `guard_at`.
+    #[cfg(feature = "overflow-handler")]
+    #[test]
+    fn a_spilled_guard_is_found_from_a_fault_address() {
+        let page = page_size();
+        let map = reserve(2 * GRAIN.max(page));
+        let base = (map.as_ptr() as usize).next_multiple_of(GRAIN.max(page));
+        // A window's worth of other keys in the guard's block fill its first window.
+        let fillers: Vec<usize> = (1..=PROBE_LIMIT).map(|i| base + 16 * i).collect();
+        for &key in &fillers {
+            register(key, 16, 1);
+        }
+        register(base, page, 123 * page);
+        assert_eq!(guard_at(base), Some((page, 123 * page)));
+        assert_eq!(lookup(base + page / 2), Some(123 * page));
+        unregister(base);
+        assert_eq!(lookup(base + page / 2), None);
+        fillers.iter().for_each(|&key| unregister(key));
+    }
+
     /// Home slots: linear in the block number inside a span, distinct for distinct blocks.
     #[test]
     fn home_slots_are_linear_in_a_span() {
