@@ -20,7 +20,7 @@
 //! not pile onto the same slots. A key whose window of [`PROBE_LIMIT`]
 //! slots is full anyway (aliasing spans, or keys closer than a grain, which
 //! only tests make) goes to a second window at a scattered (Fibonacci)
-//! hash of its page, as every key did before; lookups search that second
+//! hash of its page, where neighbours do not crowd it; lookups search that second
 //! window only once some key has been put there ([`SPILLED`]).
 
 use std::ptr::null_mut;
