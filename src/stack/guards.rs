@@ -57,14 +57,37 @@ const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
 /// cleared.
 static SPILLED: AtomicBool = AtomicBool::new(false);
 
-/// One registered guard. All-zero bytes (as `mmap` gives them) are an empty slot.
+/// The unit of the sizes a slot keeps: 4 KiB, which every page size is a multiple of.
+const UNIT: usize = 4096;
+/// Low bits of a slot's `sizes` that hold the guard's length in units (the rest hold the stack's).
+const GUARD_BITS: u32 = 8;
+
+/// One registered guard, in two words (so that a 4 KiB page of the table holds 256 of them
+/// on 64-bit targets). All-zero bytes (as `mmap` gives them) are an empty slot.
 struct Slot {
     /// Lowest address of the guard, or [`EMPTY`], [`TOMBSTONE`] or [`BUSY`].
     key: AtomicUsize,
-    /// Usable size of the stack above the guard, for the message.
-    stack_size: AtomicUsize,
-    /// Length of the guard in bytes.
-    guard_len: AtomicUsize,
+    /// The guard's length and the usable size of the stack above it, in [`UNIT`]s ([`pack`]).
+    sizes: AtomicUsize,
+}
+
+/// `guard_len` and `stack_size` (whole [`UNIT`]s, as pages are) in one word: the guard's
+/// units in the low [`GUARD_BITS`] bits, the stack's above them; `None` if they do not fit
+/// (a guard of 256 units or more, or on 32-bit targets a stack of 64 GiB or more, neither of
+/// which `DefaultStack` makes).
+fn pack(guard_len: usize, stack_size: usize) -> Option<usize> {
+    let (guard, stack) = (guard_len / UNIT, stack_size / UNIT);
+    let whole = guard_len.is_multiple_of(UNIT) && stack_size.is_multiple_of(UNIT);
+    (whole && guard < 1 << GUARD_BITS && stack <= usize::MAX >> GUARD_BITS)
+        .then_some((stack << GUARD_BITS) | guard)
+}
+
+/// The guard's length and the stack's size in bytes, from [`pack`]'s word.
+fn unpack(sizes: usize) -> (usize, usize) {
+    (
+        (sizes & ((1 << GUARD_BITS) - 1)) * UNIT,
+        (sizes >> GUARD_BITS) * UNIT,
+    )
 }
 
 /// The table of [`CAPACITY`] slots, mapped on the first [`register`]; null until then.
@@ -112,11 +135,19 @@ fn probe(table: &[Slot], guard_lo: usize) -> impl Iterator<Item = &Slot> {
 
 /// Records a stack's guard so that a fault inside it is reported as an overflow.
 /// `guard_lo` is page aligned, `guard_len` its length in bytes, `stack_size` the usable size
-/// reported in the message. If the table cannot be mapped or the guard's probe sequence is full,
+/// reported in the message (both whole pages). If the table cannot be mapped, the sizes do not
+/// fit a slot ([`pack`]) or the guard's probe sequence is full,
 /// the guard is silently not registered, and a fault in it is passed on like any other (both
 /// windows full takes more than 64 live keys on a slot's neighbourhood, twice over).
 pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
     debug_assert!(guard_lo > BUSY && guard_len > 0);
+    let Some(sizes) = pack(guard_len, stack_size) else {
+        debug_assert!(
+            false,
+            "guard sizes not whole pages: {guard_len} {stack_size}"
+        );
+        return;
+    };
     let table = match table() {
         Some(table) => table,
         None => {
@@ -135,31 +166,16 @@ pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
             table().expect("the table was just published")
         }
     };
-    if !claim(
-        window(table, home(guard_lo)),
-        guard_lo,
-        guard_len,
-        stack_size,
-    ) {
+    if !claim(window(table, home(guard_lo)), guard_lo, sizes) {
         // The first window is full: lookups must search second windows from now on, before
         // this key can be found there.
         SPILLED.store(true, Release);
-        claim(
-            window(table, scattered(guard_lo)),
-            guard_lo,
-            guard_len,
-            stack_size,
-        );
+        claim(window(table, scattered(guard_lo)), guard_lo, sizes);
     }
 }
 
 /// Puts the guard in the first free slot of `window`; `false` if it has none.
-fn claim<'a>(
-    window: impl Iterator<Item = &'a Slot>,
-    guard_lo: usize,
-    guard_len: usize,
-    stack_size: usize,
-) -> bool {
+fn claim<'a>(window: impl Iterator<Item = &'a Slot>, guard_lo: usize, sizes: usize) -> bool {
     for slot in window {
         // A compare-and-swap from EMPTY first, not a load: on a page of the table never written
         // a load maps the shared zero page, and the write then faults a second time to copy it.
@@ -172,9 +188,8 @@ fn claim<'a>(
             Err(_) => false,
         };
         if claimed {
-            slot.stack_size.store(stack_size, Relaxed);
-            slot.guard_len.store(guard_len, Relaxed);
-            slot.key.store(guard_lo, Release); // publishes the two stores above to the handler
+            slot.sizes.store(sizes, Relaxed);
+            slot.key.store(guard_lo, Release); // publishes the store above to the handler
             return true;
         }
     }
@@ -202,10 +217,10 @@ pub(crate) fn guard_at(guard_lo: usize) -> Option<(usize, usize)> {
         match slot.key.load(Acquire) {
             EMPTY => return None,
             key if key == guard_lo => {
-                let found = (slot.guard_len.load(Relaxed), slot.stack_size.load(Relaxed));
+                let found = unpack(slot.sizes.load(Relaxed));
                 // A slot unregistered and reused meanwhile no longer holds our key: seeing the
-                // key again after the two loads (ordered by the fence) means they read a pair
-                // that belongs to it.
+                // key again after the load (ordered by the fence) means it read sizes that
+                // belong to it.
                 std::sync::atomic::fence(Acquire);
                 return (slot.key.load(Relaxed) == guard_lo).then_some(found);
             }
@@ -227,8 +242,11 @@ pub(crate) fn lookup(addr: usize) -> Option<usize> {
         for slot in probe(table, guard_lo) {
             match slot.key.load(Acquire) {
                 EMPTY => break,
-                key if key == guard_lo && addr - key < slot.guard_len.load(Relaxed) => {
-                    return Some(slot.stack_size.load(Relaxed));
+                key if key == guard_lo => {
+                    let (guard_len, stack_size) = unpack(slot.sizes.load(Relaxed));
+                    if addr - key < guard_len {
+                        return Some(stack_size);
+                    }
                 }
                 _ => {}
             }
@@ -304,15 +322,21 @@ mod tests {
     fn a_full_window_spills_into_the_second() {
         let map = reserve(2 * GRAIN);
         let base = (map.as_ptr() as usize).next_multiple_of(GRAIN);
-        // Twice a window's worth of keys in one grain (16-byte steps: keys need not be pages).
-        let keys: Vec<usize> = (0..2 * PROBE_LIMIT).map(|i| base + 16 * i).collect();
+        // A window and a half's worth of keys in one grain (16-byte steps: keys need not be
+        // pages), all with one first window and one second window: room for all of them with
+        // some to spare for keys of other tests that may share those windows meanwhile.
+        let keys: Vec<usize> = (0..PROBE_LIMIT * 3 / 2).map(|i| base + 16 * i).collect();
         for round in 0..2 {
             for (i, &key) in keys.iter().enumerate() {
-                register(key, 4096, i + round);
+                register(key, UNIT, (i + round + 1) * UNIT);
             }
             assert!(SPILLED.load(Relaxed));
             for (i, &key) in keys.iter().enumerate() {
-                assert_eq!(guard_at(key), Some((4096, i + round)), "{key:#x}");
+                assert_eq!(
+                    guard_at(key),
+                    Some((UNIT, (i + round + 1) * UNIT)),
+                    "{key:#x}"
+                );
             }
             for &key in &keys {
                 unregister(key);
@@ -332,7 +356,7 @@ mod tests {
         // A window's worth of other keys in the guard's block fill its first window.
         let fillers: Vec<usize> = (1..=PROBE_LIMIT).map(|i| base + 16 * i).collect();
         for &key in &fillers {
-            register(key, 16, 1);
+            register(key, UNIT, UNIT);
         }
         register(base, page, 123 * page);
         assert_eq!(guard_at(base), Some((page, 123 * page)));
@@ -340,6 +364,22 @@ mod tests {
         unregister(base);
         assert_eq!(lookup(base + page / 2), None);
         fillers.iter().for_each(|&key| unregister(key));
+    }
+
+    /// A slot's two sizes survive packing, from the smallest guard to the largest stack, and
+    /// sizes that are not whole units or do not fit are refused.
+    #[test]
+    fn sizes_pack_into_one_word() {
+        for (guard, stack) in [
+            (UNIT, UNIT),
+            (4 * UNIT, 64 << 10),
+            (255 * UNIT, crate::stack::MAX_STACK_SIZE),
+        ] {
+            assert_eq!(pack(guard, stack).map(unpack), Some((guard, stack)));
+        }
+        assert_eq!(pack(256 * UNIT, UNIT), None);
+        assert_eq!(pack(UNIT, UNIT + 1), None);
+        assert_eq!(pack(UNIT / 2, UNIT), None);
     }
 
     /// Home slots: linear in the block number inside a span, distinct for distinct blocks.
