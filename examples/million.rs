@@ -23,6 +23,11 @@
 //!   (`create / first touch` is the ratio to it); then the whole mapping
 //!   unmapped in one call (`unmap each`: the least that giving the pages
 //!   back costs);
+//! - **guard install** (Linux with `MADV_GUARD_INSTALL`): the guard pages
+//!   of the same strides installed as the stacks' are, one
+//!   `process_madvise` call per 1,024 of them: the kernel's cost per range,
+//!   which a new stack pays on top of its first touch
+//!   (`create / (touch + guard)` is the ratio to the two together);
 //! - **pooled drop**: a suspended coroutine dropped with its stack going
 //!   back to the pool (no system call): the unwind alone, without the
 //!   unmapping that the drop of a million pays beyond the pool.
@@ -62,6 +67,10 @@ pub struct Report {
     pub unmap: Duration,
     /// Time per drop of a suspended coroutine whose stack is pooled.
     pub pooled_drop: Duration,
+    /// The floor of the guards: time per stride to install its guard
+    /// pages, batched as the stacks' are (`None` where the kernel has no
+    /// `MADV_GUARD_INSTALL` or `process_madvise` refuses it).
+    pub guard_install: Option<Duration>,
 }
 
 /// A value from /proc/self/status, in kB.
@@ -134,6 +143,64 @@ fn first_touch(count: usize) -> (Duration, Option<f64>, Duration) {
     (per(touch), faults, per(unmap))
 }
 
+/// The guard floor: mappings of 1,024 strides each (as [`first_touch`]'s),
+/// the four guard pages at the bottom of each stride installed with one
+/// `process_madvise(MADV_GUARD_INSTALL)` call per mapping, as the stacks'
+/// reservations are; `count` strides in all. Time per stride, or `None`
+/// where the call is refused (kernels before 6.13, or 6.15 for the
+/// `PIDFD_SELF` it takes).
+#[cfg(target_os = "linux")]
+fn guard_install(count: usize) -> Option<Duration> {
+    const CHUNK: usize = 1024;
+    /// `MADV_GUARD_INSTALL` (Linux 6.13) and `PIDFD_SELF` (6.15).
+    const MADV_GUARD_INSTALL: libc::c_int = 102;
+    const PIDFD_SELF: libc::c_int = -10000;
+    let page = 4096usize.max(page_size());
+    let (stride, guard) = (STACK_SIZE + 4 * page, 4 * page);
+    let mut install = Duration::ZERO;
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let mut map = memmap2::MmapOptions::new()
+            .len(n * stride)
+            .no_reserve_swap()
+            .map_anon()
+            .unwrap_or_else(|e| panic!("the probe's mapping: {e}"));
+        let base = map.as_mut_ptr();
+        let ranges: Vec<libc::iovec> = (0..n)
+            .map(|i| libc::iovec {
+                // SAFETY: stride i starts inside the mapping.
+                iov_base: unsafe { base.add(i * stride) }.cast(),
+                iov_len: guard,
+            })
+            .collect();
+        let start = Instant::now();
+        // SAFETY: every range is the bottom of a stride of our own
+        // mapping, which nothing uses; the call only reads the vector.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                PIDFD_SELF,
+                ranges.as_ptr(),
+                ranges.len(),
+                MADV_GUARD_INSTALL,
+                0,
+            )
+        };
+        install += start.elapsed();
+        if usize::try_from(done) != Ok(n * guard) {
+            return None;
+        }
+    }
+    Some(install / count.max(1) as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn guard_install(_: usize) -> Option<Duration> {
+    None
+}
+
 /// The system's page size (4 KiB where it cannot be asked).
 fn page_size() -> usize {
     #[cfg(unix)]
@@ -172,6 +239,7 @@ fn pooled_drops(count: usize) -> Duration {
 pub fn run(count: usize) -> Report {
     corostack::stack::trim_pool();
     let (first_touch, first_touch_faults, unmap) = first_touch(count);
+    let guard_install = guard_install(count);
     let rss_before = status_kb("VmRSS:");
     let faults_start = minor_faults();
     let mut cos: Vec<Coroutine<(), u32, ()>> = Vec::with_capacity(count);
@@ -227,6 +295,7 @@ pub fn run(count: usize) -> Report {
         first_touch_faults,
         unmap,
         pooled_drop,
+        guard_install,
     }
 }
 
@@ -279,10 +348,20 @@ fn main() {
         r.unmap
     );
     println!("pooled drop (unwind):   {:?} per coroutine", r.pooled_drop);
+    println!(
+        "guard install (floor):  {} per stack, one process_madvise per 1,024",
+        r.guard_install.map_or("-".into(), |g| format!("{g:?}"))
+    );
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-12);
     println!(
         "create / first touch:   {:.2}",
         ratio(r.create, r.first_touch)
     );
+    if let Some(guard) = r.guard_install {
+        println!(
+            "create / (touch+guard): {:.2}",
+            ratio(r.create, r.first_touch + guard)
+        );
+    }
     println!("drop / create:          {:.2}", ratio(r.drop, r.create));
 }

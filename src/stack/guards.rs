@@ -5,14 +5,39 @@
 //! `maybe_grow`/`remaining_stack`, which find the coroutine stack they run
 //! on from the stack pointer. A fixed-capacity, lock-free hash table, so
 //! that a lookup is async-signal-safe.
+//!
+//! A guard's slot is found from its address's [`GRAIN`]-sized block number,
+//! kept linear: stacks mapped next to each other (carved one stride apart
+//! from a reservation, or placed one below the other by the kernel) go to
+//! neighbouring slots, so that a registration finds the table's line and
+//! page already in the cache and TLB, and a thousand stacks write a few
+//! pages of the table rather than one page each. A region that registers
+//! a guard is at least a grain long (its guard alone is four pages), so
+//! distinct live guards have distinct blocks: inside one span of
+//! `CAPACITY` grains (64 GiB on 64-bit targets, the whole address space on
+//! 32-bit ones) their home slots never collide. Spans further apart are
+//! rotated by a multiplicative hash of the span number, so that they do
+//! not pile onto the same slots. A key whose window of [`PROBE_LIMIT`]
+//! slots is full anyway (aliasing spans, or keys closer than a grain, which
+//! only tests make) goes to a second window at a scattered (Fibonacci)
+//! hash of its page, where neighbours do not crowd it; lookups search that second
+//! window only once some key has been put there ([`SPILLED`]).
 
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
 
+/// log2 of the number of slots.
+const CAPACITY_BITS: u32 = 22;
 /// Slots in the table: room for 2^21 stacks at a load factor of one half. The table is mapped
 /// so that only the pages of slots ever written cost memory (`os::map_table`).
-const CAPACITY: usize = 1 << 22;
-/// How many consecutive slots a key may be away from its hash slot.
+const CAPACITY: usize = 1 << CAPACITY_BITS;
+/// log2 of [`GRAIN`].
+const GRAIN_BITS: u32 = 14;
+/// The granularity of the home slots: 16 KiB, no more than any region that registers a guard
+/// (`GUARD_PAGES`, four pages of at least 4 KiB, plus a usable page at least), so that two
+/// live guards never share a block.
+const GRAIN: usize = 1 << GRAIN_BITS;
+/// How many consecutive slots a key may be away from its hash slot, in each of its two windows.
 const PROBE_LIMIT: usize = 64;
 /// The handler finds a guard from a fault at most this many pages above the guard's lowest page.
 /// Faults deeper inside a longer guard are passed on as unknown faults.
@@ -24,15 +49,45 @@ const EMPTY: usize = 0;
 const TOMBSTONE: usize = 1;
 /// Key of a slot being filled in by [`register`]; lookups skip it.
 const BUSY: usize = 2;
+/// The Fibonacci multiplier (2^64 over the golden ratio).
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// One registered guard. All-zero bytes (as `mmap` gives them) are an empty slot.
+/// Whether any key was ever registered in its second window ([`scattered`]); until then a
+/// lookup that misses its first window is done. Set before that key is published, never
+/// cleared.
+static SPILLED: AtomicBool = AtomicBool::new(false);
+
+/// The unit of the sizes a slot keeps: 4 KiB, which every page size is a multiple of.
+const UNIT: usize = 4096;
+/// Low bits of a slot's `sizes` that hold the guard's length in units (the rest hold the stack's).
+const GUARD_BITS: u32 = 8;
+
+/// One registered guard, in two words (so that a 4 KiB page of the table holds 256 of them
+/// on 64-bit targets). All-zero bytes (as `mmap` gives them) are an empty slot.
 struct Slot {
     /// Lowest address of the guard, or [`EMPTY`], [`TOMBSTONE`] or [`BUSY`].
     key: AtomicUsize,
-    /// Usable size of the stack above the guard, for the message.
-    stack_size: AtomicUsize,
-    /// Length of the guard in bytes.
-    guard_len: AtomicUsize,
+    /// The guard's length and the usable size of the stack above it, in [`UNIT`]s ([`pack`]).
+    sizes: AtomicUsize,
+}
+
+/// `guard_len` and `stack_size` (whole [`UNIT`]s, as pages are) in one word: the guard's
+/// units in the low [`GUARD_BITS`] bits, the stack's above them; `None` if they do not fit
+/// (a guard of 256 units or more, or on 32-bit targets a stack of 64 GiB or more, neither of
+/// which `DefaultStack` makes).
+fn pack(guard_len: usize, stack_size: usize) -> Option<usize> {
+    let (guard, stack) = (guard_len / UNIT, stack_size / UNIT);
+    let whole = guard_len.is_multiple_of(UNIT) && stack_size.is_multiple_of(UNIT);
+    (whole && guard < 1 << GUARD_BITS && stack <= usize::MAX >> GUARD_BITS)
+        .then_some((stack << GUARD_BITS) | guard)
+}
+
+/// The guard's length and the stack's size in bytes, from [`pack`]'s word.
+fn unpack(sizes: usize) -> (usize, usize) {
+    (
+        (sizes & ((1 << GUARD_BITS) - 1)) * UNIT,
+        (sizes >> GUARD_BITS) * UNIT,
+    )
 }
 
 /// The table of [`CAPACITY`] slots, mapped on the first [`register`]; null until then.
@@ -45,20 +100,54 @@ fn table() -> Option<&'static [Slot]> {
     (!base.is_null()).then(|| unsafe { std::slice::from_raw_parts(base, CAPACITY) })
 }
 
-/// The slots where the key `guard_lo` may be, in probe order.
+/// The first slot of `guard_lo`'s first window: its block number, rotated by a hash of the
+/// span of [`CAPACITY`] blocks it lies in (no rotation for the lowest span, all of a 32-bit
+/// address space).
+fn home(guard_lo: usize) -> usize {
+    let block = guard_lo / GRAIN;
+    // The span number is below 2^(64 - 14 - 22); a usize shift by 22 is defined everywhere.
+    let span = (block >> CAPACITY_BITS) as u64;
+    let rotation = (span.wrapping_mul(FIBONACCI) >> (64 - CAPACITY_BITS)) as usize;
+    block.wrapping_add(rotation) & (CAPACITY - 1)
+}
+
+/// The first slot of `guard_lo`'s second window: a Fibonacci hash of its page number, which
+/// scatters neighbouring keys.
+fn scattered(guard_lo: usize) -> usize {
+    ((guard_lo as u64 >> 12).wrapping_mul(FIBONACCI) >> (64 - CAPACITY_BITS)) as usize
+}
+
+/// The [`PROBE_LIMIT`] slots of the window that starts at slot `start`, in probe order.
+fn window(table: &[Slot], start: usize) -> impl Iterator<Item = &Slot> {
+    (0..PROBE_LIMIT).map(move |i| &table[(start + i) & (CAPACITY - 1)])
+}
+
+/// The slots where the key `guard_lo` may be, in probe order: its first window, then its
+/// second one if any key was ever put in a second window. A key is in its second window only
+/// if its first was full when it was registered (no [`EMPTY`] slot in it, and slots never
+/// become empty again), so a search that meets an empty slot may stop there.
 fn probe(table: &[Slot], guard_lo: usize) -> impl Iterator<Item = &Slot> {
-    let bits = CAPACITY.trailing_zeros();
-    let hash =
-        ((guard_lo as u64 >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
-    (0..PROBE_LIMIT).map(move |i| &table[(hash + i) & (CAPACITY - 1)])
+    let second = SPILLED
+        .load(Acquire)
+        .then(|| window(table, scattered(guard_lo)));
+    window(table, home(guard_lo)).chain(second.into_iter().flatten())
 }
 
 /// Records a stack's guard so that a fault inside it is reported as an overflow.
 /// `guard_lo` is page aligned, `guard_len` its length in bytes, `stack_size` the usable size
-/// reported in the message. If the table cannot be mapped or the guard's probe sequence is full,
-/// the guard is silently not registered, and a fault in it is passed on like any other.
+/// reported in the message (both whole pages). If the table cannot be mapped, the sizes do not
+/// fit a slot ([`pack`]) or the guard's probe sequence is full,
+/// the guard is silently not registered, and a fault in it is passed on like any other (both
+/// windows full takes more than 64 live keys on a slot's neighbourhood, twice over).
 pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
     debug_assert!(guard_lo > BUSY && guard_len > 0);
+    let Some(sizes) = pack(guard_len, stack_size) else {
+        debug_assert!(
+            false,
+            "guard sizes not whole pages: {guard_len} {stack_size}"
+        );
+        return;
+    };
     let table = match table() {
         Some(table) => table,
         None => {
@@ -77,20 +166,34 @@ pub(crate) fn register(guard_lo: usize, guard_len: usize, stack_size: usize) {
             table().expect("the table was just published")
         }
     };
-    for slot in probe(table, guard_lo) {
-        let key = slot.key.load(Relaxed);
-        if (key == EMPTY || key == TOMBSTONE)
-            && slot
+    if !claim(window(table, home(guard_lo)), guard_lo, sizes) {
+        // The first window is full: lookups must search second windows from now on, before
+        // this key can be found there.
+        SPILLED.store(true, Release);
+        claim(window(table, scattered(guard_lo)), guard_lo, sizes);
+    }
+}
+
+/// Puts the guard in the first free slot of `window`; `false` if it has none.
+fn claim<'a>(window: impl Iterator<Item = &'a Slot>, guard_lo: usize, sizes: usize) -> bool {
+    for slot in window {
+        // A compare-and-swap from EMPTY first, not a load: on a page of the table never written
+        // a load maps the shared zero page, and the write then faults a second time to copy it.
+        let claimed = match slot.key.compare_exchange(EMPTY, BUSY, Acquire, Relaxed) {
+            Ok(_) => true,
+            Err(TOMBSTONE) => slot
                 .key
-                .compare_exchange(key, BUSY, Acquire, Relaxed)
-                .is_ok()
-        {
-            slot.stack_size.store(stack_size, Relaxed);
-            slot.guard_len.store(guard_len, Relaxed);
-            slot.key.store(guard_lo, Release); // publishes the two stores above to the handler
-            return;
+                .compare_exchange(TOMBSTONE, BUSY, Acquire, Relaxed)
+                .is_ok(),
+            Err(_) => false,
+        };
+        if claimed {
+            slot.sizes.store(sizes, Relaxed);
+            slot.key.store(guard_lo, Release); // publishes the store above to the handler
+            return true;
         }
     }
+    false
 }
 
 /// Forgets the guard registered at `guard_lo` (called before the stack is unmapped).
@@ -114,10 +217,10 @@ pub(crate) fn guard_at(guard_lo: usize) -> Option<(usize, usize)> {
         match slot.key.load(Acquire) {
             EMPTY => return None,
             key if key == guard_lo => {
-                let found = (slot.guard_len.load(Relaxed), slot.stack_size.load(Relaxed));
+                let found = unpack(slot.sizes.load(Relaxed));
                 // A slot unregistered and reused meanwhile no longer holds our key: seeing the
-                // key again after the two loads (ordered by the fence) means they read a pair
-                // that belongs to it.
+                // key again after the load (ordered by the fence) means it read sizes that
+                // belong to it.
                 std::sync::atomic::fence(Acquire);
                 return (slot.key.load(Relaxed) == guard_lo).then_some(found);
             }
@@ -139,12 +242,152 @@ pub(crate) fn lookup(addr: usize) -> Option<usize> {
         for slot in probe(table, guard_lo) {
             match slot.key.load(Acquire) {
                 EMPTY => break,
-                key if key == guard_lo && addr - key < slot.guard_len.load(Relaxed) => {
-                    return Some(slot.stack_size.load(Relaxed));
+                key if key == guard_lo => {
+                    let (guard_len, stack_size) = unpack(slot.sizes.load(Relaxed));
+                    if addr - key < guard_len {
+                        return Some(stack_size);
+                    }
                 }
                 _ => {}
             }
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::mapping::{GUARD_PAGES, Mapping};
+    use crate::stack::os::page_size;
+
+    /// Address space of our own (mapped, never touched), so that the keys below are nobody
+    /// else's.
+    fn reserve(len: usize) -> memmap2::MmapMut {
+        memmap2::MmapOptions::new().len(len).map_anon().unwrap()
+    }
+
+    /// Stacks carved top-down one stride apart, as from a reservation, have home slots one
+    /// stride's worth of grains apart (neighbours in the table), and all register and are
+    /// found.
+    #[test]
+    fn neighbouring_stacks_take_neighbouring_slots() {
+        let page = page_size();
+        let (guard, usable) = (GUARD_PAGES * page, 64 << 10);
+        let stride = guard + usable;
+        let map = reserve(512 * stride + GRAIN);
+        let base = (map.as_ptr() as usize).next_multiple_of(GRAIN);
+        let keys: Vec<usize> = (0..512).rev().map(|i| base + i * stride).collect();
+        for &key in &keys {
+            register(key, guard, usable);
+        }
+        for pair in keys.windows(2) {
+            let step = home(pair[0]).wrapping_sub(home(pair[1])) & (CAPACITY - 1);
+            assert_eq!(step, stride / GRAIN, "not neighbours: {pair:x?}");
+        }
+        for &key in &keys {
+            assert_eq!(guard_at(key), Some((guard, usable)), "{key:#x}");
+            // A page inside a stack is no key.
+            assert_eq!(guard_at(key + page), None);
+        }
+        for &key in &keys {
+            unregister(key);
+        }
+        assert!(keys.iter().all(|&key| guard_at(key).is_none()));
+    }
+
+    /// Stacks of mixed sizes, mapped as `DefaultStack`s are (from reservations, restarted at
+    /// each change of size, or alone), all register and are found until unmapped.
+    #[test]
+    fn mixed_sizes_all_register_and_are_found() {
+        let page = page_size();
+        let sizes = [page, 2 * page, 16 << 10, 64 << 10, 1 << 20, 3 * page];
+        let maps: Vec<Mapping> = (0..300)
+            .map(|i| Mapping::new(sizes[i % sizes.len()].next_multiple_of(page), page).unwrap())
+            .collect();
+        let guard = GUARD_PAGES * page;
+        let found = |m: &Mapping| guard_at(m.limit() - guard) == Some((guard, m.size()));
+        assert!(maps.iter().all(found));
+        let keys: Vec<usize> = maps.iter().map(|m| m.limit() - guard).collect();
+        Mapping::unmap_all(maps);
+        // Unless another test mapped a stack there meanwhile, none of them is registered.
+        let gone = keys.iter().filter(|&&k| guard_at(k).is_none()).count();
+        assert!(gone > 0);
+    }
+
+    /// Keys closer than a grain share their home slot: past [`PROBE_LIMIT`] of them the first
+    /// window is full, and the rest go to their second windows, where they are found (and
+    /// unregistered, and registered again into the tombstones).
+    #[test]
+    fn a_full_window_spills_into_the_second() {
+        let map = reserve(2 * GRAIN);
+        let base = (map.as_ptr() as usize).next_multiple_of(GRAIN);
+        // A window and a half's worth of keys in one grain (16-byte steps: keys need not be
+        // pages), all with one first window and one second window: room for all of them with
+        // some to spare for keys of other tests that may share those windows meanwhile.
+        let keys: Vec<usize> = (0..PROBE_LIMIT * 3 / 2).map(|i| base + 16 * i).collect();
+        for round in 0..2 {
+            for (i, &key) in keys.iter().enumerate() {
+                register(key, UNIT, (i + round + 1) * UNIT);
+            }
+            assert!(SPILLED.load(Relaxed));
+            for (i, &key) in keys.iter().enumerate() {
+                assert_eq!(
+                    guard_at(key),
+                    Some((UNIT, (i + round + 1) * UNIT)),
+                    "{key:#x}"
+                );
+            }
+            for &key in &keys {
+                unregister(key);
+            }
+            assert!(keys.iter().all(|&key| guard_at(key).is_none()));
+        }
+    }
+
+    /// A guard whose first window is full is found in its second window by the overflow
+    /// handler's lookup from a fault address inside it, as well as by `guard_at`.
+    #[cfg(feature = "overflow-handler")]
+    #[test]
+    fn a_spilled_guard_is_found_from_a_fault_address() {
+        let page = page_size();
+        let map = reserve(2 * GRAIN.max(page));
+        let base = (map.as_ptr() as usize).next_multiple_of(GRAIN.max(page));
+        // A window's worth of other keys in the guard's block fill its first window.
+        let fillers: Vec<usize> = (1..=PROBE_LIMIT).map(|i| base + 16 * i).collect();
+        for &key in &fillers {
+            register(key, UNIT, UNIT);
+        }
+        register(base, page, 123 * page);
+        assert_eq!(guard_at(base), Some((page, 123 * page)));
+        assert_eq!(lookup(base + page / 2), Some(123 * page));
+        unregister(base);
+        assert_eq!(lookup(base + page / 2), None);
+        fillers.iter().for_each(|&key| unregister(key));
+    }
+
+    /// A slot's two sizes survive packing, from the smallest guard to the largest stack, and
+    /// sizes that are not whole units or do not fit are refused.
+    #[test]
+    fn sizes_pack_into_one_word() {
+        for (guard, stack) in [
+            (UNIT, UNIT),
+            (4 * UNIT, 64 << 10),
+            (255 * UNIT, crate::stack::MAX_STACK_SIZE),
+        ] {
+            assert_eq!(pack(guard, stack).map(unpack), Some((guard, stack)));
+        }
+        assert_eq!(pack(256 * UNIT, UNIT), None);
+        assert_eq!(pack(UNIT, UNIT + 1), None);
+        assert_eq!(pack(UNIT / 2, UNIT), None);
+    }
+
+    /// Home slots: linear in the block number inside a span, distinct for distinct blocks.
+    #[test]
+    fn home_slots_are_linear_in_a_span() {
+        let base = 0x0700_0000;
+        assert_eq!(home(base + GRAIN), (home(base) + 1) & (CAPACITY - 1));
+        assert_eq!(home(base + GRAIN - 1), home(base));
+        assert_ne!(home(base + 5 * GRAIN), home(base + 4 * GRAIN));
+    }
 }

@@ -631,23 +631,26 @@ mod tests {
         let guard = |i: usize| base + i * 8 * page;
         let len = |i: usize| (1 + i % 3) * page;
         for i in 0..n {
-            register(guard(i), len(i), 1000 + i);
+            register(guard(i), len(i), (1000 + i) * page);
         }
         for i in 0..n {
-            assert_eq!(lookup(guard(i)), Some(1000 + i));
-            assert_eq!(lookup(guard(i) + len(i) - 1), Some(1000 + i));
+            assert_eq!(lookup(guard(i)), Some((1000 + i) * page));
+            assert_eq!(lookup(guard(i) + len(i) - 1), Some((1000 + i) * page));
             assert_eq!(lookup(guard(i) + len(i)), None);
             assert_eq!(lookup(guard(i) - 1), None);
         }
         (0..n).step_by(2).for_each(|i| unregister(guard(i)));
         for i in 0..n {
-            assert_eq!(lookup(guard(i) + 8), (i % 2 == 1).then_some(1000 + i));
+            assert_eq!(
+                lookup(guard(i) + 8),
+                (i % 2 == 1).then_some((1000 + i) * page)
+            );
         }
         (0..n)
             .step_by(2)
-            .for_each(|i| register(guard(i), len(i), 5000 + i));
+            .for_each(|i| register(guard(i), len(i), (5000 + i) * page));
         for i in 0..n {
-            let size = if i % 2 == 0 { 5000 + i } else { 1000 + i };
+            let size = if i % 2 == 0 { 5000 + i } else { 1000 + i } * page;
             assert_eq!(lookup(guard(i) + len(i) / 2), Some(size));
             unregister(guard(i));
             assert_eq!(lookup(guard(i) + len(i) / 2), None);
