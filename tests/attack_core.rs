@@ -6,6 +6,7 @@
 //! sections are attacks that broke it when they were written (each fixed
 //! since: the section says how); the rest are attacks it withstood. Crashing cases run in a child process (see `child_test!`).
 
+#[macro_use]
 mod util;
 
 use std::cell::{Cell, RefCell};
@@ -25,30 +26,6 @@ use corostack::{
     remaining_stack,
 };
 use util::DropCounter;
-
-/// Runs `$body` in a child process (this test binary again, running only
-/// this test) and asserts that it finished normally: no crash, no abort.
-macro_rules! child_test {
-    ($(#[$m:meta])* $name:ident, $body:block) => {
-        $(#[$m])*
-        #[test]
-        fn $name() {
-            if util::child_role().as_deref() == Some(stringify!($name)) {
-                $body;
-                println!("CHILD-FINISHED");
-                return;
-            }
-            let out = util::run_child(stringify!($name), stringify!($name));
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success() && stdout.contains("CHILD-FINISHED"),
-                "the child did not finish normally: {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-                out.status
-            );
-        }
-    };
-}
 
 fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))

@@ -8,6 +8,7 @@
 //! Each test names the wrong implementation it catches. Crashing cases run
 //! in a child process (see `child_test!`).
 
+#[macro_use]
 mod util;
 
 use std::cell::RefCell;
@@ -18,30 +19,6 @@ use std::thread;
 
 use corostack::stack::{MIN_STACK_SIZE, raise_pool_capacity, set_pool_capacity, trim_pool};
 use corostack::{Coroutine, DefaultStack, Stack, Yielder};
-
-/// Runs `$body` in a child process (this test binary again, running only
-/// this test) and asserts that it finished normally: no crash, no abort.
-macro_rules! child_test {
-    ($(#[$m:meta])* $name:ident, $body:block) => {
-        $(#[$m])*
-        #[test]
-        fn $name() {
-            if util::child_role().as_deref() == Some(stringify!($name)) {
-                $body;
-                println!("CHILD-FINISHED");
-                return;
-            }
-            let out = util::run_child(stringify!($name), stringify!($name));
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success() && stdout.contains("CHILD-FINISHED"),
-                "the child did not finish normally: {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-                out.status
-            );
-        }
-    };
-}
 
 fn page() -> usize {
     // SAFETY: sysconf has no preconditions.

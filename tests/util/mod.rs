@@ -144,3 +144,28 @@ impl Drop for ReadOnDrop<'_> {
         self.1.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+/// Runs `$body` in a child process (this test binary again, running only
+/// this test) and asserts that it finished normally: no crash, no abort.
+#[allow(unused_macros)] // used by some of the test crates that include this module
+macro_rules! child_test {
+    ($(#[$m:meta])* $name:ident, $body:block) => {
+        $(#[$m])*
+        #[test]
+        fn $name() {
+            if util::child_role().as_deref() == Some(stringify!($name)) {
+                $body;
+                println!("CHILD-FINISHED");
+                return;
+            }
+            let out = util::run_child(stringify!($name), stringify!($name));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("CHILD-FINISHED"),
+                "the child did not finish normally: {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+                out.status
+            );
+        }
+    };
+}
