@@ -68,25 +68,6 @@ pub(crate) fn place_closure<S: Stack, F>(
     copied: (usize, usize),
     entry: arch::EntryFn,
 ) -> (usize, usize) {
-    // SAFETY: 0 promises nothing.
-    unsafe { place_closure_known(stack, f, copied, entry, 0) }
-}
-
-/// [`place_closure`] on a stack of at least `known` usable bytes: where the
-/// closure's needs fit in `known` (a comparison of constants once inlined,
-/// as in `Coroutine::new`, whose stack has the default size), the stack's
-/// bounds are not checked at run time.
-///
-/// # Safety
-/// `stack.top() - stack.limit() >= known`.
-#[inline(always)]
-pub(crate) unsafe fn place_closure_known<S: Stack, F>(
-    stack: &S,
-    f: F,
-    copied: (usize, usize),
-    entry: arch::EntryFn,
-    known: usize,
-) -> (usize, usize) {
     let (top, limit) = (stack.top(), stack.limit());
     let align = mem::align_of::<F>().max(arch::STACK_ALIGNMENT);
     let size = mem::size_of::<F>();
@@ -94,22 +75,14 @@ pub(crate) unsafe fn place_closure_known<S: Stack, F>(
     let below = (copy_size + copy_align)
         .checked_mul(COPIES)
         .and_then(|copies| copies.checked_add(arch::INIT_FRAME_SIZE + ENTRY_RESERVE));
-    // The most the closure, its alignment's padding and what lies below
-    // it take: when that fits in `known` bytes, it fits in the stack.
-    let most = below.and_then(|below| below.checked_add(size + (align - 1)));
-    let closure = if most.is_some_and(|most| most <= known) {
-        debug_assert!(top - limit >= known);
-        // `top - limit >= known >= size`: no overflow.
-        Some((top - size) & !(align - 1))
-    } else {
-        top.checked_sub(size)
-            .map(|a| a & !(align - 1))
-            .filter(|&a| {
-                below
-                    .and_then(|below| a.checked_sub(below))
-                    .is_some_and(|low| low >= limit)
-            })
-    };
+    let closure = top
+        .checked_sub(size)
+        .map(|a| a & !(align - 1))
+        .filter(|&a| {
+            below
+                .and_then(|below| a.checked_sub(below))
+                .is_some_and(|low| low >= limit)
+        });
     let Some(closure) = closure else {
         closure_too_large(top.saturating_sub(limit), copy_size);
     };

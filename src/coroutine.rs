@@ -578,11 +578,7 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
         Input: 'static,
         Yield: 'static,
     {
-        // SAFETY: the closure, the inputs and the yields are 'static; a
-        // default stack has DEFAULT_STACK_SIZE usable bytes.
-        unsafe {
-            Self::with_stack_known(DefaultStack::default(), f, crate::stack::DEFAULT_STACK_SIZE)
-        }
+        Self::with_stack(DefaultStack::default(), f)
     }
 
     /// [`new`](Coroutine::new) for code that must not panic when memory
@@ -613,10 +609,8 @@ impl<Input, Yield, Return> Coroutine<Input, Yield, Return, DefaultStack> {
         Input: 'static,
         Yield: 'static,
     {
-        let size = crate::stack::DEFAULT_STACK_SIZE;
-        let stack = DefaultStack::new(size)?;
-        // SAFETY: as in `new`: `stack` has `size` usable bytes.
-        Ok(unsafe { Self::with_stack_known(stack, f, size) })
+        let stack = DefaultStack::new(crate::stack::DEFAULT_STACK_SIZE)?;
+        Ok(Self::with_stack(stack, f))
     }
 }
 
@@ -671,23 +665,6 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return,
     {
-        // SAFETY: as the caller promises; 0 promises nothing of the stack.
-        unsafe { Self::with_stack_known(stack, f, 0) }
-    }
-
-    /// [`with_stack_unchecked`](Coroutine::with_stack_unchecked) on a stack
-    /// of at least `known` usable bytes, whose bounds need no check at run
-    /// time when the closure fits in that (see
-    /// `context::place_closure_known`).
-    ///
-    /// # Safety
-    /// As `with_stack_unchecked`, and `stack.top() - stack.limit() >=
-    /// known`.
-    #[inline]
-    unsafe fn with_stack_known<F>(stack: S, f: F, known: usize) -> Self
-    where
-        F: FnOnce(&Yielder<Input, Yield>, Input) -> Return,
-    {
         #[cfg(feature = "std")]
         crate::stack::install_overflow_handler();
         let fiber = Fiber::create();
@@ -697,16 +674,8 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             f,
         };
         let copied = (mem::size_of::<F>(), mem::align_of::<F>());
-        // SAFETY: the caller promises `known` usable bytes.
-        let (closure, sp) = unsafe {
-            context::place_closure_known(
-                &stack,
-                start,
-                copied,
-                entry::<Input, Yield, Return, F>,
-                known,
-            )
-        };
+        let (closure, sp) =
+            context::place_closure(&stack, start, copied, entry::<Input, Yield, Return, F>);
         let link = link_word(closure);
         // SAFETY: the link word lies inside the frame init_stack just wrote.
         unsafe { link.write(sp) };
@@ -1068,7 +1037,6 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 }
 
 impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
-    #[inline]
     fn drop(&mut self) {
         if !CAN_UNWIND && self.started() && !self.done() {
             // Nothing can unwind the stack: leak it rather than free memory
