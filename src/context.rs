@@ -61,7 +61,6 @@ pub(crate) const COPIES: usize = 3;
 ///
 /// [`MIN_STACK_SIZE`]: crate::stack::MIN_STACK_SIZE
 #[inline(always)]
-#[cfg_attr(not(feature = "std"), allow(dead_code))] // only greenlets call it directly
 pub(crate) fn place_closure<S: Stack, F>(
     stack: &S,
     f: F,
