@@ -7,6 +7,12 @@
 //!
 //! Each test names the wrong implementation it catches. Crashing cases run
 //! in a child process (see `child_test!`).
+//!
+//! Unix only: the reservations, the batched `munmap` and the pool's
+//! give-back they attack are the Unix stack code's (Windows reserves each
+//! stack with `VirtualAlloc`), and the harness observes with `fork`,
+//! `setrlimit`, `mlockall` and `getrusage`.
+#![cfg(unix)]
 
 #[macro_use]
 mod util;
