@@ -110,21 +110,9 @@ fn per_item(before: Option<u64>, after: Option<u64>, count: usize) -> Option<f64
 /// Returns the time per page of the touches, the faults per page, and the
 /// time per page of the unmapping.
 fn first_touch(count: usize) -> (Duration, Option<f64>, Duration) {
-    const CHUNK: usize = 1024;
-    // The stride of a DefaultStack of STACK_SIZE: its four guard pages of
-    // 4 KiB (or the page size, if larger) and the stack.
-    let page = 4096usize.max(page_size());
-    let stride = STACK_SIZE + 4 * page;
+    let (stride, page) = probe_stride();
     let (mut touch, mut unmap, mut faults) = (Duration::ZERO, Duration::ZERO, Some(0));
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        left -= n;
-        let mut map = memmap2::MmapOptions::new()
-            .len(n * stride)
-            .no_reserve_swap()
-            .map_anon()
-            .unwrap_or_else(|e| panic!("the probe's mapping: {e}"));
+    for_each_probe_chunk(count, |mut map, n| {
         let base = map.as_mut_ptr();
         let before = minor_faults();
         let start = Instant::now();
@@ -137,7 +125,8 @@ fn first_touch(count: usize) -> (Duration, Option<f64>, Duration) {
         let start = Instant::now();
         drop(map);
         unmap += start.elapsed();
-    }
+        true
+    });
     let per = |d: Duration| d / count.max(1) as u32;
     let faults = faults.map(|f| f as f64 / count.max(1) as f64);
     (per(touch), faults, per(unmap))
@@ -151,22 +140,13 @@ fn first_touch(count: usize) -> (Duration, Option<f64>, Duration) {
 /// `PIDFD_SELF` it takes).
 #[cfg(target_os = "linux")]
 fn guard_install(count: usize) -> Option<Duration> {
-    const CHUNK: usize = 1024;
     /// `MADV_GUARD_INSTALL` (Linux 6.13) and `PIDFD_SELF` (6.15).
     const MADV_GUARD_INSTALL: libc::c_int = 102;
     const PIDFD_SELF: libc::c_int = -10000;
-    let page = 4096usize.max(page_size());
-    let (stride, guard) = (STACK_SIZE + 4 * page, 4 * page);
+    let (stride, page) = probe_stride();
+    let guard = 4 * page;
     let mut install = Duration::ZERO;
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        left -= n;
-        let mut map = memmap2::MmapOptions::new()
-            .len(n * stride)
-            .no_reserve_swap()
-            .map_anon()
-            .unwrap_or_else(|e| panic!("the probe's mapping: {e}"));
+    let all = for_each_probe_chunk(count, |mut map, n| {
         let base = map.as_mut_ptr();
         let ranges: Vec<libc::iovec> = (0..n)
             .map(|i| libc::iovec {
@@ -189,11 +169,41 @@ fn guard_install(count: usize) -> Option<Duration> {
             )
         };
         install += start.elapsed();
-        if usize::try_from(done) != Ok(n * guard) {
-            return None;
+        usize::try_from(done) == Ok(n * guard)
+    });
+    all.then(|| install / count.max(1) as u32)
+}
+
+/// The stride of a DefaultStack of STACK_SIZE (its four guard pages of
+/// 4 KiB, or the page size if larger, and the stack) and that page size.
+fn probe_stride() -> (usize, usize) {
+    let page = 4096usize.max(page_size());
+    (STACK_SIZE + 4 * page, page)
+}
+
+/// Maps `count` fresh strides for the probes in mappings of at most 1,024
+/// strides each, and hands each mapping and its stride count to `each`;
+/// stops, returning false, when `each` does.
+fn for_each_probe_chunk(
+    count: usize,
+    mut each: impl FnMut(memmap2::MmapMut, usize) -> bool,
+) -> bool {
+    const CHUNK: usize = 1024;
+    let stride = probe_stride().0;
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let map = memmap2::MmapOptions::new()
+            .len(n * stride)
+            .no_reserve_swap()
+            .map_anon()
+            .unwrap_or_else(|e| panic!("the probe's mapping: {e}"));
+        if !each(map, n) {
+            return false;
         }
     }
-    Some(install / count.max(1) as u32)
+    true
 }
 
 #[cfg(not(target_os = "linux"))]
