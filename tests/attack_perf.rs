@@ -976,3 +976,324 @@ child_test!(alternating_sizes_leak_no_address_space, {
     .join()
     .unwrap();
 });
+
+// ===========================================================================
+// 13. The pool's slot under churn: a random mix of default stacks, stacks
+// of other sizes, coroutines from `Coroutine::new` with a closure of 192
+// KiB (fits the default size only: `place_closure_known` skips the check),
+// capacity changes (0 included), trims, `into_stack`, bodies that panic,
+// closures whose drop panics, and unwinds and destructors that drop and
+// make other coroutines and stacks while their own are being given back.
+// After every step: no two live stacks overlap, every default stack and
+// every coroutine's stack has the default size (the body finds its own
+// stack's bounds with `remaining_stack`), and every live stack and body
+// still reads what it wrote. Three threads at once (one registry, one
+// reservation, three pools).
+//
+// Catches: a stack handed out twice (a slow path that stages a mapping
+// the slot still holds, a `spill` that keeps a copy: two owners, whose
+// tags or frames overwrite each other), a `DefaultStack::default` that
+// serves a pooled stack of another size (the closure then lands below the
+// stack: the body's bounds are wrong, or a neighbour's tags are
+// overwritten, or a fault), a stack unmapped while live (a fault), a
+// registry lookup that misses a live stack (`remaining_stack` is `None`).
+// ===========================================================================
+
+/// A coroutine whose body reports its stack's limit (the first yield),
+/// then checks its closure's 192 KiB and a local on every resume.
+type Big = Coroutine<(), usize, (), DefaultStack>;
+
+/// A xorshift generator (deterministic per seed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Words of the big closure's capture: 192 KiB, which fits a default
+/// stack (with its copies and the entry's reserve) and no smaller one.
+const BIG_WORDS: usize = 24 * 1024;
+
+/// `Coroutine::new` with a 192 KiB capture; `panic_at`: the resume that
+/// panics (0: never). Returns it started (its limit read).
+fn big(tag: u64, panic_at: usize) -> (Big, usize) {
+    let data = Box::new([tag; BIG_WORDS]);
+    let data = *data;
+    let mut co = Big::new(move |y: &Yielder<(), usize>, ()| {
+        let local = black_box([!tag; 64]);
+        let sp = local.as_ptr() as usize;
+        let room = corostack::remaining_stack().expect("a coroutine's DefaultStack is found");
+        let default = corostack::stack::DEFAULT_STACK_SIZE;
+        // The closure (192 KiB) and its copies lie above: a default stack
+        // has more than that left, less than all of it.
+        assert!(
+            room < default - BIG_WORDS * 8 && room > default / 4,
+            "the body's stack has {room} bytes left: not a default stack"
+        );
+        // `remaining_stack` measures from its own frame, a little below
+        // `local`: the limit is the page below.
+        y.suspend((sp - room) & !(page() - 1));
+        for n in 2.. {
+            assert!(
+                data.iter().all(|&w| w == tag),
+                "the capture was overwritten"
+            );
+            assert!(
+                black_box(&local).iter().all(|&w| w == !tag),
+                "a frame was overwritten"
+            );
+            assert!(n != panic_at, "a body that panics");
+            y.suspend(0);
+        }
+    });
+    let limit = co.resume(()).as_yield().expect("the first yield");
+    (co, limit)
+}
+
+/// Makes and drops coroutines and stacks of every kind (from destructors
+/// and unwinds, while another stack is being given back).
+///
+/// Its coroutine's closure is small: a destructor may run on a
+/// coroutine's stack, which a debug build's copies of 192 KiB would
+/// overflow.
+fn churn_a_little(rng: &mut Rng) {
+    let mut co = Coroutine::<(), (), ()>::new(|y, ()| {
+        let room = corostack::remaining_stack().unwrap();
+        assert!(room > corostack::stack::DEFAULT_STACK_SIZE / 2, "{room}");
+        y.suspend(());
+    });
+    assert!(co.resume(()).as_yield().is_some());
+    let s = DefaultStack::new(64 * 1024).unwrap();
+    let d = DefaultStack::default();
+    match rng.below(3) {
+        0 => drop((s, co, d)),
+        1 => drop((d, s, co)),
+        _ => drop((co, d, s)),
+    }
+}
+
+/// Made by `churn_a_little` and friends from a destructor: in a closure
+/// never started (dropped with its coroutine), in a body's unwind.
+struct ChurnOnDrop(u64, bool);
+
+impl Drop for ChurnOnDrop {
+    fn drop(&mut self) {
+        churn_a_little(&mut Rng(self.0 | 1));
+        if self.1 && !thread::panicking() {
+            panic!("a closure whose drop panics");
+        }
+    }
+}
+
+fn pool_churn(seed: u64, steps: usize) {
+    let default = corostack::stack::DEFAULT_STACK_SIZE;
+    let mut rng = Rng(seed);
+    // Free stacks with their tags, and started coroutines with their
+    // stack's limit.
+    let mut stacks: Vec<(DefaultStack, u64)> = Vec::new();
+    let mut cos: Vec<(Big, usize)> = Vec::new();
+    let sizes = [64 * 1024, 128 * 1024, default, default + 64 * 1024];
+    for step in 0..steps {
+        match rng.below(14) {
+            0 | 1 => {
+                let s = DefaultStack::default();
+                assert_eq!(s.size(), default, "step {step}");
+                let tag = rng.next();
+                fill(&s, tag);
+                stacks.push((s, tag));
+            }
+            2 => {
+                let s = DefaultStack::new(sizes[rng.below(sizes.len())]).unwrap();
+                let tag = rng.next();
+                fill(&s, tag);
+                stacks.push((s, tag));
+            }
+            3 | 4 if !stacks.is_empty() => {
+                let (s, tag) = stacks.swap_remove(rng.below(stacks.len()));
+                check(&s, tag);
+                drop(s);
+            }
+            5 | 6 => cos.push(big(rng.next(), if rng.below(4) == 0 { 3 } else { 0 })),
+            7 if !cos.is_empty() => {
+                let (mut co, limit) = cos.swap_remove(rng.below(cos.len()));
+                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    co.resume(());
+                }))
+                .is_err();
+                if panicked || rng.below(2) == 0 {
+                    // Done (by a panic) or suspended (unwound here): its
+                    // stack comes back, of the default size.
+                    let s = co.into_stack();
+                    assert_eq!((s.size(), s.limit()), (default, limit), "step {step}");
+                    let tag = rng.next();
+                    fill(&s, tag);
+                    stacks.push((s, tag));
+                } else {
+                    cos.push((co, limit));
+                }
+            }
+            8 if !cos.is_empty() => {
+                // Its unwind drops it; the rest stay.
+                let (co, _) = cos.swap_remove(rng.below(cos.len()));
+                drop(co);
+            }
+            9 => {
+                let old = set_pool_capacity(rng.below(4));
+                if rng.below(2) == 0 {
+                    set_pool_capacity(old);
+                }
+            }
+            10 => {
+                raise_pool_capacity(rng.below(8));
+            }
+            11 => trim_pool(),
+            12 => {
+                // A body whose unwind drops other coroutines and stacks
+                // (and makes new ones) while its own stack is given back.
+                let inner: Vec<(Big, usize)> =
+                    (0..rng.below(3)).map(|_| big(rng.next(), 0)).collect();
+                let s = DefaultStack::new(sizes[rng.below(sizes.len())]).unwrap();
+                let guard = ChurnOnDrop(rng.next(), false);
+                let mut co = Coroutine::<(), (), ()>::new(move |y, ()| {
+                    let _keep = (inner, s, guard);
+                    y.suspend(());
+                });
+                assert!(co.resume(()).as_yield().is_some());
+                drop(co);
+            }
+            _ => {
+                // A coroutine never started whose closure's drop churns
+                // (and panics, half of the time).
+                let guard = ChurnOnDrop(rng.next(), rng.below(2) == 0);
+                let co = Coroutine::<(), (), ()>::new(move |_, ()| drop(guard));
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(co)));
+            }
+        }
+        // The invariants: live stacks disjoint (guards included), each
+        // with what it was given.
+        let mut ranges: Vec<(usize, usize)> = stacks
+            .iter()
+            .map(|(s, _)| (s.limit() - s.guard_size(), s.top()))
+            .chain(
+                cos.iter()
+                    .map(|&(_, limit)| (limit - 4 * page(), limit + default)),
+            )
+            .collect();
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            assert!(
+                w[0].1 <= w[1].0,
+                "step {step}: overlap {:#x?} {:#x?}",
+                w[0],
+                w[1]
+            );
+        }
+        if step % 16 == 0 {
+            stacks.iter().for_each(|(s, tag)| check(s, *tag));
+        }
+    }
+    for (mut co, _) in cos {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            co.resume(());
+        }));
+    }
+    stacks.iter().for_each(|(s, tag)| check(s, *tag));
+}
+
+child_test!(the_pool_s_slot_hands_out_each_stack_once_and_of_its_size, {
+    let base = DefaultStack::live();
+    // Quiet: the bodies and closures that panic on purpose.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.to_string();
+        if !msg.contains("a body that panics") && !msg.contains("a closure whose drop panics") {
+            hook(info);
+        }
+    }));
+    let steps = util::scaled(1500, 200);
+    let threads: Vec<_> = (0..3u64)
+        .map(|t| {
+            thread::Builder::new()
+                .stack_size(8 << 20)
+                .spawn(move || pool_churn(0x9E37_79B9_7F4A_7C15 ^ (t + 1), steps))
+                .unwrap()
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let _ = std::panic::take_hook();
+    assert_eq!(
+        DefaultStack::live(),
+        base,
+        "every stack unmapped at thread exit"
+    );
+});
+
+// ===========================================================================
+// 14. A coroutine whose drop panics (the unwind it forces ends in a panic:
+// a closure never started whose drop panics, a body that catches the
+// forced unwind and panics) still gives its stack back.
+//
+// Catches: a `Drop for Coroutine` that resumes the body's panic before it
+// drops the stack (the stack, pooled or not, is leaked: `live` stays up).
+// ===========================================================================
+
+/// Panics when dropped, unless already panicking.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("a drop that panics");
+        }
+    }
+}
+
+child_test!(a_coroutine_whose_drop_panics_gives_its_stack_back, {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("a drop that panics") {
+            hook(info);
+        }
+    }));
+    thread::spawn(|| {
+        // Nothing pooled: `live` counts the stacks not given back.
+        set_pool_capacity(0);
+        let base = DefaultStack::live();
+        let drop_panics = |co: Coroutine<(), (), ()>| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(co))).is_err()
+        };
+        let guard = PanicOnDrop;
+        let co = Coroutine::<(), (), ()>::new(move |_, ()| drop(guard));
+        assert!(drop_panics(co), "the closure's drop panics");
+        assert_eq!(
+            DefaultStack::live(),
+            base,
+            "the stack of a coroutine whose closure's drop panicked"
+        );
+        let mut co = Coroutine::<(), (), ()>::new(|y, ()| {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| y.suspend(())));
+            assert!(caught.is_err(), "the forced unwind");
+            drop(PanicOnDrop);
+        });
+        assert!(co.resume(()).as_yield().is_some());
+        assert!(drop_panics(co), "the body panics in its unwind");
+        assert_eq!(
+            DefaultStack::live(),
+            base,
+            "the stack of a coroutine whose unwind ended in a panic"
+        );
+    })
+    .join()
+    .unwrap();
+});
