@@ -1043,10 +1043,46 @@ impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S>
             // that live (possibly pinned) values still occupy.
             return;
         }
-        self.finish();
+        if !self.done() {
+            return self.unwind_and_release();
+        }
+        self.release();
+    }
+}
+
+impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
+    /// Gives the stack of a done coroutine back (`drop`'s last step).
+    #[inline(always)]
+    fn release(&mut self) {
         self.fiber.destroy();
-        // SAFETY: `drop` runs once; the stack is not used after this.
+        // SAFETY: called once, by `drop`; the stack is not used after this.
         unsafe { ManuallyDrop::drop(&mut self.stack) };
+    }
+
+    /// `drop` of a coroutine not done: unwinds it, then gives the stack
+    /// back, even when the unwind ends in a panic that `unwind` resumes
+    /// (a closure whose drop panics, a body that catches the forced
+    /// unwind and panics): the body has finished by then, and its stack
+    /// is free.
+    #[cold]
+    #[inline(never)]
+    fn unwind_and_release(&mut self) {
+        /// Releases the stack when dropped, the panic's way out included.
+        struct Release<'a, Input, Yield, Return, S: Stack>(
+            &'a mut Coroutine<Input, Yield, Return, S>,
+        );
+        impl<Input, Yield, Return, S: Stack> Drop for Release<'_, Input, Yield, Return, S> {
+            fn drop(&mut self) {
+                // Not done: frames may still live on the stack (`unwind`
+                // panicked before the body finished, which it does not
+                // do): leak it, as `drop` does when nothing can unwind.
+                if self.0.done() {
+                    self.0.release();
+                }
+            }
+        }
+        let release = Release(self);
+        release.0.unwind();
     }
 }
 
