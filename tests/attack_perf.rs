@@ -1297,3 +1297,106 @@ child_test!(a_coroutine_whose_drop_panics_gives_its_stack_back, {
     .join()
     .unwrap();
 });
+
+// ===========================================================================
+// 15. The registry under churn: three threads make and drop stacks of
+// mixed sizes (not all whole pages), and coroutines on them that find
+// their own stack with `remaining_stack`, while a coroutine on another
+// thread overflows: the handler still finds that guard (its slot is not
+// taken, moved or unregistered by the others' registrations and
+// tombstones) and reports the stack's size, rounded to pages.
+//
+// Catches: a claim that is not atomic (two registrations in one slot:
+// one of them is lost, or its sizes are another's), an unregister that
+// removes another key, a lookup that stops at a tombstone or at a slot
+// being filled, sizes packed wrongly for sizes that are not whole units.
+// ===========================================================================
+
+/// Makes and drops stacks and coroutines of mixed sizes until the process
+/// ends, checking that each coroutine's stack is found.
+#[cfg(feature = "overflow-handler")]
+fn registry_churn(seed: u64) {
+    let mut rng = Rng(seed);
+    let sizes = [MIN_STACK_SIZE, 70_000, 64 * 1024, 200_000, 1 << 20, 3 << 20];
+    let mut held: Vec<DefaultStack> = Vec::new();
+    loop {
+        let size = sizes[rng.below(sizes.len())];
+        let s = DefaultStack::new(size).unwrap();
+        let (lo, hi) = (s.limit(), s.top());
+        let mut co = Coroutine::with_stack(s, move |_: &Yielder<(), ()>, ()| {
+            let here = black_box(0u8);
+            let sp = &here as *const u8 as usize;
+            let room = corostack::remaining_stack().expect("a DefaultStack is found");
+            assert!(
+                lo <= sp && sp < hi && room <= sp - lo,
+                "{room} {sp:#x} {lo:#x}"
+            );
+        });
+        assert!(co.resume(()).as_return().is_some());
+        held.push(co.into_stack());
+        if held.len() > 40 || rng.below(3) == 0 {
+            let n = rng.below(held.len() + 1);
+            held.drain(..n);
+        }
+        if rng.below(50) == 0 {
+            trim_pool();
+        }
+    }
+}
+
+#[cfg(feature = "overflow-handler")]
+#[test]
+fn an_overflow_is_reported_while_other_threads_churn_the_registry() {
+    const ROLE: &str = "an_overflow_is_reported_while_other_threads_churn_the_registry";
+    // Not a whole number of pages: the stack has 200,704 bytes (4 KiB
+    // pages) or 245,760 (16 or 64 KiB).
+    let size = 200_000;
+    if util::child_role().as_deref() == Some(ROLE) {
+        corostack::stack::install_overflow_handler();
+        for t in 0..3 {
+            thread::spawn(move || registry_churn(0x2545_F491_4F6C_DD1D ^ t));
+        }
+        thread::sleep(std::time::Duration::from_millis(200));
+        let s = DefaultStack::new(size).unwrap();
+        println!(
+            "STACK {:#x} {:#x} {}",
+            s.limit() - s.guard_size(),
+            s.limit(),
+            s.size()
+        );
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        let mut co = Coroutine::with_stack(s, |_: &Yielder<(), ()>, ()| {
+            // Churn the registry a little more from the doomed stack.
+            thread::sleep(std::time::Duration::from_millis(50));
+            black_box(recurse(0));
+        });
+        co.resume(());
+        unreachable!("no overflow");
+    }
+    let out = util::run_child(ROLE, ROLE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("STACK ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no stack: {stdout}{stderr}"));
+    let mut parts = line.split_whitespace();
+    let mut hex = || usize::from_str_radix(&parts.next().unwrap()[2..], 16).unwrap();
+    let (lo, hi) = (hex(), hex());
+    let rounded: usize = parts.next().unwrap().parse().unwrap();
+    assert_eq!(rounded, size.next_multiple_of(page()));
+    let prefix = format!(
+        "corostack: coroutine stack overflow (stack of {rounded} bytes; the fault hit its guard page at 0x"
+    );
+    let at = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no overflow message: {stdout}{stderr}"));
+    let at = usize::from_str_radix(at.split(')').next().unwrap(), 16).unwrap();
+    assert!(
+        (lo..hi).contains(&at),
+        "the fault at {at:#x} is not in the guard {lo:#x}..{hi:#x}: {stdout}{stderr}"
+    );
+}

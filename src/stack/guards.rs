@@ -366,6 +366,67 @@ mod tests {
         fillers.iter().for_each(|&key| unregister(key));
     }
 
+    /// Threads that register and unregister keys of one window at once (more keys than a
+    /// window holds: some spill), each checking its own, while a key registered in their midst
+    /// stays: it is found at every lookup, with its sizes, and every key with its own.
+    ///
+    /// Catches: a claim that is not atomic (a load, then a store: two keys in one slot, one
+    /// lost or read with the other's sizes), an unregister that removes another key (the first
+    /// one of its window), a lookup that stops at a tombstone or at a slot being filled.
+    #[test]
+    fn keys_of_one_window_registered_by_many_threads_at_once_are_all_found() {
+        let step = GRAIN.max(page_size());
+        let map = reserve(2 * step);
+        let base = (map.as_ptr() as usize).next_multiple_of(step);
+        // Ten keys first, then the one that stays: it sits past their slots, which the
+        // threads below tombstone and claim again.
+        let first: Vec<usize> = (1..=10).map(|i| base + 16 * i).collect();
+        first.iter().for_each(|&k| register(k, UNIT, UNIT));
+        let kept = (base, (UNIT, 77 * UNIT));
+        register(kept.0, kept.1.0, kept.1.1);
+        first.iter().for_each(|&k| unregister(k));
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|t| {
+                    s.spawn(move || {
+                        let keys: Vec<usize> =
+                            (0..20).map(|i| base + 16 * (11 + 20 * t + i)).collect();
+                        let sizes = |k: usize| (UNIT, (k - base) * UNIT);
+                        for round in 0..2000 {
+                            for &k in &keys[..(round % 20) + 1] {
+                                register(k, sizes(k).0, sizes(k).1);
+                            }
+                            for &k in &keys[..(round % 20) + 1] {
+                                assert_eq!(guard_at(k), Some(sizes(k)), "{k:#x}");
+                                unregister(k);
+                                assert_eq!(guard_at(k), None, "{k:#x}");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let watcher = s.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Relaxed) {
+                    assert_eq!(guard_at(kept.0), Some(kept.1));
+                    #[cfg(feature = "overflow-handler")]
+                    assert_eq!(lookup(kept.0 + 8), Some(kept.1.1));
+                    n += 1;
+                }
+                n
+            });
+            for w in workers {
+                w.join().unwrap();
+            }
+            stop.store(true, Relaxed);
+            assert!(watcher.join().unwrap() > 0);
+        });
+        assert_eq!(guard_at(kept.0), Some(kept.1));
+        unregister(kept.0);
+        assert_eq!(guard_at(kept.0), None);
+    }
+
     /// A slot's two sizes survive packing, from the smallest guard to the largest stack, and
     /// sizes that are not whole units or do not fit are refused.
     #[test]
