@@ -385,11 +385,20 @@ mod tests {
         let kept = (base, (UNIT, 77 * UNIT));
         register(kept.0, kept.1.0, kept.1.1);
         first.iter().for_each(|&k| unregister(k));
-        let stop = AtomicBool::new(false);
+        // How many workers have ended (a panic included: the watcher stops then too).
+        let ended = AtomicUsize::new(0);
+        struct Ended<'a>(&'a AtomicUsize);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Relaxed);
+            }
+        }
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..4)
                 .map(|t| {
+                    let ended = &ended;
                     s.spawn(move || {
+                        let _ended = Ended(ended);
                         let keys: Vec<usize> =
                             (0..20).map(|i| base + 16 * (11 + 20 * t + i)).collect();
                         let sizes = |k: usize| (UNIT, (k - base) * UNIT);
@@ -408,7 +417,7 @@ mod tests {
                 .collect();
             let watcher = s.spawn(|| {
                 let mut n = 0u64;
-                while !stop.load(Relaxed) {
+                while ended.load(Relaxed) < 4 {
                     assert_eq!(guard_at(kept.0), Some(kept.1));
                     #[cfg(feature = "overflow-handler")]
                     assert_eq!(lookup(kept.0 + 8), Some(kept.1.1));
@@ -419,7 +428,6 @@ mod tests {
             for w in workers {
                 w.join().unwrap();
             }
-            stop.store(true, Relaxed);
             assert!(watcher.join().unwrap() > 0);
         });
         assert_eq!(guard_at(kept.0), Some(kept.1));
