@@ -453,7 +453,8 @@ macro_rules! coroutine_struct {
         /// code is itself unwinding, which is told by [`std::thread::panicking`]:
         /// a per-thread answer, so a coroutine dropped by one of several
         /// coroutines on a thread while another is suspended mid-unwind has its
-        /// panic dropped too).
+        /// panic dropped too). The body has finished by then, and its stack is
+        /// given back before that panic leaves `drop`, as after a clean unwind.
         ///
         /// Two limits of the same nature (found by adversarial tests):
         /// - a destructor run by the body's *own* panic may suspend, but the
@@ -1007,14 +1008,18 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     #[inline]
     fn finish(&mut self) {
         if !self.done() {
-            self.unwind();
+            self.unwind(false);
         }
     }
 
-    /// `finish` for a coroutine not done yet.
+    /// `finish` for a coroutine not done yet; `drop` calls it with
+    /// `in_drop`. A panic that the unwind ends in (a closure whose drop
+    /// panics, a body that catches the forced unwind and panics) is resumed
+    /// here; the body has finished by then, so for `drop`, which the panic
+    /// leaves before its own release, the stack is given back first.
     #[cold]
     #[inline(never)]
-    fn unwind(&mut self) {
+    fn unwind(&mut self, in_drop: bool) {
         let fresh = !self.started();
         // The request goes to the pending suspend, which unwinds the body;
         // every later suspend unwinds again at once or panics (see
@@ -1026,12 +1031,24 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         if fresh {
             self.mark_never_started();
         }
+        // Without std no panic comes back (`Ending` has no `Panicked`).
+        #[cfg(not(feature = "std"))]
+        let _ = in_drop;
         match ending {
             Ending::Unwound | Ending::Returned(_) => {}
             #[cfg(feature = "std")]
             Ending::Panicked(payload) if std::thread::panicking() => drop(payload),
             #[cfg(feature = "std")]
-            Ending::Panicked(payload) => panic::resume_unwind(payload),
+            Ending::Panicked(payload) => {
+                if in_drop {
+                    self.fiber.destroy();
+                    // SAFETY: `drop` is the caller, and the panic resumed
+                    // below leaves it before its own release: the stack is
+                    // dropped once, and the body that used it has finished.
+                    unsafe { ManuallyDrop::drop(&mut self.stack) };
+                }
+                panic::resume_unwind(payload)
+            }
         }
     }
 }
@@ -1044,45 +1061,11 @@ impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S>
             return;
         }
         if !self.done() {
-            return self.unwind_and_release();
+            self.unwind(true);
         }
-        self.release();
-    }
-}
-
-impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
-    /// Gives the stack of a done coroutine back (`drop`'s last step).
-    #[inline(always)]
-    fn release(&mut self) {
         self.fiber.destroy();
-        // SAFETY: called once, by `drop`; the stack is not used after this.
+        // SAFETY: `drop` runs once; the stack is not used after this.
         unsafe { ManuallyDrop::drop(&mut self.stack) };
-    }
-
-    /// `drop` of a coroutine not done: unwinds it, then gives the stack
-    /// back, even when the unwind ends in a panic that `unwind` resumes
-    /// (a closure whose drop panics, a body that catches the forced
-    /// unwind and panics): the body has finished by then, and its stack
-    /// is free.
-    #[cold]
-    #[inline(never)]
-    fn unwind_and_release(&mut self) {
-        /// Releases the stack when dropped, the panic's way out included.
-        struct Release<'a, Input, Yield, Return, S: Stack>(
-            &'a mut Coroutine<Input, Yield, Return, S>,
-        );
-        impl<Input, Yield, Return, S: Stack> Drop for Release<'_, Input, Yield, Return, S> {
-            fn drop(&mut self) {
-                // Not done: frames may still live on the stack (`unwind`
-                // panicked before the body finished, which it does not
-                // do): leak it, as `drop` does when nothing can unwind.
-                if self.0.done() {
-                    self.0.release();
-                }
-            }
-        }
-        let release = Release(self);
-        release.0.unwind();
     }
 }
 
