@@ -60,7 +60,7 @@ enum Killing {}
 /// The gate of a greenlet that waits in `kill_core` for its victim's
 /// death, the only thing that may wake it. A static, so that it has one
 /// address: a suspended greenlet waits there exactly when its gate is this
-/// (see [`waits_in_kill`]).
+/// (see [`waits_in_kill`](super::waits_in_kill)).
 pub(super) static KILLING: Gate = Gate {
     id: TypeId::of::<Killing>(),
     name: || "nothing (it waits in kill() for another greenlet to die)",
