@@ -77,7 +77,7 @@
 //!
 //! When every coroutine waits (in joins, channels, events) and nothing is
 //! left that could wake one — no timer, no registered socket, no
-//! blocking job, no future awaited with [`block_on`], no live [`Remote`]
+//! blocking job, no future awaited with [`block_on`](block_on()), no live [`Remote`]
 //! — the hub does not sleep forever: the main coroutine's wait panics
 //! with a message naming the deadlock (gevent's `LoopExit`), and [`run`]
 //! unwinds the others and re-raises it. If the main coroutine cannot take
@@ -164,7 +164,7 @@
 //! threads reach a hub through a [`Remote`]: they hand it work and await
 //! the result as a [`Future`] ([`RemoteJoinHandle::join`] blocks, and so
 //! panics on the hub's own thread).
-//! A hub coroutine awaits any future with [`block_on`]. For several cores,
+//! A hub coroutine awaits any future with [`block_on`](block_on()). For several cores,
 //! [`Builder::run_on_threads`] runs one hub per thread, and
 //! [`TcpListener::bind_reuseport`](crate::net::TcpListener::bind_reuseport)
 //! lets their listeners share a port.

@@ -109,7 +109,7 @@ impl<T> RemoteJoinHandle<T> {
     /// Blocks the calling thread until the result is there. Not on the
     /// thread of the hub that runs the work, while it runs: blocking that
     /// thread would stop the hub, and the result would never come. A
-    /// coroutine awaits the handle with [`block_on`](super::block_on)
+    /// coroutine awaits the handle with [`block_on`](super::block_on())
     /// instead (a coroutine of another hub may use either).
     ///
     /// # Errors

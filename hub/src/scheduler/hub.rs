@@ -221,7 +221,7 @@ pub(super) fn outside(what: &str) -> ! {
 
 /// This thread's hub.
 ///
-/// The reference is valid until [`run`] returns, which clears the
+/// The reference is valid until [`run`](crate::run()) returns, which clears the
 /// thread-local first; the crate's callers use it within a call made from
 /// a task or from the loop, and never keep it in anything that a suspended
 /// frame's unwind may drop (a guard): the core's thread-exit hook unwinds

@@ -464,7 +464,7 @@ impl Hub {
         park(self);
     }
 
-    /// Kills `task` (see [`JoinHandle::kill`] and "Killing" in the module
+    /// Kills `task` (see [`JoinHandle::kill`](crate::JoinHandle::kill) and "Killing" in the module
     /// docs).
     #[track_caller]
     pub(crate) fn kill(&self, task: &Rc<Task>) {

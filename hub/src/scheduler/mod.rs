@@ -29,7 +29,7 @@
 //! # Threat model: which stacks run when
 //!
 //! A hub's thread runs, at any moment, exactly one of: the *loop* (the
-//! stack that called [`run`], inside `run`), or one *task*, resumed by the
+//! stack that called [`run`](crate::run()), inside `run`), or one *task*, resumed by the
 //! loop and nothing else. A task's code may itself run on a stack that is
 //! not the task's own:
 //! - a plain [`Coroutine`](corostack::Coroutine) (or a generator) that it
@@ -40,7 +40,7 @@
 //!   and a kill raised there unwinds out of the nested coroutine (its entry
 //!   hands the payload to its `resume`, which raises it again in the task);
 //! - an [`AsyncCoroutine`](corostack::bridge::AsyncCoroutine) polled by
-//!   [`block_on`](super::block_on): the same, one level deeper;
+//!   [`block_on`](crate::block_on()): the same, one level deeper;
 //! - [`on_stack`](corostack::on_stack) and [`maybe_grow`](corostack::maybe_grow):
 //!   the borrowed stack lives in a frame of the task's stack, which the
 //!   suspended task keeps; a kill unwinds out of it as any panic does;

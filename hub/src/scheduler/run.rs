@@ -6,7 +6,7 @@
 //! loop; then it runs the loop until they have all finished: their
 //! destructors may park as in any kill. Tasks spawned meanwhile are killed
 //! at birth. If the remaining tasks can never be woken (a deadlock), or
-//! are still unwinding after [`Builder::shutdown_timeout`](super::Builder::shutdown_timeout),
+//! are still unwinding after [`Builder::shutdown_timeout`](crate::Builder::shutdown_timeout),
 //! their coroutines are leaked (their stacks stay mapped, suspended, the
 //! destructors left on them not run by the hub: dropping them would
 //! unwind them outside any hub, where a park cannot work) and `run` panics
@@ -308,7 +308,7 @@ impl Hub {
 
     /// Whether nothing is left that could make a coroutine ready: no
     /// timer, no registered socket, no blocking job, no awaited future, no
-    /// [`Remote`](super::Remote) (the hub's own reference is the only one).
+    /// [`Remote`](crate::Remote) (the hub's own reference is the only one).
     pub(super) fn nothing_can_wake(&self) -> bool {
         self.nothing_but_remotes() && self.live_remotes() == 0
     }

@@ -7,7 +7,7 @@
 //! Across threads, hand work to a hub with a [`Remote`] (from
 //! [`hub::remote`](crate::remote())) and await its result as a future
 //! or block on it; a hub coroutine awaits another thread's future with
-//! [`hub::block_on`](crate::block_on).
+//! [`hub::block_on`](crate::block_on()).
 //!
 //! Waiters are woken in the order they started waiting. A coroutine that
 //! is killed, or whose [`timeout`](crate::timeout) expires, while it
