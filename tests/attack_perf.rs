@@ -679,17 +679,23 @@ fn an_overflow_on_a_carved_stack_hits_its_own_guard() {
         .skip(2)
         .map(|h| usize::from_str_radix(&h[2..], 16).unwrap());
     let (lo, hi) = (parts.next().unwrap(), parts.next().unwrap());
+    assert_overflow_hit(&stdout, &stderr, size, lo..hi);
+}
+
+/// Asserts that the child's stderr holds the overflow report for a stack of
+/// `size` bytes, with the fault's address inside `guard`.
+fn assert_overflow_hit(stdout: &str, stderr: &str, size: usize, guard: std::ops::Range<usize>) {
     let prefix = format!(
         "corostack: coroutine stack overflow (stack of {size} bytes; the fault hit its guard page at 0x"
     );
     let at = stderr
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no overflow message: {stderr}"));
+        .unwrap_or_else(|| panic!("no overflow message: {stdout}{stderr}"));
     let at = usize::from_str_radix(at.split(')').next().unwrap(), 16).unwrap();
     assert!(
-        (lo..hi).contains(&at),
-        "the fault at {at:#x} is not in stack 3's guard {lo:#x}..{hi:#x}: {stdout}{stderr}"
+        guard.contains(&at),
+        "the fault at {at:#x} is not in the guard {guard:#x?}: {stdout}{stderr}"
     );
 }
 
@@ -1387,16 +1393,5 @@ fn an_overflow_is_reported_while_other_threads_churn_the_registry() {
     let (lo, hi) = (hex(), hex());
     let rounded: usize = parts.next().unwrap().parse().unwrap();
     assert_eq!(rounded, size.next_multiple_of(page()));
-    let prefix = format!(
-        "corostack: coroutine stack overflow (stack of {rounded} bytes; the fault hit its guard page at 0x"
-    );
-    let at = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no overflow message: {stdout}{stderr}"));
-    let at = usize::from_str_radix(at.split(')').next().unwrap(), 16).unwrap();
-    assert!(
-        (lo..hi).contains(&at),
-        "the fault at {at:#x} is not in the guard {lo:#x}..{hi:#x}: {stdout}{stderr}"
-    );
+    assert_overflow_hit(&stdout, &stderr, rounded, lo..hi);
 }
