@@ -40,7 +40,7 @@ use crate::driver::queue::Message;
 use crate::driver::timers::poll_timeout;
 use crate::task::{JoinError, KillSelf, PanicPayload, TaskState};
 
-use super::hub::{Action, Config, HUB, Hub, hub, next_task_id};
+use super::hub::{Action, Config, HUB, Hub, hub, next_task_id, with_hub_id};
 use super::leak;
 use super::task::{Slot, Task};
 
@@ -94,6 +94,7 @@ impl Hub {
         let slot: Slot<T> = Rc::new(Cell::new(None));
         let out = slot.clone();
         let me = Rc::as_ptr(&task);
+        let hub_id = self.id();
         let body = move |yielder: &corostack::Yielder<(), ()>, ()| {
             // SAFETY: the task owns this coroutine, so it outlives the body.
             let task = unsafe { &*me };
@@ -117,6 +118,14 @@ impl Hub {
             };
             out.set(Some(r));
             task.yielder.set(ptr::null());
+            if Rc::strong_count(&out) == 1 {
+                // Detached (its handle is gone): the result is dropped
+                // here, and a panic from its drop must not escape the
+                // task into the loop; `run` raises it at its end. (With
+                // the hub gone, the core's exit hook unwinds a leaked
+                // task: it is dropped as it comes.)
+                with_hub_id(hub_id, |hub| hub.drop_in_loop(out));
+            }
         };
         *task.co.borrow_mut() = Some(Coroutine::with_stack(stack, body));
         if self.shutting_down.get() {
@@ -450,9 +459,10 @@ impl Hub {
         }
     }
 
-    /// Drops user values in the loop (the end of `run` drops pending work):
-    /// a destructor's panic is kept for `run` to raise once every task has
-    /// finished, so that the shutdown always completes.
+    /// Drops user values in the loop (the end of `run` drops pending work),
+    /// or in a detached task that ends (its result): a destructor's panic
+    /// is kept for `run` to raise once every task has finished, so that
+    /// the loop and the shutdown always complete.
     pub(super) fn drop_in_loop<V>(&self, v: V) {
         if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(v))) {
             self.loop_panic.borrow_mut().get_or_insert(p);
