@@ -407,6 +407,20 @@ child_test!(greenlets_whose_kill_panics_release_their_stacks, {
         outer.switch(());
         outer.kill();
         assert!(outer.done());
+
+        // The last handle of an unstarted greenlet whose closure's drop
+        // panics is a parent link: the drop of its dead child's last
+        // handle drops it, and that kill's panic reaches the dropper.
+        let guard = PanicOnDrop;
+        let parent = Greenlet::new(move |()| drop(guard));
+        let main = current::<()>();
+        let child = Greenlet::new(move |()| main.switch(()));
+        child.set_parent(&parent).unwrap();
+        drop(parent);
+        child.switch(());
+        child.kill();
+        assert!(child.done());
+        assert!(panics_with_msg(|| drop(child)));
     });
 });
 
