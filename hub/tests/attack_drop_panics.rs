@@ -211,3 +211,48 @@ fn a_joined_value_that_panics_when_dropped_reaches_the_joiner() {
         },
     );
 }
+
+// ===========================================================================
+// 4. A detached task's result whose destructor parks: it runs in the task,
+// which may still park (a sleep finishes; a kill at the end of `run`
+// ends it, and `run` returns normally).
+//
+// Catches: the result dropped after the task stopped being able to park
+// (its park panicked "a coroutine that never started cannot suspend").
+// ===========================================================================
+
+/// Sleeps when dropped, then counts it.
+struct SleepsOnDrop(Duration, util::DropGuard);
+
+impl Drop for SleepsOnDrop {
+    fn drop(&mut self) {
+        hub::sleep(self.0);
+    }
+}
+
+#[test]
+fn a_detached_task_whose_result_parks_when_dropped() {
+    passes_in_child("a_detached_task_whose_result_parks_when_dropped", || {
+        counted(|| {
+            let dropped = util::DropCounter::default();
+            let seen = dropped.clone();
+            let v = hub::run(move || {
+                let g = seen.guard();
+                drop(hub::spawn(move || {
+                    SleepsOnDrop(Duration::from_millis(1), g)
+                }));
+                hub::sleep(Duration::from_millis(20));
+                assert_eq!(seen.get(), 1, "the sleep in the drop finished");
+                // Sleeping when `run` ends: killed there.
+                let g = seen.guard();
+                drop(hub::spawn(move || {
+                    SleepsOnDrop(Duration::from_secs(3600), g)
+                }));
+                hub::yield_now();
+                9
+            });
+            assert_eq!(v, 9);
+            assert_eq!(dropped.get(), 2);
+        });
+    });
+}
