@@ -117,15 +117,14 @@ impl Hub {
                 }
             };
             out.set(Some(r));
-            task.yielder.set(ptr::null());
             if Rc::strong_count(&out) == 1 {
                 // Detached (its handle is gone): the result is dropped
-                // here, and a panic from its drop must not escape the
-                // task into the loop; `run` raises it at its end. (With
-                // the hub gone, the core's exit hook unwinds a leaked
-                // task: it is dropped as it comes.)
-                with_hub_id(hub_id, |hub| hub.drop_in_loop(out));
+                // here, while the task may still park (see
+                // `drop_detached`). (With the hub gone, the core's exit
+                // hook unwinds a leaked task: it is dropped as it comes.)
+                with_hub_id(hub_id, |hub| hub.drop_detached(out));
             }
+            task.yielder.set(ptr::null());
         };
         *task.co.borrow_mut() = Some(Coroutine::with_stack(stack, body));
         if self.shutting_down.get() {
@@ -459,13 +458,29 @@ impl Hub {
         }
     }
 
-    /// Drops user values in the loop (the end of `run` drops pending work),
-    /// or in a detached task that ends (its result): a destructor's panic
-    /// is kept for `run` to raise once every task has finished, so that
-    /// the loop and the shutdown always complete.
+    /// Drops user values in the loop (the end of `run` drops pending work):
+    /// a destructor's panic is kept for `run` to raise once every task has
+    /// finished, so that the shutdown always completes.
     pub(super) fn drop_in_loop<V>(&self, v: V) {
         if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(v))) {
             self.loop_panic.borrow_mut().get_or_insert(p);
+        }
+    }
+
+    /// Drops the result of a detached task (its handle is gone) at the
+    /// end of the task, in the task: its destructors may park, as any of
+    /// the task's; a kill that reaches them ends the drop (the task ends
+    /// anyway); any other panic is kept for `run` to raise once every task
+    /// has finished, as [`drop_in_loop`](Hub::drop_in_loop) does: it must
+    /// not escape the task into the loop.
+    #[cold]
+    #[inline(never)]
+    fn drop_detached<V>(&self, v: V) {
+        match panic::catch_unwind(AssertUnwindSafe(move || drop(v))) {
+            Err(p) if !p.is::<KillSelf>() => {
+                self.loop_panic.borrow_mut().get_or_insert(p);
+            }
+            _ => {}
         }
     }
 
