@@ -221,8 +221,9 @@ fn a_joined_value_that_panics_when_dropped_reaches_the_joiner() {
 // (its park panicked "a coroutine that never started cannot suspend").
 // ===========================================================================
 
-/// Sleeps when dropped, then counts it.
-struct SleepsOnDrop(Duration, util::DropGuard);
+/// Sleeps when dropped, then counts it (its guard's drop, after the
+/// sleep or the kill that ends it).
+struct SleepsOnDrop(Duration, #[allow(dead_code)] util::DropGuard);
 
 impl Drop for SleepsOnDrop {
     fn drop(&mut self) {
