@@ -144,7 +144,7 @@ fn a_detached_task_whose_value_panics_when_dropped() {
             let p = panic_of(|| {
                 hub::run(|| {
                     drop(hub::spawn(|| PanicOnDrop));
-                    hub::sleep(Duration::from_millis(1));
+                    hub::yield_now();
                     7
                 })
             });
@@ -174,8 +174,8 @@ fn a_detached_task_whose_panic_payload_panics_when_dropped() {
                     hub::run(|| {
                         drop(hub::spawn(|| panic::panic_any(PanickyPayload)));
                         let h = hub::spawn(|| 5);
-                        hub::sleep(Duration::from_millis(1));
-                        // The hub goes on: other tasks run and finish.
+                        hub::yield_now();
+                        // The hub goes on: the other task runs and finishes.
                         h.join().unwrap()
                     })
                 });
@@ -221,13 +221,17 @@ fn a_joined_value_that_panics_when_dropped_reaches_the_joiner() {
 // (its park panicked "a coroutine that never started cannot suspend").
 // ===========================================================================
 
-/// Sleeps when dropped, then counts it (its guard's drop, after the
-/// sleep or the kill that ends it).
-struct SleepsOnDrop(Duration, #[allow(dead_code)] util::DropGuard);
+/// Parks when dropped (yields, or sleeps for so long that only a kill
+/// ends it), then counts it (its guard's drop, after the park or the kill
+/// that ends it).
+struct ParksOnDrop(Option<Duration>, #[allow(dead_code)] util::DropGuard);
 
-impl Drop for SleepsOnDrop {
+impl Drop for ParksOnDrop {
     fn drop(&mut self) {
-        hub::sleep(self.0);
+        match self.0 {
+            Some(d) => hub::sleep(d),
+            None => hub::yield_now(),
+        }
     }
 }
 
@@ -239,15 +243,14 @@ fn a_detached_task_whose_result_parks_when_dropped() {
             let seen = dropped.clone();
             let v = hub::run(move || {
                 let g = seen.guard();
-                drop(hub::spawn(move || {
-                    SleepsOnDrop(Duration::from_millis(1), g)
-                }));
-                hub::sleep(Duration::from_millis(20));
-                assert_eq!(seen.get(), 1, "the sleep in the drop finished");
-                // Sleeping when `run` ends: killed there.
+                drop(hub::spawn(move || ParksOnDrop(None, g)));
+                while seen.get() == 0 {
+                    hub::yield_now();
+                }
+                // Asleep in its drop when `run` ends: killed there.
                 let g = seen.guard();
                 drop(hub::spawn(move || {
-                    SleepsOnDrop(Duration::from_secs(3600), g)
+                    ParksOnDrop(Some(Duration::from_secs(3600)), g)
                 }));
                 hub::yield_now();
                 9
