@@ -260,3 +260,74 @@ fn a_detached_task_whose_result_parks_when_dropped() {
         });
     });
 }
+
+// ===========================================================================
+// 5. A detached task leaked at the end of `run` while its result's
+// destructor parks (it caught its kill and sleeps again), then a
+// `thread_exit::rearm`: the core's exit hook force-unwinds the leaked task
+// at thread exit, with its hub gone, through the drop of that result.
+//
+// Catches: a drop of the result that catches that unwind and then touches
+// the hub (gone: its frame was `run`'s, overwritten since), or that leaves
+// the task marked suspended (the hub's leak guard would then abort).
+// ===========================================================================
+
+/// Overwrites the part of this thread's stack where a returned call's
+/// frames were (the hub of a `run` that returned lived there).
+#[inline(never)]
+fn scribble() {
+    let mut a = [0xA5u8; 64 * 1024];
+    std::hint::black_box(&mut a);
+}
+
+/// Catches the kill in its drop, then sleeps again.
+struct OutlivesItsKill;
+
+impl Drop for OutlivesItsKill {
+    fn drop(&mut self) {
+        let k = panic::catch_unwind(|| hub::sleep(Duration::from_secs(3600)));
+        assert!(k.is_err(), "the kill at the end of run");
+        println!("KILL CAUGHT");
+        hub::sleep(Duration::from_secs(3600));
+        println!("SLEPT ON");
+    }
+}
+
+#[test]
+fn a_leaked_detached_task_unwound_by_the_exit_hook_in_its_results_drop() {
+    let name = "a_leaked_detached_task_unwound_by_the_exit_hook_in_its_results_drop";
+    let Some(run) = hub_util::in_child(name, Duration::from_secs(20), || {
+        thread::spawn(|| {
+            let r = panic::catch_unwind(|| {
+                hub::Builder::new()
+                    .shutdown_timeout(Some(Duration::from_millis(50)))
+                    .run(|| {
+                        drop(hub::spawn(|| OutlivesItsKill));
+                        hub::yield_now();
+                    })
+            });
+            assert!(r.is_err(), "run reports the leak");
+            println!("LEAKED");
+            assert!(corostack::thread_exit::rearm());
+            scribble();
+        })
+        .join()
+        .unwrap();
+        println!("DONE");
+    }) else {
+        return;
+    };
+    let out = run.output();
+    assert!(
+        out.contains("KILL CAUGHT") && out.contains("LEAKED"),
+        "{run:?}"
+    );
+    assert!(
+        !out.contains("SLEPT ON")
+            && !out.contains("during cleanup")
+            && !out.contains("already borrowed")
+            && !out.contains("still suspended"),
+        "{run:?}"
+    );
+    assert!(out.contains("DONE") && run.code == Some(0), "{run:?}");
+}
