@@ -117,14 +117,17 @@ impl Hub {
                 }
             };
             out.set(Some(r));
-            if Rc::strong_count(&out) == 1 {
-                // Detached (its handle is gone): the result is dropped
-                // here, while the task may still park (see
-                // `drop_detached`). (With the hub gone, the core's exit
-                // hook unwinds a leaked task: it is dropped as it comes.)
-                with_hub_id(hub_id, |hub| hub.drop_detached(out));
-            }
+            // Detached (its handle is gone): the result is dropped here,
+            // while the task may still park (see `drop_detached`).
+            let dropped = if Rc::strong_count(&out) == 1 {
+                drop_detached(hub_id, out)
+            } else {
+                Ok(())
+            };
             task.yielder.set(ptr::null());
+            if let Err(p) = dropped {
+                panic::resume_unwind(p);
+            }
         };
         *task.co.borrow_mut() = Some(Coroutine::with_stack(stack, body));
         if self.shutting_down.get() {
@@ -467,23 +470,6 @@ impl Hub {
         }
     }
 
-    /// Drops the result of a detached task (its handle is gone) at the
-    /// end of the task, in the task: its destructors may park, as any of
-    /// the task's; a kill that reaches them ends the drop (the task ends
-    /// anyway); any other panic is kept for `run` to raise once every task
-    /// has finished, as [`drop_in_loop`](Hub::drop_in_loop) does: it must
-    /// not escape the task into the loop.
-    #[cold]
-    #[inline(never)]
-    fn drop_detached<V>(&self, v: V) {
-        match panic::catch_unwind(AssertUnwindSafe(move || drop(v))) {
-            Err(p) if !p.is::<KillSelf>() => {
-                self.loop_panic.borrow_mut().get_or_insert(p);
-            }
-            _ => {}
-        }
-    }
-
     /// Leaks the tasks that could not finish: their stacks stay mapped and
     /// suspended forever (dropping their coroutines would unwind them
     /// outside the hub, where their parks cannot work). They count as
@@ -512,6 +498,33 @@ impl Hub {
         leak::keep_until_thread_exit(tasks);
         n
     }
+}
+
+/// Drops the result of a detached task (its handle is gone) at the end of
+/// the task, in the task: its destructors may park, as any of the task's;
+/// a kill that reaches them ends the drop (the task ends anyway); any
+/// other panic is kept for `run` to raise once every task has finished,
+/// as [`Hub::drop_in_loop`] does: it must not escape the task into the
+/// loop. Returns the panic that no hub could keep, for the task to raise
+/// again: with its hub gone, the core's exit hook unwinds a leaked task
+/// (its forced unwind goes on, and the hub is not touched: nothing here
+/// holds a reference to it across the drop, which may park).
+#[cold]
+#[inline(never)]
+fn drop_detached<V>(hub_id: u64, v: V) -> std::thread::Result<()> {
+    let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(v))) else {
+        return Ok(());
+    };
+    if p.is::<KillSelf>() {
+        return Ok(());
+    }
+    let mut p = Some(p);
+    with_hub_id(hub_id, |hub| {
+        if let Some(p) = p.take() {
+            hub.loop_panic.borrow_mut().get_or_insert(p);
+        }
+    });
+    p.map_or(Ok(()), Err)
 }
 
 /// Installs `hub` as this thread's hub for the life of the value.
