@@ -501,3 +501,62 @@ child_test!(
         });
     }
 );
+
+// ===========================================================================
+// 9. A body that catches the forced unwind and returns a value whose drop
+// panics: the value is dropped (nobody takes it), and that panic reaches
+// the dropper like any other panic of the unwind; the stack is back first.
+// Likewise a greenlet killed whose body catches the kill and returns such
+// a value (its killer takes the panic).
+//
+// Catches: the returned value dropped by `drop` after the unwind but
+// before the stack's release (the stack leaks); a greenlet's entry that
+// drops it outside any `catch_unwind` (the panic leaves an `extern "C"`
+// function: the process aborts).
+// ===========================================================================
+
+/// A started coroutine whose body, once unwound, returns a value whose
+/// drop panics.
+fn returns_a_panicky_value() -> Coroutine<(), (), PanicOnDrop> {
+    let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+        let caught = panic::catch_unwind(AssertUnwindSafe(|| y.suspend(())));
+        assert!(caught.is_err(), "the forced unwind");
+        PanicOnDrop
+    });
+    assert!(co.resume(()).as_yield().is_some());
+    co
+}
+
+child_test!(
+    a_value_returned_after_the_forced_unwind_that_panics_when_dropped,
+    {
+        counted(|| {
+            assert!(panics_with_msg(|| drop(returns_a_panicky_value())));
+            assert!(panics_with_msg(|| drop(
+                returns_a_panicky_value().into_stack()
+            )));
+            let mut co = returns_a_panicky_value();
+            assert!(panics_with_msg(|| co.force_unwind()));
+            assert!(co.done());
+            drop(co);
+            drop_while_unwinding(returns_a_panicky_value());
+        });
+    }
+);
+
+/// A value whose drop panics, passed between greenlets.
+struct Panicky(#[allow(dead_code)] Option<PanicOnDrop>);
+
+child_test!(a_greenlet_killed_that_returns_a_value_whose_drop_panics, {
+    counted(|| {
+        let main = current::<Panicky>();
+        let g = Greenlet::new(move |_: Panicky| {
+            let caught = panic::catch_unwind(AssertUnwindSafe(|| main.switch(Panicky(None))));
+            assert!(caught.is_err(), "the kill");
+            Panicky(Some(PanicOnDrop))
+        });
+        g.switch(Panicky(None));
+        assert!(panics_with_msg(|| g.kill()));
+        assert!(g.done());
+    });
+});
