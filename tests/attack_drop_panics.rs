@@ -558,5 +558,19 @@ child_test!(a_greenlet_killed_that_returns_a_value_whose_drop_panics, {
         g.switch(Panicky(None));
         assert!(panics_with_msg(|| g.kill()));
         assert!(g.done());
+
+        // Returned to a parent that waits for another type: the value is
+        // dropped, and its drop's panic reaches the parent.
+        let g = Greenlet::new(|_: Panicky| Panicky(Some(PanicOnDrop)));
+        let to_g = g.clone();
+        let h = Greenlet::new(move |n: u32| {
+            to_g.switch(Panicky(None));
+            n
+        });
+        assert!(panics_with_msg(|| {
+            h.switch(1); // main waits for a u32; `g` returns a `Panicky` to it
+        }));
+        assert!(g.done());
+        drop((g, h)); // `h` waits in its switch: killed
     });
 });
