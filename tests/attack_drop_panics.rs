@@ -540,6 +540,15 @@ child_test!(
             assert!(co.done());
             drop(co);
             drop_while_unwinding(returns_a_panicky_value());
+            // Even one that panics while the thread unwinds (its drop runs
+            // in a `catch_unwind` of its own, where Rust allows it).
+            let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+                let caught = panic::catch_unwind(AssertUnwindSafe(|| y.suspend(())));
+                assert!(caught.is_err(), "the forced unwind");
+                AlwaysPanicOnDrop
+            });
+            assert!(co.resume(()).as_yield().is_some());
+            drop_while_unwinding(co);
         });
     }
 );
