@@ -444,7 +444,8 @@ macro_rules! coroutine_struct {
         /// body that catches that panic itself (with `catch_unwind`) may run code,
         /// but every `suspend` it calls afterwards panics again (the value it
         /// handed to that `suspend` is dropped, and no switch happens); if it then
-        /// returns normally, its return value is dropped. A destructor that the
+        /// returns normally, its return value is dropped (a panic of that drop
+        /// counts as one that escapes the unwind, below). A destructor that the
         /// unwind runs cannot suspend either: its `suspend` panics with a message
         /// that says so, and since a panic that escapes a destructor during
         /// unwinding aborts the process (Rust's rule), finish a coroutine whose
@@ -1014,9 +1015,10 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 
     /// `finish` for a coroutine not done yet; `drop` calls it with
     /// `in_drop`. A panic that the unwind ends in (a closure whose drop
-    /// panics, a body that catches the forced unwind and panics) is resumed
-    /// here; the body has finished by then, so for `drop`, which the panic
-    /// leaves before its own release, the stack is given back first.
+    /// panics, a body that catches the forced unwind and panics, or returns
+    /// a value whose drop panics) is resumed here; the body has finished by
+    /// then, so for `drop`, which the panic leaves before its own release,
+    /// the stack is given back first.
     #[cold]
     #[inline(never)]
     fn unwind(&mut self, in_drop: bool) {
@@ -1034,6 +1036,17 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         // Without std no panic comes back (`Ending` has no `Panicked`).
         #[cfg(not(feature = "std"))]
         let _ = in_drop;
+        // A body that caught the unwind and returned: nobody takes its
+        // value, and a panic from its drop ends the unwind as a body's
+        // would (for `drop`, after the stack is given back).
+        #[cfg(feature = "std")]
+        let ending = match ending {
+            Ending::Returned(r) => match panic::catch_unwind(AssertUnwindSafe(move || drop(r))) {
+                Ok(()) => Ending::Unwound,
+                Err(p) => Ending::Panicked(p),
+            },
+            ending => ending,
+        };
         match ending {
             Ending::Unwound | Ending::Returned(_) => {}
             #[cfg(feature = "std")]

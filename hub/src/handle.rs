@@ -8,7 +8,10 @@ use crate::scheduler::{self, Slot, Task};
 use crate::task::{JoinError, TaskState};
 
 /// Owns a spawned coroutine's result: [`join`](JoinHandle::join) waits for
-/// it. Dropping the handle detaches the coroutine, which runs on.
+/// it. Dropping the handle detaches the coroutine, which runs on; its
+/// result is dropped when it ends, and a panic from that drop is raised by
+/// [`run`](crate::run) once every coroutine has finished (as one from a
+/// destructor that the end of `run` runs).
 ///
 /// ```
 /// use corostack_hub as hub;

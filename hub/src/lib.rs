@@ -53,6 +53,8 @@
 //! panic in the main closure is re-raised by `run` after that cleanup. A
 //! panic in any other coroutine ends only that coroutine: its
 //! [`JoinHandle::join`] returns [`JoinError::Panicked`] with the payload.
+//! A detached coroutine (its handle dropped) drops its result when it
+//! ends; a panic from that drop is kept and raised by `run` at its end.
 //!
 //! # Killing
 //!
@@ -271,7 +273,10 @@ pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yie
 ///
 /// # Panics
 /// Inside a hub (a thread runs one hub at a time); when the poller cannot
-/// be created; with `f`'s payload if `f` panics.
+/// be created; with `f`'s payload if `f` panics; else, once every
+/// coroutine has finished, with the first panic of a destructor that the
+/// hub ran for no caller (the result of a coroutine whose
+/// [`JoinHandle`] was dropped, pending work dropped at the end).
 pub fn run<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
     Builder::new().run(f)
 }

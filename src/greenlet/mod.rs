@@ -1179,21 +1179,26 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
         // unwind (a value it returned anyway is dropped).
         (Err(p), Some(killer)) if p.is::<GreenletExit>() => (killer, Kind::Value(0), None),
         (Err(p), Some(killer)) => (killer, Kind::Panic(p), None),
-        (Ok(r), Some(killer)) => {
-            drop(r);
-            (killer, Kind::Value(0), None)
-        }
+        // Nothing unwinds here, on the first frame of an `extern "C"`
+        // function: a value nobody takes is dropped in a `catch_unwind`,
+        // and a panic of its drop goes where the body's would.
+        (Ok(r), Some(killer)) => match panic::catch_unwind(AssertUnwindSafe(move || drop(r))) {
+            Ok(()) => (killer, Kind::Value(0), None),
+            Err(p) => (killer, Kind::Panic(p), None),
+        },
         (Ok(r), None) => {
             let target = live_ancestor(&me);
             // SAFETY: our parent chain keeps the ancestor alive.
             match check_target::<T>(unsafe { &*target }) {
                 Ok(()) => (target, Kind::Value(0), Some(ManuallyDrop::new(r))),
-                Err(e) => {
-                    drop(r);
-                    let msg =
-                        format!("corostack: a greenlet's return value went to its parent: {e}");
-                    (target, Kind::Panic(Box::new(msg)), None)
-                }
+                Err(e) => match panic::catch_unwind(AssertUnwindSafe(move || drop(r))) {
+                    Ok(()) => {
+                        let msg =
+                            format!("corostack: a greenlet's return value went to its parent: {e}");
+                        (target, Kind::Panic(Box::new(msg)), None)
+                    }
+                    Err(p) => (target, Kind::Panic(p), None),
+                },
             }
         }
         (Err(p), None) => (live_ancestor(&me), Kind::Panic(p), None),

@@ -125,7 +125,8 @@ pub(crate) struct Hub {
     /// The hub has said that only `Remote`s could wake its coroutines (it
     /// says so once).
     pub(super) remote_warned: Cell<bool>,
-    /// The first panic of a destructor that the loop ran at the end.
+    /// The first panic of a destructor that the loop ran at the end, or
+    /// of a detached task's result that its task dropped.
     pub(super) loop_panic: RefCell<Option<Box<dyn std::any::Any + Send>>>,
 }
 

@@ -40,7 +40,7 @@ use crate::driver::queue::Message;
 use crate::driver::timers::poll_timeout;
 use crate::task::{JoinError, KillSelf, PanicPayload, TaskState};
 
-use super::hub::{Action, Config, HUB, Hub, hub, next_task_id};
+use super::hub::{Action, Config, HUB, Hub, hub, next_task_id, with_hub_id};
 use super::leak;
 use super::task::{Slot, Task};
 
@@ -94,6 +94,7 @@ impl Hub {
         let slot: Slot<T> = Rc::new(Cell::new(None));
         let out = slot.clone();
         let me = Rc::as_ptr(&task);
+        let hub_id = self.id();
         let body = move |yielder: &corostack::Yielder<(), ()>, ()| {
             // SAFETY: the task owns this coroutine, so it outlives the body.
             let task = unsafe { &*me };
@@ -116,7 +117,17 @@ impl Hub {
                 }
             };
             out.set(Some(r));
+            // Detached (its handle is gone): the result is dropped here,
+            // while the task may still park (see `drop_detached`).
+            let dropped = if Rc::strong_count(&out) == 1 {
+                drop_detached(hub_id, out)
+            } else {
+                Ok(())
+            };
             task.yielder.set(ptr::null());
+            if let Err(p) = dropped {
+                panic::resume_unwind(p);
+            }
         };
         *task.co.borrow_mut() = Some(Coroutine::with_stack(stack, body));
         if self.shutting_down.get() {
@@ -487,6 +498,33 @@ impl Hub {
         leak::keep_until_thread_exit(tasks);
         n
     }
+}
+
+/// Drops the result of a detached task (its handle is gone) at the end of
+/// the task, in the task: its destructors may park, as any of the task's;
+/// a kill that reaches them ends the drop (the task ends anyway); any
+/// other panic is kept for `run` to raise once every task has finished,
+/// as [`Hub::drop_in_loop`] does: it must not escape the task into the
+/// loop. Returns the panic that no hub could keep, for the task to raise
+/// again: with its hub gone, the core's exit hook unwinds a leaked task
+/// (its forced unwind goes on, and the hub is not touched: nothing here
+/// holds a reference to it across the drop, which may park).
+#[cold]
+#[inline(never)]
+fn drop_detached<V>(hub_id: u64, v: V) -> std::thread::Result<()> {
+    let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(v))) else {
+        return Ok(());
+    };
+    if p.is::<KillSelf>() {
+        return Ok(());
+    }
+    let mut p = Some(p);
+    with_hub_id(hub_id, |hub| {
+        if let Some(p) = p.take() {
+            hub.loop_panic.borrow_mut().get_or_insert(p);
+        }
+    });
+    p.map_or(Ok(()), Err)
 }
 
 /// Installs `hub` as this thread's hub for the life of the value.
