@@ -1054,6 +1054,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 }
 
 impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
+    #[inline]
     fn drop(&mut self) {
         if !CAN_UNWIND && self.started() && !self.done() {
             // Nothing can unwind the stack: leak it rather than free memory
