@@ -174,7 +174,16 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
     where
         F: FnOnce(&AsyncYielder) -> R + 'static,
     {
-        let co = Coroutine::with_stack(stack, move |yielder, cx: CxAddr| {
+        Self::with_stack_listed::<F, true>(stack, f)
+    }
+
+    /// `with_stack`, its coroutine listed for the thread's exit hook or
+    /// not (`SendAsyncCoroutine`'s, see `Coroutine::with_stack_unlisted`).
+    fn with_stack_listed<F, const LISTED: bool>(stack: S, f: F) -> Self
+    where
+        F: FnOnce(&AsyncYielder) -> R + 'static,
+    {
+        let body = move |yielder: &Yielder<CxAddr, ()>, cx: CxAddr| {
             let handle = AsyncYielder {
                 yielder,
                 cx: Cell::new(cx),
@@ -182,7 +191,12 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
                 _not_send: PhantomData,
             };
             f(&handle)
-        });
+        };
+        let co = if LISTED {
+            Coroutine::with_stack(stack, body)
+        } else {
+            Coroutine::with_stack_unlisted(stack, body)
+        };
         AsyncCoroutine { co }
     }
 
@@ -337,9 +351,10 @@ impl<R: Send> SendAsyncCoroutine<R, DefaultStack> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        let mut inner = AsyncCoroutine::new(f);
-        inner.co.unlist();
-        SendAsyncCoroutine(inner)
+        SendAsyncCoroutine(AsyncCoroutine::with_stack_listed::<F, false>(
+            DefaultStack::default(),
+            f,
+        ))
     }
 }
 
@@ -352,9 +367,7 @@ impl<R: Send, S: Stack + Send> SendAsyncCoroutine<R, S> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        let mut inner = AsyncCoroutine::with_stack(stack, f);
-        inner.co.unlist();
-        SendAsyncCoroutine(inner)
+        SendAsyncCoroutine(AsyncCoroutine::with_stack_listed::<F, false>(stack, f))
     }
 }
 
