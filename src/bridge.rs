@@ -174,16 +174,7 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
     where
         F: FnOnce(&AsyncYielder) -> R + 'static,
     {
-        Self::with_stack_listed::<F, true>(stack, f)
-    }
-
-    /// `with_stack`, its coroutine listed for the thread's exit hook or
-    /// not (`SendAsyncCoroutine`'s, see `Coroutine::with_stack_unlisted`).
-    fn with_stack_listed<F, const LISTED: bool>(stack: S, f: F) -> Self
-    where
-        F: FnOnce(&AsyncYielder) -> R + 'static,
-    {
-        let body = move |yielder: &Yielder<CxAddr, ()>, cx: CxAddr| {
+        let co = Coroutine::with_stack(stack, move |yielder, cx: CxAddr| {
             let handle = AsyncYielder {
                 yielder,
                 cx: Cell::new(cx),
@@ -191,12 +182,28 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
                 _not_send: PhantomData,
             };
             f(&handle)
-        };
-        let co = if LISTED {
-            Coroutine::with_stack(stack, body)
-        } else {
-            Coroutine::with_stack_unlisted(stack, body)
-        };
+        });
+        AsyncCoroutine { co }
+    }
+
+    /// `with_stack` of `SendAsyncCoroutine`, its coroutine left out of the
+    /// thread's list for the exit hook (see
+    /// `Coroutine::with_stack_unlisted`). Not a layer under `with_stack`:
+    /// in a debug build each layer that takes the closure by value copies
+    /// it on the caller's stack.
+    fn with_stack_unlisted<F>(stack: S, f: F) -> Self
+    where
+        F: FnOnce(&AsyncYielder) -> R + 'static,
+    {
+        let co = Coroutine::with_stack_unlisted(stack, move |yielder, cx: CxAddr| {
+            let handle = AsyncYielder {
+                yielder,
+                cx: Cell::new(cx),
+                polling: Cell::new(false),
+                _not_send: PhantomData,
+            };
+            f(&handle)
+        });
         AsyncCoroutine { co }
     }
 
@@ -351,7 +358,7 @@ impl<R: Send> SendAsyncCoroutine<R, DefaultStack> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        SendAsyncCoroutine(AsyncCoroutine::with_stack_listed::<F, false>(
+        SendAsyncCoroutine(AsyncCoroutine::with_stack_unlisted(
             DefaultStack::default(),
             f,
         ))
@@ -367,7 +374,7 @@ impl<R: Send, S: Stack + Send> SendAsyncCoroutine<R, S> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        SendAsyncCoroutine(AsyncCoroutine::with_stack_listed::<F, false>(stack, f))
+        SendAsyncCoroutine(AsyncCoroutine::with_stack_unlisted(stack, f))
     }
 }
 

@@ -651,23 +651,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         Yield: 'static,
     {
         // SAFETY: the closure, the inputs and the yields are 'static.
-        unsafe { Self::with_stack_unchecked(stack, f) }
-    }
-
-    /// [`with_stack`](Coroutine::with_stack) without its `'static` bounds,
-    /// for [`ScopedCoroutine`](crate::scoped::ScopedCoroutine).
-    ///
-    /// # Safety
-    /// Whatever the closure, the inputs and the yields borrow outlives the
-    /// coroutine's frames: the coroutine is finished or dropped (not
-    /// forgotten) before those borrows end.
-    #[inline]
-    pub(crate) unsafe fn with_stack_unchecked<F>(stack: S, f: F) -> Self
-    where
-        F: FnOnce(&Yielder<Input, Yield>, Input) -> Return,
-    {
-        // SAFETY: as the caller promises.
-        unsafe { Self::with_stack_entry::<F, true>(stack, f) }
+        unsafe { Self::with_stack_unchecked::<F, true>(stack, f) }
     }
 
     /// [`with_stack`](Coroutine::with_stack) of a coroutine left out of
@@ -681,23 +665,34 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         Input: 'static,
         Yield: 'static,
     {
-        // SAFETY: the closure, the inputs and the yields are 'static.
-        let co = unsafe { Self::with_stack_entry::<F, false>(stack, f) };
-        // SAFETY: the node that `with_stack_entry` wrote, before the first
-        // resume: nothing else uses it yet.
+        // SAFETY: the closure, the inputs and the yields are 'static; the
+        // node is left out right below, before any resume.
+        let co = unsafe { Self::with_stack_unchecked::<F, false>(stack, f) };
+        // SAFETY: the node that `with_stack_unchecked` wrote, before the
+        // first resume: nothing else uses it yet.
         unsafe { thread_exit::Node::at(co.link).unlist() };
         co
     }
 
-    /// `with_stack_unchecked`, with an entry that lists the coroutine for
-    /// the thread's exit hook at its start, or not (`LISTED`: a constant,
-    /// so that a listed start tests nothing for it).
+    /// [`with_stack`](Coroutine::with_stack) without its `'static` bounds,
+    /// for [`ScopedCoroutine`](crate::scoped::ScopedCoroutine); with an
+    /// entry that lists the coroutine for the thread's exit hook at its
+    /// start (see `thread_exit`), or not (`LISTED`: a constant, so that a
+    /// listed start tests nothing for it). One function, not a wrapper
+    /// around another: each call that takes the closure by value is a copy
+    /// of it on the caller's stack in a debug build (a highly aligned one
+    /// realigns the frame too), and a layer more overflowed a test
+    /// thread's stack under qemu-riscv64 (attack_core's 64 KiB-aligned
+    /// closure).
     ///
     /// # Safety
-    /// As `with_stack_unchecked`; without `LISTED`, the caller leaves the
-    /// node out of the list (`Node::unlist`) before the first resume.
-    #[inline(always)]
-    unsafe fn with_stack_entry<F, const LISTED: bool>(stack: S, f: F) -> Self
+    /// Whatever the closure, the inputs and the yields borrow outlives the
+    /// coroutine's frames: the coroutine is finished or dropped (not
+    /// forgotten) before those borrows end. Without `LISTED`, the caller
+    /// leaves the node out of the list (`Node::unlist`) before the first
+    /// resume.
+    #[inline]
+    pub(crate) unsafe fn with_stack_unchecked<F, const LISTED: bool>(stack: S, f: F) -> Self
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return,
     {
