@@ -186,6 +186,27 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
         AsyncCoroutine { co }
     }
 
+    /// `with_stack` of `SendAsyncCoroutine`, its coroutine left out of the
+    /// thread's list for the exit hook (see
+    /// `Coroutine::with_stack_unlisted`). Not a layer under `with_stack`:
+    /// in a debug build each layer that takes the closure by value copies
+    /// it on the caller's stack.
+    fn with_stack_unlisted<F>(stack: S, f: F) -> Self
+    where
+        F: FnOnce(&AsyncYielder) -> R + 'static,
+    {
+        let co = Coroutine::with_stack_unlisted(stack, move |yielder, cx: CxAddr| {
+            let handle = AsyncYielder {
+                yielder,
+                cx: Cell::new(cx),
+                polling: Cell::new(false),
+                _not_send: PhantomData,
+            };
+            f(&handle)
+        });
+        AsyncCoroutine { co }
+    }
+
     /// Whether the body has returned or panicked.
     pub fn done(&self) -> bool {
         self.co.done()
@@ -337,9 +358,10 @@ impl<R: Send> SendAsyncCoroutine<R, DefaultStack> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        let mut inner = AsyncCoroutine::new(f);
-        inner.co.unlist();
-        SendAsyncCoroutine(inner)
+        SendAsyncCoroutine(AsyncCoroutine::with_stack_unlisted(
+            DefaultStack::default(),
+            f,
+        ))
     }
 }
 
@@ -352,9 +374,7 @@ impl<R: Send, S: Stack + Send> SendAsyncCoroutine<R, S> {
     where
         F: FnOnce(&AsyncYielder) -> R + Send + 'static,
     {
-        let mut inner = AsyncCoroutine::with_stack(stack, f);
-        inner.co.unlist();
-        SendAsyncCoroutine(inner)
+        SendAsyncCoroutine(AsyncCoroutine::with_stack_unlisted(stack, f))
     }
 }
 

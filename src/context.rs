@@ -23,7 +23,7 @@ use core::ptr;
 
 use crate::arch;
 use crate::sanitizer::{self, AsanSave, Fiber};
-use crate::stack::Stack;
+use crate::stack::{MIN_STACK_SIZE, Stack};
 
 /// The stack that a new context takes before its body's own frames,
 /// besides the first frame and the closure's copies (see
@@ -74,14 +74,26 @@ pub(crate) fn place_closure<S: Stack, F>(
     let below = (copy_size + copy_align)
         .checked_mul(COPIES)
         .and_then(|copies| copies.checked_add(arch::INIT_FRAME_SIZE + ENTRY_RESERVE));
-    let closure = top
-        .checked_sub(size)
-        .map(|a| a & !(align - 1))
-        .filter(|&a| {
-            below
-                .and_then(|below| a.checked_sub(below))
-                .is_some_and(|low| low >= limit)
-        });
+    // The most that the closure, its alignment's padding and what lies
+    // below it can take: constants once inlined. `Stack` promises at least
+    // MIN_STACK_SIZE bytes between a 16-aligned top and the limit, so when
+    // that fits in it (every closure of up to an eighth of it aligned to
+    // at most 16, the common case), the bounds need no check at run time.
+    let most = below.and_then(|below| below.checked_add(size + (align - 1)));
+    let closure = if most.is_some_and(|most| most <= MIN_STACK_SIZE) {
+        debug_assert!(top % arch::STACK_ALIGNMENT == 0 && top - limit >= MIN_STACK_SIZE);
+        // `top - limit >= MIN_STACK_SIZE >= most > size`: no overflow, and
+        // the closure's address less `below` is at least `limit`.
+        Some((top - size) & !(align - 1))
+    } else {
+        top.checked_sub(size)
+            .map(|a| a & !(align - 1))
+            .filter(|&a| {
+                below
+                    .and_then(|below| a.checked_sub(below))
+                    .is_some_and(|low| low >= limit)
+            })
+    };
     let Some(closure) = closure else {
         closure_too_large(top.saturating_sub(limit), copy_size);
     };

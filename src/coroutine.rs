@@ -652,18 +652,48 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         Yield: 'static,
     {
         // SAFETY: the closure, the inputs and the yields are 'static.
-        unsafe { Self::with_stack_unchecked(stack, f) }
+        unsafe { Self::with_stack_unchecked::<F, true>(stack, f) }
+    }
+
+    /// [`with_stack`](Coroutine::with_stack) of a coroutine left out of
+    /// its thread's list for the exit hook (see `thread_exit`): for
+    /// `SendAsyncCoroutine`, which may finish on another thread, and whose
+    /// contract forbids borrows of thread-locals across a suspend.
+    #[cfg(feature = "std")]
+    pub(crate) fn with_stack_unlisted<F>(stack: S, f: F) -> Self
+    where
+        F: FnOnce(&Yielder<Input, Yield>, Input) -> Return + 'static,
+        Input: 'static,
+        Yield: 'static,
+    {
+        // SAFETY: the closure, the inputs and the yields are 'static; the
+        // node is left out right below, before any resume.
+        let co = unsafe { Self::with_stack_unchecked::<F, false>(stack, f) };
+        // SAFETY: the node that `with_stack_unchecked` wrote, before the
+        // first resume: nothing else uses it yet.
+        unsafe { thread_exit::Node::at(co.link).unlist() };
+        co
     }
 
     /// [`with_stack`](Coroutine::with_stack) without its `'static` bounds,
-    /// for [`ScopedCoroutine`](crate::scoped::ScopedCoroutine).
+    /// for [`ScopedCoroutine`](crate::scoped::ScopedCoroutine); with an
+    /// entry that lists the coroutine for the thread's exit hook at its
+    /// start (see `thread_exit`), or not (`LISTED`: a constant, so that a
+    /// listed start tests nothing for it). One function, not a wrapper
+    /// around another: each call that takes the closure by value is a copy
+    /// of it on the caller's stack in a debug build (a highly aligned one
+    /// realigns the frame too), and a layer more overflowed a test
+    /// thread's stack under qemu-riscv64 (attack_core's 64 KiB-aligned
+    /// closure).
     ///
     /// # Safety
     /// Whatever the closure, the inputs and the yields borrow outlives the
     /// coroutine's frames: the coroutine is finished or dropped (not
-    /// forgotten) before those borrows end.
+    /// forgotten) before those borrows end. Without `LISTED`, the caller
+    /// leaves the node out of the list (`Node::unlist`) before the first
+    /// resume.
     #[inline]
-    pub(crate) unsafe fn with_stack_unchecked<F>(stack: S, f: F) -> Self
+    pub(crate) unsafe fn with_stack_unchecked<F, const LISTED: bool>(stack: S, f: F) -> Self
     where
         F: FnOnce(&Yielder<Input, Yield>, Input) -> Return,
     {
@@ -676,8 +706,12 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             f,
         };
         let copied = (mem::size_of::<F>(), mem::align_of::<F>());
-        let (closure, sp) =
-            context::place_closure(&stack, start, copied, entry::<Input, Yield, Return, F>);
+        let (closure, sp) = context::place_closure(
+            &stack,
+            start,
+            copied,
+            entry::<Input, Yield, Return, F, LISTED>,
+        );
         let link = link_word(closure);
         // SAFETY: the link word lies inside the frame init_stack just wrote.
         unsafe { link.write(sp) };
@@ -688,18 +722,6 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             suspended_on: AsanPeer::default(),
             _marker: PhantomData,
         }
-    }
-
-    /// Leaves this coroutine, not started yet, out of its thread's list for
-    /// the exit hook (see `thread_exit`): for `SendAsyncCoroutine`, which
-    /// may finish on another thread, and whose contract forbids borrows of
-    /// thread-locals across a suspend.
-    #[cfg(feature = "std")]
-    pub(crate) fn unlist(&mut self) {
-        debug_assert!(!self.started());
-        // SAFETY: the node that `with_stack` wrote, before the first
-        // resume: nothing else uses it yet.
-        unsafe { thread_exit::Node::at(self.link).unlist() };
     }
 
     /// Runs the coroutine until it suspends or returns.
@@ -1067,6 +1089,7 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
 }
 
 impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S> {
+    #[inline]
     fn drop(&mut self) {
         if !CAN_UNWIND && self.started() && !self.done() {
             // Nothing can unwind the stack: leak it rather than free memory
@@ -1074,11 +1097,34 @@ impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S>
             return;
         }
         if !self.done() {
-            self.unwind(true);
+            // SAFETY: a bitwise copy that takes over: `drop` is the last use
+            // of `self`, whose fields have no drop glue of their own (the
+            // stack is `ManuallyDrop`), and the copy is `ManuallyDrop` too.
+            Self::drop_unfinished(ManuallyDrop::new(unsafe { ptr::read(self) }));
+            return;
         }
         self.fiber.destroy();
         // SAFETY: `drop` runs once; the stack is not used after this.
         unsafe { ManuallyDrop::drop(&mut self.stack) };
+    }
+}
+
+impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
+    /// `drop` of a coroutine not done yet: unwinds it, then releases its
+    /// stack (before a panic that the unwind ended in leaves, see
+    /// `unwind`). It takes the coroutine by value, a copy made on this
+    /// cold path, so that the handle's address does not escape from the
+    /// caller's fast path: the compiler then keeps the handle's words in
+    /// registers and spill slots there, not stored in a struct besides.
+    #[cold]
+    #[inline(never)]
+    fn drop_unfinished(mut this: ManuallyDrop<Self>) {
+        this.unwind(true);
+        this.fiber.destroy();
+        // SAFETY: the copy took over from the dropped handle; its stack is
+        // released once, here (on a panic `unwind` released it and the
+        // panic skips this; `this` is `ManuallyDrop`).
+        unsafe { ManuallyDrop::drop(&mut this.stack) };
     }
 }
 
@@ -1279,7 +1325,11 @@ impl<Input, Yield> fmt::Debug for Yielder<Input, Yield> {
 ///
 /// # Safety
 /// Only the trampoline calls it, as `Coroutine::with_stack` arranged.
-unsafe extern "C" fn entry<I, Y, R, F>(msg: usize, _from: usize, closure: usize) -> !
+unsafe extern "C" fn entry<I, Y, R, F, const LISTED: bool>(
+    msg: usize,
+    _from: usize,
+    closure: usize,
+) -> !
 where
     F: FnOnce(&Yielder<I, Y>, I) -> R,
 {
@@ -1323,14 +1373,15 @@ where
             // resume does.
             let input = unsafe { take::<I>(input) };
             // Listed for the thread's exit hook while the body lives (see
-            // `thread_exit`), unless `unlist` left it out.
-            // SAFETY: `with_stack` wrote the `Start`, whose node stays at
-            // the top of the frames for the coroutine's life, unmoved; a
-            // forgotten coroutine's stack stays forever, listed.
+            // `thread_exit`), unless `with_stack_unlisted` left it out.
             #[cfg(feature = "std")]
-            unsafe {
-                thread_exit::link(&(*start).node)
-            };
+            if LISTED {
+                // SAFETY: `with_stack` wrote the `Start`, whose node stays
+                // at the top of the frames for the coroutine's life,
+                // unmoved; a forgotten coroutine's stack stays forever,
+                // listed. `LISTED`: not left out.
+                unsafe { thread_exit::link(&(*start).node) };
+            }
             let call = || {
                 // SAFETY: `with_stack` wrote an F at `f`; it is moved out
                 // once, here, straight into the call (a local would be one

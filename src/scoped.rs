@@ -186,7 +186,7 @@ impl<'a, Input, Yield, Return, S: Stack> ScopedCoroutine<'a, Input, Yield, Retur
             // 'a, and the coroutine is dropped within 'a: it only runs
             // inside `scope`, which drops it before returning, and nothing
             // started can be owned outside it (see the module docs).
-            co: unsafe { Coroutine::with_stack_unchecked(stack, f) },
+            co: unsafe { Coroutine::with_stack_unchecked::<_, true>(stack, f) },
             _borrows: PhantomData,
         }
     }

@@ -229,17 +229,17 @@ fn head() -> *const Links {
     LIST.with(ptr::from_ref)
 }
 
-/// Links `node` into this thread's list (unless it was left out),
-/// registering the exit hook at the thread's first coroutine start.
+/// Links `node` into this thread's list, registering the exit hook at the
+/// thread's first coroutine start. A node left out of the list
+/// ([`Node::unlist`]) is not linked: its coroutine's entry does not call
+/// this (a constant of its type), so the start tests nothing for it.
 ///
 /// # Safety
 /// `node` stays where it is, alive, until [`unlink`] is called with it on
-/// this thread.
+/// this thread; it was not left out of the list.
 #[inline(always)]
 pub(crate) unsafe fn link(node: &Node) {
-    if node.limit.get() == 0 {
-        return;
-    }
+    debug_assert_ne!(node.limit.get(), 0, "a node left out of the list");
     let head = head();
     // SAFETY: the head is this thread's, alive; its links are initialised
     // (null before the first start, then nodes or itself).

@@ -8,7 +8,7 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::guards;
-use super::os::Region;
+use super::os::{Region, page_size};
 
 /// The pages of a stack's guard. One page is not enough: LLVM's stack
 /// probes leave the last page of a frame unprobed, so a frame realigned to
@@ -27,14 +27,17 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// The guard pages, then the usable bytes; unmapped (and unregistered)
 /// when dropped.
+///
+/// Two words, the usable bounds, which is what a coroutine reads (and the
+/// pool moves) on every life; the region's own bounds are rebuilt from
+/// them when it is unmapped (its base lies [`GUARD_PAGES`] pages below the
+/// limit), which only a mapping's last use does.
 #[derive(Debug)]
 pub(crate) struct Mapping {
-    /// The guard pages, then the usable bytes: the top is the region's
-    /// end. Taken out only by `drop`.
-    map: ManuallyDrop<Region>,
-    /// The lowest usable address: the mapping's start plus the guard
-    /// (kept, so that nothing but mapping asks the page size).
+    /// The lowest usable address: the region's base plus the guard.
     limit: usize,
+    /// One past the highest usable byte: the region's end.
+    top: usize,
 }
 
 impl Mapping {
@@ -43,6 +46,7 @@ impl Mapping {
     #[cold]
     #[inline(never)]
     pub(crate) fn new(usable: usize, page: usize) -> io::Result<Mapping> {
+        debug_assert_eq!(page, page_size(), "unregister rebuilds the guard from it");
         let guard = GUARD_PAGES * page;
         let map = Region::new(usable, guard, LIVE.load(Ordering::Relaxed))?;
         let base = map.base();
@@ -50,16 +54,16 @@ impl Mapping {
         let (limit, top) = (base + guard, base + guard + usable);
         crate::sanitizer::valgrind_stack_register(limit, top);
         LIVE.fetch_add(1, Ordering::Relaxed);
-        Ok(Mapping {
-            map: ManuallyDrop::new(map),
-            limit,
-        })
+        // Given up here, taken back by `unregister`.
+        debug_assert_eq!(map.top(), top);
+        let _ = map.into_raw();
+        Ok(Mapping { limit, top })
     }
 
     /// One past the highest usable byte.
     #[inline(always)]
     pub(crate) fn top(&self) -> usize {
-        self.map.top()
+        self.top
     }
 
     /// The lowest usable byte.
@@ -87,8 +91,12 @@ impl Mapping {
     /// # Safety
     /// Called once, by the mapping's last use (`drop` or `release`).
     unsafe fn unregister(&mut self) -> Region {
-        // SAFETY: as the caller promises: the map is not used after this.
-        let map = unsafe { ManuallyDrop::take(&mut self.map) };
+        // `new`'s guard, below the limit.
+        let base = self.limit - GUARD_PAGES * page_size();
+        // SAFETY: `new` gave up the region of these bounds; as the caller
+        // promises, this is the mapping's last use, so it is taken back
+        // once.
+        let map = unsafe { Region::from_raw(base, self.top) };
         crate::sanitizer::valgrind_stack_deregister(self.limit);
         guards::unregister(map.base());
         LIVE.fetch_sub(1, Ordering::Relaxed);

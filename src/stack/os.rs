@@ -157,6 +157,28 @@ impl Region {
         self.base
     }
 
+    /// Gives up the region without unmapping it; [`Region::from_raw`]
+    /// takes it back from its bounds.
+    #[inline(always)]
+    pub(crate) fn into_raw(self) -> (usize, usize) {
+        let bounds = (self.base, self.top());
+        std::mem::forget(self);
+        bounds
+    }
+
+    /// The region of `into_raw`'s bounds.
+    ///
+    /// # Safety
+    /// `(base, top)` are the bounds of a region given up by `into_raw`,
+    /// taken back once.
+    #[inline(always)]
+    pub(crate) unsafe fn from_raw(base: usize, top: usize) -> Region {
+        Region {
+            base,
+            len: top - base,
+        }
+    }
+
     /// One past the highest usable byte.
     #[inline(always)]
     pub(crate) fn top(&self) -> usize {

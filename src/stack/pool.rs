@@ -44,25 +44,20 @@ enum State {
 }
 
 /// What [`Pool::last`] holds, and whether `give`'s fast path may fill it:
-/// the one byte that the fast paths test. Bit 0 ([`HOLDS`]) says that
-/// `last` holds a mapping; taking it clears the bit, which leaves the
-/// right empty state (`FULL` becomes `OPEN`, `STAGED` becomes `SHUT`).
+/// the one byte that the fast paths test.
 type Slot = u8;
 /// Empty, and the pool has room for one more (it is `Owned`, and the
-/// vector holds fewer than `cap`): `give` may fill it.
-const OPEN: Slot = 0;
+/// vector holds fewer than `cap`): `give` may fill it. Not 0: a take
+/// stores it as an immediate (x86_64 clears a register first to store a
+/// zero byte).
+const OPEN: Slot = 4;
 /// Holds the newest pooled mapping (the pool is `Owned`, and holds at most
 /// `cap` mappings with it, so that taking it leaves it `OPEN`).
-const FULL: Slot = HOLDS;
+const FULL: Slot = OPEN | HOLDS;
 /// Empty, and `give` must take its slow path (not owned, exited, or no
 /// room).
 const SHUT: Slot = 2;
-/// Holds a mapping that the pool does not keep, only hands over: how
-/// `take_last_or`'s slow path passes the mapping it found or made to its
-/// fast path's read (taking it leaves the slot `SHUT`). Never seen
-/// outside `take_last_or`.
-const STAGED: Slot = SHUT | HOLDS;
-/// The bit of the states in which `last` holds a mapping.
+/// The bit that `FULL` adds to `OPEN`.
 const HOLDS: Slot = 1;
 
 /// A thread's free mappings, and how many it keeps.
@@ -73,10 +68,10 @@ const HOLDS: Slot = 1;
 /// mapping's words each way. Every mapping in `free` is older than the
 /// one in `last`.
 struct Pool {
-    /// What `last` holds: `OPEN`, `FULL`, `SHUT` or `STAGED`.
+    /// What `last` holds: `OPEN`, `FULL` or `SHUT`.
     slot: Slot,
-    /// The newest pooled mapping when `slot` is `FULL` (or the one being
-    /// handed over, when `STAGED`); uninitialised otherwise.
+    /// The newest pooled mapping when `slot` is `FULL`; uninitialised
+    /// otherwise.
     last: MaybeUninit<Mapping>,
     /// The older ones, oldest first. Freed (its mappings unmapped) by
     /// [`POOL_OWNER`]'s destructor.
@@ -201,40 +196,33 @@ fn take_last(size: usize) -> Option<Mapping> {
 /// size (`DefaultStack::default`'s fast path), else another pooled one,
 /// else `make`'s (which may panic).
 ///
-/// Both ways end in the same read of the slot (the slow one stages its
-/// mapping there), so that the mapping's words go straight from the
-/// thread-local to where the caller puts them, with no copy in between.
+/// A mapping is two words, which the slow way returns in registers: both
+/// ways end with the words in registers, so they go from the
+/// thread-local to where the caller puts them with no copy in between.
 #[inline(always)]
 pub(crate) fn take_last_or(size: usize, make: fn() -> Mapping) -> Mapping {
     let pool = pool_raw();
-    // SAFETY: `FULL` says `last` holds a mapping (`&&` reads it only then).
-    if pool.slot != FULL || unsafe { pool.last.assume_init_ref() }.size() != size {
-        stage(size, make);
+    // The size as `limit + size == top`: one `lea` and a compare.
+    if pool.slot == FULL && {
+        // SAFETY: `FULL` says `last` holds a mapping.
+        let last = unsafe { pool.last.assume_init_ref() };
+        last.limit().wrapping_add(size) == last.top()
+    } {
+        // SAFETY: moved out once: the slot is `OPEN` right after (the
+        // pool held at most `cap` with it, and it is owned).
+        let mapping = unsafe { pool.last.assume_init_read() };
+        pool.slot = OPEN;
+        return mapping;
     }
-    let pool = pool_raw();
-    // SAFETY: the slot holds a mapping (`FULL`, or `STAGED` by `stage`),
-    // moved out once: the slot is emptied right after.
-    let mapping = unsafe { pool.last.assume_init_read() };
-    pool.slot &= !HOLDS;
-    mapping
+    take_or_make(size, make)
 }
 
-/// `take_last_or` without the mapping at hand in the slot: puts the
-/// mapping that `take` or else `make` gives into the slot, `FULL` if the
-/// pool may keep it (so that taking it leaves the slot `OPEN`), else
-/// `STAGED`.
+/// `take_last_or` without the mapping at hand in the slot: another pooled
+/// one, else `make`'s.
 #[cold]
 #[inline(never)]
-fn stage(size: usize, make: fn() -> Mapping) {
-    let mapping = take(size).unwrap_or_else(make);
-    let pool = pool_raw();
-    pool.spill();
-    pool.last.write(mapping);
-    pool.slot = if pool.state == State::Owned && pool.free.len() < pool.cap {
-        FULL
-    } else {
-        STAGED
-    };
+fn take_or_make(size: usize, make: fn() -> Mapping) -> Mapping {
+    take(size).unwrap_or_else(make)
 }
 
 /// A pooled mapping of `size` usable bytes, the last pooled first.
@@ -379,8 +367,8 @@ mod tests {
     }
 
     /// A default stack made while the pool is full of stacks of another
-    /// size is only handed over (`STAGED`), not counted as kept: the
-    /// pool never holds more than its capacity.
+    /// size is only handed over, not counted as kept: the pool never
+    /// holds more than its capacity.
     #[test]
     fn a_stack_made_for_a_full_pool_is_not_kept_beyond_its_capacity() {
         trim_pool();
@@ -390,7 +378,7 @@ mod tests {
         let d = DefaultStack::default();
         assert_eq!(d.size(), DEFAULT_STACK_SIZE);
         assert_eq!(pooled(), 1, "the small stack stays");
-        assert!(pool_raw().slot == SHUT, "no room for one more");
+        assert!(pool_raw().slot == FULL, "in the slot, the newest pooled");
         let top = d.top();
         drop(d);
         assert_eq!(pooled(), 1, "the full pool gave its older half back");
