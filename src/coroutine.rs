@@ -1097,9 +1097,12 @@ impl<Input, Yield, Return, S: Stack> Drop for Coroutine<Input, Yield, Return, S>
             return;
         }
         if !self.done() {
+            // The copy below relies on it: no field's drop glue runs twice.
+            const { assert!(!mem::needs_drop::<Fiber>() && !mem::needs_drop::<AsanPeer>()) };
             // SAFETY: a bitwise copy that takes over: `drop` is the last use
             // of `self`, whose fields have no drop glue of their own (the
-            // stack is `ManuallyDrop`), and the copy is `ManuallyDrop` too.
+            // stack is `ManuallyDrop`, the assertion above checks the rest),
+            // and the copy is `ManuallyDrop` too.
             Self::drop_unfinished(ManuallyDrop::new(unsafe { ptr::read(self) }));
             return;
         }
