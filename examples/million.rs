@@ -30,9 +30,17 @@
 //!   (`create / (touch + guard)` is the ratio to the two together);
 //! - **pooled drop**: a suspended coroutine dropped with its stack going
 //!   back to the pool (no system call): the unwind alone, without the
-//!   unmapping that the drop of a million pays beyond the pool.
+//!   unmapping that the drop of a million pays beyond the pool (it
+//!   creates the coroutine from the pool too, and runs it to its first
+//!   suspend);
+//! - **unwind**: std's own panic (`resume_unwind` of a private payload)
+//!   caught by `catch_unwind` through the same frames as a pooled drop's
+//!   forced unwind, on the thread's stack, no coroutine anywhere: the
+//!   least the unwind of a drop costs, so `drop / (unwind + unmap)` is the
+//!   drop of a million against its two floors.
 
 use std::hint::black_box;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use corostack::{Coroutine, DefaultStack};
@@ -67,6 +75,9 @@ pub struct Report {
     pub unmap: Duration,
     /// Time per drop of a suspended coroutine whose stack is pooled.
     pub pooled_drop: Duration,
+    /// The floor of the unwind: time per raise and catch of std's own
+    /// panic through the same frames, without a coroutine.
+    pub unwind: Duration,
     /// The floor of the guards: time per stride to install its guard
     /// pages, batched as the stacks' are (`None` where the kernel has no
     /// `MADV_GUARD_INSTALL` or `process_madvise` refuses it).
@@ -227,18 +238,57 @@ fn page_size() -> usize {
 fn pooled_drops(count: usize) -> Duration {
     let start = Instant::now();
     for i in 0..count {
-        let stack = DefaultStack::new(STACK_SIZE).unwrap_or_else(|e| panic!("{e}"));
-        let mut co: Coroutine<(), u32, ()> = Coroutine::with_stack(stack, move |y, ()| {
-            let mut frame = [i as u32; 32];
-            loop {
-                frame[0] += 1;
-                y.suspend(black_box(&mut frame)[0]);
-            }
-        });
-        co.resume(());
-        drop(black_box(co));
+        pooled_drop(i as u32);
     }
     start.elapsed() / count.max(1) as u32
+}
+
+/// One pooled drop: a coroutine created on a pooled stack, resumed to its
+/// first suspend (a small frame in use, as the million's) and dropped.
+#[inline(never)]
+pub fn pooled_drop(seed: u32) {
+    let stack = DefaultStack::new(STACK_SIZE).unwrap_or_else(|e| panic!("{e}"));
+    let mut co: Coroutine<(), u32, ()> = Coroutine::with_stack(stack, move |y, ()| {
+        let mut frame = [seed; 32];
+        loop {
+            frame[0] += 1;
+            y.suspend(black_box(&mut frame)[0]);
+        }
+    });
+    co.resume(());
+    drop(black_box(co));
+}
+
+/// The payload of [`std_unwind`], as private as a coroutine's.
+struct Probe;
+
+/// Time per [`std_unwind`], `count` of them.
+fn unwind_floor(count: usize) -> Duration {
+    let start = Instant::now();
+    for i in 0..count {
+        std_unwind(i as u32);
+    }
+    start.elapsed() / count.max(1) as u32
+}
+
+/// The unwind floor: std's own `resume_unwind` of a private zero-sized
+/// payload, caught by `catch_unwind`, on the thread's stack, through the
+/// frames a pooled drop's forced unwind crosses (std's `resume_unwind`
+/// and `rust_panic`, then one frame that holds the body's small array and
+/// catches, as the coroutine's entry with the body inlined into it does);
+/// nothing of corostack's runs.
+#[inline(never)]
+pub fn std_unwind(seed: u32) {
+    let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut frame = [seed; 32];
+        frame[0] = frame[0].wrapping_add(1);
+        black_box(&mut frame);
+        // Always: a closure that returns `!` would not be inlined.
+        if black_box(true) {
+            panic::resume_unwind(Box::new(Probe));
+        }
+    }));
+    assert!(caught.is_err_and(|p| p.is::<Probe>()));
 }
 
 /// Runs the three phases over `count` coroutines, and the floors beside
@@ -291,6 +341,7 @@ pub fn run(count: usize) -> Report {
         ])
     })();
     let pooled_drop = pooled_drops(count.min(100_000));
+    let unwind = unwind_floor(count.min(100_000));
     let per = |d: Duration| d / count.max(1) as u32;
     Report {
         count,
@@ -305,6 +356,7 @@ pub fn run(count: usize) -> Report {
         first_touch_faults,
         unmap,
         pooled_drop,
+        unwind,
         guard_install,
     }
 }
@@ -359,6 +411,10 @@ fn main() {
     );
     println!("pooled drop (unwind):   {:?} per coroutine", r.pooled_drop);
     println!(
+        "unwind (floor):         {:?} per raise, std's own",
+        r.unwind
+    );
+    println!(
         "guard install (floor):  {} per stack, one process_madvise per 1,024",
         r.guard_install.map_or("-".into(), |g| format!("{g:?}"))
     );
@@ -374,4 +430,8 @@ fn main() {
         );
     }
     println!("drop / create:          {:.2}", ratio(r.drop, r.create));
+    println!(
+        "drop / (unwind+unmap):  {:.2} (the floors of a page's stack)",
+        ratio(r.drop, r.unwind + r.unmap)
+    );
 }

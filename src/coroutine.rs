@@ -1027,6 +1027,35 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         back.word
     }
 
+    /// Warms the cache for the forced unwind of a suspended body: the
+    /// lines that the unwinder's own frames take below the body's
+    /// suspended sp, which it writes first (1.9 KiB below it on x86_64 in
+    /// a release build; the first 2 KiB of more elsewhere), and the
+    /// suspended frames just above it, which the switch and the unwinder
+    /// read. On a stack that has not run for a while (the drop of one of
+    /// many live coroutines) each of those lines is a miss; asked for
+    /// together, the misses overlap instead of coming one at a time as the
+    /// unwind goes deeper: 15% off such a drop on x86_64 (1.53 to 1.31 µs
+    /// of CPU time, `examples/drop_probe.rs cold`), for 40 instructions
+    /// (of 20,000) where the stack is hot. 3 KiB below or every other line
+    /// did less. A hint only: no prefetch faults, whatever the address.
+    #[inline(always)]
+    fn prefetch_unwind(&self) {
+        /// The bytes below the suspended sp that are brought in.
+        const BELOW: usize = 2048;
+        /// The bytes above it (past the top of the frames where a body is
+        /// suspended near it: a prefetch there is as harmless).
+        const ABOVE: usize = 512;
+        /// The distance between two prefetches.
+        const STRIDE: usize = 64;
+        let low = self.saved_sp().wrapping_sub(BELOW);
+        // A fixed count, which the compiler unrolls into one prefetch an
+        // address.
+        for line in 0..(BELOW + ABOVE) / STRIDE {
+            arch::prefetch(low.wrapping_add(line * STRIDE));
+        }
+    }
+
     /// Drives a started or unstarted coroutine to its end by unwinding.
     #[inline]
     fn finish(&mut self) {
@@ -1045,6 +1074,9 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     #[inline(never)]
     fn unwind(&mut self, in_drop: bool) {
         let fresh = !self.started();
+        if !fresh {
+            self.prefetch_unwind();
+        }
         // The request goes to the pending suspend, which unwinds the body;
         // every later suspend unwinds again at once or panics (see
         // `Yielder::suspend_while_unwinding`) without switching, so the
@@ -1396,7 +1428,7 @@ where
                 Ok(r) => Ending::Returned(r),
                 // Our own unwind, requested by our resumer; the payload of
                 // another's is an ordinary panic here.
-                Err(p) if p.is::<ForcedUnwind>() && yielder.unwinding.get() => Ending::Unwound,
+                Err(p) if yielder.unwinding.get() && p.is::<ForcedUnwind>() => Ending::Unwound,
                 Err(p) => Ending::Panicked(p),
             };
             // Without std a panic cannot be caught: it goes to the panic
