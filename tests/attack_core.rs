@@ -52,27 +52,36 @@ child_test!(
     holds_a_highly_aligned_closure_is_refused_or_runs,
     {
         let a = Box::new(Aligned64K([9u8; 65536]));
-        // The smallest DefaultStack that with_stack's documented rule
-        // accepts (the closure at the top, twice its size and 8 KiB + the
-        // 40-byte first frame below it).
         // The smallest DefaultStack that with_stack accepts for it must
         // run it: every smaller one is refused with the documented panic.
-        let mut size = 64 * 1024;
-        loop {
-            let stack = DefaultStack::new(size).unwrap();
-            let v = *a;
-            let made = panic::catch_unwind(AssertUnwindSafe(|| {
-                Coroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| black_box(&v).0[3])
-            }));
-            match made {
-                Ok(mut co) => {
-                    println!("accepted a {size}-byte stack");
-                    assert_eq!(co.resume(()).as_return(), Some(9));
-                    break;
+        // On a thread of 16 MiB: a debug build copies the closure by value
+        // at every layer, each copy realigning its frame to 64 KiB, which
+        // comes close to the test thread's 2 MiB (under qemu-riscv64 one
+        // layer more overflowed it: the thread's stack, not the coroutine's).
+        let search = move || {
+            let mut size = 64 * 1024;
+            loop {
+                let stack = DefaultStack::new(size).unwrap();
+                let v = *a;
+                let made = panic::catch_unwind(AssertUnwindSafe(|| {
+                    Coroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| black_box(&v).0[3])
+                }));
+                match made {
+                    Ok(mut co) => {
+                        println!("accepted a {size}-byte stack");
+                        assert_eq!(co.resume(()).as_return(), Some(9));
+                        break;
+                    }
+                    Err(_) => size += 4096,
                 }
-                Err(_) => size += 4096,
             }
-        }
+        };
+        std::thread::Builder::new()
+            .stack_size(16 << 20)
+            .spawn(search)
+            .unwrap()
+            .join()
+            .unwrap();
     }
 );
 
