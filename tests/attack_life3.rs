@@ -248,7 +248,10 @@ child_test!(
                     drop(s);
                     assert!(!m.read().touches(a, b), "the largest stack is unmapped whole");
                 }
-                Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::OutOfMemory, "{e}"),
+                // Refused by the system: `OutOfMemory` for ENOMEM; other
+                // errnos keep their kind (valgrind refuses 128 GiB with
+                // EINVAL), the message says it is the mapping's refusal.
+                Err(e) => assert!(e.to_string().contains("cannot map a coroutine stack"), "{e}"),
             }
         }
         for size in [
