@@ -302,7 +302,7 @@ child_test!(
             let mut sent = sent.into_iter();
             let first = sent.next().unwrap();
             let mut co = Coroutine::with_stack(first, |y: &Yielder<(), u32>, ()| {
-                let v = vec![1u8; 100];
+                let v = String::from_utf8(vec![b'x'; 100]).unwrap();
                 y.suspend(v.len() as u32);
             });
             assert_eq!(co.resume(()).as_yield(), Some(100));
@@ -706,7 +706,7 @@ fn send_task(done: &'static AtomicUsize) -> SendAsyncCoroutine<u32> {
     unsafe {
         SendAsyncCoroutine::new(move |y| {
             let _c = Count(done);
-            let v = vec![3u32; 4];
+            let v = Box::new([3u32; 4]);
             let got = y.block_on(pending_once());
             got + v.iter().sum::<u32>()
         })
@@ -865,7 +865,7 @@ child_test!(
                     Err(_) => self.1.set(self.1.get() + 1),
                     Ok(mut slot) => {
                         let mut co = Coroutine::new(|y: &Yielder<(), u32>, ()| {
-                            let v = vec![5u32; 3];
+                            let v = Box::new([5u32; 3]);
                             y.suspend(v.iter().sum());
                         });
                         assert_eq!(co.resume(()).as_yield(), Some(15));
