@@ -684,6 +684,7 @@ fn an_overflow_on_a_carved_stack_hits_its_own_guard() {
 
 /// Asserts that the child's stderr holds the overflow report for a stack of
 /// `size` bytes, with the fault's address inside `guard`.
+#[cfg(feature = "overflow-handler")]
 fn assert_overflow_hit(stdout: &str, stderr: &str, size: usize, guard: std::ops::Range<usize>) {
     let prefix = format!(
         "corostack: coroutine stack overflow (stack of {size} bytes; the fault hit its guard page at 0x"
