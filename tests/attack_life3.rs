@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use corostack::bridge::{AsyncCoroutine, SendAsyncCoroutine};
-use corostack::stack::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
+#[cfg(target_os = "linux")]
+use corostack::stack::MAX_STACK_SIZE;
+use corostack::stack::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 use corostack::{Coroutine, DefaultStack, Generator, ScopedCoroutine, Stack, Yielder};
 
 /// The system's page size (Windows: 4 KiB, as its `DefaultStack`s round).
@@ -196,53 +198,51 @@ child_test!(
     #[cfg(target_os = "linux")]
     holds_odd_sizes_unmap_exactly_their_region,
     {
-        'checks: {
-            use maps::{Maps, region};
-            if !maps::trusted() {
-                break 'checks;
-            }
-            let mut m = Maps::new();
-            corostack::stack::trim_pool();
-            let old = corostack::stack::set_pool_capacity(0);
-            let live0 = DefaultStack::live();
-            let mut stacks: Vec<Option<(DefaultStack, u64)>> = Vec::new();
-            for (i, size) in odd_sizes().into_iter().enumerate() {
-                for j in 0..3 {
-                    let s = DefaultStack::new(size).unwrap();
-                    assert_eq!(s.size(), size.next_multiple_of(page()));
-                    assert_eq!(s.top() - s.limit(), s.size());
-                    let tag = (i * 10 + j) as u64 + 1;
-                    fill(&s, tag);
-                    stacks.push(Some((s, tag)));
-                }
-            }
-            assert_eq!(DefaultStack::live(), live0 + stacks.len());
-            m.read();
-            for (s, _) in stacks.iter().flatten() {
-                let (a, b) = region(s);
-                assert!(m.covers(a, b), "a new stack's region is mapped");
-            }
-            // Every other one first, then the rest: each drop leaves its
-            // neighbours (above and below) alive for a while.
-            let order: Vec<usize> = (0..stacks.len())
-                .step_by(2)
-                .chain((1..stacks.len()).step_by(2))
-                .collect();
-            for i in order {
-                let (s, _) = stacks[i].take().unwrap();
-                let (a, b) = region(&s);
-                drop(s);
-                m.read();
-                assert!(!m.touches(a, b), "the dropped stack [{a:#x}, {b:#x}) is unmapped");
-                for (s, tag) in stacks.iter().flatten() {
-                    let (a, b) = region(s);
-                    assert!(m.covers(a, b), "a live neighbour stays mapped");
-                    check(s, *tag);
-                }
-            }
-            assert_eq!(DefaultStack::live(), live0);
-            corostack::stack::set_pool_capacity(old);
+        use maps::{Maps, region};
+        if !maps::trusted() {
+            return;
         }
+        let mut m = Maps::new();
+        corostack::stack::trim_pool();
+        let old = corostack::stack::set_pool_capacity(0);
+        let live0 = DefaultStack::live();
+        let mut stacks: Vec<Option<(DefaultStack, u64)>> = Vec::new();
+        for (i, size) in odd_sizes().into_iter().enumerate() {
+            for j in 0..3 {
+                let s = DefaultStack::new(size).unwrap();
+                assert_eq!(s.size(), size.next_multiple_of(page()));
+                assert_eq!(s.top() - s.limit(), s.size());
+                let tag = (i * 10 + j) as u64 + 1;
+                fill(&s, tag);
+                stacks.push(Some((s, tag)));
+            }
+        }
+        assert_eq!(DefaultStack::live(), live0 + stacks.len());
+        m.read();
+        for (s, _) in stacks.iter().flatten() {
+            let (a, b) = region(s);
+            assert!(m.covers(a, b), "a new stack's region is mapped");
+        }
+        // Every other one first, then the rest: each drop leaves its
+        // neighbours (above and below) alive for a while.
+        let order: Vec<usize> = (0..stacks.len())
+            .step_by(2)
+            .chain((1..stacks.len()).step_by(2))
+            .collect();
+        for i in order {
+            let (s, _) = stacks[i].take().unwrap();
+            let (a, b) = region(&s);
+            drop(s);
+            m.read();
+            assert!(!m.touches(a, b), "the dropped stack [{a:#x}, {b:#x}) is unmapped");
+            for (s, tag) in stacks.iter().flatten() {
+                let (a, b) = region(s);
+                assert!(m.covers(a, b), "a live neighbour stays mapped");
+                check(s, *tag);
+            }
+        }
+        assert_eq!(DefaultStack::live(), live0);
+        corostack::stack::set_pool_capacity(old);
     }
 );
 
@@ -254,40 +254,38 @@ child_test!(
     #[cfg(target_os = "linux")]
     holds_the_largest_sizes_and_sizes_near_overflow,
     {
-        'checks: {
-            use maps::{Maps, region};
-            if !maps::trusted() {
-                break 'checks;
-            }
-            let mut m = Maps::new();
-            let old = corostack::stack::set_pool_capacity(0);
-            for size in [MAX_STACK_SIZE, MAX_STACK_SIZE - 1] {
-                match DefaultStack::new(size) {
-                    Ok(s) => {
-                        assert_eq!(s.size(), MAX_STACK_SIZE);
-                        fill(&s, 5);
-                        let (a, b) = region(&s);
-                        assert!(m.read().covers(a, b));
-                        drop(s);
-                        assert!(!m.read().touches(a, b), "the largest stack is unmapped whole");
-                    }
-                    // Refused by the system: `OutOfMemory` for ENOMEM; other
-                    // errnos keep their kind (valgrind refuses 128 GiB with
-                    // EINVAL), the message says it is the mapping's refusal.
-                    Err(e) => assert!(e.to_string().contains("cannot map a coroutine stack"), "{e}"),
-                }
-            }
-            for size in [
-                MAX_STACK_SIZE + 1,
-                usize::MAX,
-                usize::MAX - page() + 2,
-                usize::MAX / 2 + 1,
-            ] {
-                let e = DefaultStack::new(size).unwrap_err();
-                assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "size {size}");
-            }
-            corostack::stack::set_pool_capacity(old);
+        use maps::{Maps, region};
+        if !maps::trusted() {
+            return;
         }
+        let mut m = Maps::new();
+        let old = corostack::stack::set_pool_capacity(0);
+        for size in [MAX_STACK_SIZE, MAX_STACK_SIZE - 1] {
+            match DefaultStack::new(size) {
+                Ok(s) => {
+                    assert_eq!(s.size(), MAX_STACK_SIZE);
+                    fill(&s, 5);
+                    let (a, b) = region(&s);
+                    assert!(m.read().covers(a, b));
+                    drop(s);
+                    assert!(!m.read().touches(a, b), "the largest stack is unmapped whole");
+                }
+                // Refused by the system: `OutOfMemory` for ENOMEM; other
+                // errnos keep their kind (valgrind refuses 128 GiB with
+                // EINVAL), the message says it is the mapping's refusal.
+                Err(e) => assert!(e.to_string().contains("cannot map a coroutine stack"), "{e}"),
+            }
+        }
+        for size in [
+            MAX_STACK_SIZE + 1,
+            usize::MAX,
+            usize::MAX - page() + 2,
+            usize::MAX / 2 + 1,
+        ] {
+            let e = DefaultStack::new(size).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "size {size}");
+        }
+        corostack::stack::set_pool_capacity(old);
     }
 );
 
@@ -302,86 +300,84 @@ child_test!(
     #[cfg(target_os = "linux")]
     holds_stacks_dropped_on_another_thread_and_trimmed,
     {
-        'checks: {
-            use maps::{Maps, region};
-            if !maps::trusted() {
-                break 'checks;
+        use maps::{Maps, region};
+        if !maps::trusted() {
+            return;
+        }
+        let mut m = Maps::new();
+        corostack::stack::trim_pool();
+        let live0 = DefaultStack::live();
+        let size = MIN_STACK_SIZE + page() + 1;
+        let stacks: Vec<DefaultStack> = (0..8).map(|_| DefaultStack::new(size).unwrap()).collect();
+        for (i, s) in stacks.iter().enumerate() {
+            fill(s, i as u64 + 100);
+        }
+        let mut kept = Vec::new();
+        let mut sent = Vec::new();
+        // 0, 1, 2 go (a run), 3 stays, 4 goes, 5 stays, 6 goes, 7 stays.
+        for (i, s) in stacks.into_iter().enumerate() {
+            if [0, 1, 2, 4, 6].contains(&i) {
+                sent.push(s);
+            } else {
+                kept.push((s, i as u64 + 100));
             }
-            let mut m = Maps::new();
-            corostack::stack::trim_pool();
-            let live0 = DefaultStack::live();
-            let size = MIN_STACK_SIZE + page() + 1;
-            let stacks: Vec<DefaultStack> = (0..8).map(|_| DefaultStack::new(size).unwrap()).collect();
-            for (i, s) in stacks.iter().enumerate() {
-                fill(s, i as u64 + 100);
-            }
-            let mut kept = Vec::new();
-            let mut sent = Vec::new();
-            // 0, 1, 2 go (a run), 3 stays, 4 goes, 5 stays, 6 goes, 7 stays.
-            for (i, s) in stacks.into_iter().enumerate() {
-                if [0, 1, 2, 4, 6].contains(&i) {
-                    sent.push(s);
+        }
+        let gone: Vec<(usize, usize)> = sent.iter().map(region).collect();
+        std::thread::spawn(move || {
+            let mut sent = sent.into_iter();
+            let first = sent.next().unwrap();
+            let mut co = Coroutine::with_stack(first, |y: &Yielder<(), u32>, ()| {
+                let v = String::from_utf8(vec![b'x'; 100]).unwrap();
+                y.suspend(v.len() as u32);
+            });
+            assert_eq!(co.resume(()).as_yield(), Some(100));
+            drop(co.into_stack());
+            drop(sent);
+        })
+        .join()
+        .unwrap();
+        m.read();
+        for &(a, b) in &gone {
+            assert!(!m.touches(a, b), "the exited thread's pool unmapped [{a:#x}, {b:#x})");
+        }
+        for (s, tag) in &kept {
+            let (a, b) = region(s);
+            assert!(m.covers(a, b), "a live neighbour stays mapped");
+            check(s, *tag);
+        }
+        assert_eq!(DefaultStack::live(), live0 + kept.len());
+        // Pool stacks of three sizes, keep one of each size alive.
+        let sizes = [MIN_STACK_SIZE, MIN_STACK_SIZE + 1, DEFAULT_STACK_SIZE];
+        let mut pooled = Vec::new();
+        for (k, &sz) in sizes.iter().enumerate() {
+            let three: Vec<DefaultStack> = (0..3).map(|_| DefaultStack::new(sz).unwrap()).collect();
+            for (j, s) in three.into_iter().enumerate() {
+                if j == 1 {
+                    fill(&s, 200 + k as u64);
+                    kept.push((s, 200 + k as u64));
                 } else {
-                    kept.push((s, i as u64 + 100));
+                    pooled.push(region(&s));
+                    drop(s);
                 }
             }
-            let gone: Vec<(usize, usize)> = sent.iter().map(region).collect();
-            std::thread::spawn(move || {
-                let mut sent = sent.into_iter();
-                let first = sent.next().unwrap();
-                let mut co = Coroutine::with_stack(first, |y: &Yielder<(), u32>, ()| {
-                    let v = String::from_utf8(vec![b'x'; 100]).unwrap();
-                    y.suspend(v.len() as u32);
-                });
-                assert_eq!(co.resume(()).as_yield(), Some(100));
-                drop(co.into_stack());
-                drop(sent);
-            })
-            .join()
-            .unwrap();
+        }
+        for cap in [3, 1, 0] {
+            corostack::stack::set_pool_capacity(cap);
             m.read();
-            for &(a, b) in &gone {
-                assert!(!m.touches(a, b), "the exited thread's pool unmapped [{a:#x}, {b:#x})");
-            }
+            let still = pooled.iter().filter(|&&(a, b)| m.touches(a, b)).count();
+            assert!(still <= cap, "at most {cap} pooled stacks stay mapped: {still}");
             for (s, tag) in &kept {
                 let (a, b) = region(s);
-                assert!(m.covers(a, b), "a live neighbour stays mapped");
+                assert!(m.covers(a, b));
                 check(s, *tag);
             }
-            assert_eq!(DefaultStack::live(), live0 + kept.len());
-            // Pool stacks of three sizes, keep one of each size alive.
-            let sizes = [MIN_STACK_SIZE, MIN_STACK_SIZE + 1, DEFAULT_STACK_SIZE];
-            let mut pooled = Vec::new();
-            for (k, &sz) in sizes.iter().enumerate() {
-                let three: Vec<DefaultStack> = (0..3).map(|_| DefaultStack::new(sz).unwrap()).collect();
-                for (j, s) in three.into_iter().enumerate() {
-                    if j == 1 {
-                        fill(&s, 200 + k as u64);
-                        kept.push((s, 200 + k as u64));
-                    } else {
-                        pooled.push(region(&s));
-                        drop(s);
-                    }
-                }
-            }
-            for cap in [3, 1, 0] {
-                corostack::stack::set_pool_capacity(cap);
-                m.read();
-                let still = pooled.iter().filter(|&&(a, b)| m.touches(a, b)).count();
-                assert!(still <= cap, "at most {cap} pooled stacks stay mapped: {still}");
-                for (s, tag) in &kept {
-                    let (a, b) = region(s);
-                    assert!(m.covers(a, b));
-                    check(s, *tag);
-                }
-            }
-            corostack::stack::set_pool_capacity(corostack::stack::POOL_CAPACITY);
-            corostack::stack::trim_pool();
-            assert_eq!(DefaultStack::live(), live0 + kept.len());
-            drop(kept);
-            corostack::stack::trim_pool();
-            assert_eq!(DefaultStack::live(), live0, "nothing leaked");
         }
+        corostack::stack::set_pool_capacity(corostack::stack::POOL_CAPACITY);
+        corostack::stack::trim_pool();
+        assert_eq!(DefaultStack::live(), live0 + kept.len());
+        drop(kept);
+        corostack::stack::trim_pool();
+        assert_eq!(DefaultStack::live(), live0, "nothing leaked");
     }
 );
 

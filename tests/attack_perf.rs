@@ -480,7 +480,7 @@ child_test!(a_forked_child_s_carved_stacks_keep_their_guards, {
 /// the tests that change it say so and finish at once there.
 fn address_space_is_managed() -> bool {
     if util::under_valgrind() || util::emulated() {
-        println!("CHILD-FINISHED (skipped: valgrind or qemu-user)");
+        println!("skipped: valgrind or qemu-user");
         return true;
     }
     false
@@ -492,6 +492,15 @@ fn vm_size() -> usize {
     let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
     let kb: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
+}
+
+/// Makes and gives back one stack of 1 MiB first (warming up what stacks
+/// and their error path need, which reads /proc), then limits the address
+/// space to `headroom` above what is in use.
+fn warm_then_limit_to(headroom: usize) {
+    drop(DefaultStack::new(1 << 20).unwrap());
+    trim_pool();
+    limit_address_space(headroom);
 }
 
 fn limit_address_space(headroom: usize) {
@@ -515,10 +524,7 @@ child_test!(
             return;
         }
         let mib = 1 << 20;
-        // Warm up what the loop needs (the error path reads /proc).
-        drop(DefaultStack::new(mib).unwrap());
-        trim_pool();
-        limit_address_space(200 * mib);
+        warm_then_limit_to(200 * mib);
         let mut stacks = Vec::new();
         let err = loop {
             match DefaultStack::new(mib) {
@@ -553,9 +559,7 @@ child_test!(
             return;
         }
         let mib = 1 << 20;
-        drop(DefaultStack::new(mib).unwrap());
-        trim_pool();
-        limit_address_space(200 * mib);
+        warm_then_limit_to(200 * mib);
         // 65 stacks of 1 MiB: reservations of 1, 2, 4 ... 32 strides used up,
         // then one of 64 strides with 62 left idle (about 63 MiB).
         let held: Vec<DefaultStack> = (0..65).map(|_| DefaultStack::new(mib).unwrap()).collect();
@@ -917,10 +921,7 @@ child_test!(
         if unsafe { libc::mlockall(libc::MCL_FUTURE) } != 0 {
             // Without CAP_IPC_LOCK and a large RLIMIT_MEMLOCK there is nothing
             // to check: say so in the output.
-            println!(
-                "CHILD-FINISHED (skipped: mlockall: {})",
-                io::Error::last_os_error()
-            );
+            println!("skipped: mlockall: {}", io::Error::last_os_error());
             return;
         }
         let before = minor_faults();

@@ -9,6 +9,7 @@
 //! counterpart, with a signal handler.)
 #![cfg(windows)]
 
+#[macro_use]
 mod util;
 
 use std::cell::Cell;
@@ -91,27 +92,6 @@ fn recovers(code: i32, body: fn() -> u32) {
     assert!(co.done());
     let mut next = Coroutine::with_stack(co.into_stack(), |_: &Yielder<(), ()>, ()| 7u32);
     assert_eq!(next.resume(()).as_return(), Some(7));
-}
-
-macro_rules! child_test {
-    ($name:ident, $body:block) => {
-        #[test]
-        fn $name() {
-            if util::child_role().as_deref() == Some(stringify!($name)) {
-                $body;
-                println!("CHILD-FINISHED");
-                return;
-            }
-            let out = util::run_child(stringify!($name), stringify!($name));
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("CHILD-FINISHED"),
-                "the child did not finish normally: {:?}\n--- stdout\n{stdout}\n--- stderr\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    };
 }
 
 child_test!(an_access_violation_is_recovered_into_a_return_value, {
