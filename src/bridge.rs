@@ -175,13 +175,7 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
         F: FnOnce(&AsyncYielder) -> R + 'static,
     {
         let co = Coroutine::with_stack(stack, move |yielder, cx: CxAddr| {
-            let handle = AsyncYielder {
-                yielder,
-                cx: Cell::new(cx),
-                polling: Cell::new(false),
-                _not_send: PhantomData,
-            };
-            f(&handle)
+            f(&AsyncYielder::new(yielder, cx))
         });
         AsyncCoroutine { co }
     }
@@ -196,13 +190,7 @@ impl<R, S: Stack> AsyncCoroutine<R, S> {
         F: FnOnce(&AsyncYielder) -> R + 'static,
     {
         let co = Coroutine::with_stack_unlisted(stack, move |yielder, cx: CxAddr| {
-            let handle = AsyncYielder {
-                yielder,
-                cx: Cell::new(cx),
-                polling: Cell::new(false),
-                _not_send: PhantomData,
-            };
-            f(&handle)
+            f(&AsyncYielder::new(yielder, cx))
         });
         AsyncCoroutine { co }
     }
@@ -250,6 +238,17 @@ impl<R, S: Stack> fmt::Debug for AsyncCoroutine<R, S> {
 }
 
 impl AsyncYielder {
+    /// The handle of a body whose first frame holds `yielder`, first
+    /// polled with the `Context` at `cx`.
+    fn new(yielder: *const Yielder<CxAddr, ()>, cx: CxAddr) -> Self {
+        AsyncYielder {
+            yielder,
+            cx: Cell::new(cx),
+            polling: Cell::new(false),
+            _not_send: PhantomData,
+        }
+    }
+
     /// Awaits `fut` from plain code: polls it with the poller's `Context`,
     /// and while it is pending suspends the body (the [`AsyncCoroutine`]'s
     /// poll returns `Pending`) until the task is polled again. Returns the
