@@ -267,6 +267,21 @@ mod tests {
         memmap2::MmapOptions::new().len(len).map_anon().unwrap()
     }
 
+    /// A block (aligned to a grain and to a page) whose first window no other key can reach:
+    /// the reservation around it spans [`PROBE_LIMIT`] grains on each side, so every block
+    /// whose window overlaps its window lies inside it, and no other test's stack or key can be
+    /// there. Tests that fill a window on purpose need this: with a reservation of two grains,
+    /// another test's reservation could sit in the next block (qemu-user places mappings side
+    /// by side), its keys take slots of this block's window, and more keys than a second
+    /// window holds spill. Keep the mapping alive as long as the block is used.
+    fn lone_block() -> (memmap2::MmapMut, usize) {
+        let step = GRAIN.max(page_size());
+        let margin = PROBE_LIMIT * GRAIN;
+        let map = reserve(2 * margin + 2 * step);
+        let base = (map.as_ptr() as usize + margin).next_multiple_of(step);
+        (map, base)
+    }
+
     /// Stacks carved top-down one stride apart, as from a reservation, have home slots one
     /// stride's worth of grains apart (neighbours in the table), and all register and are
     /// found.
@@ -320,11 +335,10 @@ mod tests {
     /// unregistered, and registered again into the tombstones).
     #[test]
     fn a_full_window_spills_into_the_second() {
-        let map = reserve(2 * GRAIN);
-        let base = (map.as_ptr() as usize).next_multiple_of(GRAIN);
+        let (_map, base) = lone_block();
         // A window and a half's worth of keys in one grain (16-byte steps: keys need not be
         // pages), all with one first window and one second window: room for all of them with
-        // some to spare for keys of other tests that may share those windows meanwhile.
+        // some to spare in the second window, which a key of another test may share.
         let keys: Vec<usize> = (0..PROBE_LIMIT * 3 / 2).map(|i| base + 16 * i).collect();
         for round in 0..2 {
             for (i, &key) in keys.iter().enumerate() {
@@ -351,8 +365,7 @@ mod tests {
     #[test]
     fn a_spilled_guard_is_found_from_a_fault_address() {
         let page = page_size();
-        let map = reserve(2 * GRAIN.max(page));
-        let base = (map.as_ptr() as usize).next_multiple_of(GRAIN.max(page));
+        let (_map, base) = lone_block();
         // A window's worth of other keys in the guard's block fill its first window.
         let fillers: Vec<usize> = (1..=PROBE_LIMIT).map(|i| base + 16 * i).collect();
         for &key in &fillers {
@@ -375,9 +388,7 @@ mod tests {
     /// one of its window), a lookup that stops at a tombstone or at a slot being filled.
     #[test]
     fn keys_of_one_window_registered_by_many_threads_at_once_are_all_found() {
-        let step = GRAIN.max(page_size());
-        let map = reserve(2 * step);
-        let base = (map.as_ptr() as usize).next_multiple_of(step);
+        let (_map, base) = lone_block();
         // Ten keys first, then the one that stays: it sits past their slots, which the
         // threads below tombstone and claim again.
         let first: Vec<usize> = (1..=10).map(|i| base + 16 * i).collect();
