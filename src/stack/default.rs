@@ -48,8 +48,12 @@ impl DefaultStack {
     /// - `InvalidInput` when `size` is below [`MIN_STACK_SIZE`] or above
     ///   [`MAX_STACK_SIZE`];
     /// - `OutOfMemory` when the kernel refuses the mapping or the guard for
-    ///   lack of memory or of mappings; the message names the stack size,
-    ///   the number of live stacks and `vm.max_map_count`.
+    ///   lack of memory or of mappings (`ENOMEM`; on Windows, any refusal);
+    ///   the message names the stack size, the number of live stacks and
+    ///   `vm.max_map_count`;
+    /// - the kernel's own kind, with the same message, when it refuses for
+    ///   another reason (valgrind, for one, answers a mapping it cannot place
+    ///   with `EINVAL`, so `InvalidInput`).
     #[inline]
     pub fn new(size: usize) -> io::Result<DefaultStack> {
         if !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&size) {
