@@ -430,4 +430,28 @@ mod tests {
         drop((a, c));
         trim_pool();
     }
+
+    /// A stack taken from the middle of the vector leaves the others in
+    /// their order: the newest of a size is still handed out first (and a
+    /// full pool still gives its oldest back).
+    #[test]
+    fn a_take_from_the_middle_of_the_vector_keeps_the_order() {
+        trim_pool();
+        let a = DefaultStack::new(64 * 1024).unwrap();
+        let b1 = DefaultStack::new(128 * 1024).unwrap();
+        let b2 = DefaultStack::new(128 * 1024).unwrap();
+        let c = DefaultStack::default();
+        let tops = [a.top(), b1.top(), b2.top(), c.top()];
+        // The vector holds a, b1 and b2, oldest first; the slot c.
+        drop((a, b1, b2, c));
+        assert_eq!(pooled(), 4);
+        let a = DefaultStack::new(64 * 1024).unwrap();
+        assert_eq!(a.top(), tops[0]);
+        let b2 = DefaultStack::new(128 * 1024).unwrap();
+        assert_eq!(b2.top(), tops[2], "the newer 128 KiB stack first");
+        let b1 = DefaultStack::new(128 * 1024).unwrap();
+        assert_eq!(b1.top(), tops[1]);
+        drop((a, b1, b2));
+        trim_pool();
+    }
 }
