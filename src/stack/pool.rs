@@ -240,7 +240,9 @@ pub(crate) fn take(size: usize) -> Option<Mapping> {
 fn take_older(size: usize) -> Option<Mapping> {
     let pool = pool_mut()?;
     let i = pool.free.iter().rposition(|m| m.size() == size)?;
-    let mapping = pool.free.swap_remove(i);
+    // `remove`, not `swap_remove`: the vector stays oldest first (only
+    // mappings of other sizes lie after the newest of this size).
+    let mapping = pool.free.remove(i);
     pool.sync();
     Some(mapping)
 }
