@@ -46,7 +46,7 @@
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
 //! [`trampoline_start`], which jumps on to [`trampoline`] (or, under
-//! memcheck and at the process's first arrival, to [`trampoline_detour`]:
+//! memcheck and at the process's first arrival, to [`memcheck_trampoline`]:
 //! see [`CONTINUATION`]), which pops the frame and calls the entry function:
 //!
 //! ```text
@@ -192,10 +192,10 @@ pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usiz
     sp
 }
 
-/// Where [`trampoline_start`] goes: [`trampoline_detour`] until the
+/// Where [`trampoline_start`] goes: [`memcheck_trampoline`] until the
 /// process's first arrival, and under memcheck; [`trampoline`] once the
 /// first arrival found that memcheck does not run.
-static CONTINUATION: AtomicPtr<()> = AtomicPtr::new(trampoline_detour as *mut ());
+static CONTINUATION: AtomicPtr<()> = AtomicPtr::new(memcheck_trampoline as *mut ());
 
 /// The continuation that [`init_stack`] gives a fresh context: goes on to
 /// the trampoline that [`CONTINUATION`] names, with every register as the
@@ -278,12 +278,13 @@ unsafe extern "C" fn trampoline() {
 /// else does that after a stack switch: on a reused stack, where memcheck
 /// saw the last context's frames return, entry's first frames would be
 /// invalid writes to it. The call returns, so the return predictor stays
-/// balanced.
+/// balanced. (Its name ends in `trampoline` too: a backtrace from a
+/// process's first coroutine shows it.)
 ///
 /// # Safety
 /// As [`trampoline`].
 #[unsafe(naked)]
-unsafe extern "C" fn trampoline_detour() {
+unsafe extern "C" fn memcheck_trampoline() {
     naked_asm!(
         // The same CFI as `trampoline`'s (see there).
         ".cfi_startproc simple",
@@ -322,7 +323,7 @@ unsafe extern "C" fn trampoline_detour() {
     )
 }
 
-/// The detour of [`trampoline_detour`]: asks whether memcheck runs, and
+/// The detour of [`memcheck_trampoline`]: asks whether memcheck runs, and
 /// if not, makes [`trampoline`] the continuation of the contexts made from
 /// now on ([`CONTINUATION`]). Its caller's `call` is what matters to
 /// memcheck (see the detour).
