@@ -1383,88 +1383,184 @@ where
         _marker: PhantomData,
     };
     yielder.resumer.set(context::arrive());
-    let ending = match msg {
-        // Dropped before it started: drop the closure.
-        #[cfg(feature = "std")]
-        SIGNAL => {
-            let drop_f = || {
-                // SAFETY: `with_stack` wrote an F at `f`, which nothing
-                // else reads or drops.
-                unsafe { ptr::drop_in_place(f) }
-            };
-            match panic::catch_unwind(AssertUnwindSafe(drop_f)) {
-                Ok(()) => Ending::Unwound,
-                Err(p) => Ending::Panicked(p),
-            }
-        }
-        #[cfg(not(feature = "std"))]
-        SIGNAL => {
-            // SAFETY: as above.
-            unsafe { ptr::drop_in_place(f) };
-            Ending::Unwound
-        }
-        input => {
-            // SAFETY: the first resume sent the address of an I, as every
-            // resume does.
-            let input = unsafe { take::<I>(input) };
-            // Listed for the thread's exit hook while the body lives (see
-            // `thread_exit`), unless `with_stack_unlisted` left it out.
-            #[cfg(feature = "std")]
-            if LISTED {
-                // SAFETY: `with_stack` wrote the `Start`, whose node stays
-                // at the top of the frames for the coroutine's life,
-                // unmoved; a forgotten coroutine's stack stays forever,
-                // listed. `LISTED`: not left out.
-                unsafe { thread_exit::link(&(*start).node) };
-            }
-            let call = || {
-                // SAFETY: `with_stack` wrote an F at `f`; it is moved out
-                // once, here, straight into the call (a local would be one
-                // more copy in a debug build).
-                (unsafe { ptr::read(f) })(&yielder, input)
-            };
-            #[cfg(feature = "std")]
-            let ending = match panic::catch_unwind(AssertUnwindSafe(call)) {
-                Ok(r) => Ending::Returned(r),
-                // Our own unwind, requested by our resumer; the payload of
-                // another's is an ordinary panic here.
-                Err(p) if yielder.unwinding.get() && p.is::<ForcedUnwind>() => Ending::Unwound,
-                Err(p) => Ending::Panicked(p),
-            };
-            // Without std a panic cannot be caught: it goes to the panic
-            // handler, which does not return.
-            #[cfg(not(feature = "std"))]
-            let ending = Ending::Returned(call());
+    if msg == SIGNAL {
+        // Dropped before it started: drop the closure, out of the way of
+        // the start's path.
+        // SAFETY: `with_stack` wrote an F at `f`, which nothing else reads
+        // or drops; the link word is ours, and holds the resumer's sp.
+        unsafe { end_unstarted::<F, R>(f, yielder.link, yielder.resumer.get()) }
+    }
+    // SAFETY: the first resume sent the address of an I, as every
+    // resume does.
+    let input = unsafe { take::<I>(msg) };
+    // Listed for the thread's exit hook while the body lives (see
+    // `thread_exit`), unless `with_stack_unlisted` left it out.
+    #[cfg(feature = "std")]
+    if LISTED {
+        // SAFETY: `with_stack` wrote the `Start`, whose node stays
+        // at the top of the frames for the coroutine's life,
+        // unmoved; a forgotten coroutine's stack stays forever,
+        // listed. `LISTED`: not left out.
+        unsafe { thread_exit::link(&(*start).node) };
+    }
+    let call = || {
+        // SAFETY: `with_stack` wrote an F at `f`; it is moved out
+        // once, here, straight into the call (a local would be one
+        // more copy in a debug build).
+        (unsafe { ptr::read(f) })(&yielder, input)
+    };
+    // Each ending leaves on a path of its own, so that the returned value's
+    // (the common case) stores only its own words.
+    #[cfg(feature = "std")]
+    match panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(r) => {
             // SAFETY: linked above, on this thread (a listed coroutine is
             // neither `Send` nor moved between threads), and not unlinked
             // since (`force_reset` and a trap, which do, abandon the frames
             // that would get here).
-            #[cfg(feature = "std")]
             if unsafe { thread_exit::unlink(&(*start).node) } {
-                // The exit hook unwound us: nobody takes the ending. The
-                // cleared mark tells the hook that this is our last switch.
-                drop_for_the_hook(ending);
-                // SAFETY: our node, as above.
-                unsafe { (*start).node.unlist() };
-                Ending::Unwound
-            } else {
-                ending
+                // SAFETY: our node, unlinked by the hook; the link word is
+                // ours, and holds the resumer's sp.
+                unsafe {
+                    end_for_the_hook(
+                        Ending::Returned(r),
+                        start,
+                        yielder.link,
+                        yielder.resumer.get(),
+                    )
+                }
             }
-            #[cfg(not(feature = "std"))]
-            ending
+            // SAFETY: the link word is ours, and holds the resumer's sp.
+            unsafe { leave_with(Ending::Returned(r), yielder.link, yielder.resumer.get()) }
+        }
+        // SAFETY: as for the unlink above, and the link word's.
+        Err(p) => unsafe {
+            end_panicked::<F, R>(
+                p,
+                yielder.unwinding.get(),
+                start,
+                yielder.link,
+                yielder.resumer.get(),
+            )
+        },
+    }
+    // Without std a panic cannot be caught: it goes to the panic handler,
+    // which does not return.
+    #[cfg(not(feature = "std"))]
+    {
+        let ending = Ending::Returned(call());
+        // SAFETY: the link word is ours, and holds the resumer's sp.
+        unsafe { leave_with(ending, yielder.link, yielder.resumer.get()) }
+    }
+}
+
+/// The end of a body that panicked, or that a forced unwind reached
+/// (`unwinding`: the yielder received the request to unwind): unlinks its
+/// node and leaves with its ending.
+///
+/// # Safety
+/// As `entry`'s unlink of the node of the `Start` at `start` and its
+/// [`leave_with`] through `link`.
+#[cfg(feature = "std")]
+#[cold]
+#[inline(never)]
+unsafe fn end_panicked<F, R>(
+    p: Box<dyn Any + Send>,
+    unwinding: bool,
+    start: *mut Start<F>,
+    link: *mut usize,
+    resumer: (usize, usize),
+) -> ! {
+    // Our own unwind, requested by our resumer; the payload of another's
+    // is an ordinary panic here.
+    let ending = if unwinding && p.is::<ForcedUnwind>() {
+        Ending::<R>::Unwound
+    } else {
+        Ending::Panicked(p)
+    };
+    // SAFETY: as the caller promises.
+    if unsafe { thread_exit::unlink(&(*start).node) } {
+        // SAFETY: as the caller promises.
+        unsafe { end_for_the_hook(ending, start, link, resumer) }
+    }
+    // SAFETY: as the caller promises.
+    unsafe { leave_with(ending, link, resumer) }
+}
+
+/// The end of a body that the thread's exit hook unwound: nobody takes
+/// the ending, which is dropped here; the cleared mark tells the hook that
+/// this is our last switch.
+///
+/// # Safety
+/// The node of the `Start` at `start` was unlinked by the hook; as
+/// [`leave_with`] for `link`.
+#[cfg(feature = "std")]
+#[cold]
+#[inline(never)]
+unsafe fn end_for_the_hook<F, R>(
+    ending: Ending<R>,
+    start: *mut Start<F>,
+    link: *mut usize,
+    resumer: (usize, usize),
+) -> ! {
+    drop_for_the_hook(ending);
+    // SAFETY: our node, as the caller promises.
+    unsafe { (*start).node.unlist() };
+    // SAFETY: as the caller promises.
+    unsafe { leave_with(Ending::<R>::Unwound, link, resumer) }
+}
+
+/// The end of a coroutine dropped before it started: drops the closure at
+/// `f` and leaves with the ending ([`Ending::Unwound`], or the panic of
+/// the closure's drop).
+///
+/// # Safety
+/// An `F` lies at `f`, which nothing else reads or drops; `link` is the
+/// link word of the running coroutine, which holds the sp of its resumer,
+/// whose stack has the bounds `resumer`.
+#[cold]
+#[inline(never)]
+unsafe fn end_unstarted<F, R>(f: *mut F, link: *mut usize, resumer: (usize, usize)) -> ! {
+    #[cfg(feature = "std")]
+    let ending = {
+        let drop_f = || {
+            // SAFETY: as the caller promises.
+            unsafe { ptr::drop_in_place(f) }
+        };
+        match panic::catch_unwind(AssertUnwindSafe(drop_f)) {
+            Ok(()) => Ending::<R>::Unwound,
+            Err(p) => Ending::Panicked(p),
         }
     };
+    #[cfg(not(feature = "std"))]
+    let ending = {
+        // SAFETY: as the caller promises.
+        unsafe { ptr::drop_in_place(f) };
+        Ending::<R>::Unwound
+    };
+    // SAFETY: as the caller promises.
+    unsafe { leave_with(ending, link, resumer) }
+}
+
+/// The last switch of a coroutine: hands `ending` to the resumer (its
+/// address in the spare word, the word `SIGNAL`).
+///
+/// # Safety
+/// `link` is the link word of the running coroutine, which holds the sp
+/// of its resumer, whose stack has the bounds `resumer`.
+#[inline(always)]
+unsafe fn leave_with<R>(ending: Ending<R>, link: *mut usize, resumer: (usize, usize)) -> ! {
     let ending = ManuallyDrop::new(ending);
     // SAFETY: the spare word of our stack is free once we have started.
-    unsafe { spare_word(yielder.link).write(addr(&ending)) };
+    unsafe { spare_word(link).write(addr(&ending)) };
     let enter = Enter {
-        bounds: Some(yielder.resumer.get()),
+        bounds: Some(resumer),
         tsan: Tsan::Suspend,
     };
     // SAFETY: as in `suspend`: the link word holds the resumer's sp, which
     // switched in and waits for our last word; nothing resumes us again
     // (the resumer marks the coroutine done).
-    unsafe { context::leave_for_good(SIGNAL, *yielder.link, yielder.link, enter) }
+    unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
 }
 
 /// Where a coroutine goes on after a trap (see `trap.rs`): entered with the
