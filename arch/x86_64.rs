@@ -53,11 +53,14 @@
 //!   top                          (16-aligned; what the caller gave init_stack)
 //!   top -  8  link               the sp of the side that is suspended (see below)
 //!   top - 16  entry              the Rust function the trampoline calls
-//!   top - 24  rbp = 0            ends frame-pointer walks
-//!   top - 32  data               the trampoline passes it to entry
-//!   top - 40  continuation    -> trampoline_start
-//!             <- initial sp = top - 40
+//!   top - 24  data               the trampoline passes it to entry
+//!   top - 32  continuation    -> trampoline_start
+//!             <- initial sp = top - 32
 //! ```
+//!
+//! (rbp needs no word: the trampoline clears it, which ends frame-pointer
+//! walks, and rbx none either: entry is a function, which saves what it
+//! uses of it.)
 //!
 //! # Unwinding across the boundary
 //!
@@ -106,7 +109,7 @@ macro_rules! continuations_section {
 pub const STACK_ALIGNMENT: usize = 16;
 
 /// Bytes that [`init_stack`] writes below `top`.
-pub const INIT_FRAME_SIZE: usize = 40;
+pub const INIT_FRAME_SIZE: usize = 32;
 
 /// The offset below `top` of the link word (see the module docs).
 pub const LINK_OFFSET: usize = 8;
@@ -185,10 +188,10 @@ pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usiz
     debug_assert_eq!(top % STACK_ALIGNMENT, 0);
     let sp = top - INIT_FRAME_SIZE;
     let trampoline = trampoline_start as *const () as usize;
-    let words: [usize; 5] = [trampoline, data, 0, entry as *const () as usize, 0];
-    // SAFETY: the caller promises that [top - 40, top) is writable stack
+    let words: [usize; 4] = [trampoline, data, entry as *const () as usize, 0];
+    // SAFETY: the caller promises that [top - 32, top) is writable stack
     // memory; `sp` is 8-aligned because `top` is 16-aligned.
-    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 5) };
+    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 4) };
     sp
 }
 
@@ -242,14 +245,14 @@ unsafe extern "C" fn trampoline() {
         ".cfi_offset rbp, -8",
         // As every arrival: move to our stack past our continuation.
         "lea rsp, [rsi + 8]",
-        // entry(arg = rdi, from = the switcher's sp, data): data and rbp
-        // = 0 (which ends frame-pointer walks) are the next two words of
-        // our frame. rbx needs no value of its own: entry is a function,
-        // which saves what it uses of it. rsp = top - 16 is 16-aligned
-        // here, as the ABI requires at a call.
+        // entry(arg = rdi, from = the switcher's sp, data): data is the
+        // next word of our frame; rbp = 0 ends frame-pointer walks. rbx
+        // needs no value of its own: entry is a function, which saves
+        // what it uses of it. rsp = top - 16 is 16-aligned here, as the
+        // ABI requires at a call.
         "mov rsi, [rdx]",
         "pop rdx",
-        "pop rbp",
+        "xor ebp, ebp",
         // Entered as by a `call`, with the return address of one (label
         // 3, in this function, for unwinders) pushed by hand from a word
         // of read-only data (one instruction): a `call` would push it
@@ -298,7 +301,7 @@ unsafe extern "C" fn memcheck_trampoline() {
         "lea rsp, [rsi + 8]",
         "mov rsi, [rdx]",
         "pop rdx",
-        "pop rbp",
+        "xor ebp, ebp",
         // The detour: entry's arguments wait in r12-r14, which the call
         // preserves (the resumer's switch saved none of them for us to
         // keep); rsp = top - 16 is 16-aligned, as at entry's call, and
