@@ -361,9 +361,22 @@ const SIGNAL: usize = 0;
 
 /// What the spare word of a coroutine holds once it was finished without
 /// ever starting (dropped, `force_unwind`, `force_reset` before its first
-/// resume), so that [`Coroutine::started`] stays false: never the address
-/// of an `Ending`, which is aligned.
-const NEVER_STARTED: usize = 1;
+/// resume), so that [`Coroutine::started`] stays false: never what a
+/// finished body leaves there (see [`ENDING_BIT`]: the address 0 is no
+/// value's).
+const NEVER_STARTED: usize = ENDING_BIT;
+
+/// The bit of the spare word of a finished body that says what the rest
+/// addresses (see [`Handed`], whose address is even): without it, the
+/// value the body returned (the common ending, which then costs no tag
+/// to store and test); with it, its `Ending` (a panic, an unwind, or a
+/// value that a trap's closure returned).
+const ENDING_BIT: usize = 1;
+
+/// What a finished body hands over, on its stack: aligned to 2 at least,
+/// so that the low bit of its address is free for [`ENDING_BIT`].
+#[repr(C, align(2))]
+struct Handed<T>(T);
 
 /// What `with_stack` stores at the top of the coroutine's stack: the
 /// coroutine's node in its thread's list for the exit hook (see
@@ -780,10 +793,17 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
         unsafe { self.link.write(arch::dead_sp()) };
         // SAFETY: the spare word is a word of our stack, alive with it.
         let word = unsafe { spare_word(self.link).read() };
-        // SAFETY: the body wrote the address of its Ending into the spare
-        // word of its stack as its last act; the stack is not reused until
-        // we return, and we move the Ending out once.
-        unsafe { take::<Ending<Return>>(word) }
+        // SAFETY: the body wrote the address of its returned value, or of
+        // its Ending with `ENDING_BIT`, into the spare word of its stack as
+        // its last act (`leave_returned`, `leave_with`); the stack is not
+        // reused until we return, and we move the value out once.
+        unsafe {
+            if word & ENDING_BIT == 0 {
+                Ending::Returned(take::<Handed<Return>>(word).0)
+            } else {
+                take::<Handed<Ending<Return>>>(word & !ENDING_BIT).0
+            }
+        }
     }
 
     /// The saved sp in the link word (meaningful while not running).
@@ -1431,7 +1451,7 @@ where
                 }
             }
             // SAFETY: the link word is ours, and holds the resumer's sp.
-            unsafe { leave_with(Ending::Returned(r), yielder.link, yielder.resumer.get()) }
+            unsafe { leave_returned(r, yielder.link, yielder.resumer.get()) }
         }
         // SAFETY: as for the unlink above, and the link word's.
         Err(p) => unsafe {
@@ -1448,9 +1468,9 @@ where
     // which does not return.
     #[cfg(not(feature = "std"))]
     {
-        let ending = Ending::Returned(call());
+        let r = call();
         // SAFETY: the link word is ours, and holds the resumer's sp.
-        unsafe { leave_with(ending, yielder.link, yielder.resumer.get()) }
+        unsafe { leave_returned(r, yielder.link, yielder.resumer.get()) }
     }
 }
 
@@ -1542,17 +1562,41 @@ unsafe fn end_unstarted<F, R>(f: *mut F, link: *mut usize, resumer: (usize, usiz
     unsafe { leave_with(ending, link, resumer) }
 }
 
+/// The last switch of a coroutine whose body returned `r`: hands it to the
+/// resumer (its address in the spare word, the word `SIGNAL`).
+///
+/// # Safety
+/// As [`leave_with`].
+#[inline(always)]
+unsafe fn leave_returned<R>(r: R, link: *mut usize, resumer: (usize, usize)) -> ! {
+    let r = ManuallyDrop::new(Handed(r));
+    // SAFETY: as the caller promises.
+    unsafe { leave(addr(&r), link, resumer) }
+}
+
 /// The last switch of a coroutine: hands `ending` to the resumer (its
-/// address in the spare word, the word `SIGNAL`).
+/// address with `ENDING_BIT` in the spare word, the word `SIGNAL`).
 ///
 /// # Safety
 /// `link` is the link word of the running coroutine, which holds the sp
 /// of its resumer, whose stack has the bounds `resumer`.
 #[inline(always)]
 unsafe fn leave_with<R>(ending: Ending<R>, link: *mut usize, resumer: (usize, usize)) -> ! {
-    let ending = ManuallyDrop::new(ending);
+    let ending = ManuallyDrop::new(Handed(ending));
+    // SAFETY: as the caller promises.
+    unsafe { leave(addr(&ending) | ENDING_BIT, link, resumer) }
+}
+
+/// The last switch of a coroutine: `handed` (see `ENDING_BIT`) to the
+/// spare word, and the word `SIGNAL` to the resumer.
+///
+/// # Safety
+/// As [`leave_with`]; `handed` addresses a value on our stack that the
+/// resumer takes.
+#[inline(always)]
+unsafe fn leave(handed: usize, link: *mut usize, resumer: (usize, usize)) -> ! {
     // SAFETY: the spare word of our stack is free once we have started.
-    unsafe { spare_word(link).write(addr(&ending)) };
+    unsafe { spare_word(link).write(handed) };
     let enter = Enter {
         bounds: Some(resumer),
         tsan: Tsan::Suspend,
@@ -1584,19 +1628,14 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
         // once, straight into the call.
         (unsafe { ptr::read(ptr::with_exposed_provenance::<F>(slot)) })()
     };
-    let ending = ManuallyDrop::new(match panic::catch_unwind(AssertUnwindSafe(call)) {
+    let ending = match panic::catch_unwind(AssertUnwindSafe(call)) {
         Ok(r) => Ending::Returned(r),
         Err(p) => Ending::Panicked(p),
-    });
-    // SAFETY: the spare word of the coroutine's stack is free while it runs.
-    unsafe { spare_word(link).write(addr(&ending)) };
-    let enter = Enter {
-        bounds: Some((0, 0)),
-        tsan: Tsan::Suspend,
     };
     // SAFETY: the link word holds the resumer's sp, suspended in `resume`
-    // while the coroutine ran; nothing resumes this context again.
-    unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
+    // while the coroutine ran (its bounds unknown here); nothing resumes
+    // this context again.
+    unsafe { leave_with(ending, link, (0, 0)) }
 }
 
 /// Drops the ending of a body that the thread's exit hook unwound; a
