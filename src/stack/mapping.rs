@@ -85,7 +85,7 @@ impl Mapping {
     #[inline(always)]
     pub(crate) fn into_words(self) -> (usize, usize) {
         let map = ManuallyDrop::new(self);
-        debug_assert_eq!(map.top % 2, 0);
+        debug_assert!(map.top.is_multiple_of(2));
         (map.limit, map.top)
     }
 

@@ -83,7 +83,7 @@ struct Pool {
 impl Pool {
     /// Whether the slot holds a mapping: its top, never odd.
     fn holds(&self) -> bool {
-        self.last_top % 2 == 0
+        self.last_top.is_multiple_of(2)
     }
 
     /// Moves the slot's mapping out (if any), leaving the slot `SHUT`
@@ -191,7 +191,7 @@ fn own(pool: &'static mut Pool) -> Option<&'static mut Pool> {
 #[inline(always)]
 fn take_last(size: usize) -> Option<Mapping> {
     let pool = pool_raw();
-    debug_assert_eq!(size % 2, 0, "a size of whole pages");
+    debug_assert!(size.is_multiple_of(2), "a size of whole pages");
     // Only a held mapping passes (see `OPEN`).
     if pool.last_limit.wrapping_add(size) == pool.last_top {
         // SAFETY: the slot holds these words of a mapping, taken back
