@@ -412,6 +412,38 @@ mod tests {
         trim_pool();
     }
 
+    /// An empty slot's states are odd words in its top, which no take's
+    /// test (`limit + size == top`, all page multiples) can meet,
+    /// whatever stale limit lies beside them.
+    #[test]
+    fn an_empty_slot_gives_no_stack_of_any_size() {
+        trim_pool();
+        let d = DefaultStack::default();
+        let stale = d.limit();
+        drop(d);
+        let d = DefaultStack::default();
+        assert!(pool_raw().last_top == OPEN);
+        assert_eq!(pool_raw().last_limit, stale, "the limit stays, stale");
+        let sizes = [
+            super::super::MIN_STACK_SIZE,
+            DEFAULT_STACK_SIZE,
+            1 << 20,
+            64 << 20,
+        ];
+        for size in sizes {
+            assert!(take_last(size).is_none(), "{size}");
+        }
+        let old = set_pool_capacity(0);
+        assert!(pool_raw().last_top == SHUT);
+        for size in sizes {
+            assert!(take_last(size).is_none(), "{size}");
+        }
+        set_pool_capacity(old);
+        drop(d);
+        assert!(pool_raw().holds());
+        trim_pool();
+    }
+
     /// The slot holds the newest stack and the vector the older ones:
     /// the pool hands them out last pooled first, whatever their sizes.
     #[test]
