@@ -777,22 +777,48 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             resumed_after_the_end(input);
         }
         // Otherwise the coroutine took the input: `input` stays undropped.
-        match self.take_ending() {
-            Ending::Returned(r) => CoroutineResult::Return(r),
+        let word = self.take_word();
+        if word & ENDING_BIT != 0 {
+            // SAFETY: the word of a finished body, taken once.
+            unsafe { Self::ended_otherwise(word) }
+        }
+        // SAFETY: as in `take_ending`, a returned value.
+        CoroutineResult::Return(unsafe { take::<Handed<Return>>(word).0 })
+    }
+
+    /// A resume's ending that is not a returned value (a body returns
+    /// its value through `leave_returned`, a trap's closure too): a panic,
+    /// which goes on here.
+    ///
+    /// # Safety
+    /// `word` is what a finished body left in the spare word, with
+    /// `ENDING_BIT`, and nothing took its ending yet.
+    #[cold]
+    #[inline(never)]
+    unsafe fn ended_otherwise(word: usize) -> ! {
+        // SAFETY: as the caller promises.
+        match unsafe { take::<Handed<Ending<Return>>>(word & !ENDING_BIT).0 } {
             #[cfg(feature = "std")]
             Ending::Panicked(payload) => panic::resume_unwind(payload),
-            // Only `unwind` sends the request that ends in these.
+            // Only `unwind` sends the request that ends in this.
             Ending::Unwound => unreachable!("corostack: unwound without a request"),
+            Ending::Returned(_) => unreachable!("corostack: a value returned with ENDING_BIT"),
         }
+    }
+
+    /// Marks the coroutine done, and returns what its body left in the
+    /// spare word when it finished (see `ENDING_BIT`).
+    fn take_word(&mut self) -> usize {
+        // SAFETY: the link word is a word of our stack, alive with it.
+        unsafe { self.link.write(arch::dead_sp()) };
+        // SAFETY: the spare word is a word of our stack, alive with it.
+        unsafe { spare_word(self.link).read() }
     }
 
     /// Moves out the ending a finished body left in the spare word, and
     /// marks the coroutine done.
     fn take_ending(&mut self) -> Ending<Return> {
-        // SAFETY: the link word is a word of our stack, alive with it.
-        unsafe { self.link.write(arch::dead_sp()) };
-        // SAFETY: the spare word is a word of our stack, alive with it.
-        let word = unsafe { spare_word(self.link).read() };
+        let word = self.take_word();
         // SAFETY: the body wrote the address of its returned value, or of
         // its Ending with `ENDING_BIT`, into the spare word of its stack as
         // its last act (`leave_returned`, `leave_with`); the stack is not
@@ -1628,14 +1654,15 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
         // once, straight into the call.
         (unsafe { ptr::read(ptr::with_exposed_provenance::<F>(slot)) })()
     };
-    let ending = match panic::catch_unwind(AssertUnwindSafe(call)) {
-        Ok(r) => Ending::Returned(r),
-        Err(p) => Ending::Panicked(p),
-    };
     // SAFETY: the link word holds the resumer's sp, suspended in `resume`
     // while the coroutine ran (its bounds unknown here); nothing resumes
     // this context again.
-    unsafe { leave_with(ending, link, (0, 0)) }
+    unsafe {
+        match panic::catch_unwind(AssertUnwindSafe(call)) {
+            Ok(r) => leave_returned(r, link, (0, 0)),
+            Err(p) => leave_with(Ending::<R>::Panicked(p), link, (0, 0)),
+        }
+    }
 }
 
 /// Drops the ending of a body that the thread's exit hook unwound; a
