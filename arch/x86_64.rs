@@ -45,17 +45,22 @@
 //!
 //! A fresh context is laid out by [`init_stack`] so that switching to it
 //! looks exactly like resuming one that was suspended: its continuation is
-//! [`trampoline`], which pops the frame and calls the entry function:
+//! [`trampoline_start`], which jumps on to [`trampoline`] (or, under
+//! memcheck and at the process's first arrival, to [`memcheck_trampoline`]:
+//! see [`CONTINUATION`]), which pops the frame and calls the entry function:
 //!
 //! ```text
 //!   top                          (16-aligned; what the caller gave init_stack)
 //!   top -  8  link               the sp of the side that is suspended (see below)
 //!   top - 16  entry              the Rust function the trampoline calls
-//!   top - 24  rbp = 0            ends frame-pointer walks
-//!   top - 32  rbx = data         the trampoline passes it to entry
-//!   top - 40  continuation    -> trampoline
-//!             <- initial sp = top - 40
+//!   top - 24  data               the trampoline passes it to entry
+//!   top - 32  continuation    -> trampoline_start
+//!             <- initial sp = top - 32
 //! ```
+//!
+//! (rbp needs no word: the trampoline clears it, which ends frame-pointer
+//! walks, and rbx none either: entry is a function, which saves what it
+//! uses of it.)
 //!
 //! # Unwinding across the boundary
 //!
@@ -81,7 +86,7 @@
 //! too; boost.context keeps them.
 
 use core::arch::{asm, naked_asm};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 // The section that holds the words the switches push their continuations
 // from: read-only once relocated. ELF (Linux, FreeBSD) names it with flags
@@ -104,7 +109,7 @@ macro_rules! continuations_section {
 pub const STACK_ALIGNMENT: usize = 16;
 
 /// Bytes that [`init_stack`] writes below `top`.
-pub const INIT_FRAME_SIZE: usize = 40;
+pub const INIT_FRAME_SIZE: usize = 32;
 
 /// The offset below `top` of the link word (see the module docs).
 pub const LINK_OFFSET: usize = 8;
@@ -182,12 +187,34 @@ unsafe extern "C" fn dead_continuation() {
 pub unsafe fn init_stack(top: usize, entry: super::EntryFn, data: usize) -> usize {
     debug_assert_eq!(top % STACK_ALIGNMENT, 0);
     let sp = top - INIT_FRAME_SIZE;
-    let trampoline = trampoline as *const () as usize;
-    let words: [usize; 5] = [trampoline, data, 0, entry as *const () as usize, 0];
-    // SAFETY: the caller promises that [top - 40, top) is writable stack
+    let trampoline = trampoline_start as *const () as usize;
+    let words: [usize; 4] = [trampoline, data, entry as *const () as usize, 0];
+    // SAFETY: the caller promises that [top - 32, top) is writable stack
     // memory; `sp` is 8-aligned because `top` is 16-aligned.
-    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 5) };
+    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut usize, 4) };
     sp
+}
+
+/// Where [`trampoline_start`] goes: [`memcheck_trampoline`] until the
+/// process's first arrival, and under memcheck; [`trampoline`] once the
+/// first arrival found that memcheck does not run.
+static CONTINUATION: AtomicPtr<()> = AtomicPtr::new(memcheck_trampoline as *mut ());
+
+/// The continuation that [`init_stack`] gives a fresh context: goes on to
+/// the trampoline that [`CONTINUATION`] names, with every register as the
+/// switch left it. One indirect jump, where a test of whether memcheck
+/// runs would be two instructions in the trampoline (a compare and a
+/// branch), and a choice made by `init_stack` would load the word through
+/// the GOT besides.
+///
+/// # Safety
+/// As [`trampoline`].
+#[unsafe(naked)]
+unsafe extern "C" fn trampoline_start() {
+    naked_asm!(
+        "jmp qword ptr [rip + {continuation}]",
+        continuation = sym CONTINUATION,
+    )
 }
 
 /// The continuation of a fresh context: entered as every continuation is,
@@ -216,43 +243,69 @@ unsafe extern "C" fn trampoline() {
         ".cfi_offset rip, -24",
         ".cfi_offset rbx, -16",
         ".cfi_offset rbp, -8",
-        // As every arrival: move to our stack past our continuation, pop
-        // our rbx (data) and rbp (0).
+        // As every arrival: move to our stack past our continuation.
         "lea rsp, [rsi + 8]",
-        "pop rbx",
-        "pop rbp",
-        // entry(arg = rdi, from = the switcher's sp, data = rbx); rsp = top -
-        // 16 is 16-aligned here, as the ABI requires at a call.
+        // entry(arg = rdi, from = the switcher's sp, data): data is the
+        // next word of our frame; rbp = 0 ends frame-pointer walks. rbx
+        // needs no value of its own: entry is a function, which saves
+        // what it uses of it. rsp = top - 16 is 16-aligned here, as the
+        // ABI requires at a call.
         "mov rsi, [rdx]",
-        "mov rdx, rbx",
-        // Under memcheck, or until the process knows (VALGRIND is not 1):
-        // the detour at label 4.
-        "cmp byte ptr [rip + {valgrind}], 1",
-        "jne 4f",
+        "pop rdx",
+        "xor ebp, ebp",
         // Entered as by a `call`, with the return address of one (label
-        // 3, in this function, for unwinders) pushed by hand: a `call`
-        // would push it onto the return predictor too, and entry never
-        // returns, so the first `ret` the resumer runs after the
-        // coroutine's life would mispredict.
-        "2:",
-        "lea rax, [rip + 3f]",
-        "push rax",
+        // 3, in this function, for unwinders) pushed by hand from a word
+        // of read-only data (one instruction): a `call` would push it
+        // onto the return predictor too, and entry never returns, so the
+        // first `ret` the resumer runs after the coroutine's life would
+        // mispredict.
+        "push qword ptr [rip + 4f]",
+        continuations_section!(),
+        ".p2align 3",
+        "4: .quad 3f",
+        ".popsection",
         // (The CFA rule above stays: unwinders stand here with rsp =
         // entry's CFA, above that return address, as after a `call`.)
         "jmp qword ptr [rsp + 8]",
         // entry never returns; if it did, trap rather than run garbage.
         "3:",
         "ud2",
-        // The detour: a real call, to `valgrind_arrival`. memcheck takes
-        // a `call` to announce the red zone below its stack pointer as
-        // writable, and nothing else does that after a stack switch: on a
-        // reused stack, where memcheck saw the last context's frames
-        // return, entry's first frames would be invalid writes to it. The
-        // call returns, so the return predictor stays balanced. entry's
-        // arguments wait in r12-r14, which the call preserves (the
-        // resumer's switch saved none of them for us to keep); rsp = top -
-        // 16 is 16-aligned, as at entry's call, and the CFA rule holds.
-        "4:",
+        ".cfi_endproc",
+    )
+}
+
+/// [`trampoline`] with a detour, the continuation of fresh contexts under
+/// memcheck (valgrind's default tool) and until the process's first
+/// arrival: a real call, to `valgrind_arrival`. memcheck takes a `call` to
+/// announce the red zone below its stack pointer as writable, and nothing
+/// else does that after a stack switch: on a reused stack, where memcheck
+/// saw the last context's frames return, entry's first frames would be
+/// invalid writes to it. The call returns, so the return predictor stays
+/// balanced. (Its name ends in `trampoline` too: a backtrace from a
+/// process's first coroutine shows it.)
+///
+/// # Safety
+/// As [`trampoline`].
+#[unsafe(naked)]
+unsafe extern "C" fn memcheck_trampoline() {
+    naked_asm!(
+        // The same CFI as `trampoline`'s (see there).
+        ".cfi_startproc simple",
+        ".cfi_signal_frame",
+        ".cfi_escape 0x0f, 5, 0x77, 0x08, 0x06, 0x23, 0x18",
+        ".cfi_offset rip, -24",
+        ".cfi_offset rbx, -16",
+        ".cfi_offset rbp, -8",
+        // As `trampoline`: onto our stack, entry's arguments in rdi, rsi
+        // and rdx, rbp = 0.
+        "lea rsp, [rsi + 8]",
+        "mov rsi, [rdx]",
+        "pop rdx",
+        "xor ebp, ebp",
+        // The detour: entry's arguments wait in r12-r14, which the call
+        // preserves (the resumer's switch saved none of them for us to
+        // keep); rsp = top - 16 is 16-aligned, as at entry's call, and
+        // the CFA rule holds.
         "mov r12, rdi",
         "mov r13, rsi",
         "mov r14, rdx",
@@ -260,20 +313,23 @@ unsafe extern "C" fn trampoline() {
         "mov rdi, r12",
         "mov rsi, r13",
         "mov rdx, r14",
-        "jmp 2b",
+        // Into entry as `trampoline` enters it, with a return address
+        // (label 3, for unwinders) pushed by hand.
+        "lea rax, [rip + 3f]",
+        "push rax",
+        "jmp qword ptr [rsp + 8]",
+        // entry never returns; if it did, trap rather than run garbage.
+        "3:",
+        "ud2",
         ".cfi_endproc",
-        valgrind = sym VALGRIND,
         arrival = sym valgrind_arrival,
     )
 }
 
-/// Whether memcheck (valgrind's default tool) runs the process, for the
-/// trampoline: 0 until the first context arrives, then 1 (no) or 2 (yes).
-static VALGRIND: AtomicU8 = AtomicU8::new(0);
-
-/// The trampoline's detour under memcheck (and at the process's first
-/// arrival): asks whether memcheck runs, and says so in [`VALGRIND`]. Its
-/// caller's `call` is what matters to memcheck (see the trampoline).
+/// The detour of [`memcheck_trampoline`]: asks whether memcheck runs, and
+/// if not, makes [`trampoline`] the continuation of the contexts made from
+/// now on ([`CONTINUATION`]). Its caller's `call` is what matters to
+/// memcheck (see the detour).
 ///
 /// The question is memcheck's `VALGRIND_MAKE_MEM_UNDEFINED` of 0 bytes,
 /// which does nothing: memcheck answers it with -1, and every other tool
@@ -284,7 +340,9 @@ extern "C" fn valgrind_arrival() {
     /// VG_USERREQ__MAKE_MEM_UNDEFINED, from memcheck.h.
     const MAKE_MEM_UNDEFINED: usize = 0x4d43_0001;
     let memcheck = valgrind_request(0, &[MAKE_MEM_UNDEFINED, 0, 0, 0, 0, 0]) != 0;
-    VALGRIND.store(if memcheck { 2 } else { 1 }, Ordering::Relaxed);
+    if !memcheck {
+        CONTINUATION.store(trampoline as *mut (), Ordering::Relaxed);
+    }
 }
 
 /// Switches from the running context to the suspended context `to`,

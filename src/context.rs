@@ -83,8 +83,15 @@ pub(crate) fn place_closure<S: Stack, F>(
     let closure = if most.is_some_and(|most| most <= MIN_STACK_SIZE) {
         debug_assert!(top % arch::STACK_ALIGNMENT == 0 && top - limit >= MIN_STACK_SIZE);
         // `top - limit >= MIN_STACK_SIZE >= most > size`: no overflow, and
-        // the closure's address less `below` is at least `limit`.
-        Some((top - size) & !(align - 1))
+        // the closure's address less `below` is at least `limit`. A top
+        // aligned to `align` (which `Stack` promises up to
+        // `STACK_ALIGNMENT`) leaves the size rounded up to `align` below
+        // it: one subtraction of a constant.
+        if align <= arch::STACK_ALIGNMENT {
+            Some(top - size.next_multiple_of(align))
+        } else {
+            Some((top - size) & !(align - 1))
+        }
     } else {
         top.checked_sub(size)
             .map(|a| a & !(align - 1))

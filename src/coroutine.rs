@@ -361,9 +361,22 @@ const SIGNAL: usize = 0;
 
 /// What the spare word of a coroutine holds once it was finished without
 /// ever starting (dropped, `force_unwind`, `force_reset` before its first
-/// resume), so that [`Coroutine::started`] stays false: never the address
-/// of an `Ending`, which is aligned.
-const NEVER_STARTED: usize = 1;
+/// resume), so that [`Coroutine::started`] stays false: never what a
+/// finished body leaves there (see [`ENDING_BIT`]: the address 0 is no
+/// value's).
+const NEVER_STARTED: usize = ENDING_BIT;
+
+/// The bit of the spare word of a finished body that says what the rest
+/// addresses (see [`Handed`], whose address is even): without it, the
+/// value the body returned (the common ending, which then costs no tag
+/// to store and test); with it, its `Ending` (a panic, an unwind, or a
+/// value that a trap's closure returned).
+const ENDING_BIT: usize = 1;
+
+/// What a finished body hands over, on its stack: aligned to 2 at least,
+/// so that the low bit of its address is free for [`ENDING_BIT`].
+#[repr(C, align(2))]
+struct Handed<T>(T);
 
 /// What `with_stack` stores at the top of the coroutine's stack: the
 /// coroutine's node in its thread's list for the exit hook (see
@@ -764,26 +777,59 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
             resumed_after_the_end(input);
         }
         // Otherwise the coroutine took the input: `input` stays undropped.
-        match self.take_ending() {
-            Ending::Returned(r) => CoroutineResult::Return(r),
+        let word = self.take_word();
+        if word & ENDING_BIT != 0 {
+            // SAFETY: the word of a finished body, taken once.
+            unsafe { Self::ended_otherwise(word) }
+        }
+        // SAFETY: as in `take_ending`, a returned value.
+        CoroutineResult::Return(unsafe { take::<Handed<Return>>(word).0 })
+    }
+
+    /// A resume's ending that is not a returned value (a body returns
+    /// its value through `leave_returned`, a trap's closure too): a panic,
+    /// which goes on here.
+    ///
+    /// # Safety
+    /// `word` is what a finished body left in the spare word, with
+    /// `ENDING_BIT`, and nothing took its ending yet.
+    #[cold]
+    #[inline(never)]
+    unsafe fn ended_otherwise(word: usize) -> ! {
+        // SAFETY: as the caller promises.
+        match unsafe { take::<Handed<Ending<Return>>>(word & !ENDING_BIT).0 } {
             #[cfg(feature = "std")]
             Ending::Panicked(payload) => panic::resume_unwind(payload),
-            // Only `unwind` sends the request that ends in these.
+            // Only `unwind` sends the request that ends in this.
             Ending::Unwound => unreachable!("corostack: unwound without a request"),
+            Ending::Returned(_) => unreachable!("corostack: a value returned with ENDING_BIT"),
         }
+    }
+
+    /// Marks the coroutine done, and returns what its body left in the
+    /// spare word when it finished (see `ENDING_BIT`).
+    fn take_word(&mut self) -> usize {
+        // SAFETY: the link word is a word of our stack, alive with it.
+        unsafe { self.link.write(arch::dead_sp()) };
+        // SAFETY: the spare word is a word of our stack, alive with it.
+        unsafe { spare_word(self.link).read() }
     }
 
     /// Moves out the ending a finished body left in the spare word, and
     /// marks the coroutine done.
     fn take_ending(&mut self) -> Ending<Return> {
-        // SAFETY: the link word is a word of our stack, alive with it.
-        unsafe { self.link.write(arch::dead_sp()) };
-        // SAFETY: the spare word is a word of our stack, alive with it.
-        let word = unsafe { spare_word(self.link).read() };
-        // SAFETY: the body wrote the address of its Ending into the spare
-        // word of its stack as its last act; the stack is not reused until
-        // we return, and we move the Ending out once.
-        unsafe { take::<Ending<Return>>(word) }
+        let word = self.take_word();
+        // SAFETY: the body wrote the address of its returned value, or of
+        // its Ending with `ENDING_BIT`, into the spare word of its stack as
+        // its last act (`leave_returned`, `leave_with`); the stack is not
+        // reused until we return, and we move the value out once.
+        unsafe {
+            if word & ENDING_BIT == 0 {
+                Ending::Returned(take::<Handed<Return>>(word).0)
+            } else {
+                take::<Handed<Ending<Return>>>(word & !ENDING_BIT).0
+            }
+        }
     }
 
     /// The saved sp in the link word (meaningful while not running).
@@ -1383,88 +1429,208 @@ where
         _marker: PhantomData,
     };
     yielder.resumer.set(context::arrive());
-    let ending = match msg {
-        // Dropped before it started: drop the closure.
-        #[cfg(feature = "std")]
-        SIGNAL => {
-            let drop_f = || {
-                // SAFETY: `with_stack` wrote an F at `f`, which nothing
-                // else reads or drops.
-                unsafe { ptr::drop_in_place(f) }
-            };
-            match panic::catch_unwind(AssertUnwindSafe(drop_f)) {
-                Ok(()) => Ending::Unwound,
-                Err(p) => Ending::Panicked(p),
-            }
-        }
-        #[cfg(not(feature = "std"))]
-        SIGNAL => {
-            // SAFETY: as above.
-            unsafe { ptr::drop_in_place(f) };
-            Ending::Unwound
-        }
-        input => {
-            // SAFETY: the first resume sent the address of an I, as every
-            // resume does.
-            let input = unsafe { take::<I>(input) };
-            // Listed for the thread's exit hook while the body lives (see
-            // `thread_exit`), unless `with_stack_unlisted` left it out.
-            #[cfg(feature = "std")]
-            if LISTED {
-                // SAFETY: `with_stack` wrote the `Start`, whose node stays
-                // at the top of the frames for the coroutine's life,
-                // unmoved; a forgotten coroutine's stack stays forever,
-                // listed. `LISTED`: not left out.
-                unsafe { thread_exit::link(&(*start).node) };
-            }
-            let call = || {
-                // SAFETY: `with_stack` wrote an F at `f`; it is moved out
-                // once, here, straight into the call (a local would be one
-                // more copy in a debug build).
-                (unsafe { ptr::read(f) })(&yielder, input)
-            };
-            #[cfg(feature = "std")]
-            let ending = match panic::catch_unwind(AssertUnwindSafe(call)) {
-                Ok(r) => Ending::Returned(r),
-                // Our own unwind, requested by our resumer; the payload of
-                // another's is an ordinary panic here.
-                Err(p) if yielder.unwinding.get() && p.is::<ForcedUnwind>() => Ending::Unwound,
-                Err(p) => Ending::Panicked(p),
-            };
-            // Without std a panic cannot be caught: it goes to the panic
-            // handler, which does not return.
-            #[cfg(not(feature = "std"))]
-            let ending = Ending::Returned(call());
+    if msg == SIGNAL {
+        // Dropped before it started: drop the closure, out of the way of
+        // the start's path.
+        // SAFETY: `with_stack` wrote an F at `f`, which nothing else reads
+        // or drops; the link word is ours, and holds the resumer's sp.
+        unsafe { end_unstarted::<F, R>(f, yielder.link, yielder.resumer.get()) }
+    }
+    // SAFETY: the first resume sent the address of an I, as every
+    // resume does.
+    let input = unsafe { take::<I>(msg) };
+    // Listed for the thread's exit hook while the body lives (see
+    // `thread_exit`), unless `with_stack_unlisted` left it out.
+    #[cfg(feature = "std")]
+    if LISTED {
+        // SAFETY: `with_stack` wrote the `Start`, whose node stays
+        // at the top of the frames for the coroutine's life,
+        // unmoved; a forgotten coroutine's stack stays forever,
+        // listed. `LISTED`: not left out.
+        unsafe { thread_exit::link(&(*start).node) };
+    }
+    let call = || {
+        // SAFETY: `with_stack` wrote an F at `f`; it is moved out
+        // once, here, straight into the call (a local would be one
+        // more copy in a debug build).
+        (unsafe { ptr::read(f) })(&yielder, input)
+    };
+    // Each ending leaves on a path of its own, so that the returned value's
+    // (the common case) stores only its own words.
+    #[cfg(feature = "std")]
+    match panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(r) => {
             // SAFETY: linked above, on this thread (a listed coroutine is
             // neither `Send` nor moved between threads), and not unlinked
             // since (`force_reset` and a trap, which do, abandon the frames
             // that would get here).
-            #[cfg(feature = "std")]
             if unsafe { thread_exit::unlink(&(*start).node) } {
-                // The exit hook unwound us: nobody takes the ending. The
-                // cleared mark tells the hook that this is our last switch.
-                drop_for_the_hook(ending);
-                // SAFETY: our node, as above.
-                unsafe { (*start).node.unlist() };
-                Ending::Unwound
-            } else {
-                ending
+                // SAFETY: our node, unlinked by the hook; the link word is
+                // ours, and holds the resumer's sp.
+                unsafe {
+                    end_for_the_hook(
+                        Ending::Returned(r),
+                        start,
+                        yielder.link,
+                        yielder.resumer.get(),
+                    )
+                }
             }
-            #[cfg(not(feature = "std"))]
-            ending
+            // SAFETY: the link word is ours, and holds the resumer's sp.
+            unsafe { leave_returned(r, yielder.link, yielder.resumer.get()) }
+        }
+        // SAFETY: as for the unlink above, and the link word's.
+        Err(p) => unsafe {
+            end_panicked::<F, R>(
+                p,
+                yielder.unwinding.get(),
+                start,
+                yielder.link,
+                yielder.resumer.get(),
+            )
+        },
+    }
+    // Without std a panic cannot be caught: it goes to the panic handler,
+    // which does not return.
+    #[cfg(not(feature = "std"))]
+    {
+        let r = call();
+        // SAFETY: the link word is ours, and holds the resumer's sp.
+        unsafe { leave_returned(r, yielder.link, yielder.resumer.get()) }
+    }
+}
+
+/// The end of a body that panicked, or that a forced unwind reached
+/// (`unwinding`: the yielder received the request to unwind): unlinks its
+/// node and leaves with its ending.
+///
+/// # Safety
+/// As `entry`'s unlink of the node of the `Start` at `start` and its
+/// [`leave_with`] through `link`.
+#[cfg(feature = "std")]
+#[cold]
+#[inline(never)]
+unsafe fn end_panicked<F, R>(
+    p: Box<dyn Any + Send>,
+    unwinding: bool,
+    start: *mut Start<F>,
+    link: *mut usize,
+    resumer: (usize, usize),
+) -> ! {
+    // Our own unwind, requested by our resumer; the payload of another's
+    // is an ordinary panic here.
+    let ending = if unwinding && p.is::<ForcedUnwind>() {
+        Ending::<R>::Unwound
+    } else {
+        Ending::Panicked(p)
+    };
+    // SAFETY: as the caller promises.
+    if unsafe { thread_exit::unlink(&(*start).node) } {
+        // SAFETY: as the caller promises.
+        unsafe { end_for_the_hook(ending, start, link, resumer) }
+    }
+    // SAFETY: as the caller promises.
+    unsafe { leave_with(ending, link, resumer) }
+}
+
+/// The end of a body that the thread's exit hook unwound: nobody takes
+/// the ending, which is dropped here; the cleared mark tells the hook that
+/// this is our last switch.
+///
+/// # Safety
+/// The node of the `Start` at `start` was unlinked by the hook; as
+/// [`leave_with`] for `link`.
+#[cfg(feature = "std")]
+#[cold]
+#[inline(never)]
+unsafe fn end_for_the_hook<F, R>(
+    ending: Ending<R>,
+    start: *mut Start<F>,
+    link: *mut usize,
+    resumer: (usize, usize),
+) -> ! {
+    drop_for_the_hook(ending);
+    // SAFETY: our node, as the caller promises.
+    unsafe { (*start).node.unlist() };
+    // SAFETY: as the caller promises.
+    unsafe { leave_with(Ending::<R>::Unwound, link, resumer) }
+}
+
+/// The end of a coroutine dropped before it started: drops the closure at
+/// `f` and leaves with the ending ([`Ending::Unwound`], or the panic of
+/// the closure's drop).
+///
+/// # Safety
+/// An `F` lies at `f`, which nothing else reads or drops; `link` is the
+/// link word of the running coroutine, which holds the sp of its resumer,
+/// whose stack has the bounds `resumer`.
+#[cold]
+#[inline(never)]
+unsafe fn end_unstarted<F, R>(f: *mut F, link: *mut usize, resumer: (usize, usize)) -> ! {
+    #[cfg(feature = "std")]
+    let ending = {
+        let drop_f = || {
+            // SAFETY: as the caller promises.
+            unsafe { ptr::drop_in_place(f) }
+        };
+        match panic::catch_unwind(AssertUnwindSafe(drop_f)) {
+            Ok(()) => Ending::<R>::Unwound,
+            Err(p) => Ending::Panicked(p),
         }
     };
-    let ending = ManuallyDrop::new(ending);
+    #[cfg(not(feature = "std"))]
+    let ending = {
+        // SAFETY: as the caller promises.
+        unsafe { ptr::drop_in_place(f) };
+        Ending::<R>::Unwound
+    };
+    // SAFETY: as the caller promises.
+    unsafe { leave_with(ending, link, resumer) }
+}
+
+/// The last switch of a coroutine whose body returned `r`: hands it to the
+/// resumer (its address in the spare word, the word `SIGNAL`).
+///
+/// # Safety
+/// As [`leave_with`].
+#[inline(always)]
+unsafe fn leave_returned<R>(r: R, link: *mut usize, resumer: (usize, usize)) -> ! {
+    let r = ManuallyDrop::new(Handed(r));
+    // SAFETY: as the caller promises.
+    unsafe { leave(addr(&r), link, resumer) }
+}
+
+/// The last switch of a coroutine: hands `ending` to the resumer (its
+/// address with `ENDING_BIT` in the spare word, the word `SIGNAL`).
+///
+/// # Safety
+/// `link` is the link word of the running coroutine, which holds the sp
+/// of its resumer, whose stack has the bounds `resumer`.
+#[inline(always)]
+unsafe fn leave_with<R>(ending: Ending<R>, link: *mut usize, resumer: (usize, usize)) -> ! {
+    let ending = ManuallyDrop::new(Handed(ending));
+    // SAFETY: as the caller promises.
+    unsafe { leave(addr(&ending) | ENDING_BIT, link, resumer) }
+}
+
+/// The last switch of a coroutine: `handed` (see `ENDING_BIT`) to the
+/// spare word, and the word `SIGNAL` to the resumer.
+///
+/// # Safety
+/// As [`leave_with`]; `handed` addresses a value on our stack that the
+/// resumer takes.
+#[inline(always)]
+unsafe fn leave(handed: usize, link: *mut usize, resumer: (usize, usize)) -> ! {
     // SAFETY: the spare word of our stack is free once we have started.
-    unsafe { spare_word(yielder.link).write(addr(&ending)) };
+    unsafe { spare_word(link).write(handed) };
     let enter = Enter {
-        bounds: Some(yielder.resumer.get()),
+        bounds: Some(resumer),
         tsan: Tsan::Suspend,
     };
     // SAFETY: as in `suspend`: the link word holds the resumer's sp, which
     // switched in and waits for our last word; nothing resumes us again
     // (the resumer marks the coroutine done).
-    unsafe { context::leave_for_good(SIGNAL, *yielder.link, yielder.link, enter) }
+    unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
 }
 
 /// Where a coroutine goes on after a trap (see `trap.rs`): entered with the
@@ -1488,19 +1654,15 @@ pub(crate) unsafe extern "C" fn trap_entry<F: FnOnce() -> R, R>(slot: usize, lin
         // once, straight into the call.
         (unsafe { ptr::read(ptr::with_exposed_provenance::<F>(slot)) })()
     };
-    let ending = ManuallyDrop::new(match panic::catch_unwind(AssertUnwindSafe(call)) {
-        Ok(r) => Ending::Returned(r),
-        Err(p) => Ending::Panicked(p),
-    });
-    // SAFETY: the spare word of the coroutine's stack is free while it runs.
-    unsafe { spare_word(link).write(addr(&ending)) };
-    let enter = Enter {
-        bounds: Some((0, 0)),
-        tsan: Tsan::Suspend,
-    };
     // SAFETY: the link word holds the resumer's sp, suspended in `resume`
-    // while the coroutine ran; nothing resumes this context again.
-    unsafe { context::leave_for_good(SIGNAL, *link, link, enter) }
+    // while the coroutine ran (its bounds unknown here); nothing resumes
+    // this context again.
+    unsafe {
+        match panic::catch_unwind(AssertUnwindSafe(call)) {
+            Ok(r) => leave_returned(r, link, (0, 0)),
+            Err(p) => leave_with(Ending::<R>::Panicked(p), link, (0, 0)),
+        }
+    }
 }
 
 /// Drops the ending of a body that the thread's exit hook unwound; a

@@ -98,10 +98,13 @@ use crate::sanitizer::Fiber;
 /// reach it, and it does not move.
 #[repr(C)]
 pub(crate) struct Node {
+    /// First, so that the node's address (the closure's, which the entry
+    /// holds) is that of its links: no address to compute when it links
+    /// them.
+    links: Links,
     /// The lowest address of the coroutine's stack; 0 for a coroutine left
     /// out of the list, [`HOOK_FINISHES`] for one the hook unwinds.
     limit: Cell<usize>,
-    links: Links,
     /// The coroutine's ThreadSanitizer fiber (empty without it).
     fiber: Fiber,
 }
@@ -162,7 +165,7 @@ impl Node {
     /// # Safety
     /// `links` are those of a listed node (not the list's head).
     unsafe fn of<'a>(links: *const Links) -> &'a Node {
-        // SAFETY: `links` is the field right after `limit` (`repr(C)`).
+        // SAFETY: `links` is the node's first field (`repr(C)`).
         unsafe { &*links.byte_sub(mem::offset_of!(Node, links)).cast::<Node>() }
     }
 
@@ -215,18 +218,31 @@ thread_local! {
     /// at itself when the list is empty, and are null before the thread's
     /// first coroutine start (which registers the hook). No destructor
     /// either.
-    static LIST: Links = const {
-        Links {
-            prev: Cell::new(MaybeUninit::new(ptr::null())),
-            next: Cell::new(MaybeUninit::new(ptr::null())),
+    static LIST: Head = const {
+        Head {
+            links: Links {
+                prev: Cell::new(MaybeUninit::new(ptr::null())),
+                next: Cell::new(MaybeUninit::new(ptr::null())),
+            },
+            this: Cell::new(ptr::null()),
         }
     };
+}
+
+/// The head of a thread's list: its links, and their address once they
+/// are initialised (null before), which a start loads rather than
+/// computes (one load, where the address of a thread-local is the thread
+/// pointer's load and an addition), and tests for the thread's first
+/// start.
+struct Head {
+    links: Links,
+    this: Cell<*const Links>,
 }
 
 /// This thread's list head.
 #[inline(always)]
 fn head() -> *const Links {
-    LIST.with(ptr::from_ref)
+    LIST.with(|list| ptr::from_ref(&list.links))
 }
 
 /// Links `node` into this thread's list, registering the exit hook at the
@@ -240,13 +256,13 @@ fn head() -> *const Links {
 #[inline(always)]
 pub(crate) unsafe fn link(node: &Node) {
     debug_assert_ne!(node.limit.get(), 0, "a node left out of the list");
-    let head = head();
-    // SAFETY: the head is this thread's, alive; its links are initialised
-    // (null before the first start, then nodes or itself).
-    let mut first = unsafe { (*head).next.get().assume_init() };
-    if first.is_null() {
-        first = hook();
+    let mut head = LIST.with(|list| list.this.get());
+    if head.is_null() {
+        head = hook();
     }
+    // SAFETY: the head is this thread's, alive, and initialised (`this`
+    // is set): its links point at nodes or at itself.
+    let first = unsafe { (*head).next.get().assume_init() };
     let links = &node.links;
     links.prev.set(MaybeUninit::new(head));
     links.next.set(MaybeUninit::new(first));
@@ -348,8 +364,8 @@ pub fn is_exiting() -> bool {
     PHASE.get() == Phase::Exiting
 }
 
-/// Makes this thread's list empty (its head linked to itself) if it is
-/// not initialised yet; returns the head.
+/// Makes this thread's list empty (its head linked to itself, and its
+/// address in `this`) if it is not initialised yet; returns the head.
 fn init_list() -> *const Links {
     let head = head();
     // SAFETY: this thread's head, alive; its links are initialised.
@@ -359,6 +375,7 @@ fn init_list() -> *const Links {
             (*head).prev.set(MaybeUninit::new(head));
         }
     }
+    LIST.with(|list| list.this.set(head));
     head
 }
 

@@ -568,3 +568,50 @@ fn try_new_returns_an_error_when_no_stack_can_be_mapped() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a finished body hands over travels as an address whose low bit
+/// says whether it is the returned value or an ending (a panic, an
+/// unwind): values of every size and alignment (a zero-sized one, single
+/// bytes at odd offsets, an over-aligned one) come back intact, yields
+/// too, and `started` tells a finished coroutine from one finished before
+/// its start.
+#[test]
+fn returns_of_every_size_and_alignment_come_back() {
+    #[derive(Debug, PartialEq, Clone, Copy)]
+    #[repr(align(64))]
+    struct Wide([u8; 3]);
+
+    fn round<T: PartialEq + std::fmt::Debug + Clone + 'static>(v: T) {
+        let (a, b) = (v.clone(), v.clone());
+        let mut co = Coroutine::<u8, (u8, T), T>::new(move |y, n| {
+            // A byte of the frame at an odd offset next to what crosses.
+            let odd = black_box([n; 3]);
+            y.suspend((odd[1], a));
+            b
+        });
+        assert_eq!(co.resume(7), CoroutineResult::Yield((7, v.clone())));
+        assert_eq!(co.resume(8), CoroutineResult::Return(v));
+        assert!(co.started() && co.done());
+    }
+    round(());
+    round(1u8);
+    round([9u8; 3]);
+    round(u128::MAX - 5);
+    round(Wide([1, 2, 3]));
+    round(String::from("handed over"));
+
+    // A panic and an unwind are the other endings.
+    let mut co = Coroutine::<(), (), u8>::new(|_, ()| panic!("an ending"));
+    let caught = panic::catch_unwind(AssertUnwindSafe(|| co.resume(())));
+    assert!(caught.is_err() && co.started() && co.done());
+    let mut co = Coroutine::<(), u8, u8>::new(|y, ()| {
+        y.suspend(1);
+        2
+    });
+    co.resume(());
+    co.force_unwind();
+    assert!(co.started() && co.done());
+    let mut co = Coroutine::<(), (), u8>::new(|_, ()| 3);
+    co.force_unwind();
+    assert!(!co.started() && co.done());
+}

@@ -78,6 +78,27 @@ impl Mapping {
         self.top() - self.limit
     }
 
+    /// Gives up the mapping as its two words (limit, top), for the pool's
+    /// slot; [`Mapping::from_words`] takes it back. Its top is
+    /// page-aligned, which the slot relies on (even, never one of its
+    /// odd states).
+    #[inline(always)]
+    pub(crate) fn into_words(self) -> (usize, usize) {
+        let map = ManuallyDrop::new(self);
+        debug_assert!(map.top.is_multiple_of(2));
+        (map.limit, map.top)
+    }
+
+    /// Takes back a mapping given up by [`Mapping::into_words`].
+    ///
+    /// # Safety
+    /// `(limit, top)` are the words of a mapping given up by `into_words`,
+    /// and not taken back since.
+    #[inline(always)]
+    pub(crate) unsafe fn from_words(limit: usize, top: usize) -> Mapping {
+        Mapping { limit, top }
+    }
+
     /// How many mappings the process holds now.
     pub(crate) fn live() -> usize {
         LIVE.load(Ordering::Relaxed)

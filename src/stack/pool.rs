@@ -4,22 +4,22 @@
 //! that creating coroutines costs no system call in the steady state.
 
 use std::cell::UnsafeCell;
-use std::mem::{self, ManuallyDrop, MaybeUninit};
+use std::mem::{self, ManuallyDrop};
 
 use super::POOL_CAPACITY;
 use super::mapping::Mapping;
 
 thread_local! {
     /// This thread's pool, in place: a `const` thread-local without a
-    /// destructor (the vector is `ManuallyDrop`, the slot `MaybeUninit`)
+    /// destructor (the vector is `ManuallyDrop`, the slot raw words)
     /// is one `fs`-relative access away, where one with a destructor
     /// checks its registration on every access, and one behind a pointer
     /// costs a load and a check of the pointer. [`POOL_OWNER`]'s destructor
     /// empties it at thread exit.
     static POOL: UnsafeCell<Pool> = const {
         UnsafeCell::new(Pool {
-            slot: SHUT,
-            last: MaybeUninit::uninit(),
+            last_limit: 0,
+            last_top: SHUT,
             free: ManuallyDrop::new(Vec::new()),
             cap: POOL_CAPACITY,
             state: State::Unowned,
@@ -43,36 +43,36 @@ enum State {
     Exited,
 }
 
-/// What [`Pool::last`] holds, and whether `give`'s fast path may fill it:
-/// the one byte that the fast paths test.
-type Slot = u8;
-/// Empty, and the pool has room for one more (it is `Owned`, and the
-/// vector holds fewer than `cap`): `give` may fill it. Not 0: a take
-/// stores it as an immediate (x86_64 clears a register first to store a
-/// zero byte).
-const OPEN: Slot = 4;
-/// Holds the newest pooled mapping (the pool is `Owned`, and holds at most
-/// `cap` mappings with it, so that taking it leaves it `OPEN`).
-const FULL: Slot = OPEN | HOLDS;
-/// Empty, and `give` must take its slow path (not owned, exited, or no
-/// room).
-const SHUT: Slot = 2;
-/// The bit that `FULL` adds to `OPEN`.
-const HOLDS: Slot = 1;
+/// [`Pool::last_top`] of an empty slot when the pool has room for one
+/// more (it is `Owned`, and the vector holds fewer than `cap`): `give`
+/// may fill it.
+///
+/// The slot's state lies in `last_top`: a mapping's top (the slot holds
+/// the newest pooled mapping, with at most `cap` in the pool, so that
+/// taking it leaves it `OPEN`), or one of two odd words, which no top is
+/// (tops are page-aligned). A take's test, `last_limit + size ==
+/// last_top`, is the whole test of the fast path: `last_limit` is 0 or a
+/// stale limit, page-aligned either way, and sizes are whole pages, so
+/// their sum is even, and never equals an odd state (wrapping or not).
+const OPEN: usize = 1;
+/// [`Pool::last_top`] of an empty slot when `give` must take its slow
+/// path (not owned, exited, or no room).
+const SHUT: usize = 3;
 
 /// A thread's free mappings, and how many it keeps.
 ///
-/// The newest is kept apart, in `last`, so that a coroutine's life (take
-/// the newest, give it back) moves the mapping between the slot and the
-/// stack without touching the vector: a test of one byte and the
-/// mapping's words each way. Every mapping in `free` is older than the
-/// one in `last`.
+/// The newest is kept apart, in the slot (`last_limit`, `last_top`), so
+/// that a coroutine's life (take the newest, give it back) moves the
+/// mapping between the slot and the stack without touching the vector: a
+/// test of the slot's words and the mapping's words each way. Every
+/// mapping in `free` is older than the one in the slot.
 struct Pool {
-    /// What `last` holds: `OPEN`, `FULL` or `SHUT`.
-    slot: Slot,
-    /// The newest pooled mapping when `slot` is `FULL`; uninitialised
-    /// otherwise.
-    last: MaybeUninit<Mapping>,
+    /// The limit of the newest pooled mapping when the slot holds one (see
+    /// `last_top`); 0 or a stale limit otherwise.
+    last_limit: usize,
+    /// The top of the newest pooled mapping (the slot holds one, given up
+    /// by `Mapping::into_words`), or [`OPEN`] or [`SHUT`].
+    last_top: usize,
     /// The older ones, oldest first. Freed (its mappings unmapped) by
     /// [`POOL_OWNER`]'s destructor.
     free: ManuallyDrop<Vec<Mapping>>,
@@ -81,15 +81,35 @@ struct Pool {
 }
 
 impl Pool {
+    /// Whether the slot holds a mapping: its top, never odd.
+    fn holds(&self) -> bool {
+        self.last_top.is_multiple_of(2)
+    }
+
+    /// Moves the slot's mapping out (if any), leaving the slot `SHUT`
+    /// until [`Pool::sync`].
+    fn take_slot(&mut self) -> Option<Mapping> {
+        if !self.holds() {
+            return None;
+        }
+        // SAFETY: the slot holds these words of a mapping, taken back
+        // once: the slot is `SHUT` right after.
+        let last = unsafe { Mapping::from_words(self.last_limit, self.last_top) };
+        self.last_top = SHUT;
+        Some(last)
+    }
+
+    /// Puts `mapping` in the empty slot.
+    fn fill_slot(&mut self, mapping: Mapping) {
+        debug_assert!(!self.holds());
+        (self.last_limit, self.last_top) = mapping.into_words();
+    }
+
     /// Moves the slot's mapping (if any) to the end of the vector, for
     /// the slow paths, which then work on the vector alone; the slot is
     /// left `SHUT` until [`Pool::sync`].
     fn spill(&mut self) {
-        if self.slot == FULL {
-            self.slot = SHUT;
-            // SAFETY: `FULL` says `last` holds a mapping, which is moved
-            // out once (the slot is no longer `FULL`).
-            let last = unsafe { self.last.assume_init_read() };
+        if let Some(last) = self.take_slot() {
             self.free.push(last);
         }
     }
@@ -98,20 +118,19 @@ impl Pool {
     /// vector or of the state, moving the newest mapping of the vector
     /// into it, so that the next `take_last` finds it there.
     fn sync(&mut self) {
-        if self.slot == FULL {
+        if self.holds() {
             return;
         }
         if self.state != State::Owned {
-            self.slot = SHUT;
+            self.last_top = SHUT;
             return;
         }
         if let Some(newest) = self.free.pop() {
-            self.last.write(newest);
-            self.slot = FULL;
+            self.fill_slot(newest);
         } else if self.cap > 0 {
-            self.slot = OPEN;
+            self.last_top = OPEN;
         } else {
-            self.slot = SHUT;
+            self.last_top = SHUT;
         }
     }
 }
@@ -123,12 +142,7 @@ impl Drop for PoolOwner {
     fn drop(&mut self) {
         let pool = pool_raw();
         pool.state = State::Exited;
-        let last = (pool.slot == FULL).then(|| {
-            // SAFETY: `FULL` says `last` holds a mapping, moved out once
-            // (`sync` shuts the slot right after).
-            unsafe { pool.last.assume_init_read() }
-        });
-        pool.slot = SHUT;
+        let last = pool.take_slot();
         pool.sync();
         // Unmapping does not reach the pool, which is Exited now anyway.
         Mapping::unmap_all(mem::take(&mut *pool.free).into_iter().chain(last));
@@ -177,17 +191,16 @@ fn own(pool: &'static mut Pool) -> Option<&'static mut Pool> {
 #[inline(always)]
 fn take_last(size: usize) -> Option<Mapping> {
     let pool = pool_raw();
-    if pool.slot == FULL {
-        // SAFETY: `FULL` says `last` holds a mapping.
-        let last = unsafe { pool.last.assume_init_ref() };
-        if last.size() == size {
-            // SAFETY: moved out once: the slot is `OPEN` right after.
-            let last = unsafe { pool.last.assume_init_read() };
-            // The pool held at most `cap` with it: there is room for one
-            // more now, and the pool is owned (only then is it `FULL`).
-            pool.slot = OPEN;
-            return Some(last);
-        }
+    debug_assert!(size.is_multiple_of(2), "a size of whole pages");
+    // Only a held mapping passes (see `OPEN`).
+    if pool.last_limit.wrapping_add(size) == pool.last_top {
+        // SAFETY: the slot holds these words of a mapping, taken back
+        // once: the slot is `OPEN` right after.
+        let last = unsafe { Mapping::from_words(pool.last_limit, pool.last_top) };
+        // The pool held at most `cap` with it: there is room for one more
+        // now, and the pool is owned (only then does the slot hold one).
+        pool.last_top = OPEN;
+        return Some(last);
     }
     None
 }
@@ -201,18 +214,8 @@ fn take_last(size: usize) -> Option<Mapping> {
 /// thread-local to where the caller puts them with no copy in between.
 #[inline(always)]
 pub(crate) fn take_last_or(size: usize, make: fn() -> Mapping) -> Mapping {
-    let pool = pool_raw();
-    // The size as `limit + size == top`: one `lea` and a compare.
-    if pool.slot == FULL && {
-        // SAFETY: `FULL` says `last` holds a mapping.
-        let last = unsafe { pool.last.assume_init_ref() };
-        last.limit().wrapping_add(size) == last.top()
-    } {
-        // SAFETY: moved out once: the slot is `OPEN` right after (the
-        // pool held at most `cap` with it, and it is owned).
-        let mapping = unsafe { pool.last.assume_init_read() };
-        pool.slot = OPEN;
-        return mapping;
+    if let Some(last) = take_last(size) {
+        return last;
     }
     take_or_make(size, make)
 }
@@ -259,12 +262,11 @@ fn take_older(size: usize) -> Option<Mapping> {
 #[inline(always)]
 pub(crate) unsafe fn give(slot: &mut ManuallyDrop<Mapping>) {
     let pool = pool_raw();
-    if pool.slot == OPEN {
+    if pool.last_top == OPEN {
         // `OPEN`: the pool is owned and has room for one more, newer than
         // every mapping in the vector.
         // SAFETY: the caller gives the mapping up.
-        pool.last.write(unsafe { ManuallyDrop::take(slot) });
-        pool.slot = FULL;
+        pool.fill_slot(unsafe { ManuallyDrop::take(slot) });
         return;
     }
     // SAFETY: as above.
@@ -365,7 +367,7 @@ mod tests {
     /// thread of its own, with a pool of its own).
     fn pooled() -> usize {
         let pool = pool_raw();
-        pool.free.len() + usize::from(pool.slot == FULL)
+        pool.free.len() + usize::from(pool.holds())
     }
 
     /// A default stack made while the pool is full of stacks of another
@@ -380,7 +382,7 @@ mod tests {
         let d = DefaultStack::default();
         assert_eq!(d.size(), DEFAULT_STACK_SIZE);
         assert_eq!(pooled(), 1, "the small stack stays");
-        assert!(pool_raw().slot == FULL, "in the slot, the newest pooled");
+        assert!(pool_raw().holds(), "in the slot, the newest pooled");
         let top = d.top();
         drop(d);
         assert_eq!(pooled(), 1, "the full pool gave its older half back");
@@ -398,14 +400,49 @@ mod tests {
         drop(DefaultStack::default());
         drop(DefaultStack::new(64 * 1024).unwrap());
         assert_eq!(pooled(), 0);
-        assert!(pool_raw().slot == SHUT);
+        assert!(pool_raw().last_top == SHUT);
         set_pool_capacity(old);
         drop(DefaultStack::default());
         assert_eq!(pooled(), 1);
-        assert!(pool_raw().slot == FULL);
+        assert!(pool_raw().holds());
         let d = DefaultStack::default();
-        assert!(pool_raw().slot == OPEN, "taken from the slot, room for one");
+        assert!(
+            pool_raw().last_top == OPEN,
+            "taken from the slot, room for one"
+        );
         drop(d);
+        trim_pool();
+    }
+
+    /// An empty slot's states are odd words in its top, which no take's
+    /// test (`limit + size == top`, all page multiples) can meet,
+    /// whatever stale limit lies beside them.
+    #[test]
+    fn an_empty_slot_gives_no_stack_of_any_size() {
+        trim_pool();
+        let d = DefaultStack::default();
+        let stale = d.limit();
+        drop(d);
+        let d = DefaultStack::default();
+        assert!(pool_raw().last_top == OPEN);
+        assert_eq!(pool_raw().last_limit, stale, "the limit stays, stale");
+        let sizes = [
+            super::super::MIN_STACK_SIZE,
+            DEFAULT_STACK_SIZE,
+            1 << 20,
+            64 << 20,
+        ];
+        for size in sizes {
+            assert!(take_last(size).is_none(), "{size}");
+        }
+        let old = set_pool_capacity(0);
+        assert!(pool_raw().last_top == SHUT);
+        for size in sizes {
+            assert!(take_last(size).is_none(), "{size}");
+        }
+        set_pool_capacity(old);
+        drop(d);
+        assert!(pool_raw().holds());
         trim_pool();
     }
 
