@@ -9,7 +9,8 @@
 //! - `std <n>`: `million`'s unwind floor, std's `resume_unwind` caught by
 //!   `catch_unwind` through the same frames, without a coroutine;
 //! - `cold <n>`: not for callgrind, a timing in the thread's CPU time (so
-//!   that other processes' turns on a shared machine do not count): `n`
+//!   that other processes' turns on a shared machine do not count; wall-clock
+//!   time where there is no thread CPU clock, on Windows): `n`
 //!   live coroutines created from the pool (a pool large enough for all,
 //!   so their drops unmap nothing) and dropped together, against `n` drops
 //!   of one at a time (`million`'s pooled drop): the drop of a coroutine
@@ -123,6 +124,7 @@ fn suspended(seed: u32) -> Coroutine<(), u32, ()> {
 }
 
 /// The calling thread's CPU time.
+#[cfg(unix)]
 fn cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -132,4 +134,13 @@ fn cpu_time() -> Duration {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Elsewhere (Windows), the time since the first reading: the probe runs
+/// on one thread and never blocks, so it is that thread's time as long as
+/// nothing else runs on its core.
+#[cfg(not(unix))]
+fn cpu_time() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
 }
