@@ -777,6 +777,39 @@ child_test!(the_first_coroutine_is_dropped_before_it_starts, {
     assert_eq!(co.resume(2), CoroutineResult::Return(Paged([2; 5])));
 });
 
+child_test!(the_first_arrival_is_an_on_stack_call, {
+    // The process's first fresh context is not a coroutine's: on_stack's
+    // run takes the detour; then a coroutine, a greenlet, maybe_grow.
+    // (256 KiB: see `page_aligned_returns_on_a_reused_stack`; on_stack's
+    // debug frames for a page-aligned value overflow 64 KiB too.)
+    let p = corostack::on_stack(DefaultStack::new(256 * 1024).unwrap(), || {
+        Paged([black_box(3); 5])
+    });
+    assert_eq!(p, Paged([3; 5]));
+    let mut co = Coroutine::<(), (), Line>::new(|_, ()| Line([4; 3]));
+    assert_eq!(co.resume(()).as_return(), Some(Line([4; 3])));
+    let g = Greenlet::new(|v: u8| v + 1);
+    assert_eq!(g.switch(1), 2);
+    let r = corostack::maybe_grow(usize::MAX / 2, 64 * 1024, || black_box(5u128));
+    assert_eq!(r, 5);
+});
+
+child_test!(the_first_arrival_is_a_greenlet_then_on_parent_stack, {
+    let g = Greenlet::new(|v: String| v + "!");
+    assert_eq!(g.switch("first".into()), "first!");
+    // on_parent_stack: a fresh context below the resumer's frames, its
+    // value page-aligned.
+    let mut co =
+        Coroutine::<(), (), Paged>::new(|y, ()| y.on_parent_stack(|| Paged([black_box(8); 5])));
+    assert_eq!(co.resume(()).as_return(), Some(Paged([8; 5])));
+    // A panic out of it.
+    let mut co = Coroutine::<(), (), u8>::new(|y, ()| {
+        y.on_parent_stack(|| -> u8 { panic::panic_any(PagedZst) })
+    });
+    let e = panic::catch_unwind(AssertUnwindSafe(|| co.resume(()))).unwrap_err();
+    assert!(e.is::<PagedZst>());
+});
+
 /// A closure of `N` bytes (the Start, with its node, is 24 more): the
 /// unchecked placement and the threshold of memcheck's announcement
 /// (`size + INIT_FRAME_SIZE > 64`) around it.
