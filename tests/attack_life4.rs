@@ -555,6 +555,12 @@ impl Drop for AfterThePool {
             assert_eq!(co.resume(i + 1), CoroutineResult::Return(Paged([i + 1; 5])));
             let s = DefaultStack::new(64 * 1024).unwrap();
             drop(s);
+            // Dropped before their start: the closure's drop is the ending.
+            let g = Line([i; 3]);
+            drop(Coroutine::<(), (), Line>::new(move |_, ()| g));
+            let mut co = Coroutine::<(), (), Paged>::new(move |_, ()| Paged([i; 5]));
+            co.force_unwind();
+            assert!(co.done() && !co.started());
         }
         self.1.fetch_add(1, Ordering::SeqCst);
     }
@@ -682,6 +688,55 @@ child_test!(coroutines_resumed_from_thread_local_destructors, {
     // The forgotten one leaks its stack; nothing else does.
     assert!(DefaultStack::live() <= before + 1);
 });
+
+/// Counts the drops of the values the bodies below return to the hook.
+static RETURNED_DROPS: AtomicUsize = AtomicUsize::new(0);
+
+/// A returned value that counts its drop.
+struct Counted(Paged);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        assert_eq!(self.0, Paged([6; 5]));
+        RETURNED_DROPS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+thread_local! {
+    static HELD: RefCell<Vec<Coroutine<(), u8, Counted>>> = const { RefCell::new(Vec::new()) };
+}
+
+child_test!(
+    the_exit_hook_drops_what_a_body_returns_after_catching_its_unwind,
+    {
+        std::thread::spawn(|| {
+            // Used before the first start: its destructor runs after the hook,
+            // and finds the coroutines done.
+            HELD.with(|_| ());
+            for i in 0..3u8 {
+                let mut co = Coroutine::<(), u8, Counted>::new(move |y, ()| {
+                    let caught = panic::catch_unwind(AssertUnwindSafe(|| y.suspend(i)));
+                    assert!(caught.is_err(), "resumed, not unwound");
+                    Counted(Paged([6; 5]))
+                });
+                assert_eq!(co.resume(()).as_yield(), Some(i));
+                if i == 2 {
+                    // Forgotten: only the hook can end it.
+                    std::mem::forget(co);
+                } else {
+                    HELD.with(|h| h.borrow_mut().push(co));
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            RETURNED_DROPS.load(Ordering::SeqCst),
+            3,
+            "each returned value dropped once"
+        );
+    }
+);
 
 // ---------------------------------------------------------------------------
 // The trampoline: a process's first coroutine (the detour), in another
