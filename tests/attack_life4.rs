@@ -266,7 +266,7 @@ child_test!(every_ending_then_into_stack_then_a_new_body, {
             }
         });
         match kind {
-            0 | 1 | 2 => {
+            0..=2 => {
                 assert_eq!(co.resume(kind), CoroutineResult::Yield(kind));
                 let r = panic::catch_unwind(AssertUnwindSafe(|| co.resume(9)));
                 assert_eq!(r.is_ok(), kind == 0);
