@@ -658,9 +658,11 @@ child_test!(coroutines_resumed_from_thread_local_destructors, {
     })
     .join()
     .unwrap();
+    // (On Windows the hook runs before every thread-local destructor, from
+    // a TLS callback of its own: it finished LATE's coroutine too.)
     assert_eq!(
         LATE_RAN.load(Ordering::SeqCst),
-        1,
+        if cfg!(windows) { 10 } else { 1 },
         "LATE resumed its coroutine"
     );
     assert_eq!(
