@@ -743,6 +743,45 @@ child_test!(
     }
 );
 
+static TRACKED_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TRACKED_READS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static TRACKED: util::Tracked = util::Tracked::new(&TRACKED_DROPPED);
+}
+
+child_test!(
+    rearm_before_the_first_start_then_a_borrow_across_a_suspend,
+    {
+        // The list's head is not initialised when `rearm` registers the hook;
+        // the first start (its head's address still null) registers it again,
+        // after TRACKED's first use, so the hook unwinds the forgotten body
+        // while TRACKED lives.
+        std::thread::spawn(|| {
+            TRACKED.with(|t| assert_eq!(t.read(), 6));
+            assert!(corostack::thread_exit::rearm());
+            for _ in 0..2 {
+                let mut co = Coroutine::<(), (), Paged>::new(|y, ()| {
+                    TRACKED.with(|t| {
+                        let _g = util::ReadOnDrop(t, &TRACKED_READS);
+                        y.suspend(());
+                    });
+                    Paged([1; 5])
+                });
+                co.resume(());
+                std::mem::forget(co);
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            TRACKED_READS.load(Ordering::SeqCst),
+            2,
+            "both bodies unwound at exit"
+        );
+    }
+);
+
 // ---------------------------------------------------------------------------
 // The trampoline: a process's first coroutine (the detour), in another
 // thread, backtraces through either.
