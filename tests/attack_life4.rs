@@ -1009,32 +1009,7 @@ mod trap {
     }
 
     fn install() {
-        // SAFETY: an alternate stack mapped for this thread (leaked: the
-        // child ends soon) and a SA_SIGINFO handler.
-        unsafe {
-            let size = 256 * 1024;
-            let map = libc::mmap(
-                ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(map, libc::MAP_FAILED);
-            let alt = libc::stack_t {
-                ss_sp: map,
-                ss_flags: 0,
-                ss_size: size,
-            };
-            assert_eq!(libc::sigaltstack(&alt, ptr::null_mut()), 0);
-            for sig in [libc::SIGSEGV, libc::SIGBUS] {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_fault as extern "C" fn(_, _, _) as usize;
-                action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-                assert_eq!(libc::sigaction(sig, &action, ptr::null_mut()), 0);
-            }
-        }
+        util::install_fault_handler(on_fault);
     }
 
     /// A read of a page that no one may read.

@@ -46,34 +46,7 @@ extern "C" fn on_fault(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut 
 /// feature), which a later handler must take precedence over.
 fn install() {
     corostack::stack::install_overflow_handler();
-    // SAFETY: a fresh anonymous mapping for the alternate stack (leaked:
-    // the child process ends soon), and sigaction with a handler of the
-    // SA_SIGINFO type.
-    unsafe {
-        let size = 256 * 1024;
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let map = libc::mmap(
-            ptr::null_mut(),
-            size,
-            prot,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(map, libc::MAP_FAILED);
-        let alt = libc::stack_t {
-            ss_sp: map,
-            ss_flags: 0,
-            ss_size: size,
-        };
-        assert_eq!(libc::sigaltstack(&alt, ptr::null_mut()), 0);
-        for sig in [libc::SIGSEGV, libc::SIGBUS] {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_fault as extern "C" fn(_, _, _) as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-            assert_eq!(libc::sigaction(sig, &action, ptr::null_mut()), 0);
-        }
-    }
+    util::install_fault_handler(on_fault);
 }
 
 /// Runs `case` in a child process playing `name`, and checks that the
