@@ -126,7 +126,8 @@ pub(crate) struct Hub {
     /// says so once).
     pub(super) remote_warned: Cell<bool>,
     /// The first panic of a destructor that the loop ran at the end, or
-    /// of a detached task's result that its task dropped.
+    /// of a detached task's result that its task dropped, or of work that
+    /// the loop dropped because no stack could be mapped for it.
     pub(super) loop_panic: RefCell<Option<Box<dyn std::any::Any + Send>>>,
 }
 
