@@ -39,6 +39,7 @@ use corostack::stack::DefaultStack;
 use crate::driver::queue::{Message, Start};
 use crate::driver::timers::poll_timeout;
 use crate::task::{KillSelf, PanicPayload, TaskError, TaskState};
+use crate::timer::CallState;
 
 use super::hub::{Action, Config, HUB, Hub, hub, next_task_id, with_hub_id};
 use super::leak;
@@ -48,6 +49,14 @@ use super::task::{Slot, Task};
 /// coroutines stay ready (tokio's figure), so that busy coroutines cannot
 /// starve sockets.
 const EVENT_INTERVAL: u32 = 61;
+
+/// The first wait before a `call_later` function whose coroutine could
+/// get no stack is tried again; each next wait doubles it.
+const CALL_RETRY_FIRST: Duration = Duration::from_millis(1);
+
+/// How many times such a function is tried again before it is given up
+/// (the waits add up to 1,023 ms).
+const CALL_RETRIES: u32 = 10;
 
 /// How long every coroutine waits with only `Remote`s left to wake one
 /// before the hub says so (see [`Hub::warn_remote_wait`]).
@@ -406,11 +415,44 @@ impl Hub {
                         self.wake_any(&task);
                     }
                 }
-                Some(Action::Call(f)) => {
-                    drop(self.spawn(f));
-                }
+                Some(Action::Call(f, call)) => match self.new_stack() {
+                    Ok(stack) => drop(self.spawn_on(stack, f)),
+                    Err(e) => self.call_without_stack(f, call, e),
+                },
             }
         }
+    }
+
+    /// A `call_later` function whose coroutine could get no stack (see
+    /// `call_later`'s "Memory pressure"): set again after a back-off that
+    /// doubles from [`CALL_RETRY_FIRST`], [`CALL_RETRIES`] times (a timer,
+    /// so the loop sleeps or serves others meanwhile, never spins); then
+    /// given up: `f` is dropped, and the error goes to its handle, or to
+    /// stderr if the handle is gone.
+    #[cold]
+    #[inline(never)]
+    fn call_without_stack(&self, f: Box<dyn FnOnce()>, call: Rc<CallState>, e: io::Error) {
+        if self.shutting_down.get() {
+            // The end of `run` drops the pending calls: nothing new starts.
+            self.drop_in_loop(f);
+            return;
+        }
+        let tries = call.failed_try();
+        if tries <= CALL_RETRIES {
+            let deadline = Instant::now() + CALL_RETRY_FIRST * (1 << (tries - 1));
+            call.set_key(self.set_timer(deadline, Action::Call(f, call.clone())));
+            return;
+        }
+        self.drop_in_loop(f);
+        if Rc::strong_count(&call) == 1 {
+            eprintln!(
+                "corostack::hub: a `call_later` function was dropped without running: no stack \
+                 could be mapped for its coroutine in {tries} tries over about a second ({e}); \
+                 lower the hub's stack size (`Builder::stack_size`), run fewer coroutines at \
+                 once, or raise `vm.max_map_count` or the address-space limit (RLIMIT_AS)"
+            );
+        }
+        call.give_up(e);
     }
 
     /// Handles the messages other threads sent. A job for which no stack
@@ -476,7 +518,7 @@ impl Hub {
         for call in self
             .timers
             .borrow_mut()
-            .take_where(|a| matches!(a, Action::Call(_)))
+            .take_where(|a| matches!(a, Action::Call(..)))
         {
             self.drop_in_loop(call);
         }
