@@ -63,7 +63,9 @@ impl<T> JoinHandle<T> {
     /// # Errors
     /// [`JoinError::Panicked`] with the payload when the coroutine
     /// panicked; [`JoinError::Killed`] when it was killed before it
-    /// returned (by a kill, or by the end of its hub).
+    /// returned (by a kill, or by the end of its hub). Never
+    /// [`JoinError::NotStarted`]: a coroutine that has a `JoinHandle` has
+    /// its stack.
     ///
     /// # Panics
     /// Outside a hub's coroutine, and when a coroutine joins itself.
@@ -80,7 +82,7 @@ impl<T> JoinHandle<T> {
     /// The result of a finished task.
     pub(crate) fn take(&self) -> Result<T, JoinError> {
         match self.slot.take() {
-            Some(r) => r,
+            Some(r) => r.map_err(JoinError::from),
             None => Err(JoinError::Killed),
         }
     }

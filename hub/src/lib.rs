@@ -276,7 +276,8 @@ pub use timer::{CallLater, Elapsed, call_later, sleep, sleep_until, timeout, yie
 /// be created; with `f`'s payload if `f` panics; else, once every
 /// coroutine has finished, with the first panic of a destructor that the
 /// hub ran for no caller (the result of a coroutine whose
-/// [`JoinHandle`] was dropped, pending work dropped at the end).
+/// [`JoinHandle`] was dropped, pending work dropped at the end, work that
+/// the hub dropped because no stack could be mapped for it).
 pub fn run<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
     Builder::new().run(f)
 }

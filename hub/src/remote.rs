@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::driver::queue::{Message, Shared, lock};
+use crate::driver::queue::{Message, Shared, Start, lock};
 use crate::scheduler;
 use crate::task::{JoinError, KillSelf, PanicPayload};
 
@@ -68,20 +68,36 @@ impl Remote {
     ///
     /// If the hub has ended, or ends before `f` returns, the result is
     /// [`JoinError::Killed`]; a panic in `f` is
-    /// [`JoinError::Panicked`].
+    /// [`JoinError::Panicked`]. If the hub cannot map a stack for the new
+    /// coroutine (the address space, `RLIMIT_AS` or `vm.max_map_count`
+    /// ran out), `f` is dropped without running, the hub goes on, and the
+    /// result is [`JoinError::NotStarted`] with the mapping's error: the
+    /// caller may wait and try again, or refuse the work.
     pub fn spawn<T, F>(&self, f: F) -> RemoteJoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::<Result<T, JoinError>>();
-        let job = move || match panic::catch_unwind(AssertUnwindSafe(f)) {
-            Ok(v) => tx.send(Ok(v)),
-            // A kill's unwind goes on (the dropped sender reports Killed).
-            Err(p) if scheduler::current_is_killed() || p.is::<KillSelf>() => {
-                panic::resume_unwind(p)
+        let job = move |start: Start| match start {
+            Start::Run => match panic::catch_unwind(AssertUnwindSafe(f)) {
+                Ok(v) => tx.send(Ok(v)),
+                // A kill's unwind goes on (the dropped sender reports Killed).
+                Err(p) if scheduler::current_is_killed() || p.is::<KillSelf>() => {
+                    panic::resume_unwind(p)
+                }
+                Err(p) => tx.send(Err(JoinError::Panicked(PanicPayload::new(p)))),
+            },
+            Start::NoStack(e) => {
+                // `f` goes first, so that the result comes after its
+                // destructors, as a join's does; a panic there is the
+                // loop's to keep (`Hub::run_in_loop`), after the result.
+                let dropped = panic::catch_unwind(AssertUnwindSafe(move || drop(f)));
+                tx.send(Err(JoinError::NotStarted(e)));
+                if let Err(p) = dropped {
+                    panic::resume_unwind(p);
+                }
             }
-            Err(p) => tx.send(Err(JoinError::Panicked(PanicPayload::new(p)))),
         };
         // A refused job is dropped here: its sender reports Killed.
         let _ = self.shared.send(Message::Spawn(Box::new(job)));
@@ -115,7 +131,9 @@ impl<T> RemoteJoinHandle<T> {
     /// # Errors
     /// [`JoinError::Panicked`] when the work panicked;
     /// [`JoinError::Killed`] when it was killed, or refused or cut short
-    /// by the end of the hub.
+    /// by the end of the hub; [`JoinError::NotStarted`], with the
+    /// mapping's error, when the hub could map no stack for it (the work
+    /// never ran).
     ///
     /// # Panics
     /// On the thread of the hub that runs the work, while that hub runs

@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::io;
 use std::sync::{Mutex, PoisonError};
 
 /// Where a coroutine is in its life, as asyncio names a task's states.
@@ -41,7 +42,12 @@ pub enum TaskState {
 /// let err = total().unwrap_err();
 /// assert_eq!(err.to_string(), "the coroutine panicked: no 22");
 /// ```
+///
+/// It is `#[non_exhaustive]`: a `match` on it needs a `_` arm, so that a
+/// later case is not a breaking change (the `is_*` methods ask about one
+/// case each).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum JoinError {
     /// The coroutine panicked; this is the payload, as
     /// [`std::thread::JoinHandle::join`] gives it, kept in a
@@ -50,6 +56,19 @@ pub enum JoinError {
     /// The coroutine was killed ([`JoinHandle::kill`](crate::JoinHandle::kill), the end of
     /// [`run`](crate::run), or the end of its hub) before it returned.
     Killed,
+    /// The coroutine never started: no stack could be mapped for it (the
+    /// address space, `RLIMIT_AS` or `vm.max_map_count` ran out). Only
+    /// work that the hub's loop starts itself can end so, where no caller
+    /// could take the error at once: a
+    /// [`Remote::spawn`](crate::Remote::spawn)'s
+    /// [`RemoteJoinHandle`](crate::RemoteJoinHandle) (a
+    /// [`JoinHandle`](crate::JoinHandle) never does: [`spawn`](crate::spawn)
+    /// panics then and [`try_spawn`](crate::try_spawn) returns the error).
+    /// The closure was dropped without running. This is the error of the
+    /// mapping, as [`DefaultStack::new`](corostack::DefaultStack::new)
+    /// gave it (its message names the stack size, the stacks live and the
+    /// limit); it is also the error's [`source`](std::error::Error::source).
+    NotStarted(io::Error),
 }
 
 impl JoinError {
@@ -65,6 +84,13 @@ impl JoinError {
         matches!(self, JoinError::Killed)
     }
 
+    /// Whether the coroutine never started, for want of a stack
+    /// ([`JoinError::NotStarted`]).
+    #[must_use]
+    pub fn is_not_started(&self) -> bool {
+        matches!(self, JoinError::NotStarted(_))
+    }
+
     /// The panic's payload, if the coroutine panicked: the value `panic!`
     /// or [`panic_any`](std::panic::panic_any) was given, the same box, for
     /// [`resume_unwind`](std::panic::resume_unwind) or a downcast.
@@ -72,7 +98,7 @@ impl JoinError {
     pub fn into_panic(self) -> Option<Box<dyn Any + Send + 'static>> {
         match self {
             JoinError::Panicked(p) => Some(p.into_inner()),
-            JoinError::Killed => None,
+            JoinError::Killed | JoinError::NotStarted(_) => None,
         }
     }
 
@@ -82,7 +108,7 @@ impl JoinError {
     pub fn panic_message(&self) -> Option<&str> {
         match self {
             JoinError::Panicked(p) => p.message(),
-            JoinError::Killed => None,
+            JoinError::Killed | JoinError::NotStarted(_) => None,
         }
     }
 }
@@ -95,11 +121,50 @@ impl fmt::Display for JoinError {
                 None => f.write_str("the coroutine panicked"),
             },
             JoinError::Killed => f.write_str("the coroutine was killed"),
+            // The mapping's own message is the source's (not repeated here,
+            // as std's errors do).
+            JoinError::NotStarted(_) => f.write_str(
+                "the coroutine never started: no stack could be mapped for it (lower the hub's \
+                 stack size with `Builder::stack_size`, run fewer coroutines at once, or raise \
+                 `vm.max_map_count` or the address-space limit, RLIMIT_AS)",
+            ),
         }
     }
 }
 
-impl std::error::Error for JoinError {}
+impl std::error::Error for JoinError {
+    /// The error of mapping the stack, for [`JoinError::NotStarted`].
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JoinError::NotStarted(e) => Some(e),
+            JoinError::Panicked(_) | JoinError::Killed => None,
+        }
+    }
+}
+
+/// How a task of this hub ended without a value, as its body leaves it in
+/// the task's result slot: [`JoinError`]'s cases that a started task can
+/// have. Two words, as the payload's box (a [`JoinError`], which can also
+/// carry an `io::Error`, is three): the slot, and the task's body that
+/// fills it, stay as small as they were. A [`JoinHandle`](crate::JoinHandle)
+/// turns it into a [`JoinError`].
+#[derive(Debug)]
+pub(crate) enum TaskError {
+    /// [`JoinError::Panicked`].
+    Panicked(PanicPayload),
+    /// [`JoinError::Killed`].
+    Killed,
+}
+
+impl From<TaskError> for JoinError {
+    #[inline]
+    fn from(e: TaskError) -> JoinError {
+        match e {
+            TaskError::Panicked(p) => JoinError::Panicked(p),
+            TaskError::Killed => JoinError::Killed,
+        }
+    }
+}
 
 /// A panic's payload, kept so that it can be shared between threads
 /// (`Sync`) although the payload itself is only `Send`: a string (what
@@ -189,3 +254,23 @@ impl fmt::Debug for PanicPayload {
 /// next) park, or at once by a coroutine that kills itself, and caught by
 /// the task's body wrapper, which finishes the task as killed.
 pub(crate) struct KillSelf;
+
+#[cfg(test)]
+mod tests {
+    use super::{JoinError, TaskError};
+
+    #[test]
+    fn a_tasks_error_is_two_words_as_the_payload_box_was() {
+        // A task's result slot holds a `Result<T, TaskError>`: keeping the
+        // error as small as the payload's box keeps the slot and the task's
+        // body as they were (echo's instruction count moved with it).
+        let word = std::mem::size_of::<usize>();
+        assert_eq!(
+            std::mem::size_of::<TaskError>(),
+            std::mem::size_of::<Box<dyn std::any::Any + Send>>()
+        );
+        // The public error carries an `io::Error` beside the payload: one
+        // word more, only in what `join` returns.
+        assert_eq!(std::mem::size_of::<JoinError>(), 3 * word);
+    }
+}

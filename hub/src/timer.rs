@@ -3,9 +3,9 @@
 //! deadline order, those with the same deadline in the order they were
 //! set).
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -192,6 +192,11 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
 /// A function scheduled by [`call_later`]: [`cancel`](CallLater::cancel)
 /// stops it if it has not started. Dropping the handle does not cancel.
 ///
+/// If no stack can be mapped for the call's coroutine when its time comes,
+/// the call stays pending and is tried again later, and if that keeps
+/// failing it is given up: [`take_error`](CallLater::take_error) then
+/// returns why (see [`call_later`], "Memory pressure").
+///
 /// ```
 /// use std::time::Duration;
 /// use corostack_hub as hub;
@@ -207,8 +212,9 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
 ///
 /// The handle belongs to the hub that scheduled the call, and acts on that
 /// hub only: used in another hub (a later `hub::run` on the same thread),
-/// or outside any hub, its methods panic. It is neither `Send` nor `Sync`,
-/// as the hub it names is this thread's:
+/// or outside any hub, [`cancel`](CallLater::cancel) and
+/// [`is_pending`](CallLater::is_pending) panic. It is neither `Send` nor
+/// `Sync`, as the hub it names is this thread's:
 ///
 /// ```compile_fail
 /// fn send<T: Send>(_: T) {}
@@ -223,14 +229,53 @@ pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
 pub struct CallLater {
     /// The hub that scheduled it ([`Hub::id`](scheduler::Hub::id)).
     hub: u64,
-    key: TimerKey,
-    /// Neither `Send` nor `Sync`: it names this thread's hub.
-    _thread: PhantomData<*const ()>,
+    /// Shared with the timer. An `Rc`, so neither `Send` nor `Sync`: it
+    /// names this thread's hub.
+    call: Rc<CallState>,
+}
+
+/// What a [`CallLater`] shares with its timer's action: the timer's key
+/// (each try again sets a new timer), the tries that found no stack, and
+/// the error of the last one once the call was given up.
+#[derive(Debug)]
+pub(crate) struct CallState {
+    key: Cell<TimerKey>,
+    tries: Cell<u32>,
+    error: RefCell<Option<io::Error>>,
+}
+
+impl CallState {
+    fn new(key: TimerKey) -> Rc<CallState> {
+        Rc::new(CallState {
+            key: Cell::new(key),
+            tries: Cell::new(0),
+            error: RefCell::new(None),
+        })
+    }
+
+    /// The call's timer is now the one at `key` (a try again).
+    pub(crate) fn set_key(&self, key: TimerKey) {
+        self.key.set(key);
+    }
+
+    /// Counts a try that found no stack; returns how many there were.
+    pub(crate) fn failed_try(&self) -> u32 {
+        let n = self.tries.get() + 1;
+        self.tries.set(n);
+        n
+    }
+
+    /// The call was given up for `error`.
+    pub(crate) fn give_up(&self, error: io::Error) {
+        *self.error.borrow_mut() = Some(error);
+    }
 }
 
 impl CallLater {
     /// Cancels the call; returns `true` if it had not started yet (it now
-    /// never will), `false` if it had already started.
+    /// never will; this includes a call waiting to be tried again for want
+    /// of a stack), `false` if it had already started or was given up
+    /// (see [`take_error`](CallLater::take_error)).
     ///
     /// # Panics
     /// Outside the hub that scheduled it: outside any hub, or in another
@@ -241,10 +286,13 @@ impl CallLater {
         reason = "cancelling is the point; whether the call had started is often not needed"
     )]
     pub fn cancel(&self) -> bool {
-        self.own_hub("CallLater::cancel").cancel_timer(self.key)
+        self.own_hub("CallLater::cancel")
+            .cancel_timer(self.call.key.get())
     }
 
-    /// Whether the call is still waiting for its time.
+    /// Whether the call is still waiting for its time, or waiting to be
+    /// tried again because no stack could be mapped for it (see
+    /// [`call_later`], "Memory pressure").
     ///
     /// # Panics
     /// Outside the hub that scheduled it: outside any hub, or in another
@@ -252,7 +300,34 @@ impl CallLater {
     #[track_caller]
     #[must_use]
     pub fn is_pending(&self) -> bool {
-        self.own_hub("CallLater::is_pending").timer_is_set(self.key)
+        self.own_hub("CallLater::is_pending")
+            .timer_is_set(self.call.key.get())
+    }
+
+    /// The error that made the hub give the call up, once (later calls
+    /// return `None`): no stack could be mapped for its coroutine, at its
+    /// time nor at any try again (see [`call_later`], "Memory pressure").
+    /// The function was then dropped without running. `None` while the
+    /// call is pending, once it has started, or if it was cancelled.
+    ///
+    /// It only reads the handle: it works anywhere on this thread, also
+    /// after the hub has ended.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corostack_hub as hub;
+    ///
+    /// hub::run(|| {
+    ///     let call = hub::call_later(Duration::ZERO, || ());
+    ///     hub::sleep(Duration::from_millis(1));
+    ///     // It ran (a stack was there): nothing to report.
+    ///     assert!(!call.is_pending());
+    ///     assert!(call.take_error().is_none());
+    /// });
+    /// ```
+    #[must_use = "the error says why the call never ran"]
+    pub fn take_error(&self) -> Option<io::Error> {
+        self.call.error.borrow_mut().take()
     }
 
     /// The hub running here, if it is the one that scheduled the call.
@@ -272,6 +347,24 @@ impl CallLater {
 
 /// Runs `f` in a new coroutine of this hub after `delay` (asyncio's
 /// `call_later`); the handle cancels it until then.
+///
+/// # Memory pressure
+///
+/// The hub's loop starts the coroutine, so no caller is there to take an
+/// error when no stack can be mapped for it (the address space,
+/// `RLIMIT_AS` or `vm.max_map_count` ran out). The loop does not panic
+/// then: the call stays pending and is tried again after 1 ms, then 2,
+/// 4, ... up to 512 ms (10 tries again, about a second in all; the loop
+/// sleeps or serves the other coroutines meanwhile), so that it runs, late,
+/// as soon as a finished coroutine gives a stack back. If every try
+/// fails, the call is given up: `f` is dropped without running (its
+/// captures with it, so that a coroutine waiting for what it would send
+/// is not left hanging), [`CallLater::is_pending`] turns `false` and
+/// [`CallLater::take_error`] returns the mapping's error. If the handle
+/// was dropped, nobody could read that error: the hub prints it on
+/// stderr instead. A panic of `f`'s destructor then is kept and raised by
+/// [`run`](crate::run) at its end, as for the other destructors its loop
+/// runs.
 ///
 /// ```
 /// use std::cell::Cell;
@@ -301,16 +394,17 @@ pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallLater {
         drop(f);
         return CallLater {
             hub: hub.id(),
-            key: (Instant::now(), 0),
-            _thread: PhantomData,
+            call: CallState::new((Instant::now(), 0)),
         };
     }
     let deadline =
         deadline_after(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40));
-    let key = hub.set_timer(deadline, Action::Call(Box::new(f)));
+    // The key is set just below: a key of no timer until then.
+    let call = CallState::new((deadline, 0));
+    let key = hub.set_timer(deadline, Action::Call(Box::new(f), call.clone()));
+    call.set_key(key);
     CallLater {
         hub: hub.id(),
-        key,
-        _thread: PhantomData,
+        call,
     }
 }

@@ -10,8 +10,18 @@ use std::sync::{Mutex, MutexGuard};
 pub(crate) enum Message {
     /// Wake the task at `key` with this `id` from its park number `epoch`.
     Wake { key: usize, id: u64, epoch: u64 },
-    /// Run this in a new coroutine.
-    Spawn(Box<dyn FnOnce() + Send>),
+    /// Run this in a new coroutine, with [`Start::Run`]; or, if no stack
+    /// can be mapped for one, call it in the loop with [`Start::NoStack`]
+    /// (it reports the error and drops the work).
+    Spawn(Box<dyn FnOnce(Start) + Send>),
+}
+
+/// How a [`Message::Spawn`] job is called.
+pub(crate) enum Start {
+    /// In its new coroutine: run the work.
+    Run,
+    /// In the loop, which could map no stack for it: the work never runs.
+    NoStack(std::io::Error),
 }
 
 /// The part of a hub that other threads reach.

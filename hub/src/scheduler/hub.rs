@@ -18,6 +18,7 @@ use crate::driver::queue::Shared;
 use crate::driver::timers::{TimerKey, Timers};
 use crate::slab::Slab;
 use crate::task::TaskState;
+use crate::timer::CallState;
 
 use super::task::{Task, Waiter};
 
@@ -126,7 +127,8 @@ pub(crate) struct Hub {
     /// says so once).
     pub(super) remote_warned: Cell<bool>,
     /// The first panic of a destructor that the loop ran at the end, or
-    /// of a detached task's result that its task dropped.
+    /// of a detached task's result that its task dropped, or of work that
+    /// the loop dropped because no stack could be mapped for it.
     pub(super) loop_panic: RefCell<Option<Box<dyn std::any::Any + Send>>>,
 }
 
@@ -136,8 +138,9 @@ pub(crate) enum Action {
     Wake(Waiter),
     /// Interrupts a task inside a [`timeout`](crate::timeout) scope.
     Interrupt { task: Rc<Task>, scope: u64 },
-    /// Runs a [`call_later`](crate::call_later) function in a new coroutine.
-    Call(Box<dyn FnOnce()>),
+    /// Runs a [`call_later`](crate::call_later) function in a new
+    /// coroutine; the state is its handle's.
+    Call(Box<dyn FnOnce()>, Rc<CallState>),
 }
 
 /// The payload that unwinds a [`timeout`](crate::timeout) scope whose

@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 use corostack::coroutine::{Coroutine, CoroutineResult};
 use corostack::stack::DefaultStack;
 
-use crate::driver::queue::Message;
+use crate::driver::queue::{Message, Start};
 use crate::driver::timers::poll_timeout;
-use crate::task::{JoinError, KillSelf, PanicPayload, TaskState};
+use crate::task::{KillSelf, PanicPayload, TaskError, TaskState};
+use crate::timer::CallState;
 
 use super::hub::{Action, Config, HUB, Hub, hub, next_task_id, with_hub_id};
 use super::leak;
@@ -48,6 +49,14 @@ use super::task::{Slot, Task};
 /// coroutines stay ready (tokio's figure), so that busy coroutines cannot
 /// starve sockets.
 const EVENT_INTERVAL: u32 = 61;
+
+/// The first wait before a `call_later` function whose coroutine could
+/// get no stack is tried again; each next wait doubles it.
+const CALL_RETRY_FIRST: Duration = Duration::from_millis(1);
+
+/// How many times such a function is tried again before it is given up
+/// (the waits add up to 1,023 ms).
+const CALL_RETRIES: u32 = 10;
 
 /// How long every coroutine waits with only `Remote`s left to wake one
 /// before the hub says so (see [`Hub::warn_remote_wait`]).
@@ -87,9 +96,25 @@ impl Hub {
         &self,
         f: F,
     ) -> io::Result<(Rc<Task>, Slot<T>)> {
-        // From the thread's pool, whose capacity the hub raised to its
-        // `stack_cache`: finished tasks give their stacks back to it.
-        let stack = DefaultStack::new(self.config.stack_size)?;
+        let stack = self.new_stack()?;
+        Ok(self.spawn_on(stack, f))
+    }
+
+    /// A stack for a new task, from the thread's pool, whose capacity the
+    /// hub raised to its `stack_cache` (finished tasks give their stacks
+    /// back to it), else newly mapped.
+    #[inline]
+    pub(super) fn new_stack(&self) -> io::Result<DefaultStack> {
+        DefaultStack::new(self.config.stack_size)
+    }
+
+    /// Spawns `f` as a new task on `stack` (see [`Hub::try_spawn`]).
+    #[inline]
+    pub(super) fn spawn_on<T: 'static, F: FnOnce() -> T + 'static>(
+        &self,
+        stack: DefaultStack,
+        f: F,
+    ) -> (Rc<Task>, Slot<T>) {
         let task = Rc::new(Task::new(next_task_id()));
         let slot: Slot<T> = Rc::new(Cell::new(None));
         let out = slot.clone();
@@ -106,14 +131,14 @@ impl Hub {
                 let hub = hub("a coroutine's start");
                 hub.mark_unwinding(task);
                 match panic::catch_unwind(AssertUnwindSafe(move || drop(f))) {
-                    Err(p) if !p.is::<KillSelf>() => Err(JoinError::Panicked(PanicPayload::new(p))),
-                    _ => Err(JoinError::Killed),
+                    Err(p) if !p.is::<KillSelf>() => Err(TaskError::Panicked(PanicPayload::new(p))),
+                    _ => Err(TaskError::Killed),
                 }
             } else {
                 match panic::catch_unwind(AssertUnwindSafe(f)) {
                     Ok(v) => Ok(v),
-                    Err(p) if p.is::<KillSelf>() => Err(JoinError::Killed),
-                    Err(p) => Err(JoinError::Panicked(PanicPayload::new(p))),
+                    Err(p) if p.is::<KillSelf>() => Err(TaskError::Killed),
+                    Err(p) => Err(TaskError::Panicked(PanicPayload::new(p))),
                 }
             };
             out.set(Some(r));
@@ -138,7 +163,7 @@ impl Hub {
         task.key.set(self.tasks.borrow_mut().insert(task.clone()));
         task.queued.set(true);
         self.ready.borrow_mut().push_back(task.clone());
-        Ok((task, slot))
+        (task, slot)
     }
 
     /// Warms the cache for the next ready tasks while this one runs: with
@@ -390,19 +415,57 @@ impl Hub {
                         self.wake_any(&task);
                     }
                 }
-                Some(Action::Call(f)) => {
-                    drop(self.spawn(f));
-                }
+                Some(Action::Call(f, call)) => match self.new_stack() {
+                    Ok(stack) => drop(self.spawn_on(stack, f)),
+                    Err(e) => self.call_without_stack(f, call, e),
+                },
             }
         }
     }
 
-    /// Handles the messages other threads sent.
+    /// A `call_later` function whose coroutine could get no stack (see
+    /// `call_later`'s "Memory pressure"): set again after a back-off that
+    /// doubles from [`CALL_RETRY_FIRST`], [`CALL_RETRIES`] times (a timer,
+    /// so the loop sleeps or serves others meanwhile, never spins); then
+    /// given up: `f` is dropped, and the error goes to its handle, or to
+    /// stderr if the handle is gone.
+    #[cold]
+    #[inline(never)]
+    fn call_without_stack(&self, f: Box<dyn FnOnce()>, call: Rc<CallState>, e: io::Error) {
+        if self.shutting_down.get() {
+            // The end of `run` drops the pending calls: nothing new starts.
+            self.drop_in_loop(f);
+            return;
+        }
+        let tries = call.failed_try();
+        if tries <= CALL_RETRIES {
+            let deadline = Instant::now() + CALL_RETRY_FIRST * (1 << (tries - 1));
+            call.set_key(self.set_timer(deadline, Action::Call(f, call.clone())));
+            return;
+        }
+        self.drop_in_loop(f);
+        if Rc::strong_count(&call) == 1 {
+            eprintln!(
+                "corostack::hub: a `call_later` function was dropped without running: no stack \
+                 could be mapped for its coroutine in {tries} tries over about a second ({e}); \
+                 lower the hub's stack size (`Builder::stack_size`), run fewer coroutines at \
+                 once, or raise `vm.max_map_count` or the address-space limit (RLIMIT_AS)"
+            );
+        }
+        call.give_up(e);
+    }
+
+    /// Handles the messages other threads sent. A job for which no stack
+    /// can be mapped is told so, here in the loop: it reports
+    /// [`JoinError::NotStarted`] to its handle and drops its work.
     pub(super) fn drain_remote(&self) {
         for msg in self.shared.drain() {
             match msg {
                 Message::Wake { key, id, epoch } => self.wake_key(key, id, epoch),
-                Message::Spawn(f) => drop(self.spawn(f)),
+                Message::Spawn(job) => match self.new_stack() {
+                    Ok(stack) => drop(self.spawn_on(stack, move || job(Start::Run))),
+                    Err(e) => self.run_in_loop(move || job(Start::NoStack(e))),
+                },
             }
         }
     }
@@ -455,7 +518,7 @@ impl Hub {
         for call in self
             .timers
             .borrow_mut()
-            .take_where(|a| matches!(a, Action::Call(_)))
+            .take_where(|a| matches!(a, Action::Call(..)))
         {
             self.drop_in_loop(call);
         }
@@ -465,7 +528,14 @@ impl Hub {
     /// a destructor's panic is kept for `run` to raise once every task has
     /// finished, so that the shutdown always completes.
     pub(super) fn drop_in_loop<V>(&self, v: V) {
-        if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(v))) {
+        self.run_in_loop(move || drop(v));
+    }
+
+    /// Runs user code in the loop (the destructors of work that never
+    /// starts), keeping its panic as [`Hub::drop_in_loop`] does: the loop
+    /// never unwinds for it.
+    pub(super) fn run_in_loop(&self, f: impl FnOnce()) {
+        if let Err(p) = panic::catch_unwind(AssertUnwindSafe(f)) {
             self.loop_panic.borrow_mut().get_or_insert(p);
         }
     }
@@ -602,7 +672,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
              exits, before its thread-locals die: see `Builder::shutdown_timeout`)"
         );
     }
-    let result = slot.take().unwrap_or(Err(JoinError::Killed));
+    let result = slot.take().unwrap_or(Err(TaskError::Killed));
     if leaked > 0 {
         let why = match end {
             Outcome::TimedOut => format!(
@@ -620,7 +690,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
              aborts when it exits, before its thread-locals die)"
         );
         match result {
-            Err(JoinError::Panicked(p)) => {
+            Err(TaskError::Panicked(p)) => {
                 eprintln!("{msg}");
                 panic::resume_unwind(p.into_inner())
             }
@@ -635,7 +705,7 @@ pub(crate) fn run<T: 'static>(config: Config, f: impl FnOnce() -> T + 'static) -
             }
             Ok(v)
         }
-        Err(JoinError::Panicked(p)) => panic::resume_unwind(p.into_inner()),
-        Err(JoinError::Killed) => panic!("corostack::hub: the main coroutine was killed"),
+        Err(TaskError::Panicked(p)) => panic::resume_unwind(p.into_inner()),
+        Err(TaskError::Killed) => panic!("corostack::hub: the main coroutine was killed"),
     }
 }

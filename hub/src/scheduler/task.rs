@@ -9,7 +9,7 @@ use std::rc::{Rc, Weak};
 use corostack::coroutine::{Coroutine, Yielder};
 use corostack::stack::DefaultStack;
 
-use crate::task::{JoinError, TaskState};
+use crate::task::{TaskError, TaskState};
 
 /// The coroutine that runs a task's body.
 pub(crate) type Co = Coroutine<(), (), (), DefaultStack>;
@@ -171,4 +171,4 @@ impl Waiter {
 }
 
 /// The slot where a task's body leaves its value.
-pub(crate) type Slot<T> = Rc<Cell<Option<Result<T, JoinError>>>>;
+pub(crate) type Slot<T> = Rc<Cell<Option<Result<T, TaskError>>>>;
