@@ -515,11 +515,15 @@ impl Hub {
     /// Drops the pending `call_later` functions (at the end, nothing new
     /// starts).
     pub(super) fn drop_calls(&self) {
-        for call in self
+        // Taken in a statement of their own: a `for` over the borrow would
+        // keep the timers borrowed while the destructors run, and one that
+        // asks a `CallLater` whether it is pending, or cancels it, would
+        // panic on the borrow.
+        let calls = self
             .timers
             .borrow_mut()
-            .take_where(|a| matches!(a, Action::Call(..)))
-        {
+            .take_where(|a| matches!(a, Action::Call(..)));
+        for call in calls {
             self.drop_in_loop(call);
         }
     }
