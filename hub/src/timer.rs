@@ -271,6 +271,14 @@ impl CallState {
     }
 }
 
+// A `CallLater` was `UnwindSafe` and `RefUnwindSafe` when it held its
+// timer's key alone, and stays so now that it shares a `CallState` (whose
+// cells would take those traits away): no panic can leave that state half
+// updated, as each change is one `Cell` set or one `RefCell` borrow that
+// runs no user code.
+impl std::panic::UnwindSafe for CallLater {}
+impl std::panic::RefUnwindSafe for CallLater {}
+
 impl CallLater {
     /// Cancels the call; returns `true` if it had not started yet (it now
     /// never will; this includes a call waiting to be tried again for want

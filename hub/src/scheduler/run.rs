@@ -515,11 +515,15 @@ impl Hub {
     /// Drops the pending `call_later` functions (at the end, nothing new
     /// starts).
     pub(super) fn drop_calls(&self) {
-        for call in self
+        // Taken in a statement of their own: a `for` over the borrow would
+        // keep the timers borrowed while the destructors run, and one that
+        // asks a `CallLater` whether it is pending, or cancels it, would
+        // panic on the borrow.
+        let calls = self
             .timers
             .borrow_mut()
-            .take_where(|a| matches!(a, Action::Call(..)))
-        {
+            .take_where(|a| matches!(a, Action::Call(..)));
+        for call in calls {
             self.drop_in_loop(call);
         }
     }
@@ -536,7 +540,28 @@ impl Hub {
     /// never unwinds for it.
     pub(super) fn run_in_loop(&self, f: impl FnOnce()) {
         if let Err(p) = panic::catch_unwind(AssertUnwindSafe(f)) {
-            self.loop_panic.borrow_mut().get_or_insert(p);
+            self.keep_panic(p);
+        }
+    }
+
+    /// Keeps the first panic of the user code that the hub ran for no
+    /// caller, for `run` to raise at its end; a later one's payload is
+    /// dropped, outside the borrow, and as user code: a payload whose drop
+    /// panics is leaked with that panic's payload, so that the loop never
+    /// unwinds for it.
+    pub(super) fn keep_panic(&self, p: Box<dyn std::any::Any + Send>) {
+        let later = {
+            let mut kept = self.loop_panic.borrow_mut();
+            match *kept {
+                None => {
+                    *kept = Some(p);
+                    return;
+                }
+                Some(_) => p,
+            }
+        };
+        if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(later))) {
+            std::mem::forget(again);
         }
     }
 
@@ -591,7 +616,7 @@ fn drop_detached<V>(hub_id: u64, v: V) -> std::thread::Result<()> {
     let mut p = Some(p);
     with_hub_id(hub_id, |hub| {
         if let Some(p) = p.take() {
-            hub.loop_panic.borrow_mut().get_or_insert(p);
+            hub.keep_panic(p);
         }
     });
     p.map_or(Ok(()), Err)
