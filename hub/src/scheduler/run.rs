@@ -457,7 +457,8 @@ impl Hub {
 
     /// Handles the messages other threads sent. A job for which no stack
     /// can be mapped is told so, here in the loop: it reports
-    /// [`JoinError::NotStarted`] to its handle and drops its work.
+    /// [`JoinError::NotStarted`](crate::JoinError::NotStarted) to its
+    /// handle and drops its work.
     pub(super) fn drain_remote(&self) {
         for msg in self.shared.drain() {
             match msg {
