@@ -129,16 +129,7 @@ const GIVEN_UP: &str = "a `call_later` function was dropped without running";
 
 /// Asserts that a child run passed and returns its stderr.
 fn child_passed(run: hub_util::ChildRun) -> String {
-    assert!(
-        !run.hung && run.code == Some(0),
-        "the scenario failed in its child process ({}):\n{}",
-        if run.hung {
-            "hung".to_string()
-        } else {
-            format!("exit code {:?}", run.code)
-        },
-        run.output()
-    );
+    hub_util::assert_passed(&run);
     run.stderr
 }
 

@@ -438,16 +438,7 @@ fn call_later_that_never_gets_a_stack_is_given_up_with_its_error_and_the_hub_goe
         assert!(others.iter().all(Result::is_ok));
     });
     if let Some(run) = run {
-        assert!(
-            !run.hung && run.code == Some(0),
-            "the scenario failed in its child process ({}):\n{}",
-            if run.hung {
-                "hung".to_string()
-            } else {
-                format!("exit code {:?}", run.code)
-            },
-            run.output()
-        );
+        hub_util::assert_passed(&run);
         // Said once, for the detached call only.
         assert_eq!(run.stderr.matches(GIVEN_UP).count(), 1, "{}", run.stderr);
     }

@@ -100,15 +100,21 @@ pub fn in_child(test_name: &str, limit: Duration, f: impl FnOnce()) -> Option<Ch
 /// abort, no hang, no failed assertion.
 pub fn passes_in_child(test_name: &str, f: impl FnOnce()) {
     if let Some(run) = in_child(test_name, Duration::from_secs(60), f) {
-        assert!(
-            !run.hung && run.code == Some(0),
-            "the scenario failed in its child process ({}):\n{}",
-            if run.hung {
-                "hung".to_string()
-            } else {
-                format!("exit code {:?}", run.code)
-            },
-            run.output()
-        );
+        assert_passed(&run);
     }
+}
+
+/// Asserts that a child run passed: no crash, no abort, no hang, no
+/// failed assertion; the message shows its output.
+pub fn assert_passed(run: &ChildRun) {
+    assert!(
+        !run.hung && run.code == Some(0),
+        "the scenario failed in its child process ({}):\n{}",
+        if run.hung {
+            "hung".to_string()
+        } else {
+            format!("exit code {:?}", run.code)
+        },
+        run.output()
+    );
 }
