@@ -21,46 +21,12 @@ use std::time::Duration;
 
 use corostack_hub as hub;
 use hub_util::passes_in_child;
+#[cfg(target_os = "linux")]
+use hub_util::{cannot_limit, limit_address_space};
 use util::{DropCounter, message};
 
 // ---------------------------------------------------------------------
 // Helpers (Linux only: `/proc/self/status` and RLIMIT_AS).
-
-/// This process's address space, in bytes (as `hub_try_spawn.rs` reads it).
-#[cfg(target_os = "linux")]
-fn vm_size() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
-/// Lowers the address-space limit to what the process uses now plus
-/// `room` bytes (`None`: no limit).
-#[cfg(target_os = "linux")]
-fn limit_address_space(room: Option<usize>) {
-    let rlim = libc::rlimit {
-        rlim_cur: room.map_or(libc::RLIM_INFINITY, |r| {
-            (vm_size() + r as u64) as libc::rlim_t
-        }),
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: a plain system call on a valid struct.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) }, 0);
-}
-
-/// Whether an address-space limit cannot be tried here: valgrind and
-/// qemu-user manage the address space themselves, and a sanitizer's
-/// shadow (terabytes reserved) would starve under it.
-#[cfg(target_os = "linux")]
-fn cannot_limit() -> bool {
-    std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"))
-        || util::emulated()
-        || vm_size() > 1u64 << 40
-}
 
 /// The hub with no stack left to give: the address space limited, and
 /// coroutines holding every stack the pool and the limit allowed, until

@@ -118,3 +118,37 @@ pub fn assert_passed(run: &ChildRun) {
         run.output()
     );
 }
+
+/// This process's address space, in bytes (`VmSize` of
+/// `/proc/self/status`: Linux).
+pub fn vm_size() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Lowers the address-space limit to what the process uses now plus
+/// `room` bytes (`None`: no limit).
+pub fn limit_address_space(room: Option<usize>) {
+    let rlim = libc::rlimit {
+        rlim_cur: room.map_or(libc::RLIM_INFINITY, |r| {
+            (vm_size() + r as u64) as libc::rlim_t
+        }),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain system call on a valid struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) }, 0);
+}
+
+/// Whether an address-space limit cannot be tried here: valgrind and
+/// qemu-user manage the address space themselves, and a sanitizer's
+/// shadow (terabytes reserved) would starve under it.
+pub fn cannot_limit() -> bool {
+    std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"))
+        || crate::util::emulated()
+        || vm_size() > 1u64 << 40
+}
