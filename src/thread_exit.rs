@@ -473,6 +473,10 @@ fn at_thread_exit() {
         return;
     }
     PHASE.set(Phase::Exiting);
+    // std has taken the thread's alternate signal stack away by now: an
+    // overflow in a destructor that the unwinds run gets one to be
+    // reported from.
+    let _alt = crate::stack::alt_stack_for_exit();
     if panic::catch_unwind(AssertUnwindSafe(finish_suspended)).is_err() {
         panicked_in_hook();
     }

@@ -551,3 +551,77 @@ fn a_body_that_drops_its_own_handle_while_the_hook_unwinds_it_aborts_with_a_mess
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// An overflow in a destructor that the hook's unwind runs. By the time the
+// thread-locals are destroyed std has taken the thread's alternate signal
+// stack away (a spawned thread's when its closure returned, the main
+// thread's when `main` did); without one the kernel cannot run the
+// overflow handler, and the process died by a bare SIGSEGV. (The test
+// harness runs every test on a spawned thread, so the main thread's case,
+// the same code path, is not run here.)
+// ---------------------------------------------------------------------------
+
+/// Recurses until the stack overflows.
+#[cfg(all(unix, feature = "overflow-handler"))]
+#[allow(unconditional_recursion)]
+fn overflow(depth: usize) -> usize {
+    let frame = std::hint::black_box([depth as u8; 512]);
+    overflow(depth + 1) + usize::from(frame[7])
+}
+
+/// A value whose destructor overflows the stack it runs on.
+#[cfg(all(unix, feature = "overflow-handler"))]
+struct OverflowsOnDrop;
+
+#[cfg(all(unix, feature = "overflow-handler"))]
+impl Drop for OverflowsOnDrop {
+    fn drop(&mut self) {
+        eprintln!("overflowing in a destructor");
+        std::hint::black_box(overflow(0));
+    }
+}
+
+/// Leaves a coroutine suspended over an [`OverflowsOnDrop`], forgotten, for
+/// the exit hook to unwind.
+#[cfg(all(unix, feature = "overflow-handler"))]
+fn forget_a_coroutine_that_overflows_when_unwound() {
+    let mut co = Coroutine::new(|y: &Yielder<(), ()>, ()| {
+        let _d = OverflowsOnDrop;
+        y.suspend(());
+    });
+    co.resume(());
+    std::mem::forget(co);
+}
+
+/// Runs the child `name` and asserts that it aborted with the overflow
+/// handler's message, after the destructor began.
+#[cfg(all(unix, feature = "overflow-handler"))]
+fn aborts_with_the_overflow_message(name: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = util::run_child_with(name, name, &util::leaks_allowed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{stderr}");
+    let began = stderr.find("overflowing in a destructor").expect(&stderr);
+    assert!(
+        stderr[began..].contains("corostack: coroutine stack overflow (stack of "),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[cfg(all(unix, feature = "overflow-handler"))]
+#[cfg_attr(
+    feature = "asan",
+    ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+)]
+fn an_overflow_in_the_hooks_unwind_on_a_spawned_thread_is_reported() {
+    let name = "an_overflow_in_the_hooks_unwind_on_a_spawned_thread_is_reported";
+    if util::child_role().as_deref() == Some(name) {
+        std::thread::spawn(forget_a_coroutine_that_overflows_when_unwound)
+            .join()
+            .unwrap();
+        unreachable!("the thread's exit did not overflow");
+    }
+    aborts_with_the_overflow_message(name);
+}

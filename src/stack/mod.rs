@@ -79,6 +79,19 @@ pub fn install_overflow_handler() {
     overflow::install();
 }
 
+/// Gives the thread an alternate signal stack while the value lives, for
+/// the unwinds that the thread-exit hook runs after std took the thread's
+/// own away (see `overflow::ExitAltStack`): an overflow there is reported,
+/// not a bare SIGSEGV. Nothing without the overflow handler, and on
+/// Windows, whose handler runs on the faulting stack.
+#[cfg(feature = "std")]
+pub(crate) fn alt_stack_for_exit() -> impl Sized {
+    #[cfg(all(not(windows), feature = "overflow-handler"))]
+    return overflow::ExitAltStack::ensure();
+    #[cfg(not(all(not(windows), feature = "overflow-handler")))]
+    ()
+}
+
 /// What a coroutine needs of the memory it runs on.
 ///
 /// # Safety

@@ -11,6 +11,13 @@
 //!
 //! and any other fault goes on to the handler that was installed before ours (normally std's,
 //! which reports overflows of thread stacks and otherwise lets the default action kill the process).
+//!
+//! The handler runs on the thread's alternate signal stack (std's, or one that [`install`] maps).
+//! std takes that stack away before the thread-locals' destructors run (a spawned thread's when
+//! its closure returns, the main thread's when `main` does): the thread-exit hook's unwinds get
+//! a stack of their own ([`ExitAltStack`]); a coroutine that some other thread-local destructor
+//! resumes has none, and its overflow dies by a bare SIGSEGV, as an overflow of the thread's own
+//! stack does there.
 
 use libc::{c_int, c_void, siginfo_t};
 use std::cell::Cell;
@@ -79,13 +86,26 @@ fn install_slow() {
 
 /// Gives the calling thread an alternate signal stack if it has none (see [`install`]).
 fn ensure_alt_stack() {
+    if let Some((map, len)) = map_alt_stack() {
+        // The exiting thread cannot record the mapping (its `ALT_STACK` is gone): no alternate
+        // stack then, rather than one that nothing frees.
+        if ALT_STACK.try_with(|alt| alt.map.set((map, len))).is_err() {
+            free_alt_stack(map, len);
+        }
+    }
+}
+
+/// Maps an alternate signal stack (a guard page below it) and makes it the calling thread's, if
+/// the thread has none; returns the mapping (start, length) that the caller frees with
+/// [`free_alt_stack`].
+fn map_alt_stack() -> Option<(usize, usize)> {
     // SAFETY: all-zero is a valid stack_t.
     let mut old: libc::stack_t = unsafe { std::mem::zeroed() };
     // SAFETY: with a null new stack, sigaltstack only writes the current one into `old`.
     if unsafe { libc::sigaltstack(ptr::null(), &mut old) } != 0
         || old.ss_flags & libc::SS_DISABLE == 0
     {
-        return;
+        return None;
     }
     let page = page_size();
     // SAFETY: getauxval has no preconditions; it returns 0 for an entry the kernel lacks.
@@ -107,28 +127,69 @@ fn ensure_alt_stack() {
     // memory.
     let map = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, -1, 0) };
     if map == libc::MAP_FAILED {
-        return;
+        return None;
     }
-    // SAFETY: the mapping is ours and not shared: its lowest page becomes the stack's guard,
-    // or, if that fails or the exiting thread cannot record the mapping, it is unmapped again.
-    unsafe {
-        if libc::mprotect(map, page, libc::PROT_NONE) != 0
-            || ALT_STACK
-                .try_with(|alt| alt.map.set((map as usize, len)))
-                .is_err()
-        {
-            libc::munmap(map, len);
-            return;
-        }
+    // SAFETY: the mapping is ours and not shared: its lowest page becomes the stack's guard, or,
+    // if that fails, it is unmapped again.
+    if unsafe { libc::mprotect(map, page, libc::PROT_NONE) } != 0 {
+        // SAFETY: as above; nothing uses it yet.
+        unsafe { libc::munmap(map, len) };
+        return None;
     }
     let stack = libc::stack_t {
         ss_sp: map.wrapping_byte_add(page),
         ss_flags: 0,
         ss_size: size,
     };
-    // SAFETY: the stack is mapped, writable, and this thread's until AltStack's drop, which
+    // SAFETY: the stack is mapped, writable, and this thread's until `free_alt_stack`, which
     // disables it before unmapping it.
     unsafe { libc::sigaltstack(&stack, ptr::null_mut()) };
+    Some((map as usize, len))
+}
+
+/// Frees a mapping made by [`map_alt_stack`] on this thread, disabling it first if it is still
+/// the thread's alternate stack.
+fn free_alt_stack(map: usize, len: usize) {
+    // SAFETY: the mapping is this thread's own. If it is still the thread's alternate stack, it
+    // is disabled first (and is not in use: the caller is not a signal handler), so no signal is
+    // ever delivered onto unmapped memory.
+    unsafe {
+        let mut current: libc::stack_t = std::mem::zeroed();
+        libc::sigaltstack(ptr::null(), &mut current);
+        if (map..map + len).contains(&(current.ss_sp as usize)) {
+            let disable = libc::stack_t {
+                ss_sp: null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
+            libc::sigaltstack(&disable, ptr::null_mut());
+        }
+        libc::munmap(map as *mut c_void, len);
+    }
+}
+
+/// An alternate signal stack for the thread's exit hook (`thread_exit`), which unwinds
+/// suspended coroutines while the thread-locals are destroyed: by then std has taken the
+/// thread's own alternate stack away (a spawned thread's when its closure returned, the main
+/// thread's when `main` did), and an overflow in a destructor that the hook runs would die as a
+/// bare SIGSEGV, the kernel having nowhere to run the handler. While this value lives the thread
+/// has an alternate stack (a new one, if it had none and the handler is installed), which its
+/// drop frees.
+pub(crate) struct ExitAltStack(Option<(usize, usize)>);
+
+impl ExitAltStack {
+    /// Maps one if the process has the handler and the thread has no alternate stack.
+    pub(crate) fn ensure() -> ExitAltStack {
+        ExitAltStack(INSTALL.is_completed().then(map_alt_stack).flatten())
+    }
+}
+
+impl Drop for ExitAltStack {
+    fn drop(&mut self) {
+        if let Some((map, len)) = self.0 {
+            free_alt_stack(map, len);
+        }
+    }
 }
 
 /// An alternate signal stack mapped by [`install`]; dropping it at thread exit frees it.
@@ -140,24 +201,8 @@ struct AltStack {
 impl Drop for AltStack {
     fn drop(&mut self) {
         let (map, len) = self.map.get();
-        if map == 0 {
-            return;
-        }
-        // SAFETY: the mapping is this thread's own. If it is still the thread's alternate stack,
-        // it is disabled first (and is not in use: a destructor is not a signal handler), so no
-        // signal is ever delivered onto unmapped memory.
-        unsafe {
-            let mut current: libc::stack_t = std::mem::zeroed();
-            libc::sigaltstack(ptr::null(), &mut current);
-            if (map..map + len).contains(&(current.ss_sp as usize)) {
-                let disable = libc::stack_t {
-                    ss_sp: null_mut(),
-                    ss_flags: libc::SS_DISABLE,
-                    ss_size: 0,
-                };
-                libc::sigaltstack(&disable, ptr::null_mut());
-            }
-            libc::munmap(map as *mut c_void, len);
+        if map != 0 {
+            free_alt_stack(map, len);
         }
     }
 }
