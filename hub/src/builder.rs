@@ -105,7 +105,11 @@ impl Builder {
     /// thread's thread-locals, so the thread that leaked them aborts the
     /// process when it exits, before those are destroyed, with a message
     /// naming the leak (see [Thread-locals](crate#thread-locals)): a leak
-    /// is a bug to fix, which `run`'s panic reports first.
+    /// is a bug to fix, which `run`'s panic reports first. Until then
+    /// `std::thread::panicking()` stays true on that thread: std counts the
+    /// leaked unwinds as the thread's own, and only their end would
+    /// uncount them (so `run`'s panic, a panic during a panic for std,
+    /// prints a full backtrace).
     #[must_use = "a Builder does nothing until its run or run_on_threads"]
     pub fn shutdown_timeout(mut self, timeout: Option<Duration>) -> Builder {
         self.shutdown_timeout = timeout;
