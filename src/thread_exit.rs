@@ -473,10 +473,6 @@ fn at_thread_exit() {
         return;
     }
     PHASE.set(Phase::Exiting);
-    // std has taken the thread's alternate signal stack away by now: an
-    // overflow in a destructor that the unwinds run gets one to be
-    // reported from.
-    let _alt = crate::stack::alt_stack_for_exit();
     if panic::catch_unwind(AssertUnwindSafe(finish_suspended)).is_err() {
         panicked_in_hook();
     }
@@ -494,7 +490,12 @@ fn finish_suspended() {
     // which Rust allows; only for a coroutine suspended in a destructor
     // run by its own unwind does it escape that destructor, and the
     // process aborts by Rust's rule, as that coroutine's drop would.
+    // std has taken the thread's alternate signal stack away by now: an
+    // overflow in a destructor that the unwinds run gets one to be
+    // reported from (mapped for the first unwind, freed after the last).
+    let mut alt_stack = None;
     while let Some(node) = first_suspended() {
+        alt_stack.get_or_insert_with(crate::stack::alt_stack_for_exit);
         let (link, limit) = (node.link_word(), node.limit.get());
         let enter = Enter {
             bounds: Some((limit, ptr::from_ref(node).addr() - limit)),
