@@ -641,7 +641,12 @@ impl<Input, Yield, Return, S: Stack> Coroutine<Input, Yield, Return, S> {
     /// own frames (for the first frames and a forced unwind; 15.5 KiB on
     /// powerpc64le, whose unwinder takes more). On a stack of
     /// [`MIN_STACK_SIZE`](crate::stack::MIN_STACK_SIZE) a closure of up to
-    /// an eighth of it fits.
+    /// an eighth of it fits. The value the body returns is not counted:
+    /// it is the body's own stack use, and in a debug build each layer
+    /// between the body and the hand-over holds a copy of it, in a frame
+    /// realigned to its alignment (a 64 KiB return needs more than a
+    /// 1 MiB stack on some targets; a page-aligned one, 128 KiB on
+    /// x86_64). Return a large value in a `Box`.
     ///
     /// ```
     /// # #[cfg(feature = "std")] {
