@@ -93,7 +93,7 @@ impl Wake for Signal {
 #[track_caller]
 pub fn block_on<F: Future>(fut: F) -> F::Output {
     let hub = scheduler::hub("hub::block_on");
-    let task = hub.current_task();
+    let task = hub.current_task("hub::block_on");
     let signal = Arc::new(Signal {
         woken: AtomicBool::new(false),
         parked: AtomicU64::new(RUNNING),
@@ -131,7 +131,7 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             // Looked up again: `poll` may have caught the unwind of the
             // core's thread-exit hook (a forgotten coroutine that suspended
             // inside it) and returned, after the hub is gone.
-            scheduler::park(scheduler::hub_by_id(id, "hub::block_on"));
+            scheduler::park(scheduler::hub_by_id(id, "hub::block_on"), "hub::block_on");
         }
         signal.parked.store(RUNNING, Ordering::SeqCst);
     }

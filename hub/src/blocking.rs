@@ -35,7 +35,7 @@ where
     T: Send + 'static,
 {
     let hub = scheduler::hub("hub::spawn_blocking");
-    let task = hub.current_task();
+    let task = hub.current_task("hub::spawn_blocking");
     let (key, id) = (task.key(), task.id());
     // The result, and the park the coroutine is in (its generation), under
     // one lock: the job either sees the coroutine's latest park or the
@@ -64,6 +64,6 @@ where
                 None => s.1 = task.epoch(),
             }
         }
-        scheduler::park(hub);
+        scheduler::park(hub, "hub::spawn_blocking");
     }
 }

@@ -37,16 +37,16 @@ use crate::scheduler::{self, Action, Task, TimeoutUnwind, park_until};
 pub fn sleep(duration: Duration) {
     let hub = scheduler::hub("hub::sleep");
     if duration.is_zero() {
-        hub.yield_now();
+        hub.yield_now("hub::sleep");
         return;
     }
     let Some(deadline) = deadline_after(duration) else {
         // Longer than the clock can count: sleep until woken by a kill.
         loop {
-            scheduler::park(hub);
+            scheduler::park(hub, "hub::sleep");
         }
     };
-    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+    while !park_until(hub, Some(deadline), "hub::sleep") && Instant::now() < deadline {}
 }
 
 /// Suspends the calling coroutine until `deadline`, letting the others
@@ -75,7 +75,7 @@ pub fn sleep_until(deadline: Instant) {
     let hub = scheduler::hub("hub::sleep_until");
     // A deadline already past goes through the timers too, so that it
     // wakes after the due timers set before it.
-    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+    while !park_until(hub, Some(deadline), "hub::sleep_until") && Instant::now() < deadline {}
 }
 
 /// Lets every other ready coroutine run, then continues.
@@ -101,7 +101,7 @@ pub fn sleep_until(deadline: Instant) {
 /// Outside a hub's coroutine.
 #[track_caller]
 pub fn yield_now() {
-    scheduler::hub("hub::yield_now").yield_now();
+    scheduler::hub("hub::yield_now").yield_now("hub::yield_now");
 }
 
 /// The error of a [`timeout`] whose time ran out.
@@ -151,7 +151,7 @@ impl From<Elapsed> for io::Error {
 #[track_caller]
 pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let hub = scheduler::hub("hub::timeout");
-    let task = hub.current_task();
+    let task = hub.current_task("hub::timeout");
     let Some(deadline) = deadline_after(duration) else {
         return Ok(f());
     };
