@@ -318,7 +318,6 @@ impl Waiter {
     /// Outside a hub's coroutine (in the loop: see [`in_loop`]), naming
     /// `what`.
     #[track_caller]
-    #[inline]
     pub(crate) fn current(hub: &Hub, what: &str) -> Waiter {
         let task = hub.current_task(what);
         let epoch = task.epoch.get();
@@ -369,7 +368,6 @@ impl Hub {
     /// When no task runs (the loop itself, or a destructor it runs),
     /// naming `what` (see [`in_loop`]).
     #[track_caller]
-    #[inline]
     pub(crate) fn current_task(&self, what: &str) -> Rc<Task> {
         let p = self.current.get();
         if p.is_null() {
