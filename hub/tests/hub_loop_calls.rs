@@ -6,7 +6,13 @@
 //! want of a stack, see `attack_spawnfail.rs`). The message says so and
 //! names the function, rather than claiming that no hub runs; on a thread
 //! that runs no hub, the message names `hub::run` as before.
+//!
+//! And the one way a task's resume unwinds into the loop: a hub that a
+//! thread-local's destructor runs after the core's exit hook (the premise
+//! of the comment in the scheduler's `run_task`).
 
+#[path = "util/hub.rs"]
+mod hub_util;
 mod util;
 
 use std::io::Read;
@@ -218,4 +224,63 @@ fn without_a_hub_the_message_names_run() {
     assert_no_hub(&msg, "hub::wait_readable");
     let msg = without_a_hub(|| hub::block_on(std::future::pending::<()>()));
     assert_no_hub(&msg, "hub::block_on");
+}
+
+/// A hub run by a thread-local's destructor after the core's exit hook ran
+/// (the thread-local was first used before the thread's first coroutine
+/// start, which registered the hook: it is destroyed after it). Every park
+/// there panics (nothing would resume it), and the first one detaches the
+/// hub from the thread; a task killed before it started then finds no hub
+/// at its start, outside its body's `catch_unwind`: that panic unwinds out
+/// of the loop's resume, and out of `run`, for good (the scheduler's
+/// `run_task` says why nothing reads the running task after it). The
+/// thread ends normally: no abort, no hang.
+#[test]
+fn a_hub_run_after_the_exit_hook_unwinds_out_of_run() {
+    const NAME: &str = "a_hub_run_after_the_exit_hook_unwinds_out_of_run";
+    let Some(run) = hub_util::in_child(NAME, Duration::from_secs(20), || {
+        struct Late;
+        impl Drop for Late {
+            fn drop(&mut self) {
+                assert!(corostack::thread_exit::is_exiting());
+                let r = panic::catch_unwind(|| {
+                    hub::run(|| {
+                        // Pending; killed by the end of `run`.
+                        drop(hub::spawn(|| println!("NEVER RAN")));
+                        let p = panic::catch_unwind(hub::yield_now).expect_err("a park panics");
+                        println!("PARK: {}", message(&*p));
+                    })
+                });
+                let p = r.expect_err("`run` unwinds");
+                println!("RUN: {}", message(&*p));
+            }
+        }
+        thread_local!(static LATE: Late = const { Late });
+        std::thread::spawn(|| {
+            LATE.with(|_| ());
+            hub::run(|| ());
+        })
+        .join()
+        .unwrap();
+        println!("JOINED");
+    }) else {
+        return;
+    };
+    hub_util::assert_passed(&run);
+    let out = run.output();
+    let exits = "was called while the thread exits";
+    assert!(
+        out.contains(&format!("PARK: corostack::hub: `hub::yield_now` {exits}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "RUN: corostack::hub: `a coroutine's start` {exits}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("JOINED") && !out.contains("NEVER RAN"),
+        "{out}"
+    );
 }
