@@ -89,11 +89,17 @@ impl Wake for Signal {
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine; and when `fut` panics.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::block_on` was called from the
+/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
+/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::block_on`
+/// was called outside a hub: run it inside `corostack_hub::run` ...``.
+/// When `fut` panics.
 #[track_caller]
 pub fn block_on<F: Future>(fut: F) -> F::Output {
     let hub = scheduler::hub("hub::block_on");
-    let task = hub.current_task();
+    let task = hub.current_task("hub::block_on");
     let signal = Arc::new(Signal {
         woken: AtomicBool::new(false),
         parked: AtomicU64::new(RUNNING),
@@ -131,7 +137,7 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             // Looked up again: `poll` may have caught the unwind of the
             // core's thread-exit hook (a forgotten coroutine that suspended
             // inside it) and returned, after the hub is gone.
-            scheduler::park(scheduler::hub_by_id(id, "hub::block_on"));
+            scheduler::park(scheduler::hub_by_id(id, "hub::block_on"), "hub::block_on");
         }
         signal.parked.store(RUNNING, Ordering::SeqCst);
     }

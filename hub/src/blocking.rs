@@ -27,7 +27,14 @@ use crate::scheduler;
 /// [`Builder::blocking_threads`]: super::Builder::blocking_threads
 ///
 /// # Panics
-/// Outside a hub's coroutine; and with `f`'s payload if `f` panics.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::spawn_blocking` was called from
+/// the hub's loop (...), not from one of its coroutines: only a coroutine can
+/// wait; ...``; on a thread that runs no hub, with ``corostack::hub:
+/// `hub::spawn_blocking` was called outside a hub: run it inside
+/// `corostack_hub::run` ...``.
+/// With `f`'s payload if `f` panics.
 #[track_caller]
 pub fn spawn_blocking<T, F>(f: F) -> T
 where
@@ -35,7 +42,7 @@ where
     T: Send + 'static,
 {
     let hub = scheduler::hub("hub::spawn_blocking");
-    let task = hub.current_task();
+    let task = hub.current_task("hub::spawn_blocking");
     let (key, id) = (task.key(), task.id());
     // The result, and the park the coroutine is in (its generation), under
     // one lock: the job either sees the coroutine's latest park or the
@@ -64,6 +71,6 @@ where
                 None => s.1 = task.epoch(),
             }
         }
-        scheduler::park(hub);
+        scheduler::park(hub, "hub::spawn_blocking");
     }
 }

@@ -136,7 +136,8 @@ impl Registration {
     #[track_caller]
     #[inline(always)]
     pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
-        let hub = scheduler::hub("a socket operation that would block");
+        const WHAT: &str = "a socket operation that would block";
+        let hub = scheduler::hub(WHAT);
         if self.core_ptr.get() != Rc::as_ptr(hub.io_core()) {
             self.rehome(hub)?;
         }
@@ -148,9 +149,9 @@ impl Registration {
                 if waiters.len() >= 8 {
                     forget_stale(&mut waiters);
                 }
-                waiters.push(Waiter::current(hub));
+                waiters.push(Waiter::current(hub, WHAT));
             }
-            let timed_out = park_until(hub, deadline);
+            let timed_out = park_until(hub, deadline, WHAT);
             if flag.get() {
                 return Ok(());
             }
@@ -195,9 +196,10 @@ impl Drop for Registration {
 /// Parks until a hub socket is closed or `deadline` passes (for an
 /// `accept` that failed for lack of descriptors).
 pub(crate) fn wait_fd_freed(deadline: Instant) {
-    let hub = scheduler::hub("TcpListener::accept");
-    hub.io_core().wait_fd_freed(Waiter::current(hub));
-    park_until(hub, Some(deadline));
+    const WHAT: &str = "TcpListener::accept";
+    let hub = scheduler::hub(WHAT);
+    hub.io_core().wait_fd_freed(Waiter::current(hub, WHAT));
+    park_until(hub, Some(deadline), WHAT);
 }
 
 /// Waits for `fd` to become ready in `interest`.
@@ -211,8 +213,8 @@ fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()
         reg.source
             .waiters(dir)
             .borrow_mut()
-            .push(Waiter::current(hub));
-        scheduler::park(hub);
+            .push(Waiter::current(hub, what));
+        scheduler::park(hub, what);
     }
     Ok(())
 }
@@ -272,7 +274,13 @@ fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()
 /// registered).
 ///
 /// # Panics
-/// Outside a hub's coroutine.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::wait_readable` was called from
+/// the hub's loop (...), not from one of its coroutines: only a coroutine can
+/// wait; ...``; on a thread that runs no hub, with ``corostack::hub:
+/// `hub::wait_readable` was called outside a hub: run it inside
+/// `corostack_hub::run` ...``.
 #[track_caller]
 pub fn wait_readable(fd: &impl AsFd) -> io::Result<()> {
     wait_fd(
@@ -299,7 +307,13 @@ pub fn wait_readable(fd: &impl AsFd) -> io::Result<()> {
 /// When the poller refuses the descriptor.
 ///
 /// # Panics
-/// Outside a hub's coroutine.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::wait_writable` was called from
+/// the hub's loop (...), not from one of its coroutines: only a coroutine can
+/// wait; ...``; on a thread that runs no hub, with ``corostack::hub:
+/// `hub::wait_writable` was called outside a hub: run it inside
+/// `corostack_hub::run` ...``.
 #[track_caller]
 pub fn wait_writable(fd: &impl AsFd) -> io::Result<()> {
     wait_fd(

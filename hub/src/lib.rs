@@ -155,7 +155,27 @@
 //!
 //! Every function of this module, and every call that would suspend, panics
 //! with a message naming `hub::run` when called outside a hub, rather than
-//! blocking or hanging.
+//! blocking or hanging. On a thread that runs no hub, it reads
+//! ``corostack::hub: `hub::sleep` was called outside a hub: run it inside
+//! `corostack_hub::run` (or `hub::Builder::run`), on the hub's thread``
+//! (with the function's name).
+//!
+//! A call that must run in one of the hub's coroutines (one that may
+//! wait: a sleep, a socket or channel wait, a join, [`block_on`](block_on()),
+//! [`spawn_blocking`], [`timeout`]) panics also when the hub's loop itself
+//! makes it: in a destructor or callback that the loop runs outside its
+//! coroutines (a [`call_later`] function that the end of `run` drops, or
+//! that is given up for want of a stack; work handed over by a [`Remote`]
+//! that got no stack; the closure of a [`try_spawn`] from the loop, or
+//! `run`'s own, dropped for want of a stack; a later panic's payload that
+//! the loop drops). Nothing could resume such a wait: the loop is the one
+//! that would. It reads ``corostack::hub: `hub::sleep` was called from the
+//! hub's loop (a destructor or callback that the loop ran), not from one
+//! of its coroutines: only a coroutine can wait; spawn one (`hub::spawn`)
+//! to do it``. What the loop may do there: spawn (the new coroutine does
+//! the waiting), `call_later`, kill (it only asks), and every call that
+//! does not wait. A socket's wait names itself `a socket operation that
+//! would block`.
 //!
 //! # Threads
 //!
@@ -351,7 +371,13 @@ pub fn try_spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> std::io::Result
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `JoinHandle::join` was called from the
+/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
+/// ...``; on a thread that runs no hub, with ``corostack::hub:
+/// `JoinHandle::join` was called outside a hub: run it inside
+/// `corostack_hub::run` ...``.
 #[track_caller]
 pub fn join_all<T>(handles: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Result<T, JoinError>> {
     handles.into_iter().map(JoinHandle::join).collect()

@@ -32,21 +32,26 @@ use crate::scheduler::{self, Action, Task, TimeoutUnwind, park_until};
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::sleep` was called from the hub's
+/// loop (...), not from one of its coroutines: only a coroutine can wait;
+/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::sleep` was
+/// called outside a hub: run it inside `corostack_hub::run` ...``.
 #[track_caller]
 pub fn sleep(duration: Duration) {
     let hub = scheduler::hub("hub::sleep");
     if duration.is_zero() {
-        hub.yield_now();
+        hub.yield_now("hub::sleep");
         return;
     }
     let Some(deadline) = deadline_after(duration) else {
         // Longer than the clock can count: sleep until woken by a kill.
         loop {
-            scheduler::park(hub);
+            scheduler::park(hub, "hub::sleep");
         }
     };
-    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+    while !park_until(hub, Some(deadline), "hub::sleep") && Instant::now() < deadline {}
 }
 
 /// Suspends the calling coroutine until `deadline`, letting the others
@@ -69,13 +74,19 @@ pub fn sleep(duration: Duration) {
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::sleep_until` was called from the
+/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
+/// ...``; on a thread that runs no hub, with ``corostack::hub:
+/// `hub::sleep_until` was called outside a hub: run it inside
+/// `corostack_hub::run` ...``.
 #[track_caller]
 pub fn sleep_until(deadline: Instant) {
     let hub = scheduler::hub("hub::sleep_until");
     // A deadline already past goes through the timers too, so that it
     // wakes after the due timers set before it.
-    while !park_until(hub, Some(deadline)) && Instant::now() < deadline {}
+    while !park_until(hub, Some(deadline), "hub::sleep_until") && Instant::now() < deadline {}
 }
 
 /// Lets every other ready coroutine run, then continues.
@@ -98,10 +109,15 @@ pub fn sleep_until(deadline: Instant) {
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::yield_now` was called from the
+/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
+/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::yield_now`
+/// was called outside a hub: run it inside `corostack_hub::run` ...``.
 #[track_caller]
 pub fn yield_now() {
-    scheduler::hub("hub::yield_now").yield_now();
+    scheduler::hub("hub::yield_now").yield_now("hub::yield_now");
 }
 
 /// The error of a [`timeout`] whose time ran out.
@@ -147,11 +163,17 @@ impl From<Elapsed> for io::Error {
 /// interrupted at a suspension and its destructors have run).
 ///
 /// # Panics
-/// Outside a hub's coroutine. A panic in `f` goes on to the caller.
+/// Outside a hub's coroutine (the whole messages are in [Outside a
+/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
+/// that it runs), with ``corostack::hub: `hub::timeout` was called from the
+/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
+/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::timeout`
+/// was called outside a hub: run it inside `corostack_hub::run` ...``.
+/// A panic in `f` goes on to the caller.
 #[track_caller]
 pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let hub = scheduler::hub("hub::timeout");
-    let task = hub.current_task();
+    let task = hub.current_task("hub::timeout");
     let Some(deadline) = deadline_after(duration) else {
         return Ok(f());
     };

@@ -124,7 +124,14 @@ impl TcpListener {
     /// Other failures of `accept(2)`.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, when no connection is waiting.
+    /// Outside a hub's coroutine, when no connection is waiting (the whole
+    /// messages are in [Outside a hub](crate#outside-a-hub)): from the hub's
+    /// loop (a destructor or callback that it runs), with ``corostack::hub: `a
+    /// socket operation that would block` was called from the hub's loop (...),
+    /// not from one of its coroutines: only a coroutine can wait; ...``; on a
+    /// thread that runs no hub, with ``corostack::hub: `a socket operation that
+    /// would block` was called outside a hub: run it inside
+    /// `corostack_hub::run` ...``.
     #[track_caller]
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         loop {
@@ -266,7 +273,14 @@ impl fmt::Debug for TcpListener {
 
 /// A TCP connection. `Read` and `Write` (also through `&TcpStream`, so
 /// that one coroutine can read while another writes) suspend the calling
-/// coroutine while the socket is not ready.
+/// coroutine while the socket is not ready. A read or write that must wait
+/// panics outside a hub's coroutine as [`connect`](TcpStream::connect)
+/// does: from the hub's loop (a destructor or callback that it runs), with
+/// ``corostack::hub: `a socket operation that would block` was called from
+/// the hub's loop (...)``, and on a thread that runs no hub (the stream
+/// outlived its hub) with ``corostack::hub: `a socket operation that would
+/// block` was called outside a hub ...`` (see [Outside a
+/// hub](crate#outside-a-hub)).
 ///
 /// ```
 /// use std::io::{Read, Write};
@@ -311,7 +325,13 @@ impl TcpStream {
     /// The last address's error (`ConnectionRefused`, ...).
     ///
     /// # Panics
-    /// Outside a hub's coroutine.
+    /// Outside a hub's coroutine (the whole messages are in [Outside a
+    /// hub](crate#outside-a-hub)): from the hub's loop (a destructor or
+    /// callback that it runs), with ``corostack::hub: `a socket operation that
+    /// would block` was called from the hub's loop (...), not from one of its
+    /// coroutines: only a coroutine can wait; ...``; on a thread that runs no
+    /// hub, with ``corostack::hub: `TcpStream` was called outside a hub: run it
+    /// inside `corostack_hub::run` ...``.
     #[track_caller]
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         each_addr(addr, |a| Self::connect_until(a, None))
@@ -323,7 +343,13 @@ impl TcpStream {
     /// `TimedOut`, or as [`connect`](TcpStream::connect).
     ///
     /// # Panics
-    /// Outside a hub's coroutine.
+    /// Outside a hub's coroutine (the whole messages are in [Outside a
+    /// hub](crate#outside-a-hub)): from the hub's loop (a destructor or
+    /// callback that it runs), with ``corostack::hub: `a socket operation that
+    /// would block` was called from the hub's loop (...), not from one of its
+    /// coroutines: only a coroutine can wait; ...``; on a thread that runs no
+    /// hub, with ``corostack::hub: `TcpStream` was called outside a hub: run it
+    /// inside `corostack_hub::run` ...``.
     #[track_caller]
     pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         Self::connect_until(*addr, Instant::now().checked_add(timeout))

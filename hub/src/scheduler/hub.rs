@@ -206,7 +206,10 @@ pub(super) fn next_task_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The message of every hub function called outside a hub.
+/// The message of every hub function called outside a hub: on a thread
+/// that runs none, or while the thread exits (see [`detach`]). A call
+/// made from the loop of a hub that runs here has its own message
+/// ([`in_loop`]).
 #[cold]
 #[track_caller]
 pub(super) fn outside(what: &str) -> ! {
@@ -220,6 +223,31 @@ pub(super) fn outside(what: &str) -> ! {
     panic!(
         "corostack::hub: `{what}` was called outside a hub: run it inside `corostack_hub::run` \
          (or `hub::Builder::run`), on the hub's thread"
+    )
+}
+
+/// The message of a hub function that needs the running coroutine (it
+/// waits, or acts on the caller) when the hub's loop calls it: the hub
+/// runs, but no task does (a destructor or callback that the loop itself
+/// runs: pending work dropped at the end of `run`, a `call_later`
+/// function given up for want of a stack, work a `Remote` handed over
+/// that got no stack, a later panic's payload, a closure that `spawn`
+/// called from the loop dropped for want of a stack, `run`'s own closure
+/// when its coroutine got no stack). Found where the running task is
+/// read, so that a call from a task pays nothing more for it. While the
+/// thread exits (a hub that a thread-local's destructor runs after the
+/// core's exit hook), that message instead ([`exiting`]).
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(super) fn in_loop(what: &str) -> ! {
+    if corostack::thread_exit::is_exiting() {
+        exiting(what);
+    }
+    panic!(
+        "corostack::hub: `{what}` was called from the hub's loop (a destructor or callback that \
+         the loop ran), not from one of its coroutines: only a coroutine can wait; spawn one \
+         (`hub::spawn`) to do it"
     )
 }
 
@@ -287,10 +315,11 @@ impl Waiter {
     /// A waiter for the running task's next park.
     ///
     /// # Panics
-    /// Outside a hub's coroutine.
+    /// Outside a hub's coroutine (in the loop: see [`in_loop`]), naming
+    /// `what`.
     #[track_caller]
-    pub(crate) fn current(hub: &Hub) -> Waiter {
-        let task = hub.current_task();
+    pub(crate) fn current(hub: &Hub, what: &str) -> Waiter {
+        let task = hub.current_task(what);
         let epoch = task.epoch.get();
         Waiter { task, epoch }
     }
@@ -336,12 +365,13 @@ impl Hub {
     /// The running task.
     ///
     /// # Panics
-    /// When no task runs (the loop itself, or a destructor at the end).
+    /// When no task runs (the loop itself, or a destructor it runs),
+    /// naming `what` (see [`in_loop`]).
     #[track_caller]
-    pub(crate) fn current_task(&self) -> Rc<Task> {
+    pub(crate) fn current_task(&self, what: &str) -> Rc<Task> {
         let p = self.current.get();
         if p.is_null() {
-            outside("a call that needs the running coroutine");
+            in_loop(what);
         }
         // SAFETY: `current` was made from the Rc the loop holds while the
         // task runs; we add a count for the new Rc.

@@ -80,7 +80,7 @@ use std::time::Instant;
 use crate::driver::timers::TimerKey;
 use crate::task::{KillSelf, TaskState};
 
-use super::hub::{Action, Hub, TimeoutUnwind, exiting, outside, try_with_hub, with_hub_id};
+use super::hub::{Action, Hub, TimeoutUnwind, exiting, in_loop, try_with_hub, with_hub_id};
 use super::task::{Task, Waiter};
 
 /// Whether the running task is being killed (its unwind must not be
@@ -107,14 +107,16 @@ pub(crate) fn current_is_killed() -> bool {
 /// what a round trip costs).
 ///
 /// # Panics
-/// Outside a hub's coroutine; inside a greenlet that the task started
-/// (see [`wrong_greenlet`]).
+/// Outside a hub's coroutine (in the loop: see [`in_loop`]), naming
+/// `what`, the caller's public function; inside a greenlet that the task
+/// started (see [`wrong_greenlet`]); while the thread exits (see
+/// [`exiting`]).
 #[track_caller]
 #[inline(always)]
-pub(crate) fn park(hub: &Hub) {
+pub(crate) fn park(hub: &Hub, what: &str) {
     let task = hub.current.get();
     if task.is_null() {
-        outside("a suspending call");
+        in_loop(what);
     }
     // One thread-local read and a compare: the greenlet running now must
     // be the one the hub's loop runs in (see the scheduler's threat model, `mod.rs`).
@@ -125,7 +127,7 @@ pub(crate) fn park(hub: &Hub) {
     // inside the hub, after a `rearm` that put the hook before the hub's
     // own detach): nothing will run the loop again.
     if corostack::thread_exit::is_exiting() {
-        exiting("a suspending call");
+        exiting(what);
     }
     // SAFETY: `current` points at the running task, which the loop holds
     // an Rc to while it runs.
@@ -204,13 +206,13 @@ pub(super) fn unwind_after_park(hub: &Hub, task: &Task) {
 /// woke it. Without a deadline it is [`park`], inline.
 #[track_caller]
 #[inline(always)]
-pub(crate) fn park_until(hub: &Hub, deadline: Option<Instant>) -> bool {
+pub(crate) fn park_until(hub: &Hub, deadline: Option<Instant>, what: &str) -> bool {
     match deadline {
         None => {
-            park(hub);
+            park(hub, what);
             false
         }
-        Some(deadline) => park_with_timer(hub, deadline),
+        Some(deadline) => park_with_timer(hub, deadline, what),
     }
 }
 
@@ -218,8 +220,8 @@ pub(crate) fn park_until(hub: &Hub, deadline: Option<Instant>) -> bool {
 /// does first.
 #[track_caller]
 #[inline(never)]
-pub(super) fn park_with_timer(hub: &Hub, deadline: Instant) -> bool {
-    let key = hub.set_timer(deadline, Action::Wake(Waiter::current(hub)));
+pub(super) fn park_with_timer(hub: &Hub, deadline: Instant, what: &str) -> bool {
+    let key = hub.set_timer(deadline, Action::Wake(Waiter::current(hub, what)));
     /// Removes the timer however the park ends (nothing once the hub is
     /// gone: see [`with_hub_id`]).
     struct Remove(u64, TimerKey);
@@ -229,7 +231,7 @@ pub(super) fn park_with_timer(hub: &Hub, deadline: Instant) -> bool {
         }
     }
     let guard = Remove(hub.id(), key);
-    park(hub);
+    park(hub, what);
     let fired = !hub.timer_is_set(key);
     drop(guard);
     fired
@@ -246,7 +248,12 @@ impl Task {
     /// as with threads (the hub's deadlock detection reports it).
     #[track_caller]
     pub(crate) fn wait_finished(self: &Rc<Task>, hub: &Hub, kill: bool) {
-        let me = hub.current_task();
+        let what = if kill {
+            "JoinHandle::kill"
+        } else {
+            "JoinHandle::join"
+        };
+        let me = hub.current_task(what);
         *me.waits_for.borrow_mut() = Rc::downgrade(self);
         me.kill_waiting.set(kill);
         /// Forgets what the task waited for, however the wait ends.
@@ -279,9 +286,9 @@ impl Task {
                 if waiters.len() >= 8 {
                     waiters.retain(Waiter::is_live);
                 }
-                waiters.push(Waiter::current(hub));
+                waiters.push(Waiter::current(hub, what));
             }
-            park(hub);
+            park(hub, what);
         }
     }
 }
@@ -454,14 +461,17 @@ impl Hub {
         }
     }
 
-    /// Puts the running task at the back of the ready queue and parks it.
-    pub(crate) fn yield_now(&self) {
-        let task = self.current_task();
+    /// Puts the running task at the back of the ready queue and parks it;
+    /// `what` names the caller's function in the panic of a call from the
+    /// loop (see [`park`]).
+    #[track_caller]
+    pub(crate) fn yield_now(&self, what: &str) {
+        let task = self.current_task(what);
         if !task.queued.get() {
             task.queued.set(true);
             self.ready.borrow_mut().push_back(task);
         }
-        park(self);
+        park(self, what);
     }
 
     /// Kills `task` (see [`JoinHandle::kill`](crate::JoinHandle::kill) and "Killing" in the module

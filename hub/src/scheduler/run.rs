@@ -195,6 +195,27 @@ impl Hub {
         let Some(c) = co.as_mut() else { return };
         task.state.set(TaskState::Running);
         let prev = self.current.replace(Rc::as_ptr(&task));
+        // No guard restores `current` if `resume` unwinds, and none is
+        // needed: nothing reads it after such an unwind. The body catches
+        // the closure's panics and those of a detached result's drop; two
+        // panics of its own are left, and both need this thread's hub to be
+        // gone while its loop runs: `hub(..)` at the start of a task killed
+        // before it started, and the `resume_unwind` of a detached result's
+        // panic that no hub kept. `run` keeps its hub installed until the
+        // loop is over; only `detach` clears it, while the thread exits
+        // (`DetachAtExit`'s destructor, or `exiting` at a park once the
+        // core's exit hook has run). A loop that still runs then is that of
+        // a hub that a thread-local's destructor started after the hook
+        // (inside `exit`, the loop's own frames never run again): every
+        // park of its tasks panics before it suspends, so its main task
+        // runs to its end in its first resume, and the other tasks run only
+        // in `shut_down`, after `run_until` returned and the `ShutDown`
+        // guard was forgotten. So this unwind goes out of `run` for good
+        // (the test `a_hub_run_after_the_exit_hook_unwinds_out_of_run`, in
+        // `hub_loop_calls.rs`); on its way, `Installed`'s drop and the
+        // hub's own read nothing of `current`, and every other reader
+        // (`park`, `current_task`, `kill`, `current_is_killed`) finds the
+        // hub through the thread-local, which is null by then.
         let r = c.resume(());
         self.current.set(prev);
         match r {

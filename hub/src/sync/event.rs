@@ -61,7 +61,13 @@ impl Event {
     /// Returns at once if the flag is set, else parks until it is.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, when it must wait.
+    /// Outside a hub's coroutine, when it must wait (the whole messages are in
+    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
+    /// or callback that it runs), with ``corostack::hub: `Event::wait` was
+    /// called from the hub's loop (...), not from one of its coroutines: only a
+    /// coroutine can wait; ...``; on a thread that runs no hub, with
+    /// ``corostack::hub: `Event::wait` was called outside a hub: run it inside
+    /// `corostack_hub::run` ...``.
     #[track_caller]
     pub fn wait(&self) {
         while !self.0.set.get() {

@@ -69,7 +69,9 @@ impl WaitQueue {
     #[track_caller]
     pub(crate) fn wait(&self, what: &str) {
         let hub = scheduler::hub(what);
-        self.waiters.borrow_mut().push_back(Waiter::current(hub));
+        self.waiters
+            .borrow_mut()
+            .push_back(Waiter::current(hub, what));
         /// Passes the wake-up on if the wait unwinds.
         struct PassOn<'a>(&'a WaitQueue);
         impl Drop for PassOn<'_> {
@@ -80,7 +82,7 @@ impl WaitQueue {
             }
         }
         let guard = PassOn(self);
-        scheduler::park(hub);
+        scheduler::park(hub, what);
         std::mem::forget(guard);
     }
 
