@@ -89,12 +89,9 @@ impl Wake for Signal {
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::block_on` was called from the
-/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
-/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::block_on`
-/// was called outside a hub: run it inside `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 /// When `fut` panics.
 #[track_caller]
 pub fn block_on<F: Future>(fut: F) -> F::Output {

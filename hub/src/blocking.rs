@@ -27,13 +27,9 @@ use crate::scheduler;
 /// [`Builder::blocking_threads`]: super::Builder::blocking_threads
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::spawn_blocking` was called from
-/// the hub's loop (...), not from one of its coroutines: only a coroutine can
-/// wait; ...``; on a thread that runs no hub, with ``corostack::hub:
-/// `hub::spawn_blocking` was called outside a hub: run it inside
-/// `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 /// With `f`'s payload if `f` panics.
 #[track_caller]
 pub fn spawn_blocking<T, F>(f: F) -> T

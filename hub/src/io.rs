@@ -274,13 +274,9 @@ fn wait_fd(fd: RawFd, interest: Interest, dir: Dir, what: &str) -> io::Result<()
 /// registered).
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::wait_readable` was called from
-/// the hub's loop (...), not from one of its coroutines: only a coroutine can
-/// wait; ...``; on a thread that runs no hub, with ``corostack::hub:
-/// `hub::wait_readable` was called outside a hub: run it inside
-/// `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 #[track_caller]
 pub fn wait_readable(fd: &impl AsFd) -> io::Result<()> {
     wait_fd(
@@ -307,13 +303,9 @@ pub fn wait_readable(fd: &impl AsFd) -> io::Result<()> {
 /// When the poller refuses the descriptor.
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::wait_writable` was called from
-/// the hub's loop (...), not from one of its coroutines: only a coroutine can
-/// wait; ...``; on a thread that runs no hub, with ``corostack::hub:
-/// `hub::wait_writable` was called outside a hub: run it inside
-/// `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 #[track_caller]
 pub fn wait_writable(fd: &impl AsFd) -> io::Result<()> {
     wait_fd(

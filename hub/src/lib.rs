@@ -371,13 +371,9 @@ pub fn try_spawn<T: 'static>(f: impl FnOnce() -> T + 'static) -> std::io::Result
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `JoinHandle::join` was called from the
-/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
-/// ...``; on a thread that runs no hub, with ``corostack::hub:
-/// `JoinHandle::join` was called outside a hub: run it inside
-/// `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 #[track_caller]
 pub fn join_all<T>(handles: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Result<T, JoinError>> {
     handles.into_iter().map(JoinHandle::join).collect()

@@ -32,12 +32,9 @@ use crate::scheduler::{self, Action, Task, TimeoutUnwind, park_until};
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::sleep` was called from the hub's
-/// loop (...), not from one of its coroutines: only a coroutine can wait;
-/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::sleep` was
-/// called outside a hub: run it inside `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 #[track_caller]
 pub fn sleep(duration: Duration) {
     let hub = scheduler::hub("hub::sleep");
@@ -74,13 +71,9 @@ pub fn sleep(duration: Duration) {
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::sleep_until` was called from the
-/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
-/// ...``; on a thread that runs no hub, with ``corostack::hub:
-/// `hub::sleep_until` was called outside a hub: run it inside
-/// `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 #[track_caller]
 pub fn sleep_until(deadline: Instant) {
     let hub = scheduler::hub("hub::sleep_until");
@@ -109,12 +102,9 @@ pub fn sleep_until(deadline: Instant) {
 /// ```
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::yield_now` was called from the
-/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
-/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::yield_now`
-/// was called outside a hub: run it inside `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 #[track_caller]
 pub fn yield_now() {
     scheduler::hub("hub::yield_now").yield_now("hub::yield_now");
@@ -163,12 +153,9 @@ impl From<Elapsed> for io::Error {
 /// interrupted at a suspension and its destructors have run).
 ///
 /// # Panics
-/// Outside a hub's coroutine (the whole messages are in [Outside a
-/// hub](crate#outside-a-hub)): from the hub's loop (a destructor or callback
-/// that it runs), with ``corostack::hub: `hub::timeout` was called from the
-/// hub's loop (...), not from one of its coroutines: only a coroutine can wait;
-/// ...``; on a thread that runs no hub, with ``corostack::hub: `hub::timeout`
-/// was called outside a hub: run it inside `corostack_hub::run` ...``.
+/// Outside a hub's coroutine: on a thread that runs no hub, and
+/// from the hub's loop (a destructor or callback that it runs); [Outside a
+/// hub](crate#outside-a-hub) has both messages.
 /// A panic in `f` goes on to the caller.
 #[track_caller]
 pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {

@@ -124,14 +124,9 @@ impl TcpListener {
     /// Other failures of `accept(2)`.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, when no connection is waiting (the whole
-    /// messages are in [Outside a hub](crate#outside-a-hub)): from the hub's
-    /// loop (a destructor or callback that it runs), with ``corostack::hub: `a
-    /// socket operation that would block` was called from the hub's loop (...),
-    /// not from one of its coroutines: only a coroutine can wait; ...``; on a
-    /// thread that runs no hub, with ``corostack::hub: `a socket operation that
-    /// would block` was called outside a hub: run it inside
-    /// `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, when no connection is waiting: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         loop {
@@ -325,13 +320,9 @@ impl TcpStream {
     /// The last address's error (`ConnectionRefused`, ...).
     ///
     /// # Panics
-    /// Outside a hub's coroutine (the whole messages are in [Outside a
-    /// hub](crate#outside-a-hub)): from the hub's loop (a destructor or
-    /// callback that it runs), with ``corostack::hub: `a socket operation that
-    /// would block` was called from the hub's loop (...), not from one of its
-    /// coroutines: only a coroutine can wait; ...``; on a thread that runs no
-    /// hub, with ``corostack::hub: `TcpStream` was called outside a hub: run it
-    /// inside `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         each_addr(addr, |a| Self::connect_until(a, None))
@@ -343,13 +334,9 @@ impl TcpStream {
     /// `TimedOut`, or as [`connect`](TcpStream::connect).
     ///
     /// # Panics
-    /// Outside a hub's coroutine (the whole messages are in [Outside a
-    /// hub](crate#outside-a-hub)): from the hub's loop (a destructor or
-    /// callback that it runs), with ``corostack::hub: `a socket operation that
-    /// would block` was called from the hub's loop (...), not from one of its
-    /// coroutines: only a coroutine can wait; ...``; on a thread that runs no
-    /// hub, with ``corostack::hub: `TcpStream` was called outside a hub: run it
-    /// inside `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         Self::connect_until(*addr, Instant::now().checked_add(timeout))

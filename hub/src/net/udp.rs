@@ -146,13 +146,9 @@ impl UdpSocket {
     /// As `sendto(2)` fails; `TimedOut` past the write timeout.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, if it must wait (the whole messages are in
-    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
-    /// or callback that it runs), with ``corostack::hub: `a socket operation
-    /// that would block` was called from the hub's loop (...), not from one of
-    /// its coroutines: only a coroutine can wait; ...``; on a thread that runs
-    /// no hub, with ``corostack::hub: `a socket operation that would block` was
-    /// called outside a hub: run it inside `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, if it must wait: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn send_to(&self, buf: &[u8], addr: impl ToSocketAddrs) -> io::Result<usize> {
         each_addr(addr, |a| {
@@ -169,13 +165,9 @@ impl UdpSocket {
     /// As `recvfrom(2)` fails; `TimedOut` past the read timeout.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, if it must wait (the whole messages are in
-    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
-    /// or callback that it runs), with ``corostack::hub: `a socket operation
-    /// that would block` was called from the hub's loop (...), not from one of
-    /// its coroutines: only a coroutine can wait; ...``; on a thread that runs
-    /// no hub, with ``corostack::hub: `a socket operation that would block` was
-    /// called outside a hub: run it inside `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, if it must wait: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.reg
@@ -191,13 +183,9 @@ impl UdpSocket {
     /// past the write timeout.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, if it must wait (the whole messages are in
-    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
-    /// or callback that it runs), with ``corostack::hub: `a socket operation
-    /// that would block` was called from the hub's loop (...), not from one of
-    /// its coroutines: only a coroutine can wait; ...``; on a thread that runs
-    /// no hub, with ``corostack::hub: `a socket operation that would block` was
-    /// called outside a hub: run it inside `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, if it must wait: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
         self.reg
@@ -212,13 +200,9 @@ impl UdpSocket {
     /// As `recv(2)` fails; `TimedOut` past the read timeout.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, if it must wait (the whole messages are in
-    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
-    /// or callback that it runs), with ``corostack::hub: `a socket operation
-    /// that would block` was called from the hub's loop (...), not from one of
-    /// its coroutines: only a coroutine can wait; ...``; on a thread that runs
-    /// no hub, with ``corostack::hub: `a socket operation that would block` was
-    /// called outside a hub: run it inside `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, if it must wait: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.reg

@@ -214,13 +214,9 @@ impl<T> Sender<T> {
     /// [`SendError`] with the value when every receiver is gone.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, when it must wait (the whole messages are in
-    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
-    /// or callback that it runs), with ``corostack::hub: `Sender::send` was
-    /// called from the hub's loop (...), not from one of its coroutines: only a
-    /// coroutine can wait; ...``; on a thread that runs no hub, with
-    /// ``corostack::hub: `Sender::send` was called outside a hub: run it inside
-    /// `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, when it must wait: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn send(&self, mut value: T) -> Result<(), SendError<T>> {
         loop {
@@ -345,13 +341,9 @@ impl<T> Receiver<T> {
     /// [`RecvError`] when the channel is empty and every sender is gone.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, when it must wait (the whole messages are in
-    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
-    /// or callback that it runs), with ``corostack::hub: `Receiver::recv` was
-    /// called from the hub's loop (...), not from one of its coroutines: only a
-    /// coroutine can wait; ...``; on a thread that runs no hub, with
-    /// ``corostack::hub: `Receiver::recv` was called outside a hub: run it
-    /// inside `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, when it must wait: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn recv(&self) -> Result<T, RecvError> {
         loop {

@@ -61,13 +61,9 @@ impl Event {
     /// Returns at once if the flag is set, else parks until it is.
     ///
     /// # Panics
-    /// Outside a hub's coroutine, when it must wait (the whole messages are in
-    /// [Outside a hub](crate#outside-a-hub)): from the hub's loop (a destructor
-    /// or callback that it runs), with ``corostack::hub: `Event::wait` was
-    /// called from the hub's loop (...), not from one of its coroutines: only a
-    /// coroutine can wait; ...``; on a thread that runs no hub, with
-    /// ``corostack::hub: `Event::wait` was called outside a hub: run it inside
-    /// `corostack_hub::run` ...``.
+    /// Outside a hub's coroutine, when it must wait: on a thread that runs no hub, and
+    /// from the hub's loop (a destructor or callback that it runs); [Outside a
+    /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn wait(&self) {
         while !self.0.set.get() {
