@@ -586,3 +586,72 @@ fn a_raw_pthreads_own_alternate_stack_is_used_and_left_mapped() {
         },
     );
 }
+
+/// Whether the crate's alternate stack was gone before the hook ran.
+#[cfg(feature = "overflow-handler")]
+static GONE_BEFORE_HOOK_6: AtomicBool = AtomicBool::new(false);
+
+/// Notes, when dropped, whether the thread has an alternate stack, then
+/// overflows the stack it is dropped on.
+#[cfg(feature = "overflow-handler")]
+struct NotesThenOverflows;
+
+#[cfg(feature = "overflow-handler")]
+impl Drop for NotesThenOverflows {
+    fn drop(&mut self) {
+        eprintln!(
+            "overflowing in a destructor (the crate's alternate stack was {})",
+            if GONE_BEFORE_HOOK_6.load(Ordering::SeqCst) {
+                "freed before the hook"
+            } else {
+                "still there"
+            }
+        );
+        std::hint::black_box(overflow(0));
+    }
+}
+
+/// Runs between the crate's alternate stack's destructor and the hook:
+/// notes whether the thread has no alternate stack left.
+#[cfg(feature = "overflow-handler")]
+struct BeforeHook6;
+
+#[cfg(feature = "overflow-handler")]
+impl Drop for BeforeHook6 {
+    fn drop(&mut self) {
+        GONE_BEFORE_HOOK_6.store(!has_alt_stack(), Ordering::SeqCst);
+    }
+}
+
+#[cfg(feature = "overflow-handler")]
+thread_local! {
+    static BEFORE_6: BeforeHook6 = const { BeforeHook6 };
+}
+
+#[test]
+#[cfg(feature = "overflow-handler")]
+#[cfg_attr(
+    feature = "asan",
+    ignore = "AddressSanitizer handles SIGSEGV and thread stacks itself"
+)]
+fn a_raw_pthread_whose_crate_alternate_stack_died_before_the_hook_gets_the_hooks() {
+    let name = "a_raw_pthread_whose_crate_alternate_stack_died_before_the_hook_gets_the_hooks";
+    if util::child_role().as_deref() == Some(name) {
+        on_raw_pthread(|| {
+            // Every registration of the hook, used before the thread's
+            // first coroutine: the crate's alternate stack (mapped by that
+            // coroutine's `install`) is destroyed before the hook runs.
+            while corostack::thread_exit::rearm() {}
+            // Destroyed after the crate's alternate stack (first used by
+            // the coroutine's `install`), before the hook: sees the thread
+            // as the hook will.
+            BEFORE_6.with(|_| ());
+            assert!(!has_alt_stack());
+            forget_suspended_over(|| NotesThenOverflows);
+            assert!(has_alt_stack());
+        });
+        unreachable!("the thread's exit did not overflow");
+    }
+    let stderr = aborts_with_the_overflow_message(name, "overflowing in a destructor");
+    assert!(stderr.contains("was freed before the hook"), "{stderr}");
+}
