@@ -69,8 +69,9 @@ impl<T> JoinHandle<T> {
     ///
     /// # Panics
     /// Outside a hub's coroutine: on a thread that runs no hub, and
-    /// from the hub's loop (a destructor or callback that it runs); [Outside a
-    /// hub](crate#outside-a-hub) has both messages.
+    /// from the hub's loop (a destructor or callback that it runs) unless
+    /// the coroutine has finished ([`done`](JoinHandle::done): nothing to
+    /// wait for); [Outside a hub](crate#outside-a-hub) has both messages.
     /// When a coroutine joins itself.
     #[track_caller]
     pub fn join(self) -> Result<T, JoinError> {

@@ -246,8 +246,15 @@ impl Task {
     /// wait would close one, the kills waiting on the cycle are woken to
     /// see it and give up; a cycle of joins alone is the caller's deadlock,
     /// as with threads (the hub's deadlock detection reports it).
+    ///
+    /// Nothing for a task that has finished: no wait, so no running
+    /// coroutine is needed (a join of it from the loop returns at once, as
+    /// `JoinHandle::done` promises).
     #[track_caller]
     pub(crate) fn wait_finished(self: &Rc<Task>, hub: &Hub, kill: bool) {
+        if self.state.get() == TaskState::Finished {
+            return;
+        }
         let what = if kill {
             "JoinHandle::kill"
         } else {
