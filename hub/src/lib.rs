@@ -172,9 +172,10 @@
 //! that would. It reads ``corostack::hub: `hub::sleep` was called from the
 //! hub's loop (a destructor or callback that the loop ran), not from one
 //! of its coroutines: only a coroutine can wait; spawn one (`hub::spawn`)
-//! to do it``. What the loop may do there: spawn (the new coroutine does
-//! the waiting), `call_later`, kill (it only asks), and every call that
-//! does not wait. A socket's wait names itself `a socket operation that
+//! to do it, before `run` ends (the end of `run` kills what it spawns
+//! before it starts)``. What the loop may do there: spawn (the new
+//! coroutine does the waiting, unless `run` is ending), `call_later`, kill
+//! (it only asks), and every call that does not wait. A socket's wait names itself `a socket operation that
 //! would block`.
 //!
 //! # Threads

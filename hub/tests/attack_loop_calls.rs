@@ -24,7 +24,8 @@ use util::message;
 /// What the loop's panic says after the function's name.
 const IN_LOOP: &str = "` was called from the hub's loop (a destructor or callback that the \
                        loop ran), not from one of its coroutines: only a coroutine can wait; \
-                       spawn one (`hub::spawn`) to do it";
+                       spawn one (`hub::spawn`) to do it, before `run` ends (the end of \
+                       `run` kills what it spawns before it starts)";
 
 /// Keeps the provoked panics' messages out of the test's output.
 fn quiet() {

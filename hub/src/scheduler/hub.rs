@@ -247,7 +247,8 @@ pub(super) fn in_loop(what: &str) -> ! {
     panic!(
         "corostack::hub: `{what}` was called from the hub's loop (a destructor or callback that \
          the loop ran), not from one of its coroutines: only a coroutine can wait; spawn one \
-         (`hub::spawn`) to do it"
+         (`hub::spawn`) to do it, before `run` ends (the end of `run` kills what it spawns \
+         before it starts)"
     )
 }
 
