@@ -37,26 +37,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use corostack::{Coroutine, Yielder};
 
-/// Runs `scenario` in a child process playing `name` (the test's own
-/// name), and asserts that the child exited cleanly and printed `DONE`.
-fn passes_in_child(name: &str, scenario: fn()) {
-    if util::child_role().as_deref() == Some(name) {
-        scenario();
-        println!("DONE");
-        return;
-    }
-    let out = util::run_child_with(name, name, &util::leaks_allowed());
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("DONE"),
-        "the child running {name} failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-}
-
 /// The calling thread's alternate signal stack: (start, flags).
 fn alt_stack() -> (usize, i32) {
     // SAFETY: all-zero is a valid stack_t; sigaltstack with a null new
@@ -82,31 +62,6 @@ fn is_mapped(addr: usize) -> bool {
         let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
         let mut vec = 0u8;
         libc::mincore((addr & !(page - 1)) as *mut libc::c_void, 1, &mut vec) == 0
-    }
-}
-
-/// Maps `len` bytes, leaked, and makes them the calling thread's
-/// alternate signal stack; returns their start.
-fn set_own_alt_stack(len: usize) -> usize {
-    // SAFETY: a fresh anonymous mapping, which becomes the thread's
-    // alternate stack (never unmapped: the callers are child processes).
-    unsafe {
-        let map = libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(map, libc::MAP_FAILED);
-        let alt = libc::stack_t {
-            ss_sp: map,
-            ss_flags: 0,
-            ss_size: len,
-        };
-        assert_eq!(libc::sigaltstack(&alt, ptr::null_mut()), 0);
-        map as usize
     }
 }
 
@@ -235,7 +190,7 @@ const UNWOUND_1: usize = 50;
 
 #[test]
 fn many_unwinds_share_one_alternate_stack_that_is_freed_and_disabled_after() {
-    passes_in_child(
+    util::passes_in_child(
         "many_unwinds_share_one_alternate_stack_that_is_freed_and_disabled_after",
         || {
             std::thread::spawn(|| {
@@ -279,7 +234,7 @@ fn leave_suspended(n: usize) {
 
 #[test]
 fn threads_that_leave_suspended_coroutines_leak_no_mapping() {
-    passes_in_child(
+    util::passes_in_child(
         "threads_that_leave_suspended_coroutines_leak_no_mapping",
         || {
             let threads = util::scaled(200, 40);
@@ -324,7 +279,7 @@ struct InstallsOwnAlt;
 #[cfg(feature = "overflow-handler")]
 impl Drop for InstallsOwnAlt {
     fn drop(&mut self) {
-        USER_ALT_3.store(set_own_alt_stack(256 * 1024), Ordering::SeqCst);
+        USER_ALT_3.store(util::set_alt_stack(256 * 1024), Ordering::SeqCst);
     }
 }
 
@@ -575,11 +530,11 @@ impl Drop for RecordAlt5 {
 
 #[test]
 fn a_raw_pthreads_own_alternate_stack_is_used_and_left_mapped() {
-    passes_in_child(
+    util::passes_in_child(
         "a_raw_pthreads_own_alternate_stack_is_used_and_left_mapped",
         || {
             on_raw_pthread(|| {
-                USER_ALT_5.store(set_own_alt_stack(128 * 1024), Ordering::SeqCst);
+                USER_ALT_5.store(util::set_alt_stack(128 * 1024), Ordering::SeqCst);
                 for _ in 0..3 {
                     forget_suspended_over(|| RecordAlt5);
                 }

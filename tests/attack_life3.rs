@@ -155,6 +155,8 @@ mod maps {
 }
 
 /// Writes `tag` into the lowest and the highest word of a free stack.
+/// (Used by the Linux-only attacks.)
+#[cfg(target_os = "linux")]
 fn fill(s: &DefaultStack, tag: u64) {
     for a in [s.limit(), s.top() - 8] {
         // SAFETY: [limit, top) is the free stack's own writable memory.
@@ -164,6 +166,8 @@ fn fill(s: &DefaultStack, tag: u64) {
 
 /// Checks what `fill` wrote (a page unmapped under the stack faults, and
 /// the child dies).
+/// (Used by the Linux-only attacks.)
+#[cfg(target_os = "linux")]
 fn check(s: &DefaultStack, tag: u64) {
     for a in [s.limit(), s.top() - 8] {
         // SAFETY: as in `fill`.
@@ -174,6 +178,8 @@ fn check(s: &DefaultStack, tag: u64) {
 
 /// The usable sizes the attacks use: not multiples of the page, a page
 /// apart, the default size and around it.
+/// (Used by the Linux-only attacks.)
+#[cfg(target_os = "linux")]
 fn odd_sizes() -> Vec<usize> {
     let p = page();
     vec![

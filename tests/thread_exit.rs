@@ -24,26 +24,6 @@ use std::time::Duration;
 use corostack::greenlet::Greenlet;
 use corostack::{Coroutine, Generator, Yielder};
 
-/// Runs `scenario` in a child process playing `name` (the test's own
-/// name), and asserts that the child exited cleanly and printed `DONE`.
-fn passes_in_child(name: &str, scenario: fn()) {
-    if util::child_role().as_deref() == Some(name) {
-        scenario();
-        println!("DONE");
-        return;
-    }
-    let out = util::run_child_with(name, name, &util::leaks_allowed());
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("DONE"),
-        "the child running {name} failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Hole 1: a coroutine dropped by a thread-local destructor that runs after
 // the destructor of the thread-local its body borrows.
@@ -59,7 +39,7 @@ thread_local! {
 
 #[test]
 fn a_coroutine_dropped_by_a_later_thread_local_destructor_is_unwound_before_its_borrow_dies() {
-    passes_in_child(
+    util::passes_in_child(
         "a_coroutine_dropped_by_a_later_thread_local_destructor_is_unwound_before_its_borrow_dies",
         || {
             std::thread::spawn(|| {
@@ -97,7 +77,7 @@ thread_local! {
 
 #[test]
 fn a_generator_and_a_coroutine_it_owns_are_unwound_before_their_borrows_die() {
-    passes_in_child(
+    util::passes_in_child(
         "a_generator_and_a_coroutine_it_owns_are_unwound_before_their_borrows_die",
         || {
             std::thread::spawn(|| {
@@ -154,7 +134,7 @@ impl Drop for Stop<'_> {
 
 #[test]
 fn a_forgotten_coroutine_joins_its_scoped_thread_before_the_borrow_dies() {
-    passes_in_child(
+    util::passes_in_child(
         "a_forgotten_coroutine_joins_its_scoped_thread_before_the_borrow_dies",
         || {
             std::thread::spawn(|| {
@@ -221,7 +201,7 @@ thread_local! {
 
 #[test]
 fn the_hook_runs_before_the_thread_locals_used_before_it_was_registered() {
-    passes_in_child(
+    util::passes_in_child(
         "the_hook_runs_before_the_thread_locals_used_before_it_was_registered",
         || {
             std::thread::spawn(|| {
@@ -263,7 +243,7 @@ thread_local! {
 
 #[test]
 fn rearm_covers_a_thread_local_first_used_inside_the_body() {
-    passes_in_child(
+    util::passes_in_child(
         "rearm_covers_a_thread_local_first_used_inside_the_body",
         || {
             std::thread::spawn(|| {
@@ -318,7 +298,7 @@ thread_local! {
 
 #[test]
 fn coroutines_started_from_thread_local_destructors_after_the_hook_work() {
-    passes_in_child(
+    util::passes_in_child(
         "coroutines_started_from_thread_local_destructors_after_the_hook_work",
         || {
             std::thread::spawn(|| {
@@ -348,7 +328,7 @@ impl Drop for SwitchesOnDrop {
 
 #[test]
 fn greenlets_switched_and_killed_from_the_hooks_unwind() {
-    passes_in_child(
+    util::passes_in_child(
         "greenlets_switched_and_killed_from_the_hooks_unwind",
         || {
             std::thread::spawn(|| {

@@ -85,6 +85,26 @@ pub fn run_child_with(test_name: &str, role: &str, env: &[(&str, String)]) -> Ou
         .expect("spawn the child test process")
 }
 
+/// Runs `scenario` in a child process playing `name` (the test's own
+/// name), and asserts that the child exited cleanly and printed `DONE`.
+pub fn passes_in_child(name: &str, scenario: fn()) {
+    if child_role().as_deref() == Some(name) {
+        scenario();
+        println!("DONE");
+        return;
+    }
+    let out = run_child_with(name, name, &leaks_allowed());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("DONE"),
+        "the child running {name} failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+}
+
 /// The child role this process was started for, if any.
 pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ROLE).ok()
@@ -177,20 +197,18 @@ macro_rules! child_test {
 #[cfg(unix)]
 pub type FaultHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
-/// Installs `handler` for SIGSEGV and SIGBUS, on an alternate signal stack
-/// of this thread's (256 KiB, leaked: the callers are child processes that
-/// end soon). Installed after the crate's overflow handler, it takes
-/// precedence over it.
+/// Maps `len` bytes, leaked (the callers are child processes that end
+/// soon), and makes them the calling thread's alternate signal stack;
+/// returns their start.
 #[cfg(unix)]
-pub fn install_fault_handler(handler: FaultHandler) {
+pub fn set_alt_stack(len: usize) -> usize {
     use std::ptr;
-    // SAFETY: a fresh anonymous mapping for the alternate stack, and
-    // sigaction with a handler of the SA_SIGINFO type.
+    // SAFETY: a fresh anonymous mapping, which becomes the thread's
+    // alternate stack and is never unmapped.
     unsafe {
-        let size = 256 * 1024;
         let map = libc::mmap(
             ptr::null_mut(),
-            size,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
@@ -200,9 +218,23 @@ pub fn install_fault_handler(handler: FaultHandler) {
         let alt = libc::stack_t {
             ss_sp: map,
             ss_flags: 0,
-            ss_size: size,
+            ss_size: len,
         };
         assert_eq!(libc::sigaltstack(&alt, ptr::null_mut()), 0);
+        map as usize
+    }
+}
+
+/// Installs `handler` for SIGSEGV and SIGBUS, on an alternate signal stack
+/// of this thread's (256 KiB, leaked: the callers are child processes that
+/// end soon). Installed after the crate's overflow handler, it takes
+/// precedence over it.
+#[cfg(unix)]
+pub fn install_fault_handler(handler: FaultHandler) {
+    use std::ptr;
+    set_alt_stack(256 * 1024);
+    // SAFETY: sigaction with a handler of the SA_SIGINFO type.
+    unsafe {
         for sig in [libc::SIGSEGV, libc::SIGBUS] {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = handler as usize;
