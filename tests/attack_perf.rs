@@ -713,12 +713,22 @@ fn assert_overflow_hit(stdout: &str, stderr: &str, size: usize, guard: std::ops:
 // Catches: a reservation behind a lock that is waited for (the child
 // would hang: the test fails after 20 s), a child that uses a
 // reservation half set up by the thread that forked away.
+//
+// Not under qemu-user: there a child forked while another guest thread
+// maps and unmaps hung in 2 of 40 runs (qemu-s390x 7.2), on a path where
+// the crate takes no lock it could wait for (the reservation's is only
+// tried, the guard table is lock-free): qemu-user's fork is not safe with
+// a thread in a system call. Natively it runs 100 forks.
 // ===========================================================================
 
 child_test!(
     a_child_forked_while_the_reservation_is_taken_makes_stacks,
     {
         use std::sync::Arc;
+        if util::emulated() {
+            println!("skipped: qemu-user (a child forked while another thread maps may hang)");
+            return;
+        }
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::time::{Duration, Instant};
         let stop = Arc::new(AtomicBool::new(false));
