@@ -304,6 +304,36 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
     (word, back)
 }
 
+/// Leaves the running context for good: the second half of [`switch`]
+/// alone. Jumps to the suspended context `to` with `arg` and `link` where
+/// a switch puts them, so that the target's switch returns `(arg, link)`,
+/// but saves nothing of the running context and leaves `*link` as it was.
+/// A context's last switch saves registers and an sp that nothing would
+/// restore: this one costs the jump alone.
+///
+/// # Safety
+/// As [`switch`] for `to`. Nothing resumes the running context again: its
+/// stack may be freed as soon as the target runs. The target does not
+/// read `*link` as the running context's sp (it holds what it held).
+#[inline(always)]
+pub unsafe fn leave(arg: usize, to: usize, link: *mut usize) -> ! {
+    // SAFETY: the caller vouches for `to`; the target's continuation
+    // moves onto its own stack and restores what it saved (esi, ebp), and
+    // nothing of ours is used again.
+    unsafe {
+        asm!(
+            // Jump to the target's continuation, still on our stack, with
+            // ecx = its sp, eax = the word and edx = the link, as `switch`
+            // does after publishing its sp.
+            "jmpl *(%ecx)",
+            in("eax") arg,
+            in("ecx") to,
+            in("edx") link,
+            options(noreturn, nostack, att_syntax),
+        )
+    }
+}
+
 /// The stack pointer of a signal's context: esp of an `SA_SIGINFO`
 /// handler's `ucontext_t`.
 ///

@@ -382,6 +382,39 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
     (word, back)
 }
 
+/// Leaves the running context for good: the second half of [`switch`]
+/// alone. Jumps to the suspended context `to` with `arg` and `link` where
+/// a switch puts them, so that the target's switch returns `(arg, link)`,
+/// but saves nothing of the running context and leaves `*link` as it was.
+/// A context's last switch saves registers and an sp that nothing would
+/// restore: this one costs the jump alone.
+///
+/// # Safety
+/// As [`switch`] for `to`. Nothing resumes the running context again: its
+/// stack may be freed as soon as the target runs. The target does not
+/// read `*link` as the running context's sp (it holds what it held).
+#[inline(always)]
+pub unsafe fn leave(arg: usize, to: usize, link: *mut usize) -> ! {
+    // SAFETY: the caller vouches for `to`; the target's continuation
+    // moves onto its own stack and restores what it saved (r2, r29 to
+    // r31), and nothing of ours is used again.
+    unsafe {
+        asm!(
+            // Branch to the target's continuation through ctr, still on our
+            // stack, with r4 = its sp, r3 = the word and r5 = the link, as
+            // `switch` does after publishing its sp (r6 is the scratch
+            // there too).
+            "ld 6, 16(4)",
+            "mtctr 6",
+            "bctr",
+            in("r3") arg,
+            in("r4") to,
+            in("r5") link,
+            options(noreturn, nostack),
+        )
+    }
+}
+
 /// The index of the next instruction's address (NIP) in `gp_regs`: the
 /// kernel's `PT_NIP` (asm/ptrace.h).
 #[cfg(feature = "std")]

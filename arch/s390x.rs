@@ -304,6 +304,37 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
     (word, back)
 }
 
+/// Leaves the running context for good: the second half of [`switch`]
+/// alone. Jumps to the suspended context `to` with `arg` and `link` where
+/// a switch puts them, so that the target's switch returns `(arg, link)`,
+/// but saves nothing of the running context and leaves `*link` as it was.
+/// A context's last switch saves registers and an sp that nothing would
+/// restore: this one costs the jump alone.
+///
+/// # Safety
+/// As [`switch`] for `to`. Nothing resumes the running context again: its
+/// stack may be freed as soon as the target runs. The target does not
+/// read `*link` as the running context's sp (it holds what it held).
+#[inline(always)]
+pub unsafe fn leave(arg: usize, to: usize, link: *mut usize) -> ! {
+    // SAFETY: the caller vouches for `to`; the target's continuation
+    // moves onto its own stack and restores what it saved (r11), and
+    // nothing of ours is used again.
+    unsafe {
+        asm!(
+            // Branch to the target's continuation, still on our stack, with
+            // r3 = its sp, r2 = the word and r4 = the link, as `switch` does
+            // after publishing its sp (r1 is the scratch there too).
+            "lg %r1, 0(%r3)",
+            "br %r1",
+            in("r2") arg,
+            in("r3") to,
+            in("r4") link,
+            options(noreturn, nostack),
+        )
+    }
+}
+
 /// The stack pointer of a signal's context: r15 (`gregs[15]`) of an
 /// `SA_SIGINFO` handler's `ucontext_t`.
 ///

@@ -18,6 +18,9 @@
 //! - `unsafe fn switch(arg, to, link) -> (arg, link of the switcher back)`:
 //!   the one symmetric switch, which reaches the target with an indirect
 //!   jump (the CPU's return predictor is left alone);
+//! - `unsafe fn leave(arg, to, link) -> !`: a context's last switch, the
+//!   second half of `switch` alone (it saves nothing, and leaves `*link`
+//!   as it was);
 //! - `fn dead_sp()`: the sp of a context that cannot be resumed: a switch
 //!   to it returns at once, with the word 0, leaving the dead sp in `*link`;
 //! - `fn valgrind_request(default, args) -> usize`: a valgrind client
@@ -72,7 +75,7 @@ cfg_if::cfg_if! {
 pub(crate) use imp::prefetch;
 pub(crate) use imp::{
     ENTRY_RESERVE, INIT_FRAME_SIZE, LINK_OFFSET, MIN_STACK_SIZE, SPARE_OFFSET, STACK_ALIGNMENT,
-    dead_sp, switch,
+    dead_sp, leave, switch,
 };
 
 cfg_if::cfg_if! {

@@ -268,11 +268,13 @@ pub(crate) fn arrive() -> (usize, usize) {
 /// The last switch away from a context that is finished for good: to the
 /// suspended context `to`, carrying `arg`, from a stack that may be reused
 /// or freed as soon as this switch is made (ASan forgets its frames and
-/// fake stack); our last sp goes to `*link`, where a receiver may read it
-/// as `from`. Never returns.
+/// fake stack). Nothing of the context that leaves is saved (`arch::leave`:
+/// the jump alone): `*link` keeps the word it holds, which the receiver
+/// gets as `from`. Never returns.
 ///
 /// # Safety
-/// As [`switch`]; and nothing switches back to the context that leaves.
+/// As [`switch`]; nothing switches back to the context that leaves, and
+/// the receiver does not take `from` for its sp.
 #[inline(always)]
 pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, link: *mut usize, enter: Enter) -> ! {
     sanitizer::stack_abandoned();
@@ -280,10 +282,8 @@ pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, link: *mut usize, ent
         sanitizer::start_switch(None, bottom, size);
     }
     enter.tsan.announce();
-    // SAFETY: as the caller promises; nothing resumes from the sp we leave
-    // in `*link` (a receiver may read it as `from`).
-    unsafe { arch::switch(arg, to, link) };
-    unreachable!("corostack: a context that left for good was resumed");
+    // SAFETY: as the caller promises.
+    unsafe { arch::leave(arg, to, link) }
 }
 
 /// The address of a message, exposed so that the receiver can read it.

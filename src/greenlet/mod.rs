@@ -1226,7 +1226,9 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
         bounds: Some(target.asan.get()),
         tsan: Tsan::To(target.fiber),
     };
-    // Our last sp goes to a word of this dying frame: nothing resumes it.
+    // The link a receiver reads `from` through (a fresh greenlet's
+    // trampoline does; the mail says we died, so nobody keeps it): a word
+    // of this dying frame. Nothing of ours is saved (`leave_for_good`).
     let mut scratch = 0usize;
     // SAFETY: `sp` is the context of a live (not dead, not running)
     // greenlet, suspended in a switch or not started; nothing resumes the
