@@ -106,16 +106,19 @@ impl Registration {
     #[inline(always)]
     pub(crate) fn io<R>(
         &self,
+        what: &'static str,
         dir: Dir,
         deadline: Option<Instant>,
         mut op: impl FnMut() -> io::Result<R>,
     ) -> io::Result<R> {
         if self.source.drained(dir).get() {
-            self.wait(dir, deadline)?;
+            self.wait(what, dir, deadline)?;
         }
         loop {
             match op() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(dir, deadline)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(what, dir, deadline)?
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r,
             }
@@ -135,9 +138,13 @@ impl Registration {
     /// failed with `WouldBlock`), or `deadline` passes (`TimedOut`).
     #[track_caller]
     #[inline(always)]
-    pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
-        const WHAT: &str = "a socket operation that would block";
-        let hub = scheduler::hub(WHAT);
+    pub(crate) fn wait(
+        &self,
+        what: &'static str,
+        dir: Dir,
+        deadline: Option<Instant>,
+    ) -> io::Result<()> {
+        let hub = scheduler::hub(what);
         if self.core_ptr.get() != Rc::as_ptr(hub.io_core()) {
             self.rehome(hub)?;
         }
@@ -149,9 +156,9 @@ impl Registration {
                 if waiters.len() >= 8 {
                     forget_stale(&mut waiters);
                 }
-                waiters.push(Waiter::current(hub, WHAT));
+                waiters.push(Waiter::current(hub, what));
             }
-            let timed_out = park_until(hub, deadline, WHAT);
+            let timed_out = park_until(hub, deadline, what);
             if flag.get() {
                 return Ok(());
             }

@@ -175,8 +175,8 @@
 //! to do it, before `run` ends (the end of `run` kills what it spawns
 //! before it starts)``. What the loop may do there: spawn (the new
 //! coroutine does the waiting, unless `run` is ending), `call_later`, kill
-//! (it only asks), and every call that does not wait. A socket's wait names itself `a socket operation that
-//! would block`.
+//! (it only asks), and every call that does not wait. A socket's wait names the
+//! method that waits (`TcpStream::read`, `UdpSocket::recv`, ...).
 //!
 //! # Threads
 //!

@@ -186,7 +186,7 @@ fn socket_waits_from_the_loop_say_so() {
             drop(server);
         })
     });
-    assert_in_loop(&msg, "a socket operation that would block");
+    assert_in_loop(&msg, "TcpStream::read");
     // No connection waiting.
     let msg = from_the_loop(|| {
         let listener = hub::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -194,7 +194,7 @@ fn socket_waits_from_the_loop_say_so() {
             let _ = listener.accept();
         })
     });
-    assert_in_loop(&msg, "a socket operation that would block");
+    assert_in_loop(&msg, "TcpListener::accept");
     // Another library's descriptor, with nothing to read.
     let msg = from_the_loop(|| {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -203,6 +203,22 @@ fn socket_waits_from_the_loop_say_so() {
         })
     });
     assert_in_loop(&msg, "hub::wait_readable");
+    // A datagram socket with nothing to receive, each way to receive.
+    let msg = from_the_loop(|| {
+        let socket = hub::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        Box::new(move || {
+            let _ = socket.recv_from(&mut [0; 8]);
+        })
+    });
+    assert_in_loop(&msg, "UdpSocket::recv_from");
+    let msg = from_the_loop(|| {
+        let socket = hub::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(socket.local_addr().unwrap()).unwrap();
+        Box::new(move || {
+            let _ = socket.recv(&mut [0; 8]);
+        })
+    });
+    assert_in_loop(&msg, "UdpSocket::recv");
 }
 
 #[test]
@@ -225,6 +241,16 @@ fn without_a_hub_the_message_names_run() {
     assert_no_hub(&msg, "hub::wait_readable");
     let msg = without_a_hub(|| hub::block_on(std::future::pending::<()>()));
     assert_no_hub(&msg, "hub::block_on");
+    // The sockets' constructors name themselves.
+    let msg = without_a_hub(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _ = hub::net::TcpStream::connect(listener.local_addr().unwrap());
+    });
+    assert_no_hub(&msg, "TcpStream::connect");
+    let msg = without_a_hub(|| {
+        let _ = hub::net::UdpSocket::bind("127.0.0.1:0");
+    });
+    assert_no_hub(&msg, "UdpSocket::bind");
 }
 
 /// A hub run by a thread-local's destructor after the core's exit hook ran

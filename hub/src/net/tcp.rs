@@ -131,9 +131,9 @@ impl TcpListener {
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         loop {
             match self.io.accept() {
-                Ok((s, addr)) => return Ok((TcpStream::from_mio(s)?, addr)),
+                Ok((s, addr)) => return Ok((TcpStream::from_mio(s, "TcpListener::accept")?, addr)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.reg.wait(Dir::Read, None)?;
+                    self.reg.wait("TcpListener::accept", Dir::Read, None)?;
                 }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
@@ -271,11 +271,10 @@ impl fmt::Debug for TcpListener {
 /// coroutine while the socket is not ready. A read or write that must wait
 /// panics outside a hub's coroutine as [`connect`](TcpStream::connect)
 /// does: from the hub's loop (a destructor or callback that it runs), with
-/// ``corostack::hub: `a socket operation that would block` was called from
-/// the hub's loop (...)``, and on a thread that runs no hub (the stream
-/// outlived its hub) with ``corostack::hub: `a socket operation that would
-/// block` was called outside a hub ...`` (see [Outside a
-/// hub](crate#outside-a-hub)).
+/// ``corostack::hub: `TcpStream::read` was called from the hub's loop
+/// (...)`` (or `TcpStream::write`), and on a thread that runs no hub (the
+/// stream outlived its hub) with ``corostack::hub: `TcpStream::read` was
+/// called outside a hub ...`` (see [Outside a hub](crate#outside-a-hub)).
 ///
 /// ```
 /// use std::io::{Read, Write};
@@ -304,8 +303,8 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
-    fn from_mio(io: mio::net::TcpStream) -> io::Result<TcpStream> {
-        let reg = Registration::new(&io, "TcpStream")?;
+    fn from_mio(io: mio::net::TcpStream, what: &'static str) -> io::Result<TcpStream> {
+        let reg = Registration::new(&io, what)?;
         Ok(TcpStream {
             io,
             reg,
@@ -344,10 +343,10 @@ impl TcpStream {
 
     #[track_caller]
     fn connect_until(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<TcpStream> {
-        let s = Self::from_mio(mio::net::TcpStream::connect(addr)?)?;
+        let s = Self::from_mio(mio::net::TcpStream::connect(addr)?, "TcpStream::connect")?;
         loop {
             // Writable means connected, or failed.
-            s.reg.wait(Dir::Write, deadline)?;
+            s.reg.wait("TcpStream::connect", Dir::Write, deadline)?;
             if let Some(e) = s.io.take_error()? {
                 return Err(e);
             }
@@ -369,7 +368,7 @@ impl TcpStream {
     #[track_caller]
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
         stream.set_nonblocking(true)?;
-        Self::from_mio(mio::net::TcpStream::from_std(stream))
+        Self::from_mio(mio::net::TcpStream::from_std(stream), "TcpStream::from_std")
     }
 
     /// The remote address.
@@ -498,11 +497,12 @@ impl TcpStream {
     #[track_caller]
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len();
-        let n = self
-            .reg
-            .io(Dir::Read, deadline(self.read_timeout.get()), || {
-                (&self.io).read(buf)
-            })?;
+        let n = self.reg.io(
+            "TcpStream::read",
+            Dir::Read,
+            deadline(self.read_timeout.get()),
+            || (&self.io).read(buf),
+        )?;
         // Less than asked for: the socket is drained until its next event.
         if n > 0 && n < len {
             self.reg.drained(Dir::Read);
@@ -512,11 +512,12 @@ impl TcpStream {
 
     #[track_caller]
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        let n = self
-            .reg
-            .io(Dir::Write, deadline(self.write_timeout.get()), || {
-                (&self.io).write(buf)
-            })?;
+        let n = self.reg.io(
+            "TcpStream::write",
+            Dir::Write,
+            deadline(self.write_timeout.get()),
+            || (&self.io).write(buf),
+        )?;
         // Less than given: the send buffer is full until its next event.
         if n > 0 && n < buf.len() {
             self.reg.drained(Dir::Write);

@@ -48,12 +48,14 @@ impl UdpSocket {
     /// Outside a hub.
     #[track_caller]
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
-        each_addr(addr, |a| Self::from_mio(mio::net::UdpSocket::bind(a)?))
+        each_addr(addr, |a| {
+            Self::from_mio(mio::net::UdpSocket::bind(a)?, "UdpSocket::bind")
+        })
     }
 
     #[track_caller]
-    fn from_mio(io: mio::net::UdpSocket) -> io::Result<UdpSocket> {
-        let reg = Registration::new(&io, "UdpSocket")?;
+    fn from_mio(io: mio::net::UdpSocket, what: &'static str) -> io::Result<UdpSocket> {
+        let reg = Registration::new(&io, what)?;
         Ok(UdpSocket {
             reg,
             io,
@@ -72,7 +74,7 @@ impl UdpSocket {
     #[track_caller]
     pub fn from_std(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
         socket.set_nonblocking(true)?;
-        Self::from_mio(mio::net::UdpSocket::from_std(socket))
+        Self::from_mio(mio::net::UdpSocket::from_std(socket), "UdpSocket::from_std")
     }
 
     /// A second handle on the same socket (`dup`), as std's: each handle
@@ -152,10 +154,12 @@ impl UdpSocket {
     #[track_caller]
     pub fn send_to(&self, buf: &[u8], addr: impl ToSocketAddrs) -> io::Result<usize> {
         each_addr(addr, |a| {
-            self.reg
-                .io(Dir::Write, deadline(self.write_timeout.get()), || {
-                    self.io.send_to(buf, a)
-                })
+            self.reg.io(
+                "UdpSocket::send_to",
+                Dir::Write,
+                deadline(self.write_timeout.get()),
+                || self.io.send_to(buf, a),
+            )
         })
     }
 
@@ -170,10 +174,12 @@ impl UdpSocket {
     /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.reg
-            .io(Dir::Read, deadline(self.read_timeout.get()), || {
-                self.io.recv_from(buf)
-            })
+        self.reg.io(
+            "UdpSocket::recv_from",
+            Dir::Read,
+            deadline(self.read_timeout.get()),
+            || self.io.recv_from(buf),
+        )
     }
 
     /// Sends a datagram to the connected peer.
@@ -188,10 +194,12 @@ impl UdpSocket {
     /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.reg
-            .io(Dir::Write, deadline(self.write_timeout.get()), || {
-                self.io.send(buf)
-            })
+        self.reg.io(
+            "UdpSocket::send",
+            Dir::Write,
+            deadline(self.write_timeout.get()),
+            || self.io.send(buf),
+        )
     }
 
     /// Waits for a datagram from the connected peer.
@@ -205,10 +213,12 @@ impl UdpSocket {
     /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reg
-            .io(Dir::Read, deadline(self.read_timeout.get()), || {
-                self.io.recv(buf)
-            })
+        self.reg.io(
+            "UdpSocket::recv",
+            Dir::Read,
+            deadline(self.read_timeout.get()),
+            || self.io.recv(buf),
+        )
     }
 
     /// The local address.
