@@ -311,3 +311,52 @@ fn a_hub_run_after_the_exit_hook_unwinds_out_of_run() {
         "{out}"
     );
 }
+
+/// A wait from the loop of a hub that runs while the thread exits (in a
+/// thread-local's destructor, after the core's exit hook ran): the
+/// thread-exit message, not the loop's, whose advice (spawn a coroutine)
+/// cannot work there.
+#[test]
+fn a_wait_from_the_loop_while_the_thread_exits_names_the_exit() {
+    const NAME: &str = "a_wait_from_the_loop_while_the_thread_exits_names_the_exit";
+    let Some(run) = hub_util::in_child(NAME, Duration::from_secs(20), || {
+        struct Late;
+        impl Drop for Late {
+            fn drop(&mut self) {
+                assert!(corostack::thread_exit::is_exiting());
+                let r = panic::catch_unwind(|| {
+                    hub::run(|| {
+                        // Dropped, unrun, by the end of `run`, in the loop.
+                        let call =
+                            OnDrop(Some(Box::new(|| hub::sleep(Duration::from_millis(1)))
+                                as Box<dyn FnOnce()>));
+                        let pending = hub::call_later(Duration::from_secs(3600), move || {
+                            drop(call);
+                            unreachable!("the call never runs");
+                        });
+                        assert!(pending.is_pending());
+                    })
+                });
+                let p = r.expect_err("`run` raises the loop's panic at its end");
+                println!("RUN: {}", message(&*p));
+            }
+        }
+        thread_local!(static LATE: Late = const { Late });
+        std::thread::spawn(|| {
+            LATE.with(|_| ());
+            hub::run(|| ());
+        })
+        .join()
+        .unwrap();
+        println!("JOINED");
+    }) else {
+        return;
+    };
+    hub_util::assert_passed(&run);
+    let out = run.output();
+    assert!(
+        out.contains("RUN: corostack::hub: `hub::sleep` was called while the thread exits"),
+        "{out}"
+    );
+    assert!(out.contains("JOINED"), "{out}");
+}
