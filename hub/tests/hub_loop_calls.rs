@@ -15,6 +15,7 @@
 mod hub_util;
 mod util;
 
+use std::cell::Cell;
 use std::io::Read;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
@@ -253,6 +254,33 @@ fn without_a_hub_the_message_names_run() {
     assert_no_hub(&msg, "UdpSocket::bind");
 }
 
+/// Runs `late` in a child process (`name`, the test's), in the destructor
+/// of a thread-local that a spawned thread used before its first coroutine
+/// start, so after the core's exit hook (which that start registered:
+/// destroyed last used, first run); prints `JOINED` once the thread is
+/// joined. Returns the child's run (`None` in the child).
+fn after_the_exit_hook(name: &str, late: fn()) -> Option<hub_util::ChildRun> {
+    hub_util::in_child(name, Duration::from_secs(20), move || {
+        struct Late(Cell<Option<fn()>>);
+        impl Drop for Late {
+            fn drop(&mut self) {
+                assert!(corostack::thread_exit::is_exiting());
+                if let Some(late) = self.0.get() {
+                    late();
+                }
+            }
+        }
+        thread_local!(static LATE: Late = const { Late(Cell::new(None)) });
+        std::thread::spawn(move || {
+            LATE.with(|l| l.0.set(Some(late)));
+            hub::run(|| ());
+        })
+        .join()
+        .unwrap();
+        println!("JOINED");
+    })
+}
+
 /// A hub run by a thread-local's destructor after the core's exit hook ran
 /// (the thread-local was first used before the thread's first coroutine
 /// start, which registered the hook: it is destroyed after it). Every park
@@ -264,32 +292,17 @@ fn without_a_hub_the_message_names_run() {
 /// thread ends normally: no abort, no hang.
 #[test]
 fn a_hub_run_after_the_exit_hook_unwinds_out_of_run() {
-    const NAME: &str = "a_hub_run_after_the_exit_hook_unwinds_out_of_run";
-    let Some(run) = hub_util::in_child(NAME, Duration::from_secs(20), || {
-        struct Late;
-        impl Drop for Late {
-            fn drop(&mut self) {
-                assert!(corostack::thread_exit::is_exiting());
-                let r = panic::catch_unwind(|| {
-                    hub::run(|| {
-                        // Pending; killed by the end of `run`.
-                        drop(hub::spawn(|| println!("NEVER RAN")));
-                        let p = panic::catch_unwind(hub::yield_now).expect_err("a park panics");
-                        println!("PARK: {}", message(&*p));
-                    })
-                });
-                let p = r.expect_err("`run` unwinds");
-                println!("RUN: {}", message(&*p));
-            }
-        }
-        thread_local!(static LATE: Late = const { Late });
-        std::thread::spawn(|| {
-            LATE.with(|_| ());
-            hub::run(|| ());
-        })
-        .join()
-        .unwrap();
-        println!("JOINED");
+    let Some(run) = after_the_exit_hook("a_hub_run_after_the_exit_hook_unwinds_out_of_run", || {
+        let r = panic::catch_unwind(|| {
+            hub::run(|| {
+                // Pending; killed by the end of `run`.
+                drop(hub::spawn(|| println!("NEVER RAN")));
+                let p = panic::catch_unwind(hub::yield_now).expect_err("a park panics");
+                println!("PARK: {}", message(&*p));
+            })
+        });
+        let p = r.expect_err("`run` unwinds");
+        println!("RUN: {}", message(&*p));
     }) else {
         return;
     };
@@ -319,36 +332,20 @@ fn a_hub_run_after_the_exit_hook_unwinds_out_of_run() {
 #[test]
 fn a_wait_from_the_loop_while_the_thread_exits_names_the_exit() {
     const NAME: &str = "a_wait_from_the_loop_while_the_thread_exits_names_the_exit";
-    let Some(run) = hub_util::in_child(NAME, Duration::from_secs(20), || {
-        struct Late;
-        impl Drop for Late {
-            fn drop(&mut self) {
-                assert!(corostack::thread_exit::is_exiting());
-                let r = panic::catch_unwind(|| {
-                    hub::run(|| {
-                        // Dropped, unrun, by the end of `run`, in the loop.
-                        let call =
-                            OnDrop(Some(Box::new(|| hub::sleep(Duration::from_millis(1)))
-                                as Box<dyn FnOnce()>));
-                        let pending = hub::call_later(Duration::from_secs(3600), move || {
-                            drop(call);
-                            unreachable!("the call never runs");
-                        });
-                        assert!(pending.is_pending());
-                    })
+    let Some(run) = after_the_exit_hook(NAME, || {
+        let r = panic::catch_unwind(|| {
+            hub::run(|| {
+                // Dropped, unrun, by the end of `run`, in the loop.
+                let call = OnDrop(Some(Box::new(|| hub::sleep(Duration::from_millis(1)))));
+                let pending = hub::call_later(Duration::from_secs(3600), move || {
+                    drop(call);
+                    unreachable!("the call never runs");
                 });
-                let p = r.expect_err("`run` raises the loop's panic at its end");
-                println!("RUN: {}", message(&*p));
-            }
-        }
-        thread_local!(static LATE: Late = const { Late });
-        std::thread::spawn(|| {
-            LATE.with(|_| ());
-            hub::run(|| ());
-        })
-        .join()
-        .unwrap();
-        println!("JOINED");
+                assert!(pending.is_pending());
+            })
+        });
+        let p = r.expect_err("`run` raises the loop's panic at its end");
+        println!("RUN: {}", message(&*p));
     }) else {
         return;
     };
