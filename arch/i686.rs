@@ -312,9 +312,11 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
 /// restore: this one costs the jump alone.
 ///
 /// # Safety
-/// As [`switch`] for `to`. Nothing resumes the running context again: its
-/// stack may be freed as soon as the target runs. The target does not
-/// read `*link` as the running context's sp (it holds what it held).
+/// As [`switch`] for `to`, except that `to` is never [`dead_sp`], whose
+/// continuation goes back through `*link`, which this does not write.
+/// Nothing resumes the running context again: its stack may be freed as
+/// soon as the target runs. The target does not read `*link` as the
+/// running context's sp (it holds what it held).
 #[inline(always)]
 pub unsafe fn leave(arg: usize, to: usize, link: *mut usize) -> ! {
     // SAFETY: the caller vouches for `to`; the target's continuation

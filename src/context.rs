@@ -218,7 +218,9 @@ impl Tsan {
 pub(crate) struct Back {
     /// The word it carried.
     pub(crate) word: usize,
-    /// Its sp, as it left it (the greenlets' link word wants it).
+    /// Its sp, as it left it (the greenlets' link word wants it); from a
+    /// context that left for good ([`leave_for_good`]), whatever its link
+    /// held, which no receiver takes for an sp.
     #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub(crate) from: usize,
     /// The bounds (bottom, size) of its stack, as ASan reported them on
@@ -249,10 +251,11 @@ pub(crate) unsafe fn switch(arg: usize, to: usize, link: *mut usize, enter: Ente
         None => (0, 0),
     };
     // SAFETY: the context that switched back stored its sp through its
-    // link, which stays valid while it is suspended (or, for a context
-    // that left for good, until its stack is reused, which its receiver
-    // does only after reading this). A load that no caller reads is
-    // dropped by the compiler.
+    // link, which stays valid while it is suspended; a context that left
+    // for good stored nothing, and its link is a live word (of the
+    // receiver's own, or of the dying stack, which its receiver frees only
+    // after reading this). A load that no caller reads is dropped by the
+    // compiler.
     let from = unsafe { back_link.read() };
     Back { word, from, bounds }
 }
@@ -273,8 +276,10 @@ pub(crate) fn arrive() -> (usize, usize) {
 /// gets as `from`. Never returns.
 ///
 /// # Safety
-/// As [`switch`]; nothing switches back to the context that leaves, and
-/// the receiver does not take `from` for its sp.
+/// As [`switch`], except that `to` is never the dead sp (its continuation
+/// goes back through `*link`, which nothing wrote); nothing switches back
+/// to the context that leaves, and the receiver does not take `from` for
+/// its sp.
 #[inline(always)]
 pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, link: *mut usize, enter: Enter) -> ! {
     sanitizer::stack_abandoned();

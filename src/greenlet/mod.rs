@@ -1226,9 +1226,10 @@ unsafe extern "C" fn entry<T: 'static, F: FnOnce(T) -> T>(
         bounds: Some(target.asan.get()),
         tsan: Tsan::To(target.fiber),
     };
-    // The link a receiver reads `from` through (a fresh greenlet's
-    // trampoline does; the mail says we died, so nobody keeps it): a word
-    // of this dying frame. Nothing of ours is saved (`leave_for_good`).
+    // The link a receiver reads `from` through (every receiver does; the
+    // mail says we died, so none keeps it): a word of this dying frame,
+    // which stays mapped until the receiver buries us. Nothing of ours is
+    // saved (`leave_for_good`).
     let mut scratch = 0usize;
     // SAFETY: `sp` is the context of a live (not dead, not running)
     // greenlet, suspended in a switch or not started; nothing resumes the
