@@ -282,7 +282,11 @@ pub(crate) fn arrive() -> (usize, usize) {
 /// its sp.
 #[inline(always)]
 pub(crate) unsafe fn leave_for_good(arg: usize, to: usize, link: *mut usize, enter: Enter) -> ! {
-    debug_assert_ne!(to, arch::dead_sp(), "a context left for good to the dead sp");
+    debug_assert_ne!(
+        to,
+        arch::dead_sp(),
+        "a context left for good to the dead sp"
+    );
     sanitizer::stack_abandoned();
     if let Some((bottom, size)) = enter.bounds {
         sanitizer::start_switch(None, bottom, size);
