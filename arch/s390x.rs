@@ -308,8 +308,8 @@ pub unsafe fn switch(arg: usize, to: usize, link: *mut usize) -> (usize, *mut us
 /// alone. Jumps to the suspended context `to` with `arg` and `link` where
 /// a switch puts them, so that the target's switch returns `(arg, link)`,
 /// but saves nothing of the running context and leaves `*link` as it was.
-/// A context's last switch saves registers and an sp that nothing would
-/// restore: this one costs the jump alone.
+/// For a context's last switch, `switch` would save registers and an sp
+/// that nothing restores: this costs the jump alone.
 ///
 /// # Safety
 /// As [`switch`] for `to`, except that `to` is never [`dead_sp`], whose
