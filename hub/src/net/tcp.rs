@@ -129,11 +129,12 @@ impl TcpListener {
     /// hub](crate#outside-a-hub) has both messages.
     #[track_caller]
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        const WHAT: &str = "TcpListener::accept";
         loop {
             match self.io.accept() {
-                Ok((s, addr)) => return Ok((TcpStream::from_mio(s, "TcpListener::accept")?, addr)),
+                Ok((s, addr)) => return Ok((TcpStream::from_mio(s, WHAT)?, addr)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.reg.wait("TcpListener::accept", Dir::Read, None)?;
+                    self.reg.wait(WHAT, Dir::Read, None)?;
                 }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
@@ -343,10 +344,11 @@ impl TcpStream {
 
     #[track_caller]
     fn connect_until(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<TcpStream> {
-        let s = Self::from_mio(mio::net::TcpStream::connect(addr)?, "TcpStream::connect")?;
+        const WHAT: &str = "TcpStream::connect";
+        let s = Self::from_mio(mio::net::TcpStream::connect(addr)?, WHAT)?;
         loop {
             // Writable means connected, or failed.
-            s.reg.wait("TcpStream::connect", Dir::Write, deadline)?;
+            s.reg.wait(WHAT, Dir::Write, deadline)?;
             if let Some(e) = s.io.take_error()? {
                 return Err(e);
             }
